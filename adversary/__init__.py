@@ -1,0 +1,1 @@
+"""Byzantine behaviours and privacy attacks."""

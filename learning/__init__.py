@@ -1,0 +1,1 @@
+"""Data sets, partitioners, models, local training and aggregation rules (torch only)."""

@@ -1,0 +1,94 @@
+"""Secure aggregation inside clusters: fixed-point encoding, Shamir sharing, SecAgg, secure sum.
+
+Pure library (no I/O, no sleeping, no ``node`` import); the node drives the phase objects over
+the network, and :func:`secure_sum` drives the same objects in memory.
+
+References: Shamir, "How to share a secret", CACM 1979; Berlekamp & Welch 1986 / Gao 2003 for
+Reed-Solomon decoding; Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving
+Machine Learning", CCS 2017; Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic
+Overhead", CCS 2020.
+"""
+
+from mpc.crypto import Csprng as Csprng
+from mpc.crypto import KeyPair as KeyPair
+from mpc.crypto import ShareAuthenticationError as ShareAuthenticationError
+from mpc.crypto import ShareContext as ShareContext
+from mpc.crypto import decrypt_share as decrypt_share
+from mpc.crypto import encrypt_share as encrypt_share
+from mpc.crypto import prg_field_vector as prg_field_vector
+from mpc.crypto import share_key as share_key
+from mpc.encoding import FixedPointConfig as FixedPointConfig
+from mpc.encoding import decode as decode
+from mpc.encoding import decode_sum as decode_sum
+from mpc.encoding import encode as encode
+from mpc.field import PRIME as PRIME
+from mpc.messages import EncryptedShare as EncryptedShare
+from mpc.messages import KeyAdvertisement as KeyAdvertisement
+from mpc.messages import MaskedInput as MaskedInput
+from mpc.messages import PartialSum as PartialSum
+from mpc.messages import ShareRejected as ShareRejected
+from mpc.messages import UnmaskingRequest as UnmaskingRequest
+from mpc.messages import UnmaskingResponse as UnmaskingResponse
+from mpc.secagg import ProtocolViolation as ProtocolViolation
+from mpc.secagg import SecAggAggregator as SecAggAggregator
+from mpc.secagg import SecAggMember as SecAggMember
+from mpc.secagg import SecAggOutcome as SecAggOutcome
+from mpc.secure_sum import MODES as MODES
+from mpc.secure_sum import AggregatorView as AggregatorView
+from mpc.secure_sum import SecureSumResult as SecureSumResult
+from mpc.secure_sum import aggregator_view as aggregator_view
+from mpc.secure_sum import secure_sum as secure_sum
+from mpc.session import ClusterSession as ClusterSession
+from mpc.session import default_threshold as default_threshold
+from mpc.shamir import ReconstructionResult as ReconstructionResult
+from mpc.shamir import berlekamp_welch as berlekamp_welch
+from mpc.shamir import partial_sum as partial_sum
+from mpc.shamir import reconstruct as reconstruct
+from mpc.shamir import reconstruct_robust as reconstruct_robust
+from mpc.shamir import share_vector as share_vector
+from mpc.shamir_protocol import ShamirMember as ShamirMember
+from mpc.shamir_protocol import ShamirOutcome as ShamirOutcome
+from mpc.shamir_protocol import reconstruct_cluster_sum as reconstruct_cluster_sum
+
+__all__ = [
+    "MODES",
+    "PRIME",
+    "AggregatorView",
+    "ClusterSession",
+    "Csprng",
+    "EncryptedShare",
+    "FixedPointConfig",
+    "KeyAdvertisement",
+    "KeyPair",
+    "MaskedInput",
+    "PartialSum",
+    "ProtocolViolation",
+    "ReconstructionResult",
+    "SecAggAggregator",
+    "SecAggMember",
+    "SecAggOutcome",
+    "SecureSumResult",
+    "ShamirMember",
+    "ShamirOutcome",
+    "ShareAuthenticationError",
+    "ShareContext",
+    "ShareRejected",
+    "UnmaskingRequest",
+    "UnmaskingResponse",
+    "aggregator_view",
+    "berlekamp_welch",
+    "decode",
+    "decode_sum",
+    "decrypt_share",
+    "default_threshold",
+    "encode",
+    "encrypt_share",
+    "partial_sum",
+    "prg_field_vector",
+    "reconstruct",
+    "reconstruct_cluster_sum",
+    "reconstruct_robust",
+    "secure_sum",
+    "share_key",
+    "share_vector",
+]

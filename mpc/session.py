@@ -1,0 +1,80 @@
+"""The agreed parameters of one secure aggregation in one cluster and one round."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mpc.messages import ShareRejected
+
+
+@dataclass(frozen=True)
+class ClusterSession:
+    """Members (canonical sorted order), round, cluster id, Shamir threshold and vector length.
+
+    Member ``members[k]`` holds Shamir point k + 1, so every party derives the same points.
+    """
+
+    members: tuple[str, ...]
+    round: int
+    cluster: str
+    threshold: int
+    dimension: int
+
+    def __post_init__(self) -> None:
+        if len(set(self.members)) != len(self.members):
+            raise ValueError(f"members must be distinct, got {self.members}")
+        if tuple(sorted(self.members)) != self.members:
+            object.__setattr__(self, "members", tuple(sorted(self.members)))
+        if len(self.members) < 2:
+            raise ValueError(
+                f"secure aggregation needs a cluster of at least 2 members, got {len(self.members)}"
+            )
+        if not 1 <= self.threshold <= len(self.members):
+            raise ValueError(
+                f"threshold must be in [1, cluster size {len(self.members)}], got {self.threshold}"
+            )
+        if self.dimension < 1:
+            raise ValueError(f"dimension must be >= 1, got {self.dimension}")
+        if self.round < 0:
+            raise ValueError(f"round must be >= 0, got {self.round}")
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    def point(self, member: str) -> int:
+        """Shamir evaluation point of ``member`` (1-based rank in the sorted member list)."""
+        try:
+            return self.members.index(member) + 1
+        except ValueError:
+            raise ShareRejected(f"{member!r} is not a member of cluster {self.cluster!r}") from None
+
+    def check(self, message_round: int, message_cluster: str, sender: str) -> None:
+        """Reject a message addressed to another round or cluster, or from a non-member."""
+        if message_round != self.round:
+            raise ShareRejected(
+                f"message from {sender!r} is for round {message_round}, expected {self.round}"
+            )
+        if message_cluster != self.cluster:
+            raise ShareRejected(
+                f"message from {sender!r} is for cluster {message_cluster!r}, "
+                f"expected {self.cluster!r}"
+            )
+        self.point(sender)
+
+
+def default_threshold(mode: str, cluster_size: int) -> int:
+    """Default Shamir threshold t for a cluster of m members.
+
+    * ``secagg``: t = floor(m/2) + 1, the honest-majority choice of Bonawitz et al. (2017,
+      Sec. 6): a strict majority must help before any seed can be reconstructed.
+    * ``shamir``: t = max(2, floor((m-1)/3) + 1): privacy against t - 1 < m/3 colluders; with all m
+      partial sums received floor((m - t)/2) >= t - 1 lying holders are corrected when m >= 3.
+    """
+    if cluster_size < 2:
+        raise ValueError(f"cluster_size must be >= 2 for secure aggregation, got {cluster_size}")
+    if mode == "secagg":
+        return cluster_size // 2 + 1
+    if mode == "shamir":
+        return max(2, (cluster_size - 1) // 3 + 1)
+    raise ValueError(f"mode must be 'secagg' or 'shamir', got {mode!r}")

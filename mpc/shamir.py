@@ -1,0 +1,316 @@
+"""Vectorised Shamir secret sharing over GF(2^31 - 1) with Reed-Solomon robust reconstruction.
+
+Sharing (Shamir, "How to share a secret", CACM 1979): a secret vector s in GF(p)^d is hidden in
+d independent random polynomials f_c(x) = s_c + a_{1,c} x + ... + a_{t-1,c} x^{t-1}; holder j gets
+f(j) for j = 1..m. Any t shares determine s by Lagrange interpolation at 0; any t - 1 shares are
+uniformly distributed whatever s is (perfect privacy against t - 1 colluders). Shares are
+linear, so a holder's sum of the shares it holds is a share of the sum (the "partial sum").
+
+Robust reconstruction: the received partial sums are a Reed-Solomon codeword of dimension t and
+length n (received), minimum distance n - t + 1, so up to floor((n - t) / 2) wrong values can be
+corrected (Berlekamp & Welch, US patent 4,633,470, 1986; Gao, "A new algorithm for decoding
+Reed-Solomon codes", 2003, is an equivalent alternative). Decoding a length-d vector is done by
+(1) interpolating from t trusted points and checking every other point on every coordinate,
+(2) on an inconsistent coordinate, running scalar Berlekamp-Welch to locate the lying holders,
+(3) excluding them and re-checking all coordinates. A result is returned only when all
+non-excluded shares agree on every coordinate; with at most e_max liars such agreement implies
+the true polynomial (it shares >= n - 2 e_max >= t points with it), otherwise the result is
+marked failed.
+
+Guarantee: with ``max_errors = e`` and e_c actual liars, the output is exact when e_c <= e, and
+is "failed" (never wrong) when e_c <= n - t - e. Between those (only possible when e > 0 and
+liars collude), no decoder can tell the truth apart, as in any bounded-distance RS decoder.
+With n = t nothing can be checked, which :attr:`ReconstructionResult.redundancy` reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mpc import field as gf
+from mpc.crypto import Csprng
+from mpc.field import PRIME, FieldVector
+
+MAX_SHARES = 2**16
+"""Share points are 1..m with m < 2^16, which keeps Horner steps exact in uint64."""
+
+_P64 = np.uint64(PRIME)
+_SHIFT31 = np.uint64(31)
+
+
+def _check_threshold(threshold: int, num_shares: int) -> None:
+    if not 1 <= num_shares < MAX_SHARES:
+        raise ValueError(f"num_shares must be in [1, {MAX_SHARES}), got {num_shares}")
+    if not 1 <= threshold <= num_shares:
+        raise ValueError(f"threshold must be in [1, num_shares={num_shares}], got {threshold}")
+
+
+def share_vector(
+    secret: FieldVector, threshold: int, num_shares: int, rng: Csprng
+) -> list[FieldVector]:
+    """Split ``secret`` (d,) into ``num_shares`` shares; share j-1 is f(j), j = 1..m.
+
+    One random degree-(t-1) polynomial per coordinate; share j is the Vandermonde row
+    (1, j, ..., j^(t-1)) times the coefficient matrix, accumulated lazily in uint64 (small j^k
+    need no intermediate reduction, see :func:`mpc.field.linear_combination`).
+    """
+    _check_threshold(threshold, num_shares)
+    secret = gf.as_field_vector(secret, "secret")
+    length = secret.size
+    if threshold == 1:
+        return [secret.copy() for _ in range(num_shares)]
+    coefficients = rng.field_elements((threshold - 1) * length).reshape(threshold - 1, length)
+    terms = [secret, *coefficients]
+    return [
+        gf.linear_combination([pow(point, k, PRIME) for k in range(threshold)], terms)
+        for point in range(1, num_shares + 1)
+    ]
+
+
+def partial_sum(shares: Sequence[FieldVector]) -> FieldVector:
+    """A holder's share of the sum: the field sum of the shares it holds (linearity)."""
+    if not shares:
+        raise ValueError("partial_sum needs at least one share")
+    length = shares[0].size
+    accumulator = np.zeros(length, dtype=np.uint64)
+    for index, share in enumerate(shares):
+        if share.shape != (length,):
+            raise ValueError(f"share {index} has shape {share.shape}, expected ({length},)")
+        accumulator += share
+    return gf.reduce_u64(accumulator, len(shares) * (PRIME - 1))
+
+
+def interpolate_at(shares: Mapping[int, FieldVector], at: int) -> FieldVector:
+    """Evaluate at ``at`` the polynomial through all given (point, share) pairs (Lagrange)."""
+    points = sorted(shares)
+    return gf.linear_combination(gf.lagrange_coefficients(points, at), [shares[x] for x in points])
+
+
+def reconstruct(shares: Mapping[int, FieldVector], threshold: int) -> FieldVector:
+    """Plain Lagrange reconstruction f(0) from the ``threshold`` smallest share points."""
+    if len(shares) < threshold:
+        raise ValueError(f"need at least threshold={threshold} shares, got {len(shares)}")
+    points = sorted(shares)[:threshold]
+    return interpolate_at({x: shares[x] for x in points}, 0)
+
+
+def _poly_divide(numerator: list[int], denominator: list[int]) -> tuple[list[int], list[int]]:
+    """Polynomial long division mod p; coefficient lists are lowest degree first."""
+    remainder = list(numerator)
+    quotient = [0] * max(1, len(numerator) - len(denominator) + 1)
+    lead_inverse = gf.inverse(denominator[-1])
+    for shift in range(len(numerator) - len(denominator), -1, -1):
+        factor = remainder[shift + len(denominator) - 1] * lead_inverse % PRIME
+        quotient[shift] = factor
+        for k, coefficient in enumerate(denominator):
+            remainder[shift + k] = (remainder[shift + k] - factor * coefficient) % PRIME
+    return quotient, remainder[: len(denominator) - 1]
+
+
+def _solve_mod_p(matrix: list[list[int]], rhs: list[int], unknowns: int) -> list[int] | None:
+    """Any solution of matrix @ u = rhs over GF(p) (free variables set to 0), or None."""
+    rows = [[*row[:], b] for row, b in zip(matrix, rhs, strict=True)]
+    pivot_columns = []
+    rank = 0
+    for column in range(unknowns):
+        pivot = next((r for r in range(rank, len(rows)) if rows[r][column]), None)
+        if pivot is None:
+            continue
+        rows[rank], rows[pivot] = rows[pivot], rows[rank]
+        scale = gf.inverse(rows[rank][column])
+        rows[rank] = [value * scale % PRIME for value in rows[rank]]
+        for r in range(len(rows)):
+            if r != rank and rows[r][column]:
+                factor = rows[r][column]
+                rows[r] = [
+                    (a - factor * b) % PRIME for a, b in zip(rows[r], rows[rank], strict=True)
+                ]
+        pivot_columns.append(column)
+        rank += 1
+    if any(row[-1] for row in rows[rank:]):
+        return None
+    solution = [0] * unknowns
+    for r, column in enumerate(pivot_columns):
+        solution[column] = rows[r][-1]
+    return solution
+
+
+def _evaluate(coefficients: Sequence[int], x: int) -> int:
+    result = 0
+    for coefficient in reversed(coefficients):
+        result = (result * x + coefficient) % PRIME
+    return result
+
+
+def berlekamp_welch(
+    points: Sequence[int], values: Sequence[int], threshold: int, max_errors: int
+) -> tuple[list[int], list[int]] | None:
+    """Scalar Berlekamp-Welch: find P (deg < t) agreeing with all but <= e of (x_i, y_i).
+
+    Solves Q(x_i) = y_i E(x_i) for monic E of degree e and deg Q < t + e (n equations, t + 2e
+    unknowns), then P = Q / E. Returns (coefficients of P, indices of disagreeing points) or None
+    when no such P exists within ``max_errors`` errors.
+    """
+    n, e = len(points), max_errors
+    if n < threshold + 2 * e:
+        raise ValueError(f"Berlekamp-Welch needs n >= t + 2e, got n={n}, t={threshold}, e={e}")
+    unknowns = threshold + 2 * e
+    matrix, rhs = [], []
+    for x, y in zip(points, values, strict=True):
+        powers = [pow(x, k, PRIME) for k in range(threshold + e)]
+        row = powers[: threshold + e] + [(-y * powers[k]) % PRIME for k in range(e)]
+        matrix.append(row)
+        rhs.append(y * pow(x, e, PRIME) % PRIME)
+    solution = _solve_mod_p(matrix, rhs, unknowns)
+    if solution is None:
+        return None
+    q_poly = solution[: threshold + e]
+    e_poly = [*solution[threshold + e :], 1]
+    quotient, remainder = _poly_divide(q_poly, e_poly)
+    if any(remainder) or any(quotient[threshold:]):
+        return None
+    polynomial = (quotient + [0] * threshold)[:threshold]
+    errors = [
+        i
+        for i, (x, y) in enumerate(zip(points, values, strict=True))
+        if _evaluate(polynomial, x) != y
+    ]
+    if len(errors) > e:
+        return None
+    return polynomial, errors
+
+
+@dataclass(frozen=True)
+class ReconstructionResult:
+    """Outcome of robust reconstruction.
+
+    Attributes:
+        value: f(0) on every coordinate, or None when ``failed``.
+        failed: True when the shares could not be decoded within the error bound.
+        reason: why it failed (empty on success).
+        suspects: share points excluded as wrong (lying or corrupted holders).
+        used_points: share points the value was interpolated and verified from.
+        redundancy: received - threshold; 0 means no check was possible.
+    """
+
+    value: FieldVector | None
+    failed: bool
+    reason: str = ""
+    suspects: tuple[int, ...] = ()
+    used_points: tuple[int, ...] = ()
+    redundancy: int = 0
+    max_errors: int = 0
+    decoder_calls: int = field(default=0, compare=False)
+
+
+def _inconsistent_coordinates(
+    shares: Mapping[int, FieldVector], points: Sequence[int], threshold: int
+) -> np.ndarray:
+    """Boolean mask of coordinates where shares at ``points`` do not lie on one deg<t polynomial."""
+    base = list(points[:threshold])
+    base_vectors = [shares[x] for x in base]
+    inconsistent = np.zeros(base_vectors[0].size, dtype=bool)
+    for x in points[threshold:]:
+        predicted = gf.linear_combination(gf.lagrange_coefficients(base, x), base_vectors)
+        inconsistent |= predicted != shares[x]
+    return inconsistent
+
+
+def reconstruct_robust(
+    shares: Mapping[int, FieldVector],
+    threshold: int,
+    max_errors: int | None = None,
+    locator_samples: int = 3,
+) -> ReconstructionResult:
+    """Reconstruct f(0) from received shares, correcting up to ``max_errors`` wrong ones.
+
+    ``max_errors`` defaults to floor((n - t) / 2), the Reed-Solomon unique-decoding radius; a
+    smaller value trades correction for guaranteed detection (see module docstring).
+    """
+    if threshold < 1:
+        raise ValueError(f"threshold must be >= 1, got {threshold}")
+    points = sorted(shares)
+    received = len(points)
+    if received < threshold:
+        return ReconstructionResult(
+            None, True, f"only {received} shares received, threshold is {threshold}"
+        )
+    if any(x < 1 or x >= PRIME for x in points):
+        raise ValueError(f"share points must be in [1, {PRIME}), got {points}")
+    length = shares[points[0]].size
+    for x in points:
+        if shares[x].shape != (length,):
+            raise ValueError(
+                f"share at point {x} has shape {shares[x].shape}, expected ({length},)"
+            )
+    radius = (received - threshold) // 2
+    limit = radius if max_errors is None else min(max_errors, radius)
+    if limit < 0:
+        raise ValueError(f"max_errors must be >= 0, got {max_errors}")
+    excluded: set[int] = set()
+    decoder_calls = 0
+    while True:
+        trusted = [x for x in points if x not in excluded]
+        inconsistent = _inconsistent_coordinates(shares, trusted, threshold)
+        bad = np.flatnonzero(inconsistent)
+        if bad.size == 0:
+            value = interpolate_at({x: shares[x] for x in trusted[:threshold]}, 0)
+            return ReconstructionResult(
+                value,
+                False,
+                "",
+                tuple(sorted(excluded)),
+                tuple(trusted),
+                received - threshold,
+                limit,
+                decoder_calls,
+            )
+        if limit == 0 or len(excluded) >= limit:
+            return ReconstructionResult(
+                None,
+                True,
+                f"shares disagree on {bad.size} coordinates beyond the correction bound "
+                f"max_errors={limit} (received={received}, threshold={threshold})",
+                tuple(sorted(excluded)),
+                (),
+                received - threshold,
+                limit,
+                decoder_calls,
+            )
+        sample = bad[
+            np.unique(np.linspace(0, bad.size - 1, min(locator_samples, bad.size)).astype(int))
+        ]
+        found: set[int] = set()
+        for coordinate in sample:
+            decoder_calls += 1
+            decoded = berlekamp_welch(
+                points, [int(shares[x][coordinate]) for x in points], threshold, limit
+            )
+            if decoded is None:
+                return ReconstructionResult(
+                    None,
+                    True,
+                    f"coordinate {int(coordinate)} has more than max_errors={limit} wrong shares",
+                    tuple(sorted(excluded)),
+                    (),
+                    received - threshold,
+                    limit,
+                    decoder_calls,
+                )
+            found.update(points[i] for i in decoded[1])
+        if found <= excluded or len(excluded | found) > limit:
+            return ReconstructionResult(
+                None,
+                True,
+                f"error locations {sorted(excluded | found)} exceed max_errors={limit} "
+                f"or do not explain the disagreement",
+                tuple(sorted(excluded | found)),
+                (),
+                received - threshold,
+                limit,
+                decoder_calls,
+            )
+        excluded |= found

@@ -1,0 +1,1 @@
+"""The Phalanx peer daemon: actor runtime, gRPC transport, round driver, config, metrics, CLI."""

@@ -1,0 +1,229 @@
+"""Scenario and node configuration: TOML files validated with pydantic.
+
+A *scenario* says what to run (data, model, training, clustering, aggregation, timeouts); a
+*node config* adds who this process is (id, address, peers, output folder). Every error names the
+offending field on one line (`ConfigError`), so the CLI never shows a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from learning.data import DATASETS, NEEDS_DIRECTORY, PARTITIONERS
+from learning.models import MODELS
+
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for a person: `field: what is wrong`."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    dataset: Literal["mnist5k", "digits", "mnist", "fashion-mnist", "cifar10"] = "mnist5k"
+    dir: str | None = Field(default=None, description="directory with the data set's files")
+    partition: Literal["iid", "dirichlet", "shards"] = "iid"
+    alpha: Annotated[float, Field(gt=0)] = 0.5
+    shards_per_node: Annotated[int, Field(ge=1)] = 2
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    eval_samples: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="evaluate on the first N test samples (0 = all)"
+    )
+
+    @model_validator(mode="after")
+    def _directory_exists(self) -> DataConfig:
+        if self.dataset in NEEDS_DIRECTORY:
+            if not self.dir:
+                raise ValueError(f"data set {self.dataset!r} needs data.dir")
+            if not Path(self.dir).is_dir():
+                raise ValueError(f"data.dir {self.dir!r} does not exist or is not a directory")
+        return self
+
+
+class ModelConfig(_Section):
+    name: str = "cnn"
+
+    @model_validator(mode="after")
+    def _known(self) -> ModelConfig:
+        if self.name not in MODELS:
+            raise ValueError(f"unknown model {self.name!r}; known: {', '.join(sorted(MODELS))}")
+        return self
+
+
+class TrainingConfig(_Section):
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 1
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    lr: Annotated[float, Field(gt=0)] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+
+
+class ClusteringConfig(_Section):
+    strategy: str = "static"
+    cluster_size: Annotated[int, Field(ge=1)] = 4
+    publishers: Annotated[int, Field(ge=1)] = Field(
+        default=2, description="members of each cluster that publish its output to all nodes"
+    )
+
+
+class AggregationConfig(_Section):
+    rule: str = "mean"
+    f: Annotated[int, Field(ge=0)] = 0
+    secure: Literal["none", "secagg", "shamir"] = "none"
+
+
+class TimeoutConfig(_Section):
+    startup_s: Annotated[float, Field(gt=0)] = 120.0
+    collect_s: Annotated[float, Field(gt=0)] = Field(
+        default=30.0, description="how long a cluster member waits for its members' updates"
+    )
+    rpc_s: Annotated[float, Field(gt=0)] = 10.0
+
+
+class LimitConfig(_Section):
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 256 * MiB
+    mailbox_size: Annotated[int, Field(ge=1)] = 1024
+    chunk_bytes: Annotated[int, Field(ge=1024, le=4 * MiB)] = 1 * MiB
+
+
+class Scenario(_Section):
+    """Everything that defines an experiment; shared by all nodes of a run."""
+
+    name: str = "default"
+    seed: int = 0
+    nodes: Annotated[int, Field(ge=1, le=4096)] = 8
+    rounds: Annotated[int, Field(ge=1)] = 5
+    nodes_per_process: Annotated[int, Field(ge=1)] = 1
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    clustering: ClusteringConfig = ClusteringConfig()
+    aggregation: AggregationConfig = AggregationConfig()
+    timeouts: TimeoutConfig = TimeoutConfig()
+    limits: LimitConfig = LimitConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        if self.clustering.cluster_size > self.nodes:
+            raise ValueError(
+                f"clustering.cluster_size ({self.clustering.cluster_size}) is larger than "
+                f"nodes ({self.nodes})"
+            )
+        if self.aggregation.secure != "none" and self.clustering.cluster_size < 2:
+            raise ValueError(
+                "clustering.cluster_size must be >= 2 when aggregation.secure is on: a cluster "
+                "of one would publish its member's update in the clear"
+            )
+        return self
+
+
+class PeerConfig(_Section):
+    id: str
+    address: str
+
+
+class NodeSettings(_Section):
+    """Who this node is and where it listens."""
+
+    id: str
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 0
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    index: Annotated[int, Field(ge=0)] = 0
+    out_dir: str = "phalanx-out"
+
+
+class NodeConfig(_Section):
+    """A node's file: ``[node]``, ``[[peers]]`` and the scenario sections."""
+
+    node: NodeSettings
+    peers: list[PeerConfig] = []
+    scenario: Scenario = Scenario()
+
+    @model_validator(mode="after")
+    def _peers_unique(self) -> NodeConfig:
+        ids = [p.id for p in self.peers]
+        if len(set(ids)) != len(ids):
+            raise ValueError("peers: duplicate peer id")
+        return self
+
+
+def _format_error(error: ValidationError, prefix: str = "") -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"] if part != "__root__")
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    where = f"{prefix}{where}" if where else prefix.rstrip(".") or "scenario"
+    return f"{where}: {message}"
+
+
+def parse_scenario(data: dict[str, Any]) -> Scenario:
+    """Validate a scenario mapping; raises `ConfigError` naming the bad field."""
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario TOML file."""
+    try:
+        return parse_scenario(_read_toml(Path(path)))
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def default_scenario_path() -> Path:
+    return Path(__file__).parent / "scenarios" / "default.toml"
+
+
+def parse_node_config(data: dict[str, Any]) -> NodeConfig:
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error)) from None
+
+
+def load_node_config(path: str | Path) -> NodeConfig:
+    """Read a node TOML file: ``[node]``, ``[[peers]]`` and ``[scenario]`` tables."""
+    try:
+        return parse_node_config(_read_toml(Path(path)))
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def with_overrides(scenario: Scenario, overrides: dict[str, Any]) -> Scenario:
+    """A copy of `scenario` with dotted-key overrides applied (``{"clustering.cluster_size": 3}``)."""
+    data = scenario.model_dump()
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        target = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not isinstance(target.get(part), dict):
+                raise ConfigError(f"{dotted}: unknown key")
+            target = target[part]
+        if leaf not in target:
+            raise ConfigError(f"{dotted}: unknown key")
+        target[leaf] = value
+    return parse_scenario(data)

@@ -1,0 +1,449 @@
+"""One Phalanx peer: learner, aggregator and share-holder in one gRPC daemon.
+
+A `Node` owns its gRPC server, Prometheus registry, actors and round driver. Several nodes may
+live in one process (each with its own port, registry and actors) on the same event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from clustering.strategies import ClusterAssignment, compute_assignment
+from learning.data import Dataset, label_histogram, load_dataset, partition
+from learning.models import build_model
+from learning.train import (
+    TrainConfig,
+    evaluate,
+    flatten_parameters,
+    load_flat_parameters,
+    train_local,
+)
+from node.actors import Actor, FunctionActor, Supervisor
+from node.codec import Message, kind_name
+from node.config import NodeConfig, Scenario
+from node.inbox import DuplicateMessage, RoundInbox
+from node.metrics import NodeMetrics
+from node.protocols import ClusterOutput, ClusterProtocol, PlaintextClusterProtocol, RoundContext
+from node.server import PhalanxServicer, Rejection
+from node.transport import GrpcTransport
+from phalanx.v1 import node_pb2 as pb
+from phalanx.v1 import node_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_DATASETS: dict[tuple[str, str | None, int, float], Dataset] = {}
+
+
+def cached_dataset(scenario: Scenario) -> Dataset:
+    """Load the scenario's data set once per process (nodes sharing a process share it)."""
+    key = (scenario.data.dataset, scenario.data.dir, scenario.seed, scenario.data.test_fraction)
+    if key not in _DATASETS:
+        _DATASETS[key] = load_dataset(
+            scenario.data.dataset, scenario.data.dir, scenario.seed, scenario.data.test_fraction
+        )
+    return _DATASETS[key]
+
+
+def model_digest(weights: torch.Tensor) -> str:
+    """SHA-256 of the model's float32 parameter bytes: equal digests mean bit-identical models."""
+    return hashlib.sha256(weights.numpy().tobytes()).hexdigest()
+
+
+def round_seed(seed: int, node_index: int, round_: int) -> int:
+    """A per-(node, round) seed derived from the scenario seed, stable across processes."""
+    digest = hashlib.sha256(f"{seed}/{node_index}/{round_}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def public_seed(seed: int) -> bytes:
+    return hashlib.sha256(f"phalanx-public-seed/{seed}".encode()).digest()
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    round: int
+    weights: torch.Tensor
+    done: asyncio.Future[tuple[np.ndarray, float, float]]
+
+
+class ResultsWriter:
+    """Appends one JSON line per event to ``OUT/nodes/<id>.jsonl``, flushed and fsynced each time,
+    so a crash loses at most the round in progress."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._handle.write(json.dumps(record, sort_keys=True) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def combine_cluster_outputs(
+    outputs: Mapping[int, ClusterOutput], rule: str, f: int
+) -> tuple[np.ndarray, list[int]]:
+    """The global step from cluster outputs, in ascending cluster order (bit-reproducible).
+
+    ``mean``: FedAvg over dealers, sum_c S_c / sum_c |c|. Other rules: the registered robust
+    rule over the cluster means S_c/|c|. Returns (delta, clusters flagged by the rule).
+    """
+    order = sorted(outputs)
+    if rule == "mean":
+        total = np.zeros_like(outputs[order[0]].total)
+        for cluster in order:
+            total += outputs[cluster].total
+        count = sum(len(outputs[c].included) for c in order)
+        return total / np.float32(count), []
+    from learning.aggregation import aggregate_with_report
+
+    means = torch.from_numpy(np.stack([outputs[c].mean for c in order]))
+    report = aggregate_with_report(rule, means, f=f)
+    flagged = [order[i] for i in report.flagged]
+    return report.value.to(torch.float32).numpy(), flagged
+
+
+class Node:
+    """A peer daemon: serves gRPC, trains, aggregates, and runs the round driver."""
+
+    def __init__(self, config: NodeConfig, dataset: Dataset | None = None) -> None:
+        self.config = config
+        self.scenario = config.scenario
+        self.id = config.node.id
+        self.addresses = {peer.id: peer.address for peer in config.peers if peer.id != self.id}
+        self.view = sorted({self.id, *self.addresses})
+        self.index = self.view.index(self.id)
+        self.out_dir = Path(config.node.out_dir)
+        self.metrics = NodeMetrics(self.id)
+        self.inbox = RoundInbox()
+        self.protocol: ClusterProtocol = PlaintextClusterProtocol()
+        self.current_round = 1
+        self.phase = "starting"
+        self.suspected: frozenset[str] = frozenset()
+        self._bytes_sent: dict[int, int] = {}
+        self._bytes_received: dict[int, int] = {}
+        self._assignments: dict[int, ClusterAssignment] = {}
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self.port = config.node.port
+        self.metrics_port: int | None = None
+        self.supervisor = Supervisor(on_restart=self._actor_restarted)
+
+        scenario = self.scenario
+        self.dataset = dataset or cached_dataset(scenario)
+        parts = partition(
+            self.dataset.train_y,
+            len(self.view),
+            scenario.data.partition,
+            seed=scenario.seed,
+            alpha=scenario.data.alpha,
+            shards_per_node=scenario.data.shards_per_node,
+        )
+        mine = parts[self.index]
+        self.train_x, self.train_y = self.dataset.train_x[mine], self.dataset.train_y[mine]
+        limit = scenario.data.eval_samples or len(self.dataset.test_y)
+        self.test_x, self.test_y = self.dataset.test_x[:limit], self.dataset.test_y[:limit]
+        torch.manual_seed(scenario.seed)
+        self.model = build_model(scenario.model.name, self.dataset.input_shape,
+                                 self.dataset.num_classes)
+        self.weights = flatten_parameters(self.model)
+        self.dimension = self.weights.numel()
+        self.train_config = TrainConfig(**scenario.training.model_dump())
+
+        self.transport = GrpcTransport(
+            self.addresses,
+            deadline_s=scenario.timeouts.rpc_s,
+            chunk_bytes=scenario.limits.chunk_bytes,
+            observer=self._observe_send,
+            seed=round_seed(scenario.seed, self.index, 0),
+        )
+        size = scenario.limits.mailbox_size
+        self.learner: Actor[TrainJob] = FunctionActor("learner", self._train, size)
+        self.aggregator: Actor[Message] = FunctionActor("aggregator", self._store, size)
+        self.shareholder: Actor[Message] = FunctionActor("shareholder", self._store, size)
+        self.membership: Actor[Message] = FunctionActor("membership", self._membership, size)
+        self.results = ResultsWriter(self.out_dir / "nodes" / f"{self.id}.jsonl")
+
+    # ----------------------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Bind the gRPC server and metrics endpoint, start the actors, report SERVING."""
+        for actor in (self.learner, self.aggregator, self.shareholder, self.membership):
+            self.supervisor.start(actor)
+        limit = self.scenario.limits.chunk_bytes * 2 + 64 * 1024
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        servicer = PhalanxServicer(
+            self.id, self.accept, self.status_reply, self.scenario.limits.max_message_bytes,
+            self._rejected,
+        )
+        pb_grpc.add_PhalanxNodeServicer_to_server(servicer, self._server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        address = f"{self.config.node.host}:{self.config.node.port}"
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"{self.id}: cannot bind {address}")
+        await self._server.start()
+        if self.config.node.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(
+                self.config.node.metrics_port, self.config.node.host
+            )
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set("phalanx.v1.PhalanxNode", health_pb2.HealthCheckResponse.SERVING)
+        self.results.write({
+            "event": "start",
+            "node": self.id,
+            "index": self.index,
+            "pid": os.getpid(),
+            "port": self.port,
+            "metrics_port": self.metrics_port,
+            "samples": len(self.train_y),
+            "label_histogram": label_histogram(self.train_y, self.dataset.num_classes),
+            "parameters": self.dimension,
+            "time": time.time(),
+        })
+        log.info("%s serving on port %d (metrics %s)", self.id, self.port, self.metrics_port)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Graceful stop: NOT_SERVING first, let in-flight calls finish, then close."""
+        self.phase = "stopping"
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        await self.transport.close()
+        await self.supervisor.stop()
+        self.metrics.close()
+        self.results.close()
+
+    async def wait_for_peers(self) -> list[str]:
+        """Wait (up to timeouts.startup_s) until every peer reports SERVING; returns the missing."""
+        deadline = time.monotonic() + self.scenario.timeouts.startup_s
+        missing = sorted(self.addresses)
+        while missing and time.monotonic() < deadline:
+            ready = await asyncio.gather(*(self.transport.serving(p) for p in missing))
+            missing = [p for p, ok in zip(missing, ready, strict=True) if not ok]
+            if missing:
+                await asyncio.sleep(0.2)
+        if missing:
+            log.warning("%s starting without %s", self.id, ", ".join(missing))
+        return missing
+
+    # ----------------------------------------------------------------------------- receive
+    def assignment(self, round_: int) -> ClusterAssignment:
+        if round_ not in self._assignments:
+            clustering = self.scenario.clustering
+            self._assignments[round_] = compute_assignment(
+                self.view, round_, public_seed(self.scenario.seed), clustering.strategy,
+                clustering.cluster_size,
+            )
+            for old in [r for r in self._assignments if r < round_ - 2]:
+                del self._assignments[old]
+        return self._assignments[round_]
+
+    async def accept(self, message: Message) -> None:
+        """Validate an incoming message and hand it to the actor of its role."""
+        if message.sender not in self.addresses:
+            raise Rejection(grpc.StatusCode.PERMISSION_DENIED, "unknown_sender",
+                            f"sender {message.sender!r} is not a peer of {self.id}")
+        if message.recipient and message.recipient != self.id:
+            raise Rejection(grpc.StatusCode.INVALID_ARGUMENT, "wrong_recipient",
+                            f"message is addressed to {message.recipient!r}")
+        if not self.current_round <= message.round <= self.current_round + 1:
+            raise Rejection(
+                grpc.StatusCode.FAILED_PRECONDITION, "unknown_round",
+                f"round {message.round} is outside the accepted window "
+                f"[{self.current_round}, {self.current_round + 1}]",
+            )
+        kind = message.kind
+        if kind in self.protocol.kinds:
+            self.protocol.validate(message, self.assignment(message.round).clusters,
+                                   self.dimension)
+            if self.inbox.get(message.round, kind, message.cluster).get(message.sender):
+                raise Rejection(grpc.StatusCode.ALREADY_EXISTS, "duplicate",
+                                f"{message.kind_name} from {message.sender} for round "
+                                f"{message.round} already received")
+            target: Actor[Message] = self.aggregator
+        elif kind in (pb.MESSAGE_KIND_PING, pb.MESSAGE_KIND_PING_REQ, pb.MESSAGE_KIND_ACK,
+                      pb.MESSAGE_KIND_JOIN, pb.MESSAGE_KIND_LEAVE):
+            target = self.membership
+        else:
+            raise Rejection(grpc.StatusCode.FAILED_PRECONDITION, "unsupported_kind",
+                            f"{message.kind_name} is not used with aggregation.secure="
+                            f"{self.scenario.aggregation.secure!r}")
+        target.tell(message)
+        nbytes = message.payload_bytes()
+        self._bytes_received[message.round] = self._bytes_received.get(message.round, 0) + nbytes
+        self.metrics.bytes_received.labels(message.kind_name).inc(nbytes)
+        self.metrics.messages_received.labels(message.kind_name).inc()
+
+    async def _store(self, message: Message) -> None:
+        try:
+            await self.inbox.put(message)
+        except DuplicateMessage as duplicate:
+            reason = "equivocation" if duplicate.equivocation else "duplicate"
+            log.warning("%s: %s", self.id, duplicate)
+            self._rejected(reason, message.sender)
+
+    async def _membership(self, message: Message) -> None:
+        # Membership is a static peer list in this version; SWIM traffic is counted and dropped.
+        log.debug("%s: membership message %s from %s", self.id, message.kind_name, message.sender)
+
+    def _rejected(self, reason: str, sender: str) -> None:
+        self.metrics.messages_rejected.labels(reason).inc()
+
+    def _actor_restarted(self, role: str, error: BaseException) -> None:
+        self.metrics.actor_restarts.labels(role).inc()
+
+    def _observe_send(
+        self, peer: str, message: Message, nbytes: int, seconds: float, ok: bool
+    ) -> None:
+        rpc = "deliver" if message.payload_bytes() else "send"
+        self.metrics.rpc_latency.labels(rpc).observe(seconds)
+        if not ok:
+            self.metrics.rpc_failures.labels(rpc).inc()
+            return
+        name = kind_name(message.kind)
+        self._bytes_sent[message.round] = self._bytes_sent.get(message.round, 0) + nbytes
+        self.metrics.bytes_sent.labels(name).inc(nbytes)
+        self.metrics.messages_sent.labels(name).inc()
+
+    def status_reply(self) -> pb.StatusReply:
+        return pb.StatusReply(node_id=self.id, round=self.current_round,
+                              model_digest=model_digest(self.weights), phase=self.phase)
+
+    # ----------------------------------------------------------------------------- learner
+    async def _train(self, job: TrainJob) -> None:
+        def work() -> tuple[np.ndarray, float, float]:
+            started = time.perf_counter()
+            load_flat_parameters(self.model, job.weights)
+            result = train_local(self.model, self.train_x, self.train_y, self.train_config,
+                                 seed=round_seed(self.scenario.seed, self.index, job.round))
+            delta = (flatten_parameters(self.model) - job.weights).numpy()
+            return delta, result.loss, time.perf_counter() - started
+
+        try:
+            job.done.set_result(await asyncio.to_thread(work))
+        except Exception as error:
+            job.done.set_exception(error)
+            raise
+
+    async def _evaluate(self) -> tuple[float, float]:
+        def work() -> tuple[float, float]:
+            load_flat_parameters(self.model, self.weights)
+            return evaluate(self.model, self.test_x, self.test_y)
+
+        return await asyncio.to_thread(work)
+
+    # ----------------------------------------------------------------------------- rounds
+    async def run_round(self, round_: int) -> dict[str, Any]:
+        """Train, run the cluster protocol, combine cluster outputs, evaluate, record."""
+        self.current_round = round_
+        self.metrics.current_round.set(round_)
+        self.inbox.forget_before(round_)
+        started = time.monotonic()
+        assignment = self.assignment(round_)
+
+        self.phase = "train"
+        done: asyncio.Future[tuple[np.ndarray, float, float]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        await self.learner.ask(TrainJob(round_, self.weights.clone(), done))
+        update, train_loss, train_s = await done
+
+        self.phase = "communicate"
+        communicate_started = time.monotonic()
+        context = RoundContext(
+            node_id=self.id, round=round_, clusters=assignment.clusters,
+            dimension=self.dimension, inbox=self.inbox, send=self.transport.send,
+            collect_s=self.scenario.timeouts.collect_s,
+            publishers=self.scenario.clustering.publishers, suspected=self.suspected,
+        )
+        outputs = await self.protocol.run(context, update.astype(np.float32, copy=False))
+        communicate_s = time.monotonic() - communicate_started
+
+        self.phase = "aggregate"
+        aggregate_started = time.monotonic()
+        flagged: list[int] = []
+        if outputs:
+            delta, flagged = combine_cluster_outputs(
+                outputs, self.scenario.aggregation.rule, self.scenario.aggregation.f
+            )
+            self.weights = self.weights + torch.from_numpy(delta)
+        aggregate_s = time.monotonic() - aggregate_started
+
+        self.phase = "evaluate"
+        accuracy, loss = await self._evaluate()
+        included = sorted({node for out in outputs.values() for node in out.included})
+        excluded = sorted(set(self.view) - set(included))
+        self.suspected = frozenset(excluded)
+        duration = time.monotonic() - started
+        record = {
+            "event": "round",
+            "node": self.id,
+            "round": round_,
+            "accuracy": accuracy,
+            "loss": loss,
+            "train_loss": train_loss,
+            "duration_s": duration,
+            "train_s": train_s,
+            "communicate_s": communicate_s,
+            "aggregate_s": aggregate_s,
+            "phase_s": context.phase_seconds,
+            "bytes_sent": self._bytes_sent.pop(round_, 0),
+            "bytes_received": self._bytes_received.pop(round_, 0),
+            "digest": model_digest(self.weights),
+            "clusters": assignment.as_lists(),
+            "cluster_outputs": {
+                str(c): {"included": list(o.included), "publisher": o.publisher}
+                for c, o in sorted(outputs.items())
+            },
+            "failed_clusters": sorted(set(range(len(assignment.clusters))) - set(outputs)),
+            "flagged_clusters": flagged,
+            "excluded": excluded,
+            "time": time.time(),
+        }
+        self.results.write(record)
+        self.metrics.rounds_completed.inc()
+        self.metrics.round_duration.observe(duration)
+        for phase, seconds in (("train", train_s), ("communicate", communicate_s),
+                               ("aggregate", aggregate_s)):
+            self.metrics.phase_duration.labels(phase).observe(seconds)
+        self.metrics.accuracy.set(accuracy)
+        self.metrics.loss.set(loss)
+        self.metrics.train_loss.set(train_loss)
+        self.metrics.excluded.set(len(excluded))
+        for role, actor in (("learner", self.learner), ("aggregator", self.aggregator)):
+            self.metrics.mailbox_depth.labels(role).set(actor.mailbox.qsize())
+        log.info("%s round %d: accuracy %.4f loss %.4f in %.2fs (excluded: %s)", self.id,
+                 round_, accuracy, loss, duration, ",".join(excluded) or "none")
+        return record
+
+    async def run(self) -> None:
+        """All rounds of the scenario, then a short linger so peers can finish theirs."""
+        await self.wait_for_peers()
+        for round_ in range(1, self.scenario.rounds + 1):
+            await self.run_round(round_)
+        self.phase = "done"
+        self.results.write({"event": "done", "node": self.id, "time": time.time()})

@@ -1,0 +1,193 @@
+"""How a round's updates become cluster outputs: the pluggable cluster protocols.
+
+A `ClusterProtocol` takes this node's update for round r and returns the output of every cluster
+it could obtain. The plaintext protocol (`aggregation.secure = "none"`) runs two phases:
+
+1. *collect*: every dealer sends its update to the members of its cluster; each member waits for
+   its members' updates until the collect deadline and sums those that arrived, in sorted-id order.
+2. *publish*: the first `publishers` members of each cluster send (sum, included dealers) to every
+   node. Every node then picks, per cluster, the output with the most included dealers (ties: the
+   lowest-ranked publisher), so all nodes that saw the same outputs pick the same one.
+
+Only cluster sums leave a cluster in the MPC protocols; the plaintext protocol shows members each
+other's updates by design and exists as the baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+import numpy as np
+
+from node.codec import Message
+from node.inbox import RoundInbox
+from node.server import Rejection
+from phalanx.v1 import node_pb2 as pb
+
+Send = Callable[[str, Message], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class ClusterOutput:
+    """A cluster's published result: the sum of its included dealers' updates."""
+
+    cluster: int
+    total: np.ndarray
+    included: tuple[str, ...]
+    publisher: str
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.total / np.float32(len(self.included))
+
+
+@dataclass
+class RoundContext:
+    """What a cluster protocol needs to run one round at one node."""
+
+    node_id: str
+    round: int
+    clusters: Sequence[Sequence[str]]
+    dimension: int
+    inbox: RoundInbox
+    send: Send
+    collect_s: float
+    publishers: int
+    suspected: frozenset[str] = frozenset()
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def my_cluster(self) -> int:
+        for index, members in enumerate(self.clusters):
+            if self.node_id in members:
+                return index
+        raise KeyError(f"{self.node_id} is in no cluster of round {self.round}")
+
+    @property
+    def everyone(self) -> list[str]:
+        return sorted(node for members in self.clusters for node in members)
+
+    def publishers_of(self, cluster: int) -> list[str]:
+        return sorted(self.clusters[cluster])[: self.publishers]
+
+
+class ClusterProtocol(Protocol):
+    """Turns one update per dealer into cluster outputs that every node sees."""
+
+    kinds: frozenset[int]
+
+    def validate(self, message: Message, clusters: Sequence[Sequence[str]], dimension: int) -> None:
+        """Raise `Rejection` when `message` cannot belong to this protocol's round."""
+
+    async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
+        """Run the round's phases; return the outputs of the clusters that succeeded."""
+
+
+def _invalid(detail: str) -> Rejection:
+    return Rejection(grpc.StatusCode.INVALID_ARGUMENT, "invalid", detail)
+
+
+def _check_vector(message: Message, name: str, dimension: int) -> np.ndarray:
+    vector = message.tensors.get(name)
+    if vector is None:
+        raise _invalid(f"{message.kind_name} carries no {name!r} tensor")
+    if vector.dtype != np.float32 or vector.shape != (dimension,):
+        raise _invalid(
+            f"{message.kind_name} tensor {name!r} is {vector.dtype}{list(vector.shape)}, "
+            f"the model needs float32[{dimension}]"
+        )
+    if not np.all(np.isfinite(vector)):
+        raise _invalid(f"{message.kind_name} tensor {name!r} holds NaN or infinity")
+    return vector
+
+
+def _spread_deadline(start: float, span: float) -> float:
+    return start + span
+
+
+class PlaintextClusterProtocol:
+    """Baseline: members see each other's updates; publishers broadcast the cluster sum."""
+
+    kinds = frozenset({pb.MESSAGE_KIND_UPDATE, pb.MESSAGE_KIND_CLUSTER_OUTPUT})
+
+    def validate(self, message: Message, clusters: Sequence[Sequence[str]], dimension: int) -> None:
+        if not 0 <= message.cluster < len(clusters):
+            raise _invalid(f"cluster {message.cluster} does not exist in round {message.round}")
+        members = clusters[message.cluster]
+        if message.sender not in members:
+            raise _invalid(f"{message.sender} is not a member of cluster {message.cluster}")
+        if message.kind == pb.MESSAGE_KIND_UPDATE:
+            _check_vector(message, "update", dimension)
+            return
+        _check_vector(message, "sum", dimension)
+        included = [s for s in message.meta.get("included", "").split(",") if s]
+        if not included or len(set(included)) != len(included):
+            raise _invalid("cluster output lists no or duplicate included dealers")
+        if not set(included) <= set(members):
+            raise _invalid("cluster output includes dealers outside the cluster")
+
+    async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
+        me, r, mine = context.node_id, context.round, context.my_cluster
+        members = sorted(context.clusters[mine])
+        started = time.monotonic()
+        own = Message(me, r, pb.MESSAGE_KIND_UPDATE, mine, {"update": update})
+        await context.inbox.put(own)
+        await asyncio.gather(*(context.send(peer, own) for peer in members if peer != me))
+        expected = [m for m in members if m not in context.suspected or m == me]
+        received = await context.inbox.wait_for(
+            r, pb.MESSAGE_KIND_UPDATE, mine, expected, started + context.collect_s
+        )
+        context.phase_seconds["collect"] = time.monotonic() - started
+
+        published = time.monotonic()
+        if me in context.publishers_of(mine):
+            included = tuple(sorted(received))
+            total = np.zeros(context.dimension, dtype=np.float32)
+            for dealer in included:
+                total += received[dealer].tensors["update"]
+            output = Message(
+                me, r, pb.MESSAGE_KIND_CLUSTER_OUTPUT, mine, {"sum": total},
+                meta={"included": ",".join(included)},
+            )
+            await context.inbox.put(output)
+            await asyncio.gather(
+                *(context.send(peer, output) for peer in context.everyone if peer != me)
+            )
+
+        def outputs_complete() -> bool:
+            for cluster in range(len(context.clusters)):
+                got = context.inbox.get(r, pb.MESSAGE_KIND_CLUSTER_OUTPUT, cluster)
+                waiting = [p for p in context.publishers_of(cluster) if p not in context.suspected]
+                if not got or not set(waiting) <= got.keys():
+                    return False
+            return True
+
+        # Other clusters may still be waiting out their own collect deadline.
+        await context.inbox.wait_until(published + 2 * context.collect_s, outputs_complete)
+        context.phase_seconds["publish"] = time.monotonic() - published
+        return {
+            cluster: chosen
+            for cluster in range(len(context.clusters))
+            if (chosen := self._choose(context, cluster)) is not None
+        }
+
+    @staticmethod
+    def _choose(context: RoundContext, cluster: int) -> ClusterOutput | None:
+        got = context.inbox.get(context.round, pb.MESSAGE_KIND_CLUSTER_OUTPUT, cluster)
+        ranked = [p for p in context.publishers_of(cluster) if p in got]
+        if not ranked:
+            return None
+
+        def preference(publisher: str) -> tuple[int, int]:
+            size = len(got[publisher].meta["included"].split(","))
+            return (-size, ranked.index(publisher))
+
+        best = min(ranked, key=preference)
+        message = got[best]
+        included = tuple(message.meta["included"].split(","))
+        return ClusterOutput(cluster, message.tensors["sum"], included, best)

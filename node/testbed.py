@@ -1,0 +1,473 @@
+"""`phalanx testbed run`: a local testbed of real node processes on 127.0.0.1.
+
+The testbed writes one node file per node, starts the node processes (``nodes_per_process``
+nodes each), shows a live per-round table, injects the requested faults (``--kill NODE@ROUND``),
+and merges the nodes' own result files into ``OUT/summary.json`` and ``OUT/report.md``.
+
+Children run in their own session and die with the testbed (``PR_SET_PDEATHSIG``), so neither
+Ctrl-C nor a crash leaves orphans; the summary is rewritten after every round, so partial
+results survive an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from rich.console import Console
+from rich.table import Table
+
+from node.config import (
+    NodeConfig,
+    NodeSettings,
+    PeerConfig,
+    Scenario,
+    default_scenario_path,
+    load_scenario,
+    with_overrides,
+)
+
+console = Console(highlight=False)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports that were free a moment ago (bound all at once, then released)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def node_ids(count: int) -> list[str]:
+    width = max(2, len(str(count - 1)))
+    return [f"node-{i:0{width}d}" for i in range(count)]
+
+
+def _die_with_parent() -> None:
+    """Run in the child before exec: get SIGTERM when the testbed process dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class NodeProcess:
+    """One child process hosting one or more nodes."""
+
+    name: str
+    node_ids: list[str]
+    config_paths: list[Path]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    killed_by_testbed: bool = False
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+
+@dataclass
+class Fault:
+    node: str
+    round: int
+    action: str = "kill"
+    done: bool = False
+
+
+@dataclass
+class Testbed:
+    """Everything about one local run: where it writes, which processes, which faults."""
+
+    scenario: Scenario
+    out_dir: Path
+    host: str = "127.0.0.1"
+    faults: list[Fault] = field(default_factory=list)
+    metrics: bool = True
+    processes: list[NodeProcess] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    fault_log: list[dict[str, Any]] = field(default_factory=list)
+
+    def prepare(self) -> None:
+        """Write the node files: ids, ports, peers, the scenario."""
+        n = self.scenario.nodes
+        self.ids = node_ids(n)
+        ports = free_ports(2 * n if self.metrics else n, self.host)
+        self.ports = dict(zip(self.ids, ports[:n], strict=True))
+        if self.metrics:
+            self.metrics_ports = dict(zip(self.ids, ports[n:], strict=True))
+        peers = [PeerConfig(id=i, address=f"{self.host}:{self.ports[i]}") for i in self.ids]
+        (self.out_dir / "config").mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "nodes").mkdir(parents=True, exist_ok=True)
+        for stale in (self.out_dir / "nodes").glob("*.jsonl"):
+            stale.unlink()
+        paths: dict[str, Path] = {}
+        for node_id in self.ids:
+            config = NodeConfig(
+                node=NodeSettings(
+                    id=node_id, host=self.host, port=self.ports[node_id],
+                    metrics_port=self.metrics_ports.get(node_id), out_dir=str(self.out_dir),
+                ),
+                peers=peers,
+                scenario=self.scenario,
+            )
+            path = self.out_dir / "config" / f"{node_id}.toml"
+            path.write_text(tomli_w.dumps(config.model_dump(exclude_none=True)))
+            paths[node_id] = path
+        per = self.scenario.nodes_per_process
+        for start in range(0, n, per):
+            group = self.ids[start : start + per]
+            name = group[0] if per == 1 else f"proc-{start // per:03d}"
+            self.processes.append(NodeProcess(
+                name, group, [paths[i] for i in group], self.out_dir / "logs" / f"{name}.log"
+            ))
+        (self.out_dir / "scenario.toml").write_text(
+            tomli_w.dumps(self.scenario.model_dump(exclude_none=True))
+        )
+
+    def launch(self) -> None:
+        env = dict(os.environ)
+        path_parts = [str(REPO_ROOT), str(REPO_ROOT / "proto")]
+        env["PYTHONPATH"] = os.pathsep.join(path_parts + [env.get("PYTHONPATH", "")]).rstrip(":")
+        env.setdefault("OMP_NUM_THREADS", "1")
+        for proc in self.processes:
+            command = [sys.executable, "-m", "node", "node"]
+            for path in proc.config_paths:
+                command += ["--config", str(path)]
+            handle = open(proc.log_path, "ab")  # noqa: SIM115 - the child owns it
+            proc.process = subprocess.Popen(
+                command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+            handle.close()
+
+    def process_of(self, node_id: str) -> NodeProcess:
+        return next(p for p in self.processes if node_id in p.node_ids)
+
+    def apply_faults(self, records: dict[str, dict[int, dict[str, Any]]]) -> None:
+        """Kill a node's process once that node has recorded the fault's round."""
+        for fault in self.faults:
+            if fault.done or fault.round not in records.get(fault.node, {}):
+                continue
+            proc = self.process_of(fault.node)
+            if proc.process is not None and proc.returncode is None:
+                proc.killed_by_testbed = True
+                proc.process.kill()
+                console.print(f"[yellow]fault: killed {proc.name} ({', '.join(proc.node_ids)}) "
+                              f"after round {fault.round}[/]")
+            fault.done = True
+            self.fault_log.append({"round": fault.round, "action": fault.action,
+                                   "nodes": proc.node_ids, "time": time.time()})
+
+    def stop_all(self, grace_s: float = 10.0) -> None:
+        """SIGTERM every live child, wait for the graceful stop, then SIGKILL what is left."""
+        live = [p for p in self.processes if p.process is not None and p.returncode is None]
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError):
+                proc.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        deadline = time.monotonic() + grace_s
+        for proc in live:
+            try:
+                proc.process.wait(timeout=max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                proc.process.kill()  # type: ignore[union-attr]
+                proc.process.wait()  # type: ignore[union-attr]
+
+
+def read_node_records(out_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[int, dict[str, Any]]]]:
+    """Parse ``OUT/nodes/*.jsonl``: (start records by node, round records by node and round).
+
+    A torn last line (a node killed mid-write) is ignored.
+    """
+    starts: dict[str, dict[str, Any]] = {}
+    rounds: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in sorted((out_dir / "nodes").glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("event") == "start":
+                starts[record["node"]] = record
+            elif record.get("event") == "round":
+                rounds.setdefault(record["node"], {})[record["round"]] = record
+    return starts, rounds
+
+
+def build_summary(
+    scenario: Scenario,
+    starts: dict[str, dict[str, Any]],
+    rounds: dict[str, dict[int, dict[str, Any]]],
+    honest: list[str],
+    faults: list[dict[str, Any]],
+    status: str,
+) -> dict[str, Any]:
+    """Merge per-node records into the run summary (schema in ARCHITECTURE.md)."""
+    all_rounds = sorted({r for per_node in rounds.values() for r in per_node})
+    per_round = []
+    for r in all_rounds:
+        reports = {node: recs[r] for node, recs in sorted(rounds.items()) if r in recs}
+        honest_reports = {n: rec for n, rec in reports.items() if n in honest} or reports
+        first = next(iter(honest_reports.values()))
+        digests = {n: rec["digest"] for n, rec in honest_reports.items()}
+        accuracies = [rec["accuracy"] for rec in honest_reports.values()]
+        per_round.append({
+            "round": r,
+            "accuracy": first["accuracy"],
+            "accuracy_min": min(accuracies),
+            "accuracy_max": max(accuracies),
+            "loss": first["loss"],
+            "train_loss": sum(rec["train_loss"] for rec in reports.values()) / len(reports),
+            "duration_s": max(rec["duration_s"] for rec in reports.values()),
+            "train_s": max(rec["train_s"] for rec in reports.values()),
+            "communicate_s": max(rec["communicate_s"] for rec in reports.values()),
+            "aggregate_s": max(rec["aggregate_s"] for rec in reports.values()),
+            "bytes_sent": {n: rec["bytes_sent"] for n, rec in reports.items()},
+            "bytes_received": {n: rec["bytes_received"] for n, rec in reports.items()},
+            "honest_digests": digests,
+            "digests_identical": len(set(digests.values())) == 1,
+            "clusters": first["clusters"],
+            "clusters_identical": all(rec["clusters"] == first["clusters"]
+                                      for rec in reports.values()),
+            "cluster_outputs": first["cluster_outputs"],
+            "failed_clusters": first["failed_clusters"],
+            "flagged_clusters": first["flagged_clusters"],
+            "excluded": first["excluded"],
+            "reporting_nodes": sorted(reports),
+        })
+    return {
+        "status": status,
+        "scenario": scenario.model_dump(),
+        "nodes": {
+            node: {
+                "samples": rec["samples"],
+                "label_histogram": rec["label_histogram"],
+                "port": rec["port"],
+                "metrics_port": rec["metrics_port"],
+            }
+            for node, rec in sorted(starts.items())
+        },
+        "parameters": next(iter(starts.values()))["parameters"] if starts else None,
+        "faults": faults,
+        "rounds": per_round,
+        "final_accuracy": per_round[-1]["accuracy"] if per_round else None,
+        "all_digests_identical": all(r["digests_identical"] for r in per_round),
+    }
+
+
+def write_report(summary: dict[str, Any], out_dir: Path) -> Path:
+    """`report.md` with an accuracy-per-round plot next to it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = summary["rounds"]
+    plot = out_dir / "accuracy.png"
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    xs = [r["round"] for r in rounds]
+    ax.plot(xs, [r["accuracy"] for r in rounds], marker="o", label="test accuracy")
+    ax.plot(xs, [r["loss"] for r in rounds], marker="s", linestyle="--", label="test loss")
+    ax.set_xlabel("round")
+    ax.set_title(f"{summary['scenario']['name']}: {summary['scenario']['nodes']} nodes")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(plot)
+    plt.close(fig)
+    scenario = summary["scenario"]
+    lines = [
+        f"# Phalanx testbed run: {scenario['name']}",
+        "",
+        f"- status: **{summary['status']}**",
+        f"- nodes: {scenario['nodes']}, rounds: {scenario['rounds']}, "
+        f"cluster size: {scenario['clustering']['cluster_size']} "
+        f"({scenario['clustering']['strategy']}), secure: {scenario['aggregation']['secure']}, "
+        f"rule: {scenario['aggregation']['rule']}",
+        f"- data: {scenario['data']['dataset']} ({scenario['data']['partition']}), "
+        f"model: {scenario['model']['name']} ({summary['parameters']} parameters)",
+        f"- final accuracy: {summary['final_accuracy']}",
+        f"- honest digests identical in every round: {summary['all_digests_identical']}",
+        "",
+        "![accuracy per round](accuracy.png)",
+        "",
+        "| round | accuracy | loss | round s | train s | communicate s | aggregate s | MB sent |"
+        " excluded |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rounds:
+        mb = sum(r["bytes_sent"].values()) / 1e6
+        lines.append(
+            f"| {r['round']} | {r['accuracy']:.4f} | {r['loss']:.4f} | {r['duration_s']:.2f} | "
+            f"{r['train_s']:.2f} | {r['communicate_s']:.2f} | {r['aggregate_s']:.3f} | "
+            f"{mb:.1f} | {', '.join(r['excluded']) or '-'} |"
+        )
+    if summary["faults"]:
+        lines += ["", "## Faults", ""]
+        lines += [f"- round {f['round']}: {f['action']} {', '.join(f['nodes'])}"
+                  for f in summary["faults"]]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def _row(r: dict[str, Any]) -> list[str]:
+    mb = sum(r["bytes_sent"].values()) / 1e6
+    agree = "[green]yes[/]" if r["digests_identical"] else "[red]NO[/]"
+    return [str(r["round"]), f"{r['accuracy']:.4f}", f"{r['loss']:.4f}",
+            f"{r['duration_s']:.2f}", f"{mb:.1f}", ", ".join(r["excluded"]) or "-", agree]
+
+
+COLUMNS = ("round", "accuracy", "loss", "round s", "MB sent", "excluded", "digests agree")
+
+
+def run_testbed(testbed: Testbed, timeout_s: float) -> dict[str, Any]:
+    """Run to completion (or interruption); returns the summary, also written to disk."""
+    scenario, out_dir = testbed.scenario, testbed.out_dir
+    testbed.prepare()
+    console.print(f"[bold]phalanx testbed[/]: {scenario.nodes} nodes in "
+                  f"{len(testbed.processes)} processes, {scenario.rounds} rounds -> {out_dir}")
+    header = Table(*COLUMNS, title=None, show_edge=False)
+    console.print(header)
+    testbed.launch()
+    status = "running"
+    shown: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    summary: dict[str, Any] = {}
+    try:
+        while True:
+            time.sleep(0.25)
+            starts, rounds = read_node_records(out_dir)
+            testbed.apply_faults(rounds)
+            crashed = [p for p in testbed.processes
+                       if p.returncode not in (None, 0) and not p.killed_by_testbed]
+            dead_nodes = {n for p in testbed.processes
+                          if p.returncode is not None for n in p.node_ids}
+            live_nodes = [n for n in testbed.ids if n not in dead_nodes]
+            honest = [n for n in testbed.ids if not testbed.process_of(n).killed_by_testbed]
+            summary = build_summary(scenario, starts, rounds, honest, testbed.fault_log, status)
+            for r in summary["rounds"]:
+                complete = all(r["round"] in rounds.get(n, {}) for n in live_nodes)
+                if r["round"] not in shown and (complete or not live_nodes):
+                    shown.add(r["round"])
+                    table = Table(*COLUMNS, show_header=False, show_edge=False)
+                    table.add_row(*_row(r))
+                    console.print(table)
+            if crashed:
+                names = ", ".join(f"{p.name} (exit {p.returncode}, log {p.log_path})"
+                                  for p in crashed)
+                console.print(f"[red]node process crashed: {names}; stopping the testbed[/]")
+                status = "crashed"
+                break
+            if all(p.returncode is not None for p in testbed.processes):
+                status = "completed"
+                break
+            if time.monotonic() > deadline:
+                console.print(f"[red]timed out after {timeout_s:.0f}s; stopping the testbed[/]")
+                status = "timeout"
+                break
+    except KeyboardInterrupt:
+        status = "interrupted"
+        console.print("[yellow]interrupted: stopping every node, keeping partial results[/]")
+    finally:
+        testbed.stop_all()
+        starts, rounds = read_node_records(out_dir)
+        honest = [n for n in testbed.ids if not testbed.process_of(n).killed_by_testbed]
+        summary = build_summary(scenario, starts, rounds, honest, testbed.fault_log, status)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if summary["rounds"]:
+            write_report(summary, out_dir)
+    return summary
+
+
+def _parse_fault(text: str) -> Fault:
+    node, sep, round_ = text.partition("@")
+    if not sep or not round_.isdigit():
+        raise argparse.ArgumentTypeError(f"--kill {text!r}: expected NODE@ROUND, e.g. node-03@2")
+    return Fault(node=node, round=int(round_))
+
+
+def scenario_from_args(args: argparse.Namespace) -> Scenario:
+    scenario = load_scenario(args.scenario) if args.scenario else load_scenario(
+        default_scenario_path()
+    )
+    return with_overrides(scenario, {
+        "nodes": args.nodes,
+        "rounds": args.rounds,
+        "seed": args.seed,
+        "nodes_per_process": args.nodes_per_process,
+        "clustering.cluster_size": args.cluster_size,
+        "clustering.strategy": args.strategy,
+        "aggregation.secure": args.secure,
+        "aggregation.rule": args.rule,
+        "data.dataset": args.dataset,
+        "data.partition": args.partition,
+        "model.name": args.model,
+        "timeouts.collect_s": args.collect_timeout,
+    })
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    scenario = scenario_from_args(args)
+    faults = list(args.kill or [])
+    ids = node_ids(scenario.nodes)
+    for fault in faults:
+        if fault.node not in ids:
+            print(f"phalanx testbed: --kill names unknown node {fault.node!r} "
+                  f"(nodes are {ids[0]} .. {ids[-1]})", file=sys.stderr)
+            return 2
+    out_dir = Path(args.out)
+    testbed = Testbed(scenario, out_dir, faults=faults, metrics=not args.no_metrics)
+    timeout = args.timeout or (scenario.timeouts.startup_s
+                               + scenario.rounds * (3 * scenario.timeouts.collect_s + 120))
+    summary = run_testbed(testbed, timeout)
+    console.print(f"summary: {out_dir / 'summary.json'}   report: {out_dir / 'report.md'}")
+    console.print(f"final accuracy: {summary['final_accuracy']}   honest digests identical: "
+                  f"{summary['all_digests_identical']}   status: {summary['status']}")
+    return 0 if summary["status"] == "completed" else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    testbed = subparsers.add_parser("testbed", help="local testbeds of real node processes")
+    sub = testbed.add_subparsers(dest="testbed_command", metavar="ACTION", required=True)
+    run = sub.add_parser("run", help="run a scenario on 127.0.0.1 and write summary.json")
+    run.add_argument("scenario", nargs="?", type=Path, help="scenario TOML (default: built-in)")
+    run.add_argument("--nodes", type=int)
+    run.add_argument("--rounds", type=int)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--cluster-size", type=int)
+    run.add_argument("--strategy")
+    run.add_argument("--secure", choices=("none", "secagg", "shamir"))
+    run.add_argument("--rule", help="aggregation rule over cluster outputs")
+    run.add_argument("--dataset")
+    run.add_argument("--partition", choices=("iid", "dirichlet", "shards"))
+    run.add_argument("--model")
+    run.add_argument("--nodes-per-process", type=int)
+    run.add_argument("--collect-timeout", type=float, help="timeouts.collect_s")
+    run.add_argument("--kill", action="append", type=_parse_fault, metavar="NODE@ROUND",
+                     help="kill NODE's process after it records ROUND (repeatable)")
+    run.add_argument("--timeout", type=float, help="overall limit in seconds")
+    run.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
+    run.add_argument("--out", default="phalanx-out", help="output folder (default phalanx-out)")
+    run.set_defaults(func=_cmd_run)
