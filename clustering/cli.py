@@ -69,6 +69,7 @@ def _rule_description(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_table(args: argparse.Namespace, analyses: Sequence[ClusterAnalysis]) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -77,30 +78,35 @@ def _print_table(args: argparse.Namespace, analyses: Sequence[ClusterAnalysis]) 
         f"n={args.nodes}, f={args.faulty}, strategy={args.strategy}, "
         f"{', '.join(f'{k}={v}' for k, v in rule.items())}, breakdown={args.breakdown}"
     )
-    table = Table(title=title)
-    for header in (
-        "k",
-        "clusters",
-        "tolerated",
-        "E[corrupted frac]",
-        "P(any corrupted)",
-        "P(overwhelmed)",
-        "worst",
-        "best",
-    ):
-        table.add_column(header, justify="right")
     with_monte_carlo = any(analysis.monte_carlo for analysis in analyses)
+    caption = (
+        "m clusters; tol = corrupted clusters the outer rule tolerates; E(frac) = expected "
+        "corrupted fraction; P(over) = P(more than tol corrupted); worst/best = adversarial "
+        "and packed placements"
+    )
     if with_monte_carlo:
-        table.add_column("MC E[frac]", justify="right")
-        table.add_column("MC P(overwhelmed) ± se", justify="right")
+        caption += "; MC = Monte Carlo (± standard error)"
+    table = Table(
+        title=title,
+        caption=caption,
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    headers = ["k", "m", "tol", "E(frac)", "P(≥1)", "P(over)", "worst", "best"]
+    if with_monte_carlo:
+        headers += ["MC E(frac)", "MC P(over)"]
+    for header in headers:
+        width = {"P(≥1)": 8, "P(over)": 8, "MC P(over)": 11}.get(header, len(header))
+        table.add_column(header, justify="right", no_wrap=True, min_width=width)
     for analysis in analyses:
         row = [
             str(analysis.cluster_size),
             str(analysis.num_clusters),
             str(analysis.max_tolerated),
             f"{float(analysis.expected_fraction()):.4f}",
-            f"{float(analysis.prob_at_least(1)):.4g}",
-            f"{float(analysis.overwhelm_probability()):.4g}",
+            f"{float(analysis.prob_at_least(1)):.3g}",
+            f"{float(analysis.overwhelm_probability()):.3g}",
             f"{analysis.worst_case.corrupted}/{analysis.num_clusters}",
             f"{analysis.best_case.corrupted}/{analysis.num_clusters}",
         ]
@@ -111,7 +117,7 @@ def _print_table(args: argparse.Namespace, analyses: Sequence[ClusterAnalysis]) 
             else:
                 overwhelmed = estimate.overwhelm_probability(analysis.breakdown)
                 error = estimate.standard_error(overwhelmed, estimate.trials)
-                row += [f"{estimate.expected_fraction():.4f}", f"{overwhelmed:.4g} ± {error:.2g}"]
+                row += [f"{estimate.expected_fraction():.4f}", f"{overwhelmed:.3g}±{error:.1g}"]
         table.add_row(*row)
     Console().print(table)
 

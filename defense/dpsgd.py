@@ -91,6 +91,7 @@ def dp_train_local(
         return TrainResult(loss=float("nan"), samples=0, steps=0), accountant.epsilon(
             dp_config.delta
         )
+    model.train()
     problems = ModuleValidator.validate(model, strict=False)
     if problems:
         raise ValueError(f"model is not DP-SGD compatible (Opacus): {problems[0]}")
@@ -134,7 +135,6 @@ def dp_train_local(
         wrap_model=False,
     )
     loss_fn = nn.CrossEntropyLoss()
-    model.train()
     total_loss, steps, loss_steps = 0.0, 0, 0
     try:
         with warnings.catch_warnings():

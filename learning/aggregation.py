@@ -187,11 +187,12 @@ def _check_vectors(vectors: Any, owner: str) -> torch.Tensor:
     if vectors.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"{owner}: vectors must be float32 or float64, got {vectors.dtype}")
     # One reduction pass: a NaN or inf anywhere in a row makes its sum non-finite.
-    row_sums = vectors.sum(dim=1, dtype=torch.float64)
+    row_sums = vectors.sum(dim=1)
     bad_rows = torch.nonzero(~torch.isfinite(row_sums)).flatten().tolist()
     if bad_rows:
         raise ValueError(
-            f"{owner}: rows {bad_rows} contain NaN or inf; drop them before aggregating"
+            f"{owner}: rows {bad_rows} contain NaN or inf (or overflow {vectors.dtype} when "
+            "summed); drop them before aggregating"
         )
     return vectors
 
@@ -229,13 +230,18 @@ def _centered_gram(vectors: torch.Tensor) -> torch.Tensor:
     """Gram matrix of the rows after removing the column means, accumulated in float64.
 
     Centering leaves pairwise distances unchanged and avoids the cancellation of
-    ``|a|^2 + |b|^2 - 2 a.b`` when all rows share a large common component.
+    ``|a|^2 + |b|^2 - 2 a.b`` when all rows share a large common component. The center is the
+    column mean rounded to 8 significant bits: as good for conditioning, and on inputs that lie
+    on a coarse grid (small integers, short binary fractions) every product and sum stays exact,
+    so distances that are equal by construction compare equal and ties break by index.
     """
     m = vectors.shape[0]
     gram = torch.zeros(m, m, dtype=torch.float64, device=vectors.device)
     for _, chunk in _column_chunks(vectors):
         block = chunk.to(torch.float64)
-        block = block - block.mean(dim=0, keepdim=True)
+        mantissa, exponent = torch.frexp(block.mean(dim=0, keepdim=True))
+        center = torch.ldexp(torch.round(mantissa * 256.0) / 256.0, exponent.to(torch.float64))
+        block = block - center
         gram += block @ block.T
     return gram
 
@@ -262,7 +268,7 @@ def _sorted_column_chunks(
     """
     for columns, chunk in _column_chunks(vectors):
         # +0.0 turns -0.0 into +0.0 so that signed zeros tie like the equal numbers they are.
-        transposed = chunk.T.contiguous() + 0.0
+        transposed = chunk.T.contiguous().add_(0.0)
         values, rows = torch.sort(transposed, dim=1, stable=True)
         yield columns, values, rows
 
@@ -271,10 +277,9 @@ def _row_distances(vectors: torch.Tensor, center: torch.Tensor | None) -> torch.
     """``|x_i - center|`` for every row (``|x_i|`` when center is None), accumulated in float64."""
     squared = torch.zeros(vectors.shape[0], dtype=torch.float64, device=vectors.device)
     for columns, chunk in _column_chunks(vectors):
-        block = chunk.to(torch.float64)
-        if center is not None:
-            block = block - center[columns].to(torch.float64)
-        squared += (block * block).sum(dim=1)
+        block = chunk if center is None else chunk - center[columns]
+        # torch's cascaded sum keeps each chunk's total accurate; chunks add up in float64
+        squared += (block * block).sum(dim=1).to(torch.float64)
     return squared.sqrt().cpu()
 
 
@@ -650,7 +655,7 @@ class CenteredClipping(AggregationRule):
                     f"{self.name}: center has shape {tuple(self.center.shape)}, expected ({d},)"
                 )
             center = self.center.to(device=vectors.device, dtype=vectors.dtype)
-        distances = _row_distances(vectors, center)
+        distances = _row_distances(vectors, None if self.center is None else center)
         radius = (
             float(torch.sort(distances).values[(m - 1) // 2])
             if self.radius is None

@@ -165,8 +165,10 @@ def uniform_from_bytes(stream: Callable[[int], bytes], count: int) -> FieldVecto
     the field (2^31 - 1) is redrawn from further stream bytes, so the output is uniform on
     GF(p) with no modular bias. ``stream(n)`` must return the next n bytes of the stream.
     """
-    words = np.frombuffer(stream(4 * count), dtype="<u4").astype(np.uint32)
-    np.bitwise_and(words, _P32, out=words)
+    words = np.bitwise_and(np.frombuffer(stream(4 * count), dtype="<u4"), _P32, dtype=np.uint32)
+    # after masking every word is <= p, so one max() pass tells whether any word needs a redraw
+    if count == 0 or int(words.max()) < PRIME:
+        return words
     rejected = np.flatnonzero(words == _P32)
     while rejected.size:
         redraw = np.frombuffer(stream(4 * rejected.size), dtype="<u4") & _P32

@@ -82,20 +82,24 @@ def pairwise_seed(
 
 
 def _seal_masks(
-    base: FieldVector, plus_seeds: Sequence[bytes], minus_seeds: Sequence[bytes], length: int
+    bases: Sequence[FieldVector],
+    plus_seeds: Sequence[bytes],
+    minus_seeds: Sequence[bytes],
+    length: int,
 ) -> FieldVector:
-    """(base + sum PRG(plus) - sum PRG(minus)) mod p, accumulated once in uint64.
+    """(sum bases + sum PRG(plus) - sum PRG(minus)) mod p, accumulated once in uint64.
 
     Adding len(minus) * p up front keeps the running value non-negative, so only one final
     reduction is needed.
     """
-    accumulator = base.astype(np.uint64)
-    accumulator += np.uint64(len(minus_seeds) * PRIME)
+    accumulator = np.full(length, len(minus_seeds) * PRIME, dtype=np.uint64)
+    for base in bases:
+        accumulator += base
     for seed in plus_seeds:
         accumulator += prg_field_vector(seed, length)
     for seed in minus_seeds:
         accumulator -= prg_field_vector(seed, length)
-    bound = (1 + len(plus_seeds) + len(minus_seeds)) * PRIME
+    bound = (len(bases) + len(plus_seeds) + len(minus_seeds)) * PRIME
     return gf.reduce_u64(accumulator, bound)
 
 
@@ -179,7 +183,7 @@ class SecAggMember:
         return messages
 
     def receive_share(self, message: EncryptedShare) -> None:
-        """Decrypt and keep one seed share; raises :class:`ShareRejected` on any bad message."""
+        """Decrypt and keep one seed share (after :meth:`share_keys`); raises ShareRejected."""
         session = self.session
         session.check(message.round, message.cluster, message.sender)
         if message.recipient != self.member or message.purpose != SEED_PURPOSE:
@@ -235,7 +239,7 @@ class SecAggMember:
             )
             (plus if self.member < peer else minus).append(seed)
         masked = _seal_masks(
-            encoded_update, [self._self_mask_seed, *plus], minus, session.dimension
+            [encoded_update], [self._self_mask_seed, *plus], minus, session.dimension
         )
         return MaskedInput(session.round, session.cluster, self.member, gf.to_bytes(masked))
 
@@ -424,11 +428,10 @@ class SecAggAggregator:
                 )
                 # survivor added +PRG(s) when survivor < name, so remove it with the opposite sign
                 (minus_seeds if survivor < name else plus_seeds).append(seed)
-        total = np.zeros(session.dimension, dtype=np.uint64)
-        for name in survivors:
-            total += self._masked[name]
-        summed = gf.reduce_u64(total, len(survivors) * PRIME)
-        field_sum = _seal_masks(summed, plus_seeds, [*self_seeds, *minus_seeds], session.dimension)
+        masked_vectors = [self._masked[name] for name in survivors]
+        field_sum = _seal_masks(
+            masked_vectors, plus_seeds, [*self_seeds, *minus_seeds], session.dimension
+        )
         return SecAggOutcome(
             field_sum, False, survivors, dropped, "", tuple(sorted(suspects)), dict(self.rejections)
         )

@@ -101,8 +101,11 @@ class ShamirMember:
         return messages
 
     def receive_share(self, message: EncryptedShare) -> None:
-        """Decrypt and keep one share; raises :class:`ShareRejected` (never crashes) on bad input:
-        other round or cluster, other recipient, duplicate, failed authentication, bad length."""
+        """Decrypt and keep one share (after :meth:`deal`).
+
+        Raises :class:`ShareRejected` (for the node to log) on a share for another round or
+        cluster or recipient, a duplicate, failed authentication or a wrong length.
+        """
         session = self.session
         session.check(message.round, message.cluster, message.sender)
         if message.recipient != self.member or message.purpose != UPDATE_PURPOSE:

@@ -24,7 +24,7 @@ _DTYPES: dict[int, np.dtype] = {
     pb.DTYPE_UINT8: np.dtype("u1"),
     pb.DTYPE_INT32: np.dtype("<i4"),
 }
-_CODES: dict[str, int] = {dt.str.lstrip("<|="): code for code, dt in _DTYPES.items()}
+_CODES: dict[str, int] = {dt.name: code for code, dt in _DTYPES.items()}
 
 
 class CodecError(ValueError):
@@ -65,7 +65,7 @@ def kind_name(kind: int) -> str:
 
 
 def tensor_spec(name: str, array: np.ndarray) -> pb.TensorSpec:
-    code = _CODES.get(array.dtype.str.lstrip("<|="))
+    code = _CODES.get(array.dtype.name)
     if code is None:
         raise CodecError(f"tensor {name!r}: dtype {array.dtype} cannot travel")
     return pb.TensorSpec(dtype=code, shape=list(array.shape), name=name)  # type: ignore[arg-type]

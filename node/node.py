@@ -41,7 +41,6 @@ from node.protocols import ClusterOutput, ClusterProtocol, PlaintextClusterProto
 from node.server import PhalanxServicer, Rejection
 from node.transport import GrpcTransport
 from phalanx.v1 import node_pb2 as pb
-from phalanx.v1 import node_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +198,7 @@ class Node:
             self.id, self.accept, self.status_reply, self.scenario.limits.max_message_bytes,
             self._rejected,
         )
-        pb_grpc.add_PhalanxNodeServicer_to_server(servicer, self._server)  # type: ignore[no-untyped-call]
+        self._server.add_generic_rpc_handlers((servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         address = f"{self.config.node.host}:{self.config.node.port}"
         self.port = self._server.add_insecure_port(address)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from node.actors import MailboxFull
 from node.codec import CodecError, Message, PayloadTooLarge, decode_chunks, decode_envelope
 from phalanx.v1 import node_pb2 as pb
-from phalanx.v1 import node_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,24 @@ class Rejection(Exception):
         return f"{self.reason}: {self.detail}"
 
 
+SERVICE = "phalanx.v1.PhalanxNode"
+
+MessageT = TypeVar("MessageT", pb.Envelope, pb.Chunk)
+
+
+def _parse(message_type: type[MessageT], raw: bytes) -> MessageT:
+    try:
+        return message_type.FromString(raw)
+    except DecodeError as error:
+        raise CodecError(f"malformed {message_type.__name__} protobuf: {error}") from None
+
+
 Accept = Callable[[Message], Awaitable[None]]
 StatusProvider = Callable[[], pb.StatusReply]
 RejectHook = Callable[[str, str], None]
 
 
-class PhalanxServicer(pb_grpc.PhalanxNodeServicer):
+class PhalanxServicer:
     """Implements `phalanx.v1.PhalanxNode` on top of a node's `accept` coroutine."""
 
     def __init__(
@@ -88,20 +101,40 @@ class PhalanxServicer(pb_grpc.PhalanxNodeServicer):
         return pb.Ack(accepted=True)
 
     async def Send(  # noqa: N802 - gRPC method name
-        self, request: pb.Envelope, context: grpc.aio.ServicerContext
+        self, request: bytes, context: grpc.aio.ServicerContext
     ) -> pb.Ack:
         async def decode() -> Message:
-            return decode_envelope(request, self._max_bytes)
+            return decode_envelope(_parse(pb.Envelope, request), self._max_bytes)
 
         return await self._process(context, decode)
 
     async def Deliver(  # noqa: N802 - gRPC method name
-        self, request_iterator: AsyncIterator[pb.Chunk], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> pb.Ack:
+        async def chunks() -> AsyncIterator[pb.Chunk]:
+            async for raw in request_iterator:
+                yield _parse(pb.Chunk, raw)
+
         async def decode() -> Message:
-            return await decode_chunks(request_iterator, self._max_bytes)
+            return await decode_chunks(chunks(), self._max_bytes)
 
         return await self._process(context, decode)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's handlers; requests arrive as raw bytes so that a malformed protobuf
+        becomes our INVALID_ARGUMENT and log line rather than an opaque gRPC error."""
+        ack = pb.Ack.SerializeToString
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "Send": grpc.unary_unary_rpc_method_handler(self.Send, response_serializer=ack),
+            "Deliver": grpc.stream_unary_rpc_method_handler(
+                self.Deliver, response_serializer=ack
+            ),
+            "Status": grpc.unary_unary_rpc_method_handler(
+                self.Status,
+                request_deserializer=pb.StatusRequest.FromString,
+                response_serializer=pb.StatusReply.SerializeToString,
+            ),
+        })
 
     async def Status(  # noqa: N802 - gRPC method name
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext

@@ -1,0 +1,22 @@
+"""Gradient-inversion attacks on what a Phalanx aggregator observes (issue 6).
+
+`invert(method, model, observed_update, knowledge, config, generator)` runs ``dlg``, ``idlg``,
+``ig``, ``gan`` or ``diffusion``; `observe` builds the observed update for a target
+(``update``, ``fedavg:S``, ``cluster-sum:K``, optionally defended); `metrics` scores the result.
+"""
+
+from adversary.inversion.attacks import METHODS as METHODS
+from adversary.inversion.attacks import invert as invert
+from adversary.inversion.knowledge import AttackerKnowledge as AttackerKnowledge
+from adversary.inversion.knowledge import InversionConfig as InversionConfig
+from adversary.inversion.knowledge import Reconstruction as Reconstruction
+from adversary.inversion.labels import recover_labels as recover_labels
+from adversary.inversion.priors import DiffusionPrior as DiffusionPrior
+from adversary.inversion.priors import GanPrior as GanPrior
+from adversary.inversion.priors import PriorSpec as PriorSpec
+from adversary.inversion.priors import load_or_train_prior as load_or_train_prior
+from adversary.inversion.targets import ObservedClusterSum as ObservedClusterSum
+from adversary.inversion.targets import observe as observe
+from adversary.inversion.targets import observed_cluster_sum as observed_cluster_sum
+from adversary.inversion.targets import parse_defense as parse_defense
+from adversary.inversion.targets import parse_target as parse_target

@@ -117,7 +117,9 @@ def _dlg(
             variables.append(soft)
         current = labels if labels is not None else variables[-1]
 
-        def objective(images: torch.Tensor = images, current: torch.Tensor = current) -> torch.Tensor:
+        def objective(
+            images: torch.Tensor = images, current: torch.Tensor = current
+        ) -> torch.Tensor:
             return l2_distance(simulate_update(model, images, current, knowledge), target)
 
         run: list[float] = []
@@ -195,7 +197,7 @@ def _ig(
     for _ in range(max(1, config.restarts)):
         start = torch.rand(shape, generator=generator, dtype=config.dtype)
         loss, images = _signed_adam_on_images(
-            start, objective, iterations, config.lr or 0.1, history
+            start, objective, iterations, config.lr or 0.01, history
         )
         if loss < best_loss:
             best_loss, best_images = loss, images
@@ -288,16 +290,16 @@ def _gan(
         anchor = features.detach()
         radius = config.gan_l1_ratio * anchor.reshape(anchor.shape[0], -1).abs().sum(dim=1)
 
-        def loss_of(offset: torch.Tensor, stage: int = stage, anchor: torch.Tensor = anchor) -> torch.Tensor:
+        def loss_of(
+            offset: torch.Tensor, stage: int = stage, anchor: torch.Tensor = anchor
+        ) -> torch.Tensor:
             return objective(prior.forward_from(stage, anchor + offset))
 
+        def project(offset: torch.Tensor, radius: torch.Tensor = radius) -> torch.Tensor:
+            return project_l1_ball(offset, radius)
+
         loss, offset = _adam_loop(
-            torch.zeros_like(anchor),
-            loss_of,
-            per_phase,
-            0.01,
-            history,
-            project=lambda v, radius=radius: project_l1_ball(v, radius),
+            torch.zeros_like(anchor), loss_of, per_phase, 0.01, history, project=project
         )
         with torch.no_grad():
             features = anchor + offset
@@ -344,16 +346,16 @@ def _diffusion(
     if refine is None:
         refine = config.iterations or DEFAULT_ITERATIONS["diffusion"]
     prior_loss = float(
-        _cosine_objective(model, target, knowledge, labels, config.tv_weight)(prior_images)
+        _cosine_objective(model, target, knowledge, labels, config.tv_weight)(prior_images).detach()
     )
     best_loss, best_images = prior_loss, prior_images
     if refine > 0:
         refined_objective = _cosine_objective(model, target, knowledge, labels, config.tv_weight)
-        loss, images = _signed_adam_on_images(
+        refined_loss, images = _signed_adam_on_images(
             prior_images, refined_objective, refine, config.lr or 0.01, history
         )
-        if loss < best_loss:
-            best_loss, best_images = loss, images
+        if refined_loss < best_loss:
+            best_loss, best_images = refined_loss, images
     return Reconstruction(best_images.clamp(0, 1).float(), labels, history)
 
 

@@ -182,8 +182,10 @@ def run_experiment(
     )
     config = InversionConfig(iterations=spec.iterations, restarts=spec.restarts, prior=prior)
     rows: list[ImageResult] = []
-    originals, recons = [], []
-    true_all, found_all = [], []
+    originals: list[np.ndarray] = []
+    recons: list[np.ndarray] = []
+    true_all: list[int] = []
+    found_all: list[int] = []
     used: bool | None = None
     elapsed = 0.0
     cursor = images

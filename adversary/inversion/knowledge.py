@@ -63,7 +63,7 @@ class InversionConfig:
 
     iterations: int | None = None
     lr: float | None = None
-    tv_weight: float = 1e-4
+    tv_weight: float = 1e-2
     restarts: int = 1
     prior: nn.Module | None = None
     gan_l1_ratio: float = 0.05

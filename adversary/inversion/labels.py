@@ -23,9 +23,7 @@ from torch import nn
 from adversary.inversion.knowledge import AttackerKnowledge
 
 
-def _output_layer(
-    model: nn.Module, num_classes: int
-) -> tuple[int, int | None, nn.Linear | None]:
+def _output_layer(model: nn.Module, num_classes: int) -> tuple[int, int | None, nn.Linear | None]:
     """Indices (weight, bias) of the last (num_classes, F) parameter and the module owning it."""
     params = list(model.parameters())
     weight_index = None

@@ -71,7 +71,7 @@ def simulate_update(
 ) -> list[torch.Tensor]:
     """Differentiable pseudo-gradient the victim would send for (inputs, labels)."""
     names = [name for name, _ in model.named_parameters()]
-    start = [p for _, p in model.named_parameters()]
+    start: list[torch.Tensor] = [p for _, p in model.named_parameters()]
     steps = knowledge.local_steps if knowledge.target_kind == "fedavg" else 1
     current = list(start)
     for _ in range(steps):

@@ -89,7 +89,9 @@ def match_reconstructions(originals: np.ndarray, reconstructions: np.ndarray) ->
     return order
 
 
-def save_grid(originals: np.ndarray, reconstructions: np.ndarray, path: str | Path, title: str) -> Path:
+def save_grid(
+    originals: np.ndarray, reconstructions: np.ndarray, path: str | Path, title: str
+) -> Path:
     """Write a PNG with originals on the top row and matched reconstructions below."""
     import matplotlib
 

@@ -42,7 +42,7 @@ def auxiliary_split(num_images: int, fraction: float = 0.5) -> tuple[np.ndarray,
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"auxiliary fraction must be in (0, 1), got {fraction}")
     order = np.random.default_rng(0).permutation(num_images)
-    cut = int(round(num_images * fraction))
+    cut = round(num_images * fraction)
     if cut < 1 or cut >= num_images:
         raise ValueError(f"{num_images} images are too few to split with fraction {fraction}")
     return np.sort(order[:cut]), np.sort(order[cut:])
@@ -157,7 +157,8 @@ class DiffusionPrior(nn.Module):
         return DDPMScheduler(num_train_timesteps=self.timesteps)
 
     def predict_noise(self, noisy: torch.Tensor, timestep: torch.Tensor | int) -> torch.Tensor:
-        return self.unet(noisy, timestep).sample
+        output = self.unet(noisy, timestep)  # type: ignore[operator]
+        return output.sample
 
 
 def _build(spec: PriorSpec) -> nn.Module:
@@ -172,7 +173,7 @@ def train_prior(
     """Train the prior `spec` describes on `images` (N, C, H, W) in [0, 1]; deterministic."""
     if images.ndim != 4 or tuple(images.shape[1:]) != tuple(spec.input_shape):
         raise ValueError(
-            f"prior images have shape {images.shape}, expected (N, {', '.join(map(str, spec.input_shape))})"
+            f"prior images have shape {images.shape}, expected (N, *{spec.input_shape})"
         )
     if len(images) < 2:
         raise ValueError(f"a prior needs at least 2 auxiliary images, got {len(images)}")

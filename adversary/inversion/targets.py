@@ -99,7 +99,9 @@ def observed_cluster_sum(updates: np.ndarray, mode: str | None = None) -> Observ
     result = secure_sum_fn(updates, **kwargs)
     value = np.asarray(getattr(result, "value", result), dtype=np.float64).reshape(-1)
     if value.shape[0] != updates.shape[1]:
-        raise ValueError(f"mpc.secure_sum returned {value.shape[0]} values, expected {updates.shape[1]}")
+        raise ValueError(
+            f"mpc.secure_sum returned {value.shape[0]} values, expected {updates.shape[1]}"
+        )
     return ObservedClusterSum(value, used_secure_sum=True)
 
 
@@ -111,7 +113,11 @@ def unflatten(vector: np.ndarray, like: list[torch.Tensor]) -> list[torch.Tensor
     out, offset = [], 0
     for tensor in like:
         n = tensor.numel()
-        out.append(torch.from_numpy(vector[offset : offset + n].copy()).reshape(tensor.shape).to(tensor.dtype))
+        out.append(
+            torch.from_numpy(vector[offset : offset + n].copy())
+            .reshape(tensor.shape)
+            .to(tensor.dtype)
+        )
         offset += n
     return out
 
@@ -169,7 +175,8 @@ def parse_defense(text: str | None, seed: int = 0) -> Defense | None:
 
         def gaussian(update: list[torch.Tensor]) -> list[torch.Tensor]:
             return [
-                t + value * torch.randn(t.shape, generator=generator, dtype=torch.float64).to(t.dtype)
+                t
+                + value * torch.randn(t.shape, generator=generator, dtype=torch.float64).to(t.dtype)
                 for t in update
             ]
 

@@ -1,0 +1,47 @@
+# Phalanx: `make run` runs the default scenario, `make test` runs the test suite.
+# Both create .venv and install everything needed on a fresh machine.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+OUT ?= out/default
+
+.PHONY: run test test-slow test-all lint typecheck proto bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Phalanx needs Python 3.11+"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU wheel (a newer or unpinned torch pulls a multi-GB CUDA build)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/phalanx testbed run --out $(OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-all: test test-slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy node mpc clustering adversary learning defense bench
+
+proto: $(STAMP)
+	cd proto && ../$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
+		--grpc_python_out=. phalanx/v1/node.proto
+
+bench: $(STAMP)
+	$(VENV)/bin/phalanx bench rounds
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,196 @@
+"""``phalanx attack``: ``invert`` runs a gradient-inversion attack, ``train-prior`` caches a prior.
+
+Exit codes: 0 success, 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from adversary.inversion.attacks import METHODS
+from adversary.inversion.experiment import (
+    ExperimentResult,
+    ExperimentSpec,
+    load_prior_for,
+    run_experiment,
+)
+from adversary.inversion.priors import PRIOR_KINDS
+from adversary.inversion.targets import parse_defense
+from learning.data import DATASETS, load_dataset
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _print_result(console: Console, spec: ExperimentSpec, result: ExperimentResult) -> None:
+    table = Table(title=f"{spec.method} / {spec.model} / batch {spec.batch} / {spec.target}")
+    for column in ("image", "label", "recovered", "MSE", "PSNR (dB)", "SSIM"):
+        table.add_column(column, justify="right")
+    for row in result.rows:
+        table.add_row(
+            str(row.index),
+            str(row.true_label),
+            str(row.recovered_label),
+            f"{row.mse:.3g}",
+            f"{row.psnr:.2f}",
+            f"{row.ssim:.3f}",
+        )
+    console.print(table)
+    console.print(
+        f"median PSNR {result.median_psnr:.2f} dB, median SSIM {result.median_ssim:.3f}, "
+        f"label accuracy {result.label_accuracy:.3f}, {result.seconds_per_image:.2f} s per image"
+    )
+    if result.used_secure_sum is not None:
+        console.print(f"cluster sum via mpc.secure_sum: {result.used_secure_sum}")
+    if result.grid_path is not None:
+        console.print(f"grid: {result.grid_path}")
+
+
+def _invert(args: argparse.Namespace) -> int:
+    if args.method not in METHODS:
+        return _fail(f"unknown method {args.method!r}; known: {', '.join(METHODS)}")
+    if args.dataset not in DATASETS:
+        return _fail(f"unknown dataset {args.dataset!r}; known: {', '.join(DATASETS)}")
+    console = Console(stderr=args.json)
+    try:
+        dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+        spec = ExperimentSpec(
+            method=args.method,
+            model=args.model,
+            batch=args.batch,
+            images=args.images,
+            target=args.target,
+            defense=parse_defense(args.defense, seed=args.seed),
+            trained=args.trained,
+            iterations=args.iterations,
+            seed=args.seed,
+            lr=args.lr,
+            restarts=args.restarts,
+            prior_steps=args.prior_steps,
+            prior_cache_dir=args.prior_cache,
+            out_dir=Path(args.out) if args.out else None,
+        )
+        if args.batch > len(dataset.train_x):
+            return _fail(f"batch {args.batch} is larger than the {len(dataset.train_x)} images")
+        prior = None
+        if args.method in PRIOR_KINDS:
+            with _progress(console) as bar:
+                task = bar.add_task(f"training {args.method} prior", total=None)
+                prior, path, cached = load_prior_for(
+                    args.method,
+                    dataset,
+                    args.prior_steps,
+                    args.prior_cache,
+                    lambda done, total: bar.update(task, completed=done, total=total),
+                )
+            console.print(f"{args.method} prior {'loaded from' if cached else 'saved to'} {path}")
+        with _progress(console) as bar:
+            task = bar.add_task(f"{args.method} attack", total=None)
+            result = run_experiment(
+                spec,
+                dataset,
+                prior,
+                lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except ValueError as error:
+        return _fail(str(error))
+    if args.json:
+        print(json.dumps(result.summary(), indent=2))
+    else:
+        _print_result(console, spec, result)
+    if spec.out_dir is not None:
+        spec.out_dir.mkdir(parents=True, exist_ok=True)
+        (spec.out_dir / "result.json").write_text(json.dumps(result.summary(), indent=2))
+    return EXIT_OK
+
+
+def _train_prior(args: argparse.Namespace) -> int:
+    if args.kind not in PRIOR_KINDS:
+        return _fail(f"unknown prior kind {args.kind!r}; known: {', '.join(PRIOR_KINDS)}")
+    console = Console()
+    try:
+        dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+        with _progress(console) as bar:
+            task = bar.add_task(f"training {args.kind} prior on {args.dataset}", total=args.steps)
+            _, path, cached = load_prior_for(
+                args.kind,
+                dataset,
+                args.steps,
+                args.prior_cache,
+                lambda done, total: bar.update(task, completed=done, total=total),
+                seed=args.seed,
+            )
+    except ValueError as error:
+        return _fail(str(error))
+    console.print(f"{args.kind} prior {'already cached at' if cached else 'saved to'} {path}")
+    return EXIT_OK
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``attack invert`` and ``attack train-prior`` to the ``phalanx`` CLI."""
+    attack = subparsers.add_parser("attack", help="privacy attacks on observed updates")
+    commands = attack.add_subparsers(dest="attack_command", required=True)
+
+    invert = commands.add_parser("invert", help="reconstruct training images from an update")
+    invert.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    invert.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    invert.add_argument("--data-dir", default=None, help="directory for file-backed data sets")
+    invert.add_argument("--model", required=True, help="victim model (learning.models)")
+    invert.add_argument("--batch", type=int, required=True, help="victim batch size")
+    invert.add_argument("--images", type=int, default=None, help="images attacked (default: B)")
+    invert.add_argument("--target", default="update", help="update | fedavg:STEPS | cluster-sum:K")
+    invert.add_argument("--defense", default=None, help="none | gaussian:SIGMA | prune:RATIO")
+    invert.add_argument("--trained", action="store_true", help="attack a trained global model")
+    invert.add_argument("--iterations", type=int, default=None, help="optimiser budget")
+    invert.add_argument("--restarts", type=int, default=1, help="random restarts")
+    invert.add_argument("--lr", type=float, default=0.1, help="victim's local learning rate")
+    invert.add_argument("--seed", type=int, default=0)
+    invert.add_argument("--prior-steps", type=int, default=None, help="training steps of a prior")
+    invert.add_argument("--prior-cache", default=None, help="prior cache directory")
+    invert.add_argument("--json", action="store_true", help="print a JSON summary")
+    invert.add_argument("--out", default=None, help="directory for the PNG grid and result.json")
+    invert.set_defaults(func=_invert)
+
+    train = commands.add_parser("train-prior", help="train and cache a generative prior")
+    train.add_argument("--kind", required=True, help=f"one of {', '.join(PRIOR_KINDS)}")
+    train.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    train.add_argument("--data-dir", default=None)
+    train.add_argument("--steps", type=int, default=None, help="training steps")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--prior-cache", default=None, help="prior cache directory")
+    train.set_defaults(func=_train_prior)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m adversary.inversion.cli attack ...``."""
+    parser = argparse.ArgumentParser(prog="phalanx")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""A live node over real gRPC rejects bad input with a status and a log line, and keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from node.codec import Message, encode_chunks, encode_envelope
+from node.config import NodeConfig, NodeSettings, PeerConfig, parse_scenario
+from node.node import Node
+from node.testbed import free_ports
+from phalanx.v1 import node_pb2 as pb
+from phalanx.v1 import node_pb2_grpc as pb_grpc
+
+
+@pytest.fixture
+async def live_node(tmp_path: Path):
+    """A real node (digits, MLP) whose peers are node-01 (us) and node-02."""
+    port, metrics_port = free_ports(2)
+    scenario = parse_scenario({
+        "nodes": 3, "rounds": 1, "data": {"dataset": "digits"}, "model": {"name": "mlp"},
+        "clustering": {"cluster_size": 3},
+        "limits": {"max_message_bytes": 2_000_000},
+    })
+    peers = [PeerConfig(id=f"node-0{i}", address=f"127.0.0.1:{free_ports(1)[0]}")
+             for i in range(1, 3)]
+    config = NodeConfig(
+        node=NodeSettings(id="node-00", port=port, metrics_port=metrics_port,
+                          out_dir=str(tmp_path)),
+        peers=[PeerConfig(id="node-00", address=f"127.0.0.1:{port}"), *peers],
+        scenario=scenario,
+    )
+    node = Node(config)
+    await node.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{node.port}")
+    yield node, channel
+    await channel.close()
+    await node.stop(0.5)
+
+
+def _update(node: Node, sender: str = "node-01", round_: int = 1, size: int | None = None,
+            kind: int = pb.MESSAGE_KIND_UPDATE) -> Message:
+    vector = np.ones(size if size is not None else node.dimension, dtype=np.float32)
+    return Message(sender, round_, kind, 0, {"update": vector})
+
+
+async def _send(channel: grpc.aio.Channel, message: Message) -> grpc.StatusCode:
+    stub = pb_grpc.PhalanxNodeStub(channel)
+    try:
+        await stub.Send(encode_envelope(message), timeout=5)
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def _still_serving(channel: grpc.aio.Channel) -> bool:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(), timeout=5
+    )
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _metric(node: Node, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics").read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_valid_update_is_accepted(live_node) -> None:
+    node, channel = live_node
+    assert await _send(channel, _update(node)) == grpc.StatusCode.OK
+    await asyncio.sleep(0.1)
+    assert "node-01" in node.inbox.get(1, pb.MESSAGE_KIND_UPDATE, 0)
+
+
+@pytest.mark.parametrize(
+    ("make", "code", "reason", "log_text"),
+    [
+        (lambda n: _update(n, size=n.dimension - 1), grpc.StatusCode.INVALID_ARGUMENT,
+         "invalid", "the model needs float32"),
+        (lambda n: _update(n, round_=7), grpc.StatusCode.FAILED_PRECONDITION,
+         "unknown_round", "outside the accepted window"),
+        (lambda n: _update(n, sender="mallory"), grpc.StatusCode.PERMISSION_DENIED,
+         "unknown_sender", "is not a peer"),
+        (lambda n: _update(n, kind=pb.MESSAGE_KIND_SHARE), grpc.StatusCode.FAILED_PRECONDITION,
+         "unsupported_kind", "share is not used"),
+    ],
+    ids=["wrong-shape", "unknown-round", "unknown-sender", "mpc-kind-without-mpc"],
+)
+async def test_bad_messages_get_a_status_a_log_line_and_a_metric(
+    live_node, caplog, make, code, reason, log_text
+) -> None:
+    node, channel = live_node
+    caplog.set_level(logging.WARNING)
+    before = _metric(node, f'phalanx_messages_rejected_total{{reason="{reason}"}}')
+    assert await _send(channel, make(node)) == code
+    assert log_text in caplog.text
+    assert _metric(node, f'phalanx_messages_rejected_total{{reason="{reason}"}}') == before + 1
+    assert await _still_serving(channel)
+    assert await _send(channel, _update(node)) == grpc.StatusCode.OK
+
+
+async def test_oversized_streamed_payload_is_refused(live_node, caplog) -> None:
+    node, channel = live_node
+    caplog.set_level(logging.WARNING)
+    huge = Message("node-01", 1, pb.MESSAGE_KIND_UPDATE, 0,
+                   {"update": np.zeros(1_000_000, dtype=np.float32)})
+    stub = pb_grpc.PhalanxNodeStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await stub.Deliver(iter(list(encode_chunks(huge, 256 * 1024))), timeout=10)
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "exceeds the limit of 2000000" in caplog.text
+    assert await _still_serving(channel)
+
+
+async def test_malformed_protobuf_is_refused_and_node_keeps_serving(live_node, caplog) -> None:
+    node, channel = live_node
+    caplog.set_level(logging.WARNING)
+    raw = channel.unary_unary("/phalanx.v1.PhalanxNode/Send")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await raw(b"\xff\xff\xff\xff not a protobuf", timeout=5)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed Envelope protobuf" in caplog.text
+    assert _metric(node, 'phalanx_messages_rejected_total{reason="malformed"}') == 1
+    assert await _still_serving(channel)
+    assert await _send(channel, _update(node)) == grpc.StatusCode.OK
+
+
+async def test_duplicate_update_is_refused(live_node) -> None:
+    node, channel = live_node
+    assert await _send(channel, _update(node)) == grpc.StatusCode.OK
+    await asyncio.sleep(0.1)
+    assert await _send(channel, _update(node)) == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_update_with_nan_is_refused(live_node) -> None:
+    node, channel = live_node
+    message = _update(node)
+    message.tensors["update"][3] = np.nan
+    assert await _send(channel, message) == grpc.StatusCode.INVALID_ARGUMENT

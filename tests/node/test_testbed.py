@@ -1,0 +1,124 @@
+"""End to end: real node processes on 127.0.0.1 train together over gRPC."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.conftest import REPO, phalanx_env
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_four_node_processes_learn_mnist5k_with_identical_models(tmp_path: Path, phalanx) -> None:
+    out = tmp_path / "run"
+    result = phalanx("testbed", "run", "--nodes", "4", "--rounds", "3", "--cluster-size", "2",
+                     "--partition", "iid", "--out", str(out), timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = _summary(out)
+    assert summary["status"] == "completed"
+    assert [r["round"] for r in summary["rounds"]] == [1, 2, 3]
+    assert summary["rounds"][-1]["accuracy"] >= 0.85
+    for record in summary["rounds"]:
+        assert len(record["honest_digests"]) == 4
+        assert len(set(record["honest_digests"].values())) == 1
+        assert record["clusters"] == [["node-00", "node-01"], ["node-02", "node-03"]]
+        assert record["excluded"] == []
+        assert all(sent > 0 for sent in record["bytes_sent"].values())
+        assert record["duration_s"] > 0 and isinstance(record["loss"], float)
+    assert summary["scenario"]["nodes"] == 4
+    assert all(sum(n["label_histogram"]) == n["samples"] for n in summary["nodes"].values())
+    report = (out / "report.md").read_text()
+    assert "![accuracy per round](accuracy.png)" in report
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "digests agree" in result.stdout  # the live table
+
+
+def test_killed_node_is_excluded_and_the_others_finish(tmp_path: Path, phalanx) -> None:
+    out = tmp_path / "kill"
+    result = phalanx("testbed", "run", "--nodes", "4", "--rounds", "4", "--cluster-size", "2",
+                     "--model", "mlp", "--collect-timeout", "3", "--kill", "node-03@1",
+                     "--out", str(out), timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = _summary(out)
+    assert summary["faults"][0]["nodes"] == ["node-03"] and summary["faults"][0]["round"] == 1
+    rounds = {r["round"]: r for r in summary["rounds"]}
+    assert rounds[1]["excluded"] == []
+    # Round 2 may or may not include node-03: it can deliver its update before the kill lands.
+    assert len(set(rounds[2]["honest_digests"].values())) == 1
+    for r in (3, 4):
+        assert rounds[r]["excluded"] == ["node-03"]
+        assert sorted(rounds[r]["honest_digests"]) == ["node-00", "node-01", "node-02"]
+        assert len(set(rounds[r]["honest_digests"].values())) == 1
+        assert rounds[r]["cluster_outputs"]["1"]["included"] == ["node-02"]
+
+
+def test_several_nodes_per_process(tmp_path: Path, phalanx) -> None:
+    out = tmp_path / "packed"
+    result = phalanx("testbed", "run", "--nodes", "6", "--nodes-per-process", "3", "--rounds",
+                     "2", "--cluster-size", "3", "--model", "mlp", "--out", str(out), timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = _summary(out)
+    pids = {json.loads(line)["pid"] for path in (out / "nodes").glob("*.jsonl")
+            for line in path.read_text().splitlines() if '"start"' in line}
+    assert len(pids) == 2
+    assert all(r["digests_identical"] and len(r["honest_digests"]) == 6
+               for r in summary["rounds"])
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_ctrl_c_stops_every_node_and_keeps_partial_results(tmp_path: Path) -> None:
+    out = tmp_path / "interrupted"
+    testbed = subprocess.Popen(
+        [sys.executable, "-m", "node", "testbed", "run", "--nodes", "3", "--rounds", "50",
+         "--cluster-size", "3", "--model", "mlp", "--dataset", "digits", "--out", str(out)],
+        env=phalanx_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    node_log = out / "nodes" / "node-00.jsonl"
+    assert _wait_for(lambda: node_log.exists() and '"round": 1,' in node_log.read_text(), 300)
+    children = psutil.Process(testbed.pid).children(recursive=True)
+    assert len(children) == 3
+    testbed.send_signal(signal.SIGINT)
+    output, _ = testbed.communicate(timeout=60)
+    assert b"interrupted" in output
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+    summary = _summary(out)
+    assert summary["status"] == "interrupted"
+    assert 1 <= len(summary["rounds"]) < 50
+
+
+def test_node_daemon_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
+    from node.testbed import free_ports
+
+    port, peer_port = free_ports(2)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "node", "node", "--id", "node-a", "--port", str(port),
+         "--peer", f"node-b=127.0.0.1:{peer_port}", "--out", str(tmp_path)],
+        env=phalanx_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    log = tmp_path / "nodes" / "node-a.jsonl"
+    assert _wait_for(lambda: log.exists() and '"start"' in log.read_text(), 120)
+    daemon.send_signal(signal.SIGTERM)
+    output, _ = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, output.decode()
+    assert b"received SIGTERM: stopping gracefully" in output
+    assert not psutil.pid_exists(daemon.pid) or psutil.Process(daemon.pid).status() == "zombie"
+    assert os.path.getsize(log) > 0
