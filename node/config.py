@@ -78,6 +78,15 @@ class AggregationConfig(_Section):
     rule: str = "mean"
     f: Annotated[int, Field(ge=0)] = 0
     secure: Literal["none", "secagg", "shamir"] = "none"
+    threshold: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Shamir threshold t (0 = the mode's default for the cluster size)"
+    )
+    clip: Annotated[float, Field(gt=0)] = Field(
+        default=4.0, description="fixed-point clipping bound per coordinate (MPC modes)"
+    )
+    frac_bits: Annotated[int, Field(ge=0, le=30)] = Field(
+        default=16, description="fixed-point fractional bits (MPC modes)"
+    )
 
 
 class TimeoutConfig(_Section):
@@ -92,6 +101,21 @@ class LimitConfig(_Section):
     max_message_bytes: Annotated[int, Field(ge=1024)] = 256 * MiB
     mailbox_size: Annotated[int, Field(ge=1)] = 1024
     chunk_bytes: Annotated[int, Field(ge=1024, le=4 * MiB)] = 1 * MiB
+
+
+class FaultConfig(_Section):
+    """A fault the testbed injects once the named nodes have recorded `round`.
+
+    ``kill``/``restart`` act on the nodes' processes (any testbed); ``delay``, ``loss``,
+    ``partition`` and ``heal`` shape the network and need ``--hosts netns``.
+    """
+
+    round: Annotated[int, Field(ge=0)]
+    action: Literal["kill", "restart", "delay", "loss", "partition", "heal"]
+    nodes: list[str] = []
+    delay_ms: Annotated[float, Field(ge=0)] = 0.0
+    jitter_ms: Annotated[float, Field(ge=0)] = 0.0
+    loss_pct: Annotated[float, Field(ge=0, le=100)] = 0.0
 
 
 class Scenario(_Section):
@@ -109,6 +133,7 @@ class Scenario(_Section):
     aggregation: AggregationConfig = AggregationConfig()
     timeouts: TimeoutConfig = TimeoutConfig()
     limits: LimitConfig = LimitConfig()
+    faults: list[FaultConfig] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -117,11 +142,23 @@ class Scenario(_Section):
                 f"clustering.cluster_size ({self.clustering.cluster_size}) is larger than "
                 f"nodes ({self.nodes})"
             )
-        if self.aggregation.secure != "none" and self.clustering.cluster_size < 2:
-            raise ValueError(
-                "clustering.cluster_size must be >= 2 when aggregation.secure is on: a cluster "
-                "of one would publish its member's update in the clear"
-            )
+        aggregation = self.aggregation
+        if aggregation.secure != "none":
+            if self.clustering.cluster_size < 2:
+                raise ValueError(
+                    "clustering.cluster_size must be >= 2 when aggregation.secure is on: a "
+                    "cluster of one would publish its member's update in the clear"
+                )
+            from clustering.strategies import cluster_sizes
+            from mpc.encoding import FixedPointConfig
+
+            sizes = cluster_sizes(self.nodes, self.clustering.cluster_size)
+            FixedPointConfig(aggregation.clip, aggregation.frac_bits).check_no_overflow(max(sizes))
+            if aggregation.threshold > min(sizes):
+                raise ValueError(
+                    f"aggregation.threshold ({aggregation.threshold}) exceeds the smallest "
+                    f"cluster ({min(sizes)} members)"
+                )
         return self
 
 

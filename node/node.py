@@ -133,7 +133,7 @@ class Node:
         self.out_dir = Path(config.node.out_dir)
         self.metrics = NodeMetrics(self.id)
         self.inbox = RoundInbox()
-        self.protocol: ClusterProtocol = PlaintextClusterProtocol()
+        self.protocol: ClusterProtocol = self._cluster_protocol()
         self.current_round = 1
         self.phase = "starting"
         self.suspected: frozenset[str] = frozenset()
@@ -180,6 +180,19 @@ class Node:
         self.shareholder: Actor[Message] = FunctionActor("shareholder", self._store, size)
         self.membership: Actor[Message] = FunctionActor("membership", self._membership, size)
         self.results = ResultsWriter(self.out_dir / "nodes" / f"{self.id}.jsonl")
+
+    def _cluster_protocol(self) -> ClusterProtocol:
+        aggregation = self.scenario.aggregation
+        if aggregation.secure == "none":
+            return PlaintextClusterProtocol()
+        from mpc import FixedPointConfig
+        from node.mpc_protocol import ShamirClusterProtocol
+
+        fixed_point = FixedPointConfig(aggregation.clip, aggregation.frac_bits)
+        if aggregation.secure == "shamir":
+            return ShamirClusterProtocol(fixed_point, aggregation.threshold,
+                                         self.scenario.clustering.publishers, self._rejected)
+        raise NotImplementedError("aggregation.secure = 'secagg' is not wired into the node yet")
 
     # ----------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:

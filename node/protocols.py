@@ -106,8 +106,71 @@ def _check_vector(message: Message, name: str, dimension: int) -> np.ndarray:
     return vector
 
 
-def _spread_deadline(start: float, span: float) -> float:
-    return start + span
+def choose_output(context: RoundContext, cluster: int) -> ClusterOutput | None:
+    """Per cluster, the published output with the most included dealers (ties: publisher rank)."""
+    got = context.inbox.get(context.round, pb.MESSAGE_KIND_CLUSTER_OUTPUT, cluster)
+    ranked = [p for p in context.publishers_of(cluster) if p in got]
+    if not ranked:
+        return None
+
+    def preference(publisher: str) -> tuple[int, int]:
+        size = len(got[publisher].meta["included"].split(","))
+        return (-size, ranked.index(publisher))
+
+    best = min(ranked, key=preference)
+    message = got[best]
+    included = tuple(message.meta["included"].split(","))
+    return ClusterOutput(cluster, message.tensors["sum"], included, best)
+
+
+async def await_cluster_outputs(
+    context: RoundContext, since: float, wait_s: float
+) -> dict[int, ClusterOutput]:
+    """Wait until every cluster's unsuspected publishers have published (or `since + wait_s`),
+    then choose one output per cluster."""
+    r = context.round
+
+    def complete() -> bool:
+        for cluster in range(len(context.clusters)):
+            got = context.inbox.get(r, pb.MESSAGE_KIND_CLUSTER_OUTPUT, cluster)
+            waiting = [p for p in context.publishers_of(cluster) if p not in context.suspected]
+            if not got or not set(waiting) <= got.keys():
+                return False
+        return True
+
+    await context.inbox.wait_until(since + wait_s, complete)
+    context.phase_seconds["publish"] = time.monotonic() - since
+    return {
+        cluster: chosen
+        for cluster in range(len(context.clusters))
+        if (chosen := choose_output(context, cluster)) is not None
+    }
+
+
+def validate_cluster_output(message: Message, members: Sequence[str], dimension: int) -> None:
+    _check_vector(message, "sum", dimension)
+    included = [s for s in message.meta.get("included", "").split(",") if s]
+    if not included or len(set(included)) != len(included):
+        raise _invalid("cluster output lists no or duplicate included dealers")
+    if not set(included) <= set(members):
+        raise _invalid("cluster output includes dealers outside the cluster")
+
+
+def publish_output(context: RoundContext, total: np.ndarray, included: Sequence[str]
+                   ) -> Message:
+    """The CLUSTER_OUTPUT message a publisher sends to every node."""
+    return Message(
+        context.node_id, context.round, pb.MESSAGE_KIND_CLUSTER_OUTPUT, context.my_cluster,
+        {"sum": total}, meta={"included": ",".join(included)},
+    )
+
+
+async def broadcast(context: RoundContext, message: Message, recipients: Sequence[str]) -> None:
+    """Put our own copy in the inbox and send to every other recipient concurrently."""
+    await context.inbox.put(message)
+    await asyncio.gather(
+        *(context.send(peer, message) for peer in recipients if peer != context.node_id)
+    )
 
 
 class PlaintextClusterProtocol:
@@ -124,20 +187,14 @@ class PlaintextClusterProtocol:
         if message.kind == pb.MESSAGE_KIND_UPDATE:
             _check_vector(message, "update", dimension)
             return
-        _check_vector(message, "sum", dimension)
-        included = [s for s in message.meta.get("included", "").split(",") if s]
-        if not included or len(set(included)) != len(included):
-            raise _invalid("cluster output lists no or duplicate included dealers")
-        if not set(included) <= set(members):
-            raise _invalid("cluster output includes dealers outside the cluster")
+        validate_cluster_output(message, members, dimension)
 
     async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
         me, r, mine = context.node_id, context.round, context.my_cluster
         members = sorted(context.clusters[mine])
         started = time.monotonic()
         own = Message(me, r, pb.MESSAGE_KIND_UPDATE, mine, {"update": update})
-        await context.inbox.put(own)
-        await asyncio.gather(*(context.send(peer, own) for peer in members if peer != me))
+        await broadcast(context, own, members)
         expected = [m for m in members if m not in context.suspected or m == me]
         received = await context.inbox.wait_for(
             r, pb.MESSAGE_KIND_UPDATE, mine, expected, started + context.collect_s
@@ -150,44 +207,7 @@ class PlaintextClusterProtocol:
             total = np.zeros(context.dimension, dtype=np.float32)
             for dealer in included:
                 total += received[dealer].tensors["update"]
-            output = Message(
-                me, r, pb.MESSAGE_KIND_CLUSTER_OUTPUT, mine, {"sum": total},
-                meta={"included": ",".join(included)},
-            )
-            await context.inbox.put(output)
-            await asyncio.gather(
-                *(context.send(peer, output) for peer in context.everyone if peer != me)
-            )
-
-        def outputs_complete() -> bool:
-            for cluster in range(len(context.clusters)):
-                got = context.inbox.get(r, pb.MESSAGE_KIND_CLUSTER_OUTPUT, cluster)
-                waiting = [p for p in context.publishers_of(cluster) if p not in context.suspected]
-                if not got or not set(waiting) <= got.keys():
-                    return False
-            return True
+            await broadcast(context, publish_output(context, total, included), context.everyone)
 
         # Other clusters may still be waiting out their own collect deadline.
-        await context.inbox.wait_until(published + 2 * context.collect_s, outputs_complete)
-        context.phase_seconds["publish"] = time.monotonic() - published
-        return {
-            cluster: chosen
-            for cluster in range(len(context.clusters))
-            if (chosen := self._choose(context, cluster)) is not None
-        }
-
-    @staticmethod
-    def _choose(context: RoundContext, cluster: int) -> ClusterOutput | None:
-        got = context.inbox.get(context.round, pb.MESSAGE_KIND_CLUSTER_OUTPUT, cluster)
-        ranked = [p for p in context.publishers_of(cluster) if p in got]
-        if not ranked:
-            return None
-
-        def preference(publisher: str) -> tuple[int, int]:
-            size = len(got[publisher].meta["included"].split(","))
-            return (-size, ranked.index(publisher))
-
-        best = min(ranked, key=preference)
-        message = got[best]
-        included = tuple(message.meta["included"].split(","))
-        return ClusterOutput(cluster, message.tensors["sum"], included, best)
+        return await await_cluster_outputs(context, published, 2 * context.collect_s)

@@ -87,10 +87,15 @@ class ObservedClusterSum:
 
 
 def observed_cluster_sum(updates: np.ndarray, mode: str | None = None) -> ObservedClusterSum:
-    """Sum the (k, d) `updates` through ``mpc.secure_sum`` when it exists, else in the clear."""
+    """Sum the (k, d) `updates` through ``mpc.secure_sum`` when it exists, else in the clear.
+
+    A cluster of one is its member's update: `mpc.secure_sum` refuses it, so it passes through.
+    """
     updates = np.asarray(updates, dtype=np.float64)
     if updates.ndim != 2 or updates.shape[0] < 1:
         raise ValueError(f"updates must be a (k, d) array with k >= 1, got shape {updates.shape}")
+    if updates.shape[0] == 1:
+        return ObservedClusterSum(updates[0].copy(), used_secure_sum=False)
     try:
         from mpc import secure_sum as secure_sum_fn
     except ImportError:

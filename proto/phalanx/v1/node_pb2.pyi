@@ -25,6 +25,8 @@ class MessageKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MESSAGE_KIND_LEAVE: _ClassVar[MessageKind]
     MESSAGE_KIND_ECHO: _ClassVar[MessageKind]
     MESSAGE_KIND_COLLUDE: _ClassVar[MessageKind]
+    MESSAGE_KIND_HELD_DEALERS: _ClassVar[MessageKind]
+    MESSAGE_KIND_DEALER_SET: _ClassVar[MessageKind]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -51,6 +53,8 @@ MESSAGE_KIND_JOIN: MessageKind
 MESSAGE_KIND_LEAVE: MessageKind
 MESSAGE_KIND_ECHO: MessageKind
 MESSAGE_KIND_COLLUDE: MessageKind
+MESSAGE_KIND_HELD_DEALERS: MessageKind
+MESSAGE_KIND_DEALER_SET: MessageKind
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType

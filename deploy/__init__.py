@@ -1,0 +1,1 @@
+"""Deployment: the network-namespace testbed, compose/Prometheus/Grafana generation, Kubernetes."""

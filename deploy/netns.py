@@ -1,0 +1,473 @@
+"""`phalanx testbed run --hosts netns`: every node in its own Linux network namespace.
+
+Each node gets a namespace ``<prefix>-<node id>`` with one veth (``eth0`` inside) plugged into a
+per-run bridge ``<prefix>br`` in the root namespace, and an address ``10.77.<k>.<i+1>/24`` on a
+private /24 that no other interface of this machine uses; the bridge holds ``.254`` so that a
+Prometheus on this machine can scrape the nodes. Node namespaces get no default route, so their
+traffic stays between the namespaces of the run.
+
+Faults from ``scenario.faults`` cross the real network stack:
+
+- ``delay``/``loss``: ``tc qdisc replace dev eth0 root netem delay D J loss L%`` on the node's
+  interface (its egress). Kernels without ``sch_netem`` (minimal VMs) get loss from an nftables
+  ``numgen random`` drop rule instead, and delay is recorded as not applied.
+- ``partition``: nftables drop rules (``inet phalanx_partition``) in every node of both sides
+  that cut ``nodes`` off from the others, both directions; ``heal`` deletes every partition and
+  clears the delay/loss of the named nodes (all nodes when none are named).
+- ``kill``/``restart``: SIGKILL the node's process; restart launches it again in its namespace.
+
+A fault fires once any of its nodes (any node when it names none) has recorded ``round``; each
+applied fault is appended to ``fault_log`` and so lands in ``summary.json``.
+
+Cleanup is guaranteed by three layers: the context manager (and `atexit`, with SIGTERM/SIGHUP
+turned into KeyboardInterrupt), and a reaper process that waits on a pipe from the testbed and runs
+`cleanup_stale(prefix)` when the pipe closes, which survives even a SIGKILL of the testbed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import tomli_w
+
+from node.config import (
+    FaultConfig,
+    NodeConfig,
+    NodeSettings,
+    PeerConfig,
+    Scenario,
+    load_scenario,
+    with_overrides,
+)
+from node.testbed import (
+    REPO_ROOT,
+    Fault,
+    NodeProcess,
+    Testbed,
+    _die_with_parent,
+    console,
+    node_ids,
+    run_testbed,
+)
+
+PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9]{1,8}$")
+DEFAULT_PREFIX_STEM = "phx"
+GRPC_PORT = 7000
+METRICS_PORT = 9100
+BRIDGE_HOST = 254
+MAX_NODES = 250
+PARTITION_TABLE = "phalanx_partition"
+SHAPE_TABLE = "phalanx_shape"
+
+
+class NetnsError(RuntimeError):
+    """A namespace, link or qdisc command failed; the message holds the command and its stderr."""
+
+
+def check_prefix(prefix: str) -> str:
+    """Interface names are limited to 15 bytes, so a prefix is 2..9 lowercase letters/digits."""
+    if not PREFIX_PATTERN.match(prefix):
+        raise ValueError(
+            f"prefix {prefix!r}: expected 2..9 characters, a lowercase letter then lowercase "
+            "letters or digits (e.g. 'phx3fa2c1')"
+        )
+    return prefix
+
+
+def new_prefix(stem: str = DEFAULT_PREFIX_STEM) -> str:
+    """A unique name prefix for one run: ``phx`` followed by six random hex digits."""
+    return check_prefix(stem + secrets.token_hex(3))
+
+
+def _run(command: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise NetnsError(f"{' '.join(command)}: {result.stderr.strip() or result.returncode}")
+    return result
+
+
+def _in_ns(namespace: str, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _run(["ip", "netns", "exec", namespace, *command], check=check)
+
+
+def list_namespaces(prefix: str) -> list[str]:
+    """Names of the network namespaces that start with `prefix`."""
+    listing = _run(["ip", "netns", "list"], check=False).stdout
+    names = [line.split()[0] for line in listing.splitlines() if line.strip()]
+    return sorted(name for name in names if name.startswith(prefix))
+
+
+def list_links(prefix: str) -> list[str]:
+    """Root-namespace interfaces (bridge, host ends of veths) whose names start with `prefix`."""
+    listing = _run(["ip", "-o", "link", "show"], check=False).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in listing.splitlines()]
+    return sorted(name for name in names if name.startswith(prefix))
+
+
+def cleanup_stale(prefix: str) -> list[str]:
+    """Kill the processes in, and delete, every namespace and link named ``prefix*``.
+
+    Idempotent; returns what it removed. Deleting a namespace also deletes the veth pair whose
+    inner end lives there, and with it the namespace's nftables rules and qdiscs.
+    """
+    check_prefix(prefix)
+    removed: list[str] = []
+    for namespace in list_namespaces(prefix):
+        pids = _run(["ip", "netns", "pids", namespace], check=False).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
+                os.kill(int(pid), signal.SIGKILL)
+        _run(["ip", "netns", "delete", namespace], check=False)
+        removed.append(namespace)
+    for link in list_links(prefix):
+        _run(["ip", "link", "delete", link], check=False)
+        removed.append(link)
+    return removed
+
+
+@cache
+def netem_available() -> bool:
+    """Whether this kernel has the ``sch_netem`` qdisc (minimal VM kernels often lack it)."""
+    probe = new_prefix("phq")
+    try:
+        _run(["ip", "netns", "add", probe])
+        _in_ns(probe, "ip", "link", "set", "lo", "up")
+        return _in_ns(probe, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+                      check=False).returncode == 0
+    except NetnsError:
+        return False
+    finally:
+        _run(["ip", "netns", "delete", probe], check=False)
+
+
+def free_subnet() -> str:
+    """The first ``10.77.<k>`` /24 that no address or route of this machine already uses."""
+    used = _run(["ip", "-4", "-o", "addr", "show"], check=False).stdout
+    used += _run(["ip", "-4", "route", "show"], check=False).stdout
+    for k in range(256):
+        stem = f"10.77.{k}."
+        if stem not in used:
+            return stem.rstrip(".")
+    raise NetnsError("no free 10.77.<k>.0/24 subnet left on this machine")
+
+
+@dataclass
+class NetnsTestbed(Testbed):
+    """A `Testbed` whose nodes run in per-node network namespaces joined by one bridge."""
+
+    prefix: str = field(default_factory=new_prefix)
+    subnet: str = ""
+    grpc_port: int = GRPC_PORT
+    node_metrics_port: int = METRICS_PORT
+    addresses: dict[str, str] = field(default_factory=dict)
+    shaping: dict[str, dict[str, float]] = field(default_factory=dict)
+    _fired: set[int] = field(default_factory=set)
+    _reaper: subprocess.Popen[bytes] | None = None
+    _network_up: bool = False
+    _torn_down: bool = False
+    _old_handlers: dict[int, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ lifecycle and cleanup
+    def __enter__(self) -> NetnsTestbed:
+        check_prefix(self.prefix)
+        self._start_reaper()
+        atexit.register(self.teardown)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(ValueError):  # not the main thread: atexit + reaper remain
+                self._old_handlers[signum] = signal.signal(signum, _raise_interrupt)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.teardown()
+
+    def _start_reaper(self) -> None:
+        """A detached watcher that cleans up ``prefix*`` once our end of its pipe closes."""
+        if self._reaper is not None:
+            return
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-m", "deploy.netns", "reap", self.prefix],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=REPO_ROOT, start_new_session=True,
+        )
+
+    def teardown(self) -> None:
+        """Stop the nodes, delete namespaces, veths and bridge; safe to call more than once."""
+        if self._torn_down:
+            return
+        self._torn_down = True
+        with contextlib.suppress(Exception):
+            self.stop_all(grace_s=5.0)
+        cleanup_stale(self.prefix)
+        if self._reaper is not None and self._reaper.stdin is not None:
+            self._reaper.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._reaper.wait(timeout=10)
+        for signum, handler in self._old_handlers.items():
+            with contextlib.suppress(ValueError):
+                signal.signal(signum, handler)
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.teardown)
+
+    # ------------------------------------------------------------------ network
+    def namespace(self, node_id: str) -> str:
+        return f"{self.prefix}-{node_id}"
+
+    def _host_veth(self, index: int) -> str:
+        return f"{self.prefix}h{index}"
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}br"
+
+    def setup_network(self) -> None:
+        """Bridge in the root namespace, one namespace + veth + address per node."""
+        self._start_reaper()
+        self.subnet = self.subnet or free_subnet()
+        _run(["ip", "link", "add", self.bridge, "type", "bridge"])
+        self._network_up = True
+        _run(["ip", "addr", "add", f"{self.subnet}.{BRIDGE_HOST}/24", "dev", self.bridge])
+        _run(["ip", "link", "set", self.bridge, "up"])
+        for index, node_id in enumerate(self.ids):
+            namespace, veth = self.namespace(node_id), self._host_veth(index)
+            address = f"{self.subnet}.{index + 1}"
+            _run(["ip", "netns", "add", namespace])
+            _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0",
+                  "netns", namespace])
+            _run(["ip", "link", "set", veth, "master", self.bridge])
+            _run(["ip", "link", "set", veth, "up"])
+            _in_ns(namespace, "ip", "link", "set", "lo", "up")
+            _in_ns(namespace, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
+            _in_ns(namespace, "ip", "link", "set", "eth0", "up")
+            self.addresses[node_id] = address
+
+    def prepare(self) -> None:
+        """Create the namespaces, then write node files that bind each node to its own address."""
+        scenario = self.scenario
+        if scenario.nodes_per_process != 1:
+            raise ValueError(
+                f"nodes_per_process={scenario.nodes_per_process}: the netns testbed runs exactly "
+                "one node per namespace (use 1)"
+            )
+        if not 1 <= scenario.nodes <= MAX_NODES:
+            raise ValueError(f"nodes={scenario.nodes}: the netns testbed supports 1..{MAX_NODES}")
+        self.ids = node_ids(scenario.nodes)
+        self.setup_network()
+        self.ports = dict.fromkeys(self.ids, self.grpc_port)
+        if self.metrics:
+            self.metrics_ports = dict.fromkeys(self.ids, self.node_metrics_port)
+        peers = [PeerConfig(id=i, address=f"{self.addresses[i]}:{self.grpc_port}")
+                 for i in self.ids]
+        for folder in ("config", "logs", "nodes"):
+            (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
+        for stale in (self.out_dir / "nodes").glob("*.jsonl"):
+            stale.unlink()
+        for node_id in self.ids:
+            config = NodeConfig(
+                node=NodeSettings(
+                    id=node_id, host=self.addresses[node_id], port=self.grpc_port,
+                    metrics_port=self.metrics_ports.get(node_id), out_dir=str(self.out_dir),
+                ),
+                peers=peers,
+                scenario=scenario,
+            )
+            path = self.out_dir / "config" / f"{node_id}.toml"
+            path.write_text(tomli_w.dumps(config.model_dump(exclude_none=True)))
+            self.processes.append(NodeProcess(
+                node_id, [node_id], [path], self.out_dir / "logs" / f"{node_id}.log"
+            ))
+        (self.out_dir / "scenario.toml").write_text(
+            tomli_w.dumps(scenario.model_dump(exclude_none=True))
+        )
+
+    def _start(self, proc: NodeProcess) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO_ROOT), str(REPO_ROOT / "proto"), env.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep)
+        env.setdefault("OMP_NUM_THREADS", "1")
+        command = ["ip", "netns", "exec", self.namespace(proc.node_ids[0]),
+                   sys.executable, "-m", "node", "node"]
+        for path in proc.config_paths:
+            command += ["--config", str(path)]
+        with open(proc.log_path, "ab") as handle:
+            proc.process = subprocess.Popen(
+                command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+
+    def launch(self) -> None:
+        """``ip netns exec NS python -m node node --config NODE.toml`` for every node."""
+        for proc in self.processes:
+            self._start(proc)
+
+    # ------------------------------------------------------------------ faults
+    def apply_faults(self, records: dict[str, dict[int, dict[str, Any]]]) -> None:
+        """CLI ``--kill`` faults (base class), then the scenario's network and process faults."""
+        super().apply_faults(records)
+        for number, fault in enumerate(self.scenario.faults):
+            if number in self._fired:
+                continue
+            watched = fault.nodes or self.ids
+            if not any(fault.round in records.get(node, {}) for node in watched):
+                continue
+            self._fired.add(number)
+            entry = {"round": fault.round, "action": fault.action, "nodes": list(fault.nodes),
+                     "time": time.time(), **self.inject(fault)}
+            self.fault_log.append(entry)
+            console.print(f"[yellow]fault after round {fault.round}: {fault.action} "
+                          f"{', '.join(fault.nodes) or 'all'} ({entry['mechanism']})[/]")
+
+    def inject(self, fault: FaultConfig) -> dict[str, Any]:
+        """Apply one fault now; returns what was done (merged into the fault's log entry)."""
+        unknown = [n for n in fault.nodes if n not in self.ids]
+        if unknown:
+            raise ValueError(f"fault at round {fault.round} names unknown nodes {unknown}")
+        if fault.action in ("kill", "restart"):
+            for node_id in fault.nodes:
+                proc = self.process_of(node_id)
+                proc.killed_by_testbed = True
+                if proc.process is not None and proc.returncode is None:
+                    proc.process.kill()
+                    proc.process.wait()
+                if fault.action == "restart":
+                    self._start(proc)
+            return {"mechanism": "signal" if fault.action == "kill" else "signal+relaunch"}
+        if fault.action == "partition":
+            side = set(fault.nodes)
+            others = [n for n in self.ids if n not in side]
+            for node_id in self.ids:
+                cut = others if node_id in side else sorted(side)
+                self._drop_traffic_with(node_id, [self.addresses[n] for n in cut])
+            return {"mechanism": "nftables", "groups": [sorted(side), others]}
+        if fault.action == "heal":
+            for node_id in self.ids:
+                _in_ns(self.namespace(node_id), "nft", "delete", "table", "inet", PARTITION_TABLE,
+                       check=False)
+            for node_id in fault.nodes or self.ids:
+                self.shaping.pop(node_id, None)
+                self._shape(node_id)
+            return {"mechanism": "nftables+tc"}
+        for node_id in fault.nodes:
+            state = self.shaping.setdefault(node_id, {"delay_ms": 0.0, "jitter_ms": 0.0,
+                                                      "loss_pct": 0.0})
+            if fault.action == "delay":
+                state.update(delay_ms=fault.delay_ms, jitter_ms=fault.jitter_ms)
+                if fault.loss_pct:
+                    state["loss_pct"] = fault.loss_pct
+            else:
+                state["loss_pct"] = fault.loss_pct
+        mechanisms = {self._shape(node_id) for node_id in fault.nodes}
+        return {"mechanism": "+".join(sorted(mechanisms)) or "none",
+                "delay_ms": fault.delay_ms, "jitter_ms": fault.jitter_ms,
+                "loss_pct": fault.loss_pct}
+
+    def _drop_traffic_with(self, node_id: str, addresses: list[str]) -> None:
+        if not addresses:
+            return
+        namespace, group = self.namespace(node_id), "{ " + ", ".join(addresses) + " }"
+        _in_ns(namespace, "nft", "add", "table", "inet", PARTITION_TABLE)
+        for chain, hook, direction in (("in", "input", "saddr"), ("out", "output", "daddr")):
+            _in_ns(namespace, "nft", f"add chain inet {PARTITION_TABLE} {chain} "
+                   f"{{ type filter hook {hook} priority 0; policy accept; }}")
+            _in_ns(namespace, "nft", f"add rule inet {PARTITION_TABLE} {chain} "
+                   f"ip {direction} {group} drop")
+
+    def _shape(self, node_id: str) -> str:
+        """Install the node's current delay/jitter/loss on its egress; returns the mechanism."""
+        namespace = self.namespace(node_id)
+        state = self.shaping.get(node_id, {})
+        delay, jitter, loss = (state.get(k, 0.0) for k in ("delay_ms", "jitter_ms", "loss_pct"))
+        _in_ns(namespace, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+        _in_ns(namespace, "nft", "delete", "table", "inet", SHAPE_TABLE, check=False)
+        if not (delay or jitter or loss):
+            return "cleared"
+        if netem_available():
+            netem = ["netem", "delay", f"{delay}ms", f"{jitter}ms", "loss", f"{loss}%"]
+            _in_ns(namespace, "tc", "qdisc", "replace", "dev", "eth0", "root", *netem)
+            return "tc-netem"
+        mechanism = "netem-unavailable"
+        if loss:
+            _in_ns(namespace, "nft", "add", "table", "inet", SHAPE_TABLE)
+            _in_ns(namespace, "nft", f"add chain inet {SHAPE_TABLE} out "
+                   "{ type filter hook output priority 0; policy accept; }")
+            _in_ns(namespace, "nft", f"add rule inet {SHAPE_TABLE} out oifname eth0 "
+                   f"numgen random mod 10000 < {round(loss * 100)} drop")
+            mechanism = "nftables-loss" + ("" if not (delay or jitter) else "+delay-not-applied")
+        return mechanism
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def run_netns_testbed(
+    scenario: Scenario, out_dir: Path, timeout_s: float, faults: list[Fault] | None = None,
+    metrics: bool = True, prefix: str | None = None,
+) -> dict[str, Any]:
+    """Run `scenario` with one namespace per node; cleans up whatever happens.
+
+    Returns the summary (also in ``OUT/summary.json``) with a ``network`` entry added.
+    """
+    testbed = NetnsTestbed(scenario, out_dir, faults=list(faults or []), metrics=metrics,
+                           prefix=prefix or new_prefix())
+    with testbed:
+        summary = run_testbed(testbed, timeout_s)
+        summary["network"] = {
+            "prefix": testbed.prefix, "subnet": f"{testbed.subnet}.0/24",
+            "addresses": testbed.addresses, "netem": netem_available(),
+        }
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _reap(prefix: str) -> int:
+    """Block until the testbed's end of stdin closes (exit or SIGKILL), then clean up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        while sys.stdin.buffer.read(4096):
+            pass
+    cleanup_stale(prefix)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m deploy.netns run|clean|reap``: usable before the CLI wiring exists."""
+    parser = argparse.ArgumentParser(prog="python -m deploy.netns")
+    sub = parser.add_subparsers(dest="action", required=True)
+    run = sub.add_parser("run", help="run a scenario with one network namespace per node")
+    run.add_argument("scenario", type=Path)
+    run.add_argument("--out", type=Path, required=True)
+    run.add_argument("--timeout", type=float, default=600.0)
+    run.add_argument("--prefix", help="unique name prefix (default: phx + 6 random hex digits)")
+    for name in ("clean", "reap"):
+        sub.add_parser(name).add_argument("prefix")
+    args = parser.parse_args(argv)
+    if args.action == "reap":
+        return _reap(args.prefix)
+    if args.action == "clean":
+        removed = cleanup_stale(args.prefix)
+        print(f"removed {len(removed)}: {' '.join(removed) or '-'}")
+        return 0
+    scenario = with_overrides(load_scenario(args.scenario), {})
+    summary = run_netns_testbed(scenario, args.out, args.timeout, prefix=args.prefix)
+    return 0 if summary["status"] == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

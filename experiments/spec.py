@@ -1,0 +1,272 @@
+"""Sweep specs: a base scenario, axes of dotted scenario keys, seeds and metrics, from TOML.
+
+A spec is expanded into *cells*, the Cartesian product ``axes x seeds`` in a fixed order (axes in
+the order written, values in the order listed, seeds last), so the same spec always yields the
+same cell ids and a re-run resumes where it stopped. Every cell's scenario goes through
+`node.config.with_overrides` and `parse_scenario`, so an axis naming a key the scenario lacks is
+refused up front with that key in the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from node.config import ConfigError, Scenario, parse_scenario, with_overrides
+
+KNOWN_METRICS = (
+    "final_accuracy",
+    "accuracy",
+    "loss",
+    "round_seconds",
+    "bytes_sent",
+    "failed_round_rate",
+    "corrupted_fraction",
+    "digests_identical",
+    "psnr",
+    "ssim",
+    "label_accuracy",
+    "utility_accuracy",
+)
+DEFAULT_METRICS = ("final_accuracy", "round_seconds", "bytes_sent")
+
+
+class SpecError(ValueError):
+    """A sweep spec problem, worded as ``key: what is wrong``."""
+
+
+AxisValues = list[Any] | dict[str, Any]
+
+
+class QuickSpec(BaseModel):
+    """Overrides for ``--quick``: smaller base (`overrides`), shorter axes, fewer seeds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    overrides: dict[str, Any] = {}
+    axes: dict[str, AxisValues] = {}
+    seeds: list[int] | None = None
+
+
+class SweepSpec(BaseModel):
+    """The validated TOML: ``kind``, ``[base]`` (or ``base = "file.toml"``), ``[axes]``, seeds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "sweep"
+    kind: Literal["testbed", "inversion"] = "testbed"
+    description: str = ""
+    base: dict[str, Any] | str = {}
+    axes: dict[str, AxisValues] = {}
+    seeds: Annotated[list[int], Field(min_length=1)] = [0]
+    metrics: list[str] = list(DEFAULT_METRICS)
+    quick: QuickSpec | None = None
+    cell_timeout_s: Annotated[float, Field(gt=0)] | None = None
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list[str]) -> list[str]:
+        for metric in metrics:
+            if metric not in KNOWN_METRICS:
+                raise ValueError(f"unknown metric {metric!r}; known: {', '.join(KNOWN_METRICS)}")
+        return metrics
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        return seeds
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: axis values (with display labels), a seed, the resolved parameters.
+
+    For ``testbed`` sweeps `params` is the validated scenario as a dict; for ``inversion`` sweeps it
+    is the hook's parameter mapping.
+    """
+
+    id: str
+    index: int
+    axes: dict[str, Any]
+    labels: dict[str, str]
+    seed: int
+    params: dict[str, Any]
+
+    @property
+    def params_hash(self) -> str:
+        return canonical_hash(self.params)
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """A spec with the quick overrides applied and every cell expanded and validated."""
+
+    spec: SweepSpec
+    quick: bool
+    base: dict[str, Any]
+    axes: dict[str, list[tuple[str, Any]]]
+    seeds: list[int]
+    cells: list[Cell]
+    source: str
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the grid: a results folder only ever holds one."""
+        return canonical_hash({"kind": self.kind, "cells": [[c.id, c.params_hash] for c in self.cells]})
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def canonical_hash(value: Any) -> str:
+    """SHA-256 of the sorted-key JSON form: the same mapping always hashes the same."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def _format_validation(error: ValidationError, prefix: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{prefix}{where}: {message}" if where else f"{prefix}{message}"
+
+
+def _axis_values(key: str, values: AxisValues) -> list[tuple[str, Any]]:
+    """``[v1, v2]`` or ``{label = value}``; labels name the values in reports."""
+    if isinstance(values, dict):
+        pairs = [(str(label), value) for label, value in values.items()]
+    else:
+        pairs = [(_label(value), value) for value in values]
+    if not pairs:
+        raise SpecError(f"axes.{key}: needs at least one value")
+    labels = [label for label, _ in pairs]
+    if len(set(labels)) != len(labels):
+        raise SpecError(f"axes.{key}: duplicate values {labels}")
+    return pairs
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float | int | bool):
+        return str(value)
+    return canonical_json(value)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(f"{path}: invalid TOML: {error}") from None
+
+
+def parse_spec(data: dict[str, Any]) -> SweepSpec:
+    """Validate a spec mapping; raises `SpecError` naming the bad key."""
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(_format_validation(error, "")) from None
+
+
+def _check_keys(kind: str, keys: list[str], where: str, base: dict[str, Any]) -> None:
+    if kind == "testbed":
+        return  # checked by with_overrides on every cell, which names the key
+    from experiments.cells import INVERSION_KEYS
+
+    for key in keys:
+        if key not in INVERSION_KEYS:
+            raise SpecError(
+                f"{where}.{key}: unknown key for an inversion cell; known: "
+                f"{', '.join(INVERSION_KEYS)}"
+            )
+
+
+def _testbed_params(base: Scenario, overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    try:
+        return with_overrides(base, overrides).model_dump()
+    except ConfigError as error:
+        raise SpecError(f"{where}: {error}") from None
+
+
+def resolve_spec(spec: SweepSpec, *, quick: bool = False, source: str = "<spec>",
+                 base_dir: Path | None = None) -> ResolvedSpec:
+    """Apply ``[quick]`` if asked, load the base, expand and validate every cell."""
+    if isinstance(spec.base, str):
+        path = Path(spec.base)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        base = _read_toml(path)
+    else:
+        base = dict(spec.base)
+    axes_raw = dict(spec.axes)
+    seeds = list(spec.seeds)
+    overrides: dict[str, Any] = {}
+    if quick:
+        if spec.quick is None:
+            raise SpecError("quick: this spec has no [quick] table")
+        overrides = dict(spec.quick.overrides)
+        for key, values in spec.quick.axes.items():
+            if key not in axes_raw:
+                raise SpecError(f"quick.axes.{key}: not an axis of this spec")
+            axes_raw[key] = values
+        seeds = list(spec.quick.seeds) if spec.quick.seeds is not None else seeds
+    axes = {key: _axis_values(key, values) for key, values in axes_raw.items()}
+    _check_keys(spec.kind, list(axes), "axes", base)
+    _check_keys(spec.kind, list(overrides), "quick.overrides", base)
+    if spec.kind == "testbed":
+        if "seed" in axes:
+            raise SpecError("axes.seed: give seeds with the top-level `seeds` list")
+        try:
+            base_scenario = parse_scenario(base)
+        except ConfigError as error:
+            raise SpecError(f"base.{error}") from None
+        base_scenario = Scenario.model_validate(
+            _testbed_params(base_scenario, overrides, "quick.overrides")
+        )
+        base_params: dict[str, Any] = base_scenario.model_dump()
+    else:
+        base_params = {**base, **overrides}
+    cells: list[Cell] = []
+    keys = list(axes)
+    for index, combo in enumerate(itertools.product(*(axes[k] for k in keys), seeds)):
+        *picked, seed = combo
+        values = {key: value for key, (_, value) in zip(keys, picked, strict=True)}
+        labels = {key: label for key, (label, _) in zip(keys, picked, strict=True)}
+        where = "axes(" + ", ".join(f"{k}={labels[k]}" for k in keys) + ")"
+        if spec.kind == "testbed":
+            params = _testbed_params(base_scenario, {**values, "seed": seed}, where)
+            params["name"] = f"{spec.name}-{index:04d}"
+        else:
+            params = {**base_params, **values, "seed": seed}
+        key_hash = canonical_hash({"axes": values, "seed": seed})[:10]
+        cells.append(Cell(f"c{index:04d}-{key_hash}", index, values, labels, seed, params))
+    return ResolvedSpec(spec, quick, base_params, axes, seeds, cells, source)
+
+
+def load_spec(path: str | Path, *, quick: bool = False) -> ResolvedSpec:
+    """Read, validate and expand a spec file; errors name the file and the bad key."""
+    path = Path(path)
+    try:
+        return resolve_spec(parse_spec(_read_toml(path)), quick=quick, source=str(path),
+                            base_dir=path.parent)
+    except SpecError as error:
+        message = str(error)
+        raise SpecError(message if message.startswith(str(path)) else f"{path}: {message}") from None

@@ -1,0 +1,251 @@
+"""Secure aggregation inside each cluster, driven over gRPC: the `shamir` cluster protocol.
+
+Phases for member i of cluster c (members M, aggregators P = the first `publishers` of M):
+
+1. *keys*: i advertises a fresh per-round X25519 key to M.
+2. *share*: i encodes its update in fixed point, Shamir-shares it t-out-of-|M| (Shamir 1979)
+   and sends each holder its share, AES-GCM-encrypted end to end (`mpc.ShamirMember.deal`).
+3. *agree*: each holder tells P which dealers it holds valid shares of; each aggregator fixes
+   the dealer set D (dealers held by at least t holders and by a majority of those reporting)
+   and asks every holder for its partial sum over D.
+4. *reconstruct*: each aggregator decodes the partial sums as a Reed-Solomon codeword
+   (Berlekamp-Welch, `mpc.reconstruct_cluster_sum`), which tolerates |M| - t missing and
+   floor((received - t) / 2) lying holders, and publishes (sum over D, D) to every node; a
+   reconstruction outside that bound is reported as failed, never as a wrong sum.
+
+No node ever receives another node's update in the clear: holders see single Shamir shares,
+aggregators see partial sums (shares of the cluster sum) and the cluster sum.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+import numpy as np
+
+from mpc import (
+    ClusterSession,
+    Csprng,
+    EncryptedShare,
+    FixedPointConfig,
+    KeyAdvertisement,
+    PartialSum,
+    ShamirMember,
+    ShareRejected,
+    decode_sum,
+    default_threshold,
+    encode,
+    reconstruct_cluster_sum,
+)
+from node.codec import Message
+from node.protocols import (
+    ClusterOutput,
+    RoundContext,
+    _invalid,
+    await_cluster_outputs,
+    broadcast,
+    publish_output,
+    validate_cluster_output,
+)
+from node.server import Rejection
+from phalanx.v1 import node_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+RejectHook = Callable[[str, str], None]
+SHARE_OVERHEAD_BYTES = 64  # AES-GCM nonce and tag, with room to spare
+
+
+def _names(text: str) -> list[str]:
+    return [name for name in text.split(",") if name]
+
+
+def agree_dealer_set(held_by: dict[str, Sequence[str]], threshold: int) -> list[str]:
+    """Dealers held by at least `threshold` holders and by a majority of the reporting holders.
+
+    Deterministic in its input: two aggregators that received the same reports agree.
+    """
+    counts: dict[str, int] = {}
+    for dealers in held_by.values():
+        for dealer in set(dealers):
+            counts[dealer] = counts.get(dealer, 0) + 1
+    needed = max(threshold, len(held_by) // 2 + 1)
+    return sorted(dealer for dealer, count in counts.items() if count >= needed)
+
+
+class ShamirClusterProtocol:
+    """Threshold secret sharing with robust reconstruction, for malicious share-holders."""
+
+    kinds = frozenset({
+        pb.MESSAGE_KIND_MPC_KEYS, pb.MESSAGE_KIND_SHARE, pb.MESSAGE_KIND_HELD_DEALERS,
+        pb.MESSAGE_KIND_DEALER_SET, pb.MESSAGE_KIND_PARTIAL_SUM, pb.MESSAGE_KIND_CLUSTER_OUTPUT,
+    })
+    phases = 4
+
+    def __init__(
+        self, fixed_point: FixedPointConfig, threshold: int, publishers: int,
+        on_reject: RejectHook,
+    ) -> None:
+        self.fixed_point = fixed_point
+        self.threshold = threshold
+        self.publishers = publishers
+        self._on_reject = on_reject
+        self.last_outcomes: dict[int, str] = {}
+
+    def threshold_for(self, size: int) -> int:
+        return self.threshold or default_threshold("shamir", size)
+
+    def validate(self, message: Message, clusters: Sequence[Sequence[str]], dimension: int) -> None:
+        if not 0 <= message.cluster < len(clusters):
+            raise _invalid(f"cluster {message.cluster} does not exist in round {message.round}")
+        members = sorted(clusters[message.cluster])
+        if message.sender not in members:
+            raise _invalid(f"{message.sender} is not a member of cluster {message.cluster}")
+        publishers = members[: self.publishers]
+        kind = message.kind
+        if kind == pb.MESSAGE_KIND_CLUSTER_OUTPUT:
+            if message.sender not in publishers:
+                raise _invalid(f"{message.sender} is not an aggregator of cluster "
+                               f"{message.cluster}")
+            validate_cluster_output(message, members, dimension)
+        elif kind == pb.MESSAGE_KIND_MPC_KEYS:
+            key = message.tensors.get("encryption_public")
+            if key is None or key.dtype != np.uint8 or key.shape != (32,):
+                raise _invalid("key advertisement needs a uint8[32] 'encryption_public'")
+        elif kind == pb.MESSAGE_KIND_SHARE:
+            blob = message.tensors.get("ciphertext")
+            limit = 4 * dimension + SHARE_OVERHEAD_BYTES
+            if not message.recipient:
+                raise _invalid("share carries no recipient")
+            if blob is None or blob.dtype != np.uint8 or blob.ndim != 1 or blob.size > limit:
+                raise _invalid(f"share needs a uint8 'ciphertext' of at most {limit} bytes")
+        elif kind == pb.MESSAGE_KIND_PARTIAL_SUM:
+            value = message.tensors.get("value")
+            if value is None or value.dtype != np.uint8 or value.shape != (4 * dimension,):
+                raise _invalid(f"partial sum needs a uint8[{4 * dimension}] 'value'")
+        elif kind in (pb.MESSAGE_KIND_HELD_DEALERS, pb.MESSAGE_KIND_DEALER_SET):
+            field = "held" if kind == pb.MESSAGE_KIND_HELD_DEALERS else "dealers"
+            names = _names(message.meta.get(field, ""))
+            if len(set(names)) != len(names) or not set(names) <= set(members):
+                raise _invalid(f"{field} must list distinct members of cluster {message.cluster}")
+            if kind == pb.MESSAGE_KIND_DEALER_SET and message.sender not in publishers:
+                raise Rejection(grpc.StatusCode.PERMISSION_DENIED, "invalid",
+                                f"{message.sender} is not an aggregator of cluster "
+                                f"{message.cluster}")
+
+    def _reject(self, context: RoundContext, sender: str, error: Exception) -> None:
+        log.warning("%s round %d: rejected MPC message from %s: %s", context.node_id,
+                    context.round, sender, error)
+        self._on_reject("mpc", sender)
+
+    async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
+        me, r, mine = context.node_id, context.round, context.my_cluster
+        members = sorted(context.clusters[mine])
+        publishers = context.publishers_of(mine)
+        live = [m for m in members if m not in context.suspected or m == me]
+        session = ClusterSession(tuple(members), r, str(mine), self.threshold_for(len(members)),
+                                 context.dimension)
+        member = ShamirMember(session, me, Csprng(None))
+        inbox, collect = context.inbox, context.collect_s
+
+        def message(kind: int, **fields: object) -> Message:
+            return Message(me, r, kind, mine, **fields)  # type: ignore[arg-type]
+
+        # 1. keys
+        started = time.monotonic()
+        advert = member.advertise_keys()
+        await broadcast(context, message(
+            pb.MESSAGE_KIND_MPC_KEYS,
+            tensors={"encryption_public": np.frombuffer(advert.encryption_public, np.uint8)},
+        ), members)
+        keys = await inbox.wait_for(r, pb.MESSAGE_KIND_MPC_KEYS, mine, live, started + collect)
+        adverts = {
+            sender: KeyAdvertisement(r, str(mine), sender,
+                                     msg.tensors["encryption_public"].tobytes())
+            for sender, msg in keys.items()
+        }
+        context.phase_seconds["keys"] = time.monotonic() - started
+
+        # 2. share
+        phase = time.monotonic()
+        encoded = encode(update, self.fixed_point)
+        shares = member.deal(encoded, adverts)
+        for recipient, share in sorted(shares.items()):
+            await context.send(recipient, Message(
+                me, r, pb.MESSAGE_KIND_SHARE, mine,
+                {"ciphertext": np.frombuffer(share.ciphertext, np.uint8)},
+                meta={"purpose": share.purpose}, recipient=recipient,
+            ))
+        dealers = [d for d in adverts if d != me]
+        received = await inbox.wait_for(r, pb.MESSAGE_KIND_SHARE, mine, dealers, phase + collect)
+        for sender, msg in sorted(received.items()):
+            try:
+                member.receive_share(EncryptedShare(
+                    r, str(mine), sender, msg.recipient, msg.meta.get("purpose", ""),
+                    msg.tensors["ciphertext"].tobytes(),
+                ))
+            except ShareRejected as error:
+                self._reject(context, sender, error)
+        context.phase_seconds["share"] = time.monotonic() - phase
+
+        # 3. agree on the dealer set
+        phase = time.monotonic()
+        held = message(pb.MESSAGE_KIND_HELD_DEALERS,
+                       meta={"held": ",".join(member.held_dealers())})
+        await broadcast(context, held, publishers)
+        if me in publishers:
+            reports = await inbox.wait_for(r, pb.MESSAGE_KIND_HELD_DEALERS, mine, live,
+                                           phase + collect)
+            agreed = agree_dealer_set(
+                {s: _names(m.meta["held"]) for s, m in reports.items()}, session.threshold
+            )
+            await broadcast(context, message(pb.MESSAGE_KIND_DEALER_SET,
+                                             meta={"dealers": ",".join(agreed)}), members)
+        waiting = [p for p in publishers if p not in context.suspected or p == me]
+        requests = await inbox.wait_for(r, pb.MESSAGE_KIND_DEALER_SET, mine, waiting,
+                                        phase + 2 * collect)
+        for publisher, request in sorted(requests.items()):
+            try:
+                partial = member.partial_sum(_names(request.meta["dealers"]))
+            except ValueError as error:
+                log.info("%s round %d: no partial sum for %s: %s", me, r, publisher, error)
+                continue
+            reply = Message(me, r, pb.MESSAGE_KIND_PARTIAL_SUM, mine,
+                            {"value": np.frombuffer(partial.value, np.uint8)},
+                            recipient=publisher)
+            if publisher == me:
+                await inbox.put(reply)
+            else:
+                await context.send(publisher, reply)
+        context.phase_seconds["agree"] = time.monotonic() - phase
+
+        # 4. reconstruct and publish
+        phase = time.monotonic()
+        if me in publishers and me in requests:
+            agreed = _names(requests[me].meta["dealers"])
+            partials = await inbox.wait_for(r, pb.MESSAGE_KIND_PARTIAL_SUM, mine, live,
+                                            phase + collect)
+            outcome = reconstruct_cluster_sum(session, [
+                PartialSum(r, str(mine), sender, msg.tensors["value"].tobytes())
+                for sender, msg in sorted(partials.items())
+            ])
+            for sender, reason in outcome.rejections.items():
+                self._reject(context, sender, ValueError(reason))
+            if outcome.failed or outcome.field_sum is None or not agreed:
+                self.last_outcomes[mine] = f"failed: {outcome.reason}"
+                log.warning("%s round %d: cluster %d reconstruction failed: %s", me, r, mine,
+                            outcome.reason)
+            else:
+                if outcome.suspects:
+                    log.warning("%s round %d: corrected lying holders %s", me, r,
+                                ",".join(outcome.suspects))
+                self.last_outcomes[mine] = "ok"
+                total = decode_sum(outcome.field_sum, self.fixed_point, len(agreed))
+                await broadcast(context, publish_output(
+                    context, total.astype(np.float32), agreed
+                ), context.everyone)
+        context.phase_seconds["reconstruct"] = time.monotonic() - phase
+        return await await_cluster_outputs(context, phase, (self.phases + 1) * collect)
