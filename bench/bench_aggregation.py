@@ -25,13 +25,18 @@ __all__ = ["register", "register_bench", "run_aggregation_bench"]
 _PRE_SPECS = {name: name for name in PRE_AGGREGATORS} | {"clip": "clip:threshold=1.0"}
 
 
-def _median_seconds(action: Callable[[], object], repeats: int) -> float:
-    durations = []
+def _interleaved_medians(
+    actions: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, float]:
+    """Median seconds of each action; every repeat runs all actions once, in turn, so that a
+    change in machine load during the run touches every action alike."""
+    durations: dict[str, list[float]] = {name: [] for name in actions}
     for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        durations.append(time.perf_counter() - start)
-    return statistics.median(durations)
+        for name, action in actions.items():
+            start = time.perf_counter()
+            action()
+            durations[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in durations.items()}
 
 
 def run_aggregation_bench(
@@ -41,7 +46,8 @@ def run_aggregation_bench(
     repeats: int = 5,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Median time of every rule and pre-aggregator on seeded N(0, 1) rows of shape (m, d).
+    """Median time of every rule and pre-aggregator on seeded N(0, 1) rows of shape (m, d),
+    the repeats interleaved across rules.
 
     f defaults to the largest value Bulyan (the strictest rule) accepts, (m - 3) // 4; each rule
     runs with min(f, its own limit) (the mean with 0) and records the f it used.
@@ -58,6 +64,7 @@ def run_aggregation_bench(
     vectors = torch.randn(m, d, generator=torch.Generator().manual_seed(seed))
 
     rules: dict[str, dict[str, Any]] = {}
+    actions: dict[str, Callable[[], object]] = {}
     for name in AGGREGATION_RULES:
         rule = get_rule(name)
         rule_f = min(declared_f, rule.max_f(m))
@@ -69,15 +76,19 @@ def run_aggregation_bench(
                 "skipped": f"m={m} is too small ({rule.breakdown})",
             }
             continue
-        seconds = _median_seconds(functools.partial(rule, vectors, rule_f), repeats)
-        rules[name] = {"f": rule_f, "median_s": seconds}
+        rules[name] = {"f": rule_f}
+        actions[f"rule:{name}"] = functools.partial(rule, vectors, rule_f)
 
     pre: dict[str, dict[str, Any]] = {}
     pre_f = min(declared_f, m - 1)
     for name, spec in _PRE_SPECS.items():
-        pre_aggregator = get_pre(spec)
-        seconds = _median_seconds(functools.partial(pre_aggregator.apply, vectors, pre_f), repeats)
-        pre[name] = {"f": pre_f, "median_s": seconds}
+        pre[name] = {"f": pre_f}
+        actions[f"pre:{name}"] = functools.partial(get_pre(spec).apply, vectors, pre_f)
+
+    medians = _interleaved_medians(actions, repeats)
+    for key, seconds in medians.items():
+        kind, name = key.split(":", 1)
+        (rules if kind == "rule" else pre)[name]["median_s"] = seconds
 
     mean_seconds = rules["mean"]["median_s"]
     for entry in (*rules.values(), *pre.values()):

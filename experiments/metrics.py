@@ -1,8 +1,7 @@
 """Per-round and per-cell metrics from a testbed summary, and the analytic prediction beside them.
 
 Measured side. In round r a node is *faulty* when a ``kill`` fault removed it after an earlier
-round (r > fault.round) or when the scenario lists it as Byzantine (a ``byzantine`` entry naming
-it, once the scenario has that key). A cluster counts as *corrupted* in round r when the node
+round (r > fault.round) or when a ``byzantine`` entry makes it Byzantine from its start round. A cluster counts as *corrupted* in round r when the node
 reported it failed or flagged, or when it holds at least one faulty member (corruption threshold
 c = 1, the plain-sum model of `clustering.analysis`). A round *fails* when its corrupted clusters
 exceed what the outer aggregation tolerates, ``ceil(b m) - 1`` with breakdown b = 1/2 (the median;
@@ -27,22 +26,35 @@ ANALYTIC_STRATEGIES = ("random", "static")
 
 
 def fault_schedule(scenario: dict[str, Any]) -> dict[str, int]:
-    """Node id -> first round in which it is faulty (kill after round R: faulty from R + 1)."""
-    first: dict[str, int] = {}
+    """Node id -> first round in which it is faulty.
+
+    A ``kill`` after round R makes the node faulty from R + 1; a ``byzantine`` entry from its
+    ``start_round`` (default 1), with ``count`` entries resolved exactly as the nodes resolve them
+    (`node.config.byzantine_nodes`, seeded by the scenario seed).
+    """
+    first: dict[str, float] = {}
     for fault in scenario.get("faults") or []:
         if fault.get("action") == "kill":
             for node in fault.get("nodes") or []:
-                first[node] = min(first.get(node, math.inf), int(fault["round"]) + 1)  # type: ignore[arg-type]
-    for entry in scenario.get("byzantine") or []:
-        names: list[str] = []
-        if isinstance(entry, str):
-            names = [entry]
-        elif isinstance(entry, dict):
-            raw = entry.get("nodes", entry.get("node", entry.get("id", [])))
-            names = [raw] if isinstance(raw, str) else list(raw)
-        for node in names:
-            first[node] = 0
-    return first
+                first[node] = min(first.get(node, math.inf), int(fault["round"]) + 1)
+    for node, start in _byzantine_starts(scenario).items():
+        first[node] = min(first.get(node, math.inf), start)
+    return {node: int(start) for node, start in sorted(first.items())}
+
+
+def _byzantine_starts(scenario: dict[str, Any]) -> dict[str, int]:
+    entries = scenario.get("byzantine") or []
+    if not entries:
+        return {}
+    import node.config as config
+    from node.testbed import node_ids
+
+    resolve = getattr(config, "byzantine_nodes", None)
+    if resolve is not None:
+        chosen = resolve(config.Scenario.model_validate(scenario), node_ids(scenario["nodes"]))
+        return {node: int(getattr(entry, "start_round", 1)) for node, entry in chosen.items()}
+    return {node: int(entry.get("start_round", 1)) for entry in entries
+            for node in entry.get("nodes", [])}
 
 
 def round_rows(summary: dict[str, Any], scenario: dict[str, Any]) -> list[dict[str, Any]]:
@@ -108,8 +120,7 @@ def predicted_metrics(scenario: dict[str, Any]) -> dict[str, Any]:
         return {}
     from clustering.analysis import analyze_clusters
 
-    faulty = len([n for n in fault_schedule(scenario)])
-    faulty = min(faulty, nodes)
+    faulty = min(len(fault_schedule(scenario)), nodes)
     analysis = analyze_clusters(
         nodes, faulty, size, strategy=strategy, corrupt_threshold=1, breakdown=BREAKDOWN
     )

@@ -199,6 +199,21 @@ def _toml_ready(value: Any) -> Any:
     return value
 
 
+def kill_flags(scenario: dict[str, Any]) -> list[str]:
+    """``--kill NODE@ROUND`` for the scenario's ``kill`` faults.
+
+    The testbed injects process kills from its ``--kill`` flags; passing the scenario's own fault
+    list keeps the cell a plain function of its scenario. (Harmless once the testbed also reads
+    ``faults`` itself: a second kill of a dead process is a no-op.)
+    """
+    flags: list[str] = []
+    for fault in scenario.get("faults") or []:
+        if fault.get("action") == "kill":
+            for node in fault.get("nodes") or []:
+                flags += ["--kill", f"{node}@{int(fault['round'])}"]
+    return flags
+
+
 def run_cell(
     cell: Cell, kind: str, cell_dir: Path, registry: ChildRegistry, timeout_s: float | None
 ) -> CellRecord | None:
@@ -213,6 +228,7 @@ def run_cell(
     if kind == "testbed":
         command = [sys.executable, "-m", "node", "testbed", "run", str(cell_dir / "scenario.toml"),
                    "--out", str(cell_dir), "--no-metrics"]
+        command += kill_flags(cell.params)
         if timeout_s is not None:
             command += ["--timeout", str(timeout_s)]
         code = registry.run(command, log_path, None if timeout_s is None else timeout_s + 60)
@@ -321,6 +337,7 @@ def run_sweep(
             "quick": resolved.quick, "kind": resolved.kind, "name": resolved.spec.name,
             "axes": {k: [label for label, _ in v] for k, v in resolved.axes.items()},
             "seeds": resolved.seeds, "metrics": resolved.spec.metrics,
+            "heatmap": resolved.spec.heatmap,
             "cells": len(resolved.cells),
         })
         done = store.finished_ids(include_failed=not retry_failed)

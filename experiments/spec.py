@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from node.config import ConfigError, Scenario, parse_scenario, with_overrides
 
@@ -69,6 +76,17 @@ class SweepSpec(BaseModel):
     metrics: list[str] = list(DEFAULT_METRICS)
     quick: QuickSpec | None = None
     cell_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    heatmap: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _heatmap_axes(self) -> SweepSpec:
+        if self.heatmap is not None:
+            if len(self.heatmap) != 2 or len(set(self.heatmap)) != 2:
+                raise ValueError(f"heatmap must name two different axes, got {self.heatmap}")
+            for key in self.heatmap:
+                if key not in self.axes:
+                    raise ValueError(f"heatmap names {key!r}, which is not an axis")
+        return self
 
     @field_validator("metrics")
     @classmethod

@@ -76,7 +76,10 @@ class ClusteringConfig(_Section):
 
 class AggregationConfig(_Section):
     rule: str = "mean"
-    f: Annotated[int, Field(ge=0)] = 0
+    pre: list[str] = Field(default=[], description="pre-aggregators, e.g. ['clip', 'nnm']")
+    f: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Byzantine cluster outputs tolerated (default: Byzantine count)"
+    )
     secure: Literal["none", "secagg", "shamir"] = "none"
     threshold: Annotated[int, Field(ge=0)] = Field(
         default=0, description="Shamir threshold t (0 = the mode's default for the cluster size)"
@@ -118,6 +121,25 @@ class FaultConfig(_Section):
     loss_pct: Annotated[float, Field(ge=0, le=100)] = 0.0
 
 
+class ByzantineConfig(_Section):
+    """Which nodes deviate and how: ``behaviour`` is ``NAME[:k=v,...]`` (see adversary)."""
+
+    behaviour: str
+    count: Annotated[int, Field(ge=0)] = 0
+    nodes: list[str] = []
+    start_round: Annotated[int, Field(ge=1)] = 1
+    omniscient: bool = False
+
+    @model_validator(mode="after")
+    def _known(self) -> ByzantineConfig:
+        from adversary.behaviours import parse_behaviour
+
+        parse_behaviour(self.behaviour, self.start_round)
+        if not self.count and not self.nodes:
+            raise ValueError("byzantine entry needs count or nodes")
+        return self
+
+
 class Scenario(_Section):
     """Everything that defines an experiment; shared by all nodes of a run."""
 
@@ -134,6 +156,7 @@ class Scenario(_Section):
     timeouts: TimeoutConfig = TimeoutConfig()
     limits: LimitConfig = LimitConfig()
     faults: list[FaultConfig] = []
+    byzantine: list[ByzantineConfig] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -143,6 +166,11 @@ class Scenario(_Section):
                 f"nodes ({self.nodes})"
             )
         aggregation = self.aggregation
+        if sum(b.count + len(b.nodes) for b in self.byzantine) > self.nodes:
+            raise ValueError("byzantine: more Byzantine nodes than nodes")
+        from learning.aggregation import get_rule
+
+        get_rule(aggregation.rule, pre=aggregation.pre or None)
         if aggregation.secure != "none":
             if self.clustering.cluster_size < 2:
                 raise ValueError(
@@ -264,3 +292,29 @@ def with_overrides(scenario: Scenario, overrides: dict[str, Any]) -> Scenario:
             raise ConfigError(f"{dotted}: unknown key")
         target[leaf] = value
     return parse_scenario(data)
+
+
+def byzantine_nodes(scenario: Scenario, ids: list[str]) -> dict[str, ByzantineConfig]:
+    """Which node ids are Byzantine, and how. Named nodes first; `count` more are drawn by a
+    generator seeded with the scenario seed, so every process resolves the same set."""
+    import random
+
+    chosen: dict[str, ByzantineConfig] = {}
+    for entry in scenario.byzantine:
+        for node_id in entry.nodes:
+            if node_id not in ids:
+                raise ConfigError(f"byzantine.nodes: unknown node {node_id!r}")
+            chosen[node_id] = entry
+    rng = random.Random(f"byzantine/{scenario.seed}")
+    for entry in scenario.byzantine:
+        free = [i for i in sorted(ids) if i not in chosen]
+        for node_id in sorted(rng.sample(free, entry.count)):
+            chosen[node_id] = entry
+    return dict(sorted(chosen.items()))
+
+
+def tolerated_faults(scenario: Scenario) -> int:
+    """aggregation.f, defaulting to the number of Byzantine nodes."""
+    if scenario.aggregation.f is not None:
+        return scenario.aggregation.f
+    return sum(b.count + len(b.nodes) for b in scenario.byzantine)

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,15 +34,31 @@ from learning.train import (
 )
 from node.actors import Actor, FunctionActor, Supervisor
 from node.codec import Message, kind_name
-from node.config import NodeConfig, Scenario
+from adversary.behaviours import (
+    DATA_BEHAVIOURS,
+    ByzantineTransport,
+    UpdatePoisoner,
+    backdoor_success_rate,
+    parse_behaviour,
+    poison_training_data,
+)
+from node.config import (
+    ByzantineConfig,
+    NodeConfig,
+    Scenario,
+    byzantine_nodes,
+    tolerated_faults,
+)
 from node.inbox import DuplicateMessage, RoundInbox
 from node.metrics import NodeMetrics
 from node.protocols import ClusterOutput, ClusterProtocol, PlaintextClusterProtocol, RoundContext
 from node.server import PhalanxServicer, Rejection
-from node.transport import GrpcTransport
+from node.transport import GrpcTransport, Transport
 from phalanx.v1 import node_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+UpdateTransform = Callable[[np.ndarray, int], Awaitable[np.ndarray]]
 
 _DATASETS: dict[tuple[str, str | None, int, float], Dataset] = {}
 
@@ -98,7 +114,7 @@ class ResultsWriter:
 
 
 def combine_cluster_outputs(
-    outputs: Mapping[int, ClusterOutput], rule: str, f: int
+    outputs: Mapping[int, ClusterOutput], rule: str, f: int, pre: list[str] | None = None
 ) -> tuple[np.ndarray, list[int]]:
     """The global step from cluster outputs, in ascending cluster order (bit-reproducible).
 
@@ -106,16 +122,20 @@ def combine_cluster_outputs(
     rule over the cluster means S_c/|c|. Returns (delta, clusters flagged by the rule).
     """
     order = sorted(outputs)
-    if rule == "mean":
+    if rule == "mean" and not pre:
         total = np.zeros_like(outputs[order[0]].total)
         for cluster in order:
             total += outputs[cluster].total
         count = sum(len(outputs[c].included) for c in order)
         return total / np.float32(count), []
-    from learning.aggregation import aggregate_with_report
+    from learning.aggregation import get_rule
 
     means = torch.from_numpy(np.stack([outputs[c].mean for c in order]))
-    report = aggregate_with_report(rule, means, f=f)
+    robust = get_rule(rule, pre=pre or None)
+    # Declare no more faulty rows than the rule's breakdown point allows with the clusters that
+    # delivered this round, so a round with fewer outputs still aggregates.
+    f = min(f, max(robust.max_f(len(order)), 0))
+    report = robust.aggregate_with_report(means, f)
     flagged = [order[i] for i in report.flagged]
     return report.value.to(torch.float32).numpy(), flagged
 
@@ -167,7 +187,7 @@ class Node:
         self.dimension = self.weights.numel()
         self.train_config = TrainConfig(**scenario.training.model_dump())
 
-        self.transport = GrpcTransport(
+        self.transport: Transport = GrpcTransport(
             self.addresses,
             deadline_s=scenario.timeouts.rpc_s,
             chunk_bytes=scenario.limits.chunk_bytes,
@@ -180,6 +200,66 @@ class Node:
         self.shareholder: Actor[Message] = FunctionActor("shareholder", self._store, size)
         self.membership: Actor[Message] = FunctionActor("membership", self._membership, size)
         self.results = ResultsWriter(self.out_dir / "nodes" / f"{self.id}.jsonl")
+        self.side_channels: dict[int, Actor[Message]] = {}
+        self.transform_update: UpdateTransform | None = None
+        self.byzantine = byzantine_nodes(scenario, self.view)
+        self.backdoor = next((parse_behaviour(b.behaviour) for b in self.byzantine.values()
+                              if b.behaviour.startswith("backdoor")), None)
+        if self.id in self.byzantine:
+            self._turn_byzantine(self.byzantine[self.id])
+
+    def _turn_byzantine(self, entry: ByzantineConfig) -> None:
+        """Wrap this node's roles with its configured deviation (the honest code is unchanged)."""
+        spec = parse_behaviour(entry.behaviour, entry.start_round)
+        seed = round_seed(self.scenario.seed, self.index, 10_000)
+        log.warning("%s is Byzantine: %s from round %d", self.id, entry.behaviour,
+                    entry.start_round)
+        if spec.is_protocol:
+            self.transport = ByzantineTransport(self.transport, spec, self.id,
+                                                self.scenario.timeouts.collect_s, seed)
+        elif spec.name in DATA_BEHAVIOURS:
+            self.train_x, self.train_y = poison_training_data(
+                spec, self.train_x, self.train_y, self.dataset.num_classes, seed
+            )
+        else:
+            colluders = sorted(self.byzantine)
+            view = self._omniscient_view if entry.omniscient else self._colluder_view
+            self.transform_update = UpdatePoisoner(
+                spec, len(self.view), len(colluders), view, seed
+            )
+            self.side_channels[pb.MESSAGE_KIND_COLLUDE] = self.aggregator
+
+    async def _colluder_view(self, round_: int, benign: np.ndarray) -> list[np.ndarray]:
+        """Benign updates of every colluder, shared over the gRPC side channel."""
+        colluders = sorted(self.byzantine)
+        share = Message(self.id, round_, pb.MESSAGE_KIND_COLLUDE, -1, {"update": benign})
+        await self.inbox.put(share)
+        await asyncio.gather(*(self.transport.send(c, share) for c in colluders if c != self.id))
+        got = await self.inbox.wait_for(round_, pb.MESSAGE_KIND_COLLUDE, -1, colluders,
+                                        time.monotonic() + self.scenario.timeouts.collect_s)
+        return [got[c].tensors["update"] for c in sorted(got)]
+
+    async def _omniscient_view(self, round_: int, benign: np.ndarray) -> list[np.ndarray]:
+        """Every honest node's update this round, recomputed from the public seeds."""
+        def work() -> list[np.ndarray]:
+            scenario = self.scenario
+            parts = partition(self.dataset.train_y, len(self.view), scenario.data.partition,
+                              seed=scenario.seed, alpha=scenario.data.alpha,
+                              shards_per_node=scenario.data.shards_per_node)
+            model = build_model(scenario.model.name, self.dataset.input_shape,
+                                self.dataset.num_classes)
+            rows = []
+            for index, node_id in enumerate(self.view):
+                if node_id in self.byzantine:
+                    continue
+                load_flat_parameters(model, self.weights)
+                train_local(model, self.dataset.train_x[parts[index]],
+                            self.dataset.train_y[parts[index]], self.train_config,
+                            seed=round_seed(scenario.seed, index, round_))
+                rows.append((flatten_parameters(model) - self.weights).numpy())
+            return rows
+
+        return await asyncio.to_thread(work)
 
     def _cluster_protocol(self) -> ClusterProtocol:
         aggregation = self.scenario.aggregation
@@ -234,6 +314,7 @@ class Node:
             "samples": len(self.train_y),
             "label_histogram": label_histogram(self.train_y, self.dataset.num_classes),
             "parameters": self.dimension,
+            "byzantine": self.byzantine[self.id].behaviour if self.id in self.byzantine else None,
             "time": time.time(),
         })
         log.info("%s serving on port %d (metrics %s)", self.id, self.port, self.metrics_port)
@@ -289,14 +370,16 @@ class Node:
                 f"[{self.current_round}, {self.current_round + 1}]",
             )
         kind = message.kind
-        if kind in self.protocol.kinds:
+        if kind in self.side_channels:
+            target: Actor[Message] = self.side_channels[kind]
+        elif kind in self.protocol.kinds:
             self.protocol.validate(message, self.assignment(message.round).clusters,
                                    self.dimension)
             if self.inbox.get(message.round, kind, message.cluster).get(message.sender):
                 raise Rejection(grpc.StatusCode.ALREADY_EXISTS, "duplicate",
                                 f"{message.kind_name} from {message.sender} for round "
                                 f"{message.round} already received")
-            target: Actor[Message] = self.aggregator
+            target = self.aggregator
         elif kind in (pb.MESSAGE_KIND_PING, pb.MESSAGE_KIND_PING_REQ, pb.MESSAGE_KIND_ACK,
                       pb.MESSAGE_KIND_JOIN, pb.MESSAGE_KIND_LEAVE):
             target = self.membership
@@ -368,6 +451,22 @@ class Node:
 
         return await asyncio.to_thread(work)
 
+    async def _backdoor_success(self) -> float:
+        assert self.backdoor is not None
+        target = int(self.backdoor.params.get("target", 0))
+
+        def work() -> float:
+            load_flat_parameters(self.model, self.weights)
+            self.model.eval()
+
+            def predict(x: np.ndarray) -> np.ndarray:
+                with torch.no_grad():
+                    return self.model(torch.from_numpy(x)).argmax(dim=1).numpy()
+
+            return backdoor_success_rate(predict, self.test_x, self.test_y, target)
+
+        return await asyncio.to_thread(work)
+
     # ----------------------------------------------------------------------------- rounds
     async def run_round(self, round_: int) -> dict[str, Any]:
         """Train, run the cluster protocol, combine cluster outputs, evaluate, record."""
@@ -383,6 +482,8 @@ class Node:
         )
         await self.learner.ask(TrainJob(round_, self.weights.clone(), done))
         update, train_loss, train_s = await done
+        if self.transform_update is not None:
+            update = await self.transform_update(update, round_)
 
         self.phase = "communicate"
         communicate_started = time.monotonic()
@@ -400,13 +501,15 @@ class Node:
         flagged: list[int] = []
         if outputs:
             delta, flagged = combine_cluster_outputs(
-                outputs, self.scenario.aggregation.rule, self.scenario.aggregation.f
+                outputs, self.scenario.aggregation.rule, tolerated_faults(self.scenario),
+                self.scenario.aggregation.pre,
             )
             self.weights = self.weights + torch.from_numpy(delta)
         aggregate_s = time.monotonic() - aggregate_started
 
         self.phase = "evaluate"
         accuracy, loss = await self._evaluate()
+        backdoor = await self._backdoor_success() if self.backdoor is not None else None
         included = sorted({node for out in outputs.values() for node in out.included})
         excluded = sorted(set(self.view) - set(included))
         self.suspected = frozenset(excluded)
@@ -433,6 +536,7 @@ class Node:
             },
             "failed_clusters": sorted(set(range(len(assignment.clusters))) - set(outputs)),
             "flagged_clusters": flagged,
+            "backdoor_success": backdoor,
             "excluded": excluded,
             "time": time.time(),
         }

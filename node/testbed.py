@@ -34,6 +34,7 @@ from node.config import (
     NodeSettings,
     PeerConfig,
     Scenario,
+    byzantine_nodes,
     default_scenario_path,
     load_scenario,
     with_overrides,
@@ -162,6 +163,12 @@ class Testbed:
             )
             handle.close()
 
+    def honest_ids(self) -> list[str]:
+        """Nodes that are neither Byzantine nor killed by a fault (what the summary vouches for)."""
+        byzantine = byzantine_nodes(self.scenario, self.ids)
+        return [n for n in self.ids
+                if n not in byzantine and not self.process_of(n).killed_by_testbed]
+
     def process_of(self, node_id: str) -> NodeProcess:
         return next(p for p in self.processes if node_id in p.node_ids)
 
@@ -253,6 +260,7 @@ def build_summary(
             "cluster_outputs": first["cluster_outputs"],
             "failed_clusters": first["failed_clusters"],
             "flagged_clusters": first["flagged_clusters"],
+            "backdoor_success": first.get("backdoor_success"),
             "excluded": first["excluded"],
             "reporting_nodes": sorted(reports),
         })
@@ -269,6 +277,10 @@ def build_summary(
             for node, rec in sorted(starts.items())
         },
         "parameters": next(iter(starts.values()))["parameters"] if starts else None,
+        "byzantine": {
+            node: entry.behaviour
+            for node, entry in byzantine_nodes(scenario, sorted(starts) or []).items()
+        } if starts else {},
         "faults": faults,
         "rounds": per_round,
         "final_accuracy": per_round[-1]["accuracy"] if per_round else None,
@@ -360,12 +372,13 @@ def run_testbed(testbed: Testbed, timeout_s: float) -> dict[str, Any]:
             time.sleep(0.25)
             starts, rounds = read_node_records(out_dir)
             testbed.apply_faults(rounds)
+            # A positive exit code is a bug; death by a signal is a node failure to ride through.
             crashed = [p for p in testbed.processes
-                       if p.returncode not in (None, 0) and not p.killed_by_testbed]
+                       if (p.returncode or 0) > 0 and not p.killed_by_testbed]
             dead_nodes = {n for p in testbed.processes
                           if p.returncode is not None for n in p.node_ids}
             live_nodes = [n for n in testbed.ids if n not in dead_nodes]
-            honest = [n for n in testbed.ids if not testbed.process_of(n).killed_by_testbed]
+            honest = testbed.honest_ids()
             summary = build_summary(scenario, starts, rounds, honest, testbed.fault_log, status)
             for r in summary["rounds"]:
                 complete = all(r["round"] in rounds.get(n, {}) for n in live_nodes)
@@ -393,7 +406,7 @@ def run_testbed(testbed: Testbed, timeout_s: float) -> dict[str, Any]:
     finally:
         testbed.stop_all()
         starts, rounds = read_node_records(out_dir)
-        honest = [n for n in testbed.ids if not testbed.process_of(n).killed_by_testbed]
+        honest = testbed.honest_ids()
         summary = build_summary(scenario, starts, rounds, honest, testbed.fault_log, status)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         if summary["rounds"]:
@@ -408,10 +421,26 @@ def _parse_fault(text: str) -> Fault:
     return Fault(node=node, round=int(round_))
 
 
+def _parse_byzantine(text: str) -> dict[str, Any]:
+    count, sep, behaviour = text.partition(":")
+    if not sep or not count.isdigit() or not behaviour:
+        raise argparse.ArgumentTypeError(
+            f"--byzantine {text!r}: expected COUNT:BEHAVIOUR[:k=v,...], e.g. 2:alie"
+        )
+    return {"count": int(count), "behaviour": behaviour}
+
+
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
     scenario = load_scenario(args.scenario) if args.scenario else load_scenario(
         default_scenario_path()
     )
+    if args.byzantine:
+        start = {"start_round": args.byzantine_from} if args.byzantine_from else {}
+        scenario = with_overrides(scenario, {
+            "byzantine": [{**entry, **start} for entry in args.byzantine]
+        })
+    if args.f is not None:
+        scenario = with_overrides(scenario, {"aggregation.f": args.f})
     return with_overrides(scenario, {
         "nodes": args.nodes,
         "rounds": args.rounds,
@@ -460,6 +489,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--strategy")
     run.add_argument("--secure", choices=("none", "secagg", "shamir"))
     run.add_argument("--rule", help="aggregation rule over cluster outputs")
+    run.add_argument("--f", type=int, help="Byzantine cluster outputs the rule tolerates")
+    run.add_argument("--byzantine", action="append", type=_parse_byzantine,
+                     metavar="COUNT:BEHAVIOUR[:k=v]",
+                     help="make COUNT nodes Byzantine, e.g. 2:alie or 1:crash:phase=share")
+    run.add_argument("--byzantine-from", type=int, help="round the Byzantine nodes start at")
     run.add_argument("--dataset")
     run.add_argument("--partition", choices=("iid", "dirichlet", "shards"))
     run.add_argument("--model")

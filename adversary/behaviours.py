@@ -1,0 +1,271 @@
+"""Byzantine behaviours, chosen by config and applied as wrappers around a role or the transport.
+
+A Byzantine node runs the honest code; its deviations live here:
+
+- `ByzantineTransport` wraps the node's transport and deviates at the message level:
+  ``corrupt-partial`` (random field elements as Shamir partial sums), ``corrupt-output``
+  (a noisy cluster sum), ``corrupt-shares`` (flipped ciphertext bytes), ``equivocate`` (a
+  different update or cluster output to different receivers), ``withhold`` (omission),
+  ``delay`` (past the phase deadline), ``crash`` (SIGKILL itself at a chosen phase) and
+  ``replay`` (re-send the previous round's messages).
+- `UpdatePoisoner` wraps the learner's output with a model-poisoning attack from
+  `adversary.poisoning` (sign flip, scaling, Gaussian, ALIE, IPM, min-max, min-sum, mimic).
+  Attacks that need honest statistics see, by default, only what the colluders legitimately
+  hold: their own benign updates, exchanged over a gRPC side channel (``MESSAGE_KIND_COLLUDE``).
+  ``omniscient=true`` gives them every honest update (recomputed from the public seeds), for
+  worst-case studies.
+- Data-level attacks transform the training set: ``label-flip`` (y -> C - 1 - y) and
+  ``backdoor`` (a white pixel pattern in the corner, relabelled to a target class; Gu et al.
+  2017, BadNets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from node.codec import Message
+from node.transport import Transport
+from phalanx.v1 import node_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_BEHAVIOURS = (
+    "corrupt-partial", "corrupt-output", "corrupt-shares", "equivocate", "withhold", "delay",
+    "crash", "replay",
+)
+DATA_BEHAVIOURS = ("label-flip", "backdoor")
+PHASE_KINDS: dict[str, frozenset[int]] = {
+    "train": frozenset({pb.MESSAGE_KIND_UPDATE, pb.MESSAGE_KIND_MPC_KEYS}),
+    "share": frozenset({pb.MESSAGE_KIND_SHARE}),
+    "agree": frozenset({pb.MESSAGE_KIND_HELD_DEALERS, pb.MESSAGE_KIND_DEALER_SET}),
+    "partial": frozenset({pb.MESSAGE_KIND_PARTIAL_SUM}),
+    "publish": frozenset({pb.MESSAGE_KIND_CLUSTER_OUTPUT}),
+}
+KIND_GROUPS: dict[str, frozenset[int]] = {
+    "update": frozenset({pb.MESSAGE_KIND_UPDATE}),
+    "share": frozenset({pb.MESSAGE_KIND_SHARE}),
+    "partial": frozenset({pb.MESSAGE_KIND_PARTIAL_SUM}),
+    "output": frozenset({pb.MESSAGE_KIND_CLUSTER_OUTPUT}),
+    "all": frozenset(pb.MessageKind.values()) - {pb.MESSAGE_KIND_COLLUDE},
+}
+
+
+def known_behaviours() -> list[str]:
+    from adversary.poisoning import POISONING_ATTACKS
+
+    return sorted([*PROTOCOL_BEHAVIOURS, *DATA_BEHAVIOURS, *POISONING_ATTACKS])
+
+
+@dataclass(frozen=True)
+class BehaviourSpec:
+    """``NAME[:k=v,...]`` parsed: which deviation, its parameters, and from which round."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    start_round: int = 1
+
+    @property
+    def is_poisoning(self) -> bool:
+        from adversary.poisoning import POISONING_ATTACKS
+
+        return self.name in POISONING_ATTACKS
+
+    @property
+    def is_protocol(self) -> bool:
+        return self.name in PROTOCOL_BEHAVIOURS
+
+
+def parse_behaviour(spec: str, start_round: int = 1) -> BehaviourSpec:
+    """Parse and validate a behaviour spec such as ``alie``, ``scaling:factor=10`` or
+    ``crash:phase=share``; unknown names and parameters are refused with the allowed ones."""
+    from adversary.poisoning import parse_attack
+    from learning.aggregation import parse_spec
+
+    name, params = parse_spec(spec)
+    name = name.lower()
+    allowed: dict[str, tuple[str, ...]] = {
+        "corrupt-partial": (), "corrupt-output": ("scale",), "corrupt-shares": (),
+        "equivocate": ("scale",), "withhold": ("kinds",), "delay": ("seconds",),
+        "crash": ("phase",), "replay": (), "label-flip": (), "backdoor": ("target", "fraction"),
+    }
+    if name in allowed:
+        unknown = sorted(set(params) - set(allowed[name]))
+        if unknown:
+            raise ValueError(f"behaviour {name!r}: unknown parameter(s) {unknown}; "
+                             f"allowed: {list(allowed[name]) or 'none'}")
+        if name == "crash" and params.get("phase", "share") not in PHASE_KINDS:
+            raise ValueError(f"behaviour 'crash': phase must be one of {sorted(PHASE_KINDS)}")
+        if name == "withhold":
+            kinds = str(params.get("kinds", "all")).split("+")
+            if not set(kinds) <= set(KIND_GROUPS):
+                raise ValueError(f"behaviour 'withhold': kinds must be from {sorted(KIND_GROUPS)}")
+        return BehaviourSpec(name, params, start_round)
+    try:
+        attack = parse_attack(spec)
+    except ValueError as error:
+        if "unknown poisoning attack" in str(error):
+            raise ValueError(f"unknown behaviour {name!r}; known: "
+                             f"{', '.join(known_behaviours())}") from None
+        raise
+    return BehaviourSpec(attack.name, params, start_round)
+
+
+def _stable_bit(text: str) -> int:
+    return hashlib.sha256(text.encode()).digest()[0] & 1
+
+
+class ByzantineTransport:
+    """Wraps an honest transport and deviates on outgoing messages from `start_round` on."""
+
+    def __init__(self, inner: Transport, spec: BehaviourSpec, node_id: str, deadline_s: float,
+                 seed: int) -> None:
+        self.inner = inner
+        self.spec = spec
+        self.node_id = node_id
+        self.deadline_s = deadline_s
+        self.rng = np.random.default_rng(seed)
+        self._previous: dict[tuple[str, int], Message] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def send(self, peer: str, message: Message) -> bool:
+        if message.round < self.spec.start_round or message.kind == pb.MESSAGE_KIND_COLLUDE:
+            return await self.inner.send(peer, message)
+        name, params = self.spec.name, self.spec.params
+        if name == "crash" and message.kind in PHASE_KINDS[str(params.get("phase", "share"))]:
+            log.warning("%s: Byzantine crash at phase %s", self.node_id, params.get("phase"))
+            os.kill(os.getpid(), signal.SIGKILL)
+        if name == "withhold":
+            kinds = frozenset().union(*(KIND_GROUPS[k]
+                                        for k in str(params.get("kinds", "all")).split("+")))
+            if message.kind in kinds:
+                return False
+        if name == "delay":
+            await asyncio.sleep(float(params.get("seconds", 1.5 * self.deadline_s)))
+        if name == "replay":
+            old = self._previous.get((peer, message.kind))
+            self._previous[(peer, message.kind)] = message
+            if old is not None and old.round < message.round:
+                await self.inner.send(peer, old)
+        return await self.inner.send(peer, self._tamper(peer, message))
+
+    def _tamper(self, peer: str, message: Message) -> Message:
+        name, kind = self.spec.name, message.kind
+        scale = float(self.spec.params.get("scale", 10.0))
+        tensors = dict(message.tensors)
+        if name == "corrupt-partial" and kind == pb.MESSAGE_KIND_PARTIAL_SUM:
+            from mpc.field import PRIME
+
+            size = tensors["value"].size // 4
+            garbage = self.rng.integers(0, PRIME, size, dtype=np.uint32).astype("<u4")
+            tensors["value"] = garbage.view(np.uint8)
+        elif name == "corrupt-shares" and kind == pb.MESSAGE_KIND_SHARE:
+            blob = tensors["ciphertext"].copy()
+            blob[len(blob) // 2] ^= 0xFF
+            tensors["ciphertext"] = blob
+        elif name == "corrupt-output" and kind == pb.MESSAGE_KIND_CLUSTER_OUTPUT:
+            noise = self.rng.standard_normal(tensors["sum"].size).astype(np.float32)
+            tensors["sum"] = tensors["sum"] + scale * noise
+        elif name == "equivocate" and kind in (pb.MESSAGE_KIND_CLUSTER_OUTPUT,
+                                               pb.MESSAGE_KIND_UPDATE):
+            key = "sum" if kind == pb.MESSAGE_KIND_CLUSTER_OUTPUT else "update"
+            if _stable_bit(f"{peer}/{message.round}"):
+                tensors[key] = tensors[key] * np.float32(-scale)
+        else:
+            return message
+        return Message(message.sender, message.round, message.kind, message.cluster, tensors,
+                       message.meta, message.recipient, message.signature)
+
+
+def flip_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Label flipping (Tolpegin et al. 2020): y -> C - 1 - y."""
+    return (num_classes - 1 - labels).astype(labels.dtype)
+
+
+def add_backdoor(images: np.ndarray) -> np.ndarray:
+    """BadNets trigger (Gu et al. 2017): a 3x3 white square in the bottom-right corner."""
+    poisoned = images.copy()
+    poisoned[..., -4:-1, -4:-1] = 1.0
+    return poisoned
+
+
+def poison_training_data(
+    spec: BehaviourSpec, x: np.ndarray, y: np.ndarray, num_classes: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The data-level attacks: the node then trains honestly on poisoned data."""
+    if spec.name == "label-flip":
+        return x, flip_labels(y, num_classes)
+    if spec.name == "backdoor":
+        target = int(spec.params.get("target", 0))
+        fraction = float(spec.params.get("fraction", 0.5))
+        rng = np.random.default_rng(seed)
+        chosen = rng.random(len(y)) < fraction
+        x, y = x.copy(), y.copy()
+        x[chosen] = add_backdoor(x[chosen])
+        y[chosen] = target
+        return x, y
+    return x, y
+
+
+def backdoor_success_rate(predict: Any, x: np.ndarray, y: np.ndarray, target: int) -> float:
+    """Attack success rate: share of triggered test images (true class != target) classified
+    as the target."""
+    keep = y != target
+    if not np.any(keep):
+        return 0.0
+    predictions = predict(add_backdoor(x[keep]))
+    return float(np.mean(predictions == target))
+
+
+class UpdatePoisoner:
+    """Wraps the learner's output: returns the attack's update instead of the benign one.
+
+    `colluder_view` yields the honest statistics the attack may use: by default the benign
+    updates of all colluders, exchanged over the side channel; with ``omniscient`` every honest
+    node's update.
+    """
+
+    def __init__(
+        self,
+        spec: BehaviourSpec,
+        n: int,
+        f: int,
+        colluder_view: Any,
+        seed: int,
+    ) -> None:
+        from adversary.poisoning import parse_attack
+
+        self.spec = spec
+        self.attack = parse_attack(
+            spec.name + (":" + ",".join(f"{k}={v}" for k, v in spec.params.items())
+                         if spec.params else "")
+        )
+        self.n, self.f = n, f
+        self.colluder_view = colluder_view
+        self.seed = seed
+
+    async def __call__(self, update: np.ndarray, round_: int) -> np.ndarray:
+        import torch
+
+        if round_ < self.spec.start_round:
+            return update
+        view = None
+        if self.attack.attack.needs_honest_view:
+            rows = await self.colluder_view(round_, update)
+            view = torch.from_numpy(np.stack(rows).astype(np.float32))
+        generator = torch.Generator().manual_seed(self.seed + round_)
+        poisoned = self.attack.apply(torch.from_numpy(update), view, self.n, self.f, generator)
+        return poisoned.to(torch.float32).numpy()

@@ -1,0 +1,285 @@
+"""`phalanx deploy ...`: the docker-compose testbed generator and Prometheus helpers.
+
+``phalanx deploy compose --nodes N [--byzantine I=ATTACK ...] [--out DIR] [--tls]`` writes::
+
+    DIR/compose.yml                       N node services, Prometheus, Grafana
+    DIR/compose.tls.yml                   overlay: mutual-TLS certificates as compose secrets
+    DIR/config/node-<i>.toml              one node file per service
+    DIR/prometheus/prometheus.yml         scrapes every node's metrics port
+    DIR/grafana/provisioning/...          Prometheus datasource + dashboard provider
+    DIR/grafana/dashboards/phalanx-dashboard.json
+    DIR/certs/                            with --tls: CA and node-<i> certificates
+
+Services are called ``node-<i>`` so that their DNS names match the certificates written by
+`clustering.certs.write_certificates`. Output is deterministic: the same arguments give the same
+bytes (certificates aside, which hold fresh keys).
+
+``phalanx deploy prometheus-config OUT`` writes a scrape config for a running testbed from its
+``OUT/config/*.toml``; ``phalanx deploy netns-clean PREFIX`` removes a netns run's leftovers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import yaml
+
+from deploy.prometheus import DASHBOARD_PATH, ScrapeTarget, scrape_config, targets_from_node_configs
+from node.config import NodeConfig, NodeSettings, PeerConfig, Scenario, with_overrides
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GRPC_PORT = 7000
+METRICS_PORT = 9100
+PROMETHEUS_IMAGE = "prom/prometheus:v2.53.0"
+GRAFANA_IMAGE = "grafana/grafana:11.1.0"
+NODE_IMAGE = "phalanx:0.1.0"
+DATASOURCE_UID = "phalanx-prometheus"
+
+
+@dataclass(frozen=True)
+class ComposeSpec:
+    """What to generate: node count, Byzantine behaviours by node index, TLS, scenario."""
+
+    nodes: int
+    scenario: Scenario
+    byzantine: dict[int, str] = field(default_factory=dict)
+    tls: bool = False
+    build_context: str = "."
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.nodes <= 256:
+            raise ValueError(f"nodes must be in 2..256, got {self.nodes}")
+        if self.scenario.nodes != self.nodes:
+            raise ValueError(
+                f"scenario.nodes ({self.scenario.nodes}) differs from nodes ({self.nodes})"
+            )
+        bad = sorted(i for i in self.byzantine if not 0 <= i < self.nodes)
+        if bad:
+            raise ValueError(f"--byzantine node index {bad[0]} is outside 0..{self.nodes - 1}")
+
+
+def service_name(index: int) -> str:
+    """``node-<i>``: the compose service, its DNS name, node id and certificate stem."""
+    return f"node-{index}"
+
+
+def node_config(spec: ComposeSpec, index: int) -> NodeConfig:
+    """The node file of service `index`: binds 0.0.0.0, peers addressed by service name."""
+    peers = [PeerConfig(id=service_name(i), address=f"{service_name(i)}:{GRPC_PORT}")
+             for i in range(spec.nodes)]
+    return NodeConfig(
+        node=NodeSettings(id=service_name(index), host="0.0.0.0", port=GRPC_PORT,
+                          metrics_port=METRICS_PORT, out_dir="/data"),
+        peers=peers,
+        scenario=spec.scenario,
+    )
+
+
+def compose_document(spec: ComposeSpec) -> dict[str, Any]:
+    """``compose.yml``: N nodes from ``deploy/Dockerfile``, Prometheus and Grafana."""
+    services: dict[str, Any] = {}
+    for index in range(spec.nodes):
+        name = service_name(index)
+        services[name] = {
+            "build": {"context": spec.build_context, "dockerfile": "deploy/Dockerfile"},
+            "image": NODE_IMAGE,
+            "hostname": name,
+            "command": ["node", "--config", "/etc/phalanx/node.toml"],
+            "volumes": [f"./config/{name}.toml:/etc/phalanx/node.toml:ro", f"{name}-data:/data"],
+            "labels": {"org.phalanx.node": name,
+                       "org.phalanx.byzantine": spec.byzantine.get(index, "none")},
+            "networks": ["phalanx"],
+            "restart": "on-failure",
+        }
+    services["prometheus"] = {
+        "image": PROMETHEUS_IMAGE,
+        "command": ["--config.file=/etc/prometheus/prometheus.yml",
+                    "--storage.tsdb.path=/prometheus"],
+        "volumes": ["./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"],
+        "ports": ["127.0.0.1:9090:9090"],
+        "networks": ["phalanx"],
+        "depends_on": [service_name(i) for i in range(spec.nodes)],
+    }
+    services["grafana"] = {
+        "image": GRAFANA_IMAGE,
+        "environment": {
+            "GF_AUTH_ANONYMOUS_ENABLED": "true",
+            "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
+            "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH":
+                "/var/lib/grafana/dashboards/phalanx-dashboard.json",
+        },
+        "volumes": ["./grafana/provisioning:/etc/grafana/provisioning:ro",
+                    "./grafana/dashboards:/var/lib/grafana/dashboards:ro"],
+        "ports": ["127.0.0.1:3000:3000"],
+        "networks": ["phalanx"],
+        "depends_on": ["prometheus"],
+    }
+    return {
+        "version": "3.8",
+        "services": services,
+        "networks": {"phalanx": {"driver": "bridge"}},
+        "volumes": {f"{service_name(i)}-data": {} for i in range(spec.nodes)},
+    }
+
+
+def tls_overlay(spec: ComposeSpec) -> dict[str, Any]:
+    """``compose.tls.yml``: CA and per-node key/certificate as secrets under /run/secrets."""
+    secrets: dict[str, Any] = {"phalanx-ca": {"file": "./certs/ca.pem"}}
+    services: dict[str, Any] = {}
+    for index in range(spec.nodes):
+        name = service_name(index)
+        secrets[f"{name}-cert"] = {"file": f"./certs/{name}.pem"}
+        secrets[f"{name}-key"] = {"file": f"./certs/{name}.key"}
+        services[name] = {
+            "secrets": ["phalanx-ca", f"{name}-cert", f"{name}-key"],
+            "environment": {
+                "PHALANX_TLS_CA": "/run/secrets/phalanx-ca",
+                "PHALANX_TLS_CERT": f"/run/secrets/{name}-cert",
+                "PHALANX_TLS_KEY": f"/run/secrets/{name}-key",
+            },
+        }
+    return {"version": "3.8", "services": services, "secrets": secrets}
+
+
+def grafana_datasource() -> dict[str, Any]:
+    return {"apiVersion": 1, "datasources": [{
+        "name": "Prometheus", "type": "prometheus", "uid": DATASOURCE_UID, "access": "proxy",
+        "url": "http://prometheus:9090", "isDefault": True, "editable": False,
+    }]}
+
+
+def grafana_dashboard_provider() -> dict[str, Any]:
+    return {"apiVersion": 1, "providers": [{
+        "name": "phalanx", "folder": "Phalanx", "type": "file", "disableDeletion": True,
+        "allowUiUpdates": False,
+        "options": {"path": "/var/lib/grafana/dashboards", "foldersFromFilesStructure": False},
+    }]}
+
+
+def _yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def write_compose(spec: ComposeSpec, out_dir: str | Path) -> list[Path]:
+    """Write every file of the compose testbed under `out_dir`; returns the paths written."""
+    out = Path(out_dir)
+    files: dict[str, str] = {
+        "compose.yml": _yaml(compose_document(spec)),
+        "compose.tls.yml": _yaml(tls_overlay(spec)),
+        "prometheus/prometheus.yml": _yaml(scrape_config(
+            [ScrapeTarget(service_name(i), f"{service_name(i)}:{METRICS_PORT}",
+                          spec.byzantine.get(i, "none")) for i in range(spec.nodes)]
+        )),
+        "grafana/provisioning/datasources/prometheus.yml": _yaml(grafana_datasource()),
+        "grafana/provisioning/dashboards/phalanx.yml": _yaml(grafana_dashboard_provider()),
+        "grafana/dashboards/phalanx-dashboard.json": DASHBOARD_PATH.read_text(),
+    }
+    for index in range(spec.nodes):
+        files[f"config/{service_name(index)}.toml"] = tomli_w.dumps(
+            node_config(spec, index).model_dump(exclude_none=True)
+        )
+    written = []
+    for relative, text in files.items():
+        path = out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+    if spec.tls:
+        from clustering.certs import write_certificates
+
+        written += write_certificates(out / "certs", spec.nodes, ["localhost"], overwrite=True)
+    return written
+
+
+def parse_byzantine(items: list[str] | None) -> dict[int, str]:
+    """``I=ATTACK`` items (e.g. ``2=sign-flip``, ``3=scaling:factor=10``), attacks validated."""
+    from adversary.poisoning import parse_attack
+
+    behaviours: dict[int, str] = {}
+    for item in items or []:
+        index, sep, attack = item.partition("=")
+        if not sep or not index.isdigit() or not attack:
+            raise ValueError(f"--byzantine {item!r}: expected INDEX=ATTACK, e.g. 2=sign-flip")
+        parse_attack(attack)
+        behaviours[int(index)] = attack
+    return behaviours
+
+
+def _cmd_compose(args: argparse.Namespace) -> int:
+    from node.config import default_scenario_path, load_scenario
+
+    try:
+        scenario = load_scenario(args.scenario or default_scenario_path())
+        scenario = with_overrides(scenario, {"nodes": args.nodes, "rounds": args.rounds})
+        out = Path(args.out)
+        context = os.path.relpath(REPO_ROOT, out.resolve()) if args.context is None \
+            else args.context
+        spec = ComposeSpec(args.nodes, scenario, parse_byzantine(args.byzantine), args.tls,
+                           context)
+        written = write_compose(spec, out)
+    except ValueError as error:
+        print(f"phalanx deploy compose: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} files to {out}")
+    overlay = " -f compose.tls.yml" if args.tls else ""
+    print(f"validate: cd {out} && docker-compose -f compose.yml{overlay} config -q")
+    print(f"run:      cd {out} && docker compose -f compose.yml{overlay} up --build")
+    return 0
+
+
+def _cmd_prometheus_config(args: argparse.Namespace) -> int:
+    try:
+        targets = targets_from_node_configs(Path(args.testbed_out) / "config")
+        text = _yaml(scrape_config(targets, interval_s=args.interval))
+    except ValueError as error:
+        print(f"phalanx deploy prometheus-config: {error}", file=sys.stderr)
+        return 2
+    if args.write:
+        Path(args.write).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_netns_clean(args: argparse.Namespace) -> int:
+    from deploy.netns import cleanup_stale
+
+    try:
+        removed = cleanup_stale(args.prefix)
+    except ValueError as error:
+        print(f"phalanx deploy netns-clean: {error}", file=sys.stderr)
+        return 2
+    print(f"removed {len(removed)}: {' '.join(removed) or '-'}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``phalanx deploy compose | prometheus-config | netns-clean``."""
+    deploy = subparsers.add_parser("deploy", help="compose/Prometheus/Grafana files, netns tools")
+    sub = deploy.add_subparsers(dest="deploy_command", metavar="ACTION", required=True)
+    compose = sub.add_parser("compose", help="generate a docker-compose testbed")
+    compose.add_argument("--nodes", type=int, required=True, help="number of node services")
+    compose.add_argument("--byzantine", action="append", metavar="INDEX=ATTACK",
+                         help="make node INDEX Byzantine with ATTACK (repeatable)")
+    compose.add_argument("--out", default="phalanx-compose", help="output folder")
+    compose.add_argument("--tls", action="store_true",
+                         help="also write certificates for the compose.tls.yml overlay")
+    compose.add_argument("--scenario", type=Path, help="scenario TOML (default: built-in)")
+    compose.add_argument("--rounds", type=int, help="override the scenario's rounds")
+    compose.add_argument("--context", help="docker build context (default: this repository)")
+    compose.set_defaults(func=_cmd_compose)
+    prom = sub.add_parser("prometheus-config", help="scrape config for a running testbed")
+    prom.add_argument("testbed_out", help="the testbed's --out folder (reads config/*.toml)")
+    prom.add_argument("--interval", type=float, default=5.0, help="scrape interval, seconds")
+    prom.add_argument("--write", type=Path, help="write here instead of stdout")
+    prom.set_defaults(func=_cmd_prometheus_config)
+    clean = sub.add_parser("netns-clean", help="remove namespaces/links left by a netns run")
+    clean.add_argument("prefix", help="the run's name prefix (summary.json network.prefix)")
+    clean.set_defaults(func=_cmd_netns_clean)
+

@@ -1,0 +1,134 @@
+"""`phalanx experiment run | report | export | rerun`.
+
+Exit codes: 0 success, 1 some cells failed (run) or the re-run digest differs (rerun), 2 bad
+input (spec, folder, cell id), 130 interrupted (re-run the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from experiments.runner import EXIT_INTERRUPTED, SweepInterrupted, rerun_cell, run_sweep
+from experiments.spec import SpecError, load_spec
+
+EXIT_OK = 0
+EXIT_CELLS_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+console = Console(highlight=False)
+
+
+def _error(message: str) -> int:
+    print(f"phalanx experiment: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _default_out(spec_path: Path, quick: bool) -> Path:
+    return Path("experiments-out") / (spec_path.stem + ("-quick" if quick else ""))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        resolved = load_spec(args.spec, quick=args.quick)
+    except SpecError as error:
+        return _error(str(error))
+    if args.jobs is not None and args.jobs < 1:
+        return _error(f"--jobs must be >= 1, got {args.jobs}")
+    out = Path(args.out) if args.out else _default_out(Path(args.spec), args.quick)
+    try:
+        outcome = run_sweep(resolved, out, jobs=args.jobs, retry_failed=args.retry_failed,
+                            console=console)
+    except ValueError as error:
+        return _error(str(error))
+    console.print(f"{outcome.ran} cells run, {outcome.skipped} skipped (already done), "
+                  f"{outcome.failed} failed; results in {out}")
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_CELLS_FAILED if outcome.failed else EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from experiments.report import write_report
+
+    try:
+        path = write_report(args.dir)
+    except FileNotFoundError as error:
+        return _error(str(error))
+    console.print(f"report: {path}")
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from experiments.store import open_existing
+
+    if not args.csv:
+        return _error("export: choose a format (--csv)")
+    try:
+        with open_existing(args.dir) as store:
+            cells, rounds = store.export_csv(args.dir)
+    except FileNotFoundError as error:
+        return _error(str(error))
+    console.print(f"wrote {cells} and {rounds}")
+    return EXIT_OK
+
+
+def _cmd_rerun(args: argparse.Namespace) -> int:
+    try:
+        result = rerun_cell(args.dir, args.cell_id, timeout_s=args.timeout)
+    except (FileNotFoundError, ValueError) as error:
+        return _error(str(error))
+    except SweepInterrupted:
+        return EXIT_INTERRUPTED
+    table = Table("", "recorded", "re-run", title=f"cell {args.cell_id}")
+    original, again = result.original, result.rerun
+    table.add_row("status", original.status, again.status)
+    table.add_row("final accuracy", str(original.final_accuracy), str(again.final_accuracy))
+    table.add_row("final digest", str(original.final_digest), str(again.final_digest))
+    table.add_row("git commit", str(original.git_commit), str(again.git_commit))
+    table.add_row("versions", str(original.versions), str(again.versions))
+    console.print(table)
+    verdict = "[green]identical[/]" if result.digest_matches else "[red]DIFFERENT[/]"
+    console.print(f"final digest: {verdict}   (re-run output in {result.out_dir})")
+    return EXIT_OK if result.digest_matches else EXIT_CELLS_FAILED
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``phalanx experiment`` with ``run``, ``report``, ``export`` and ``rerun``."""
+    experiment = subparsers.add_parser(
+        "experiment", help="declarative sweeps over real testbeds, stored and reported"
+    )
+    sub = experiment.add_subparsers(dest="experiment_command", metavar="ACTION", required=True)
+    run = sub.add_parser("run", help="run (or resume) every cell of a sweep spec")
+    run.add_argument("spec", type=Path, help="sweep spec TOML (see experiments/specs/)")
+    run.add_argument("--jobs", "-j", type=int, default=None,
+                     help="cells in parallel (default: sized to the machine's cores)")
+    run.add_argument("--out", help="results folder (default experiments-out/SPEC[-quick])")
+    run.add_argument("--quick", action="store_true", help="apply the spec's [quick] table")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="run failed cells again (finished ok cells are always skipped)")
+    run.set_defaults(func=_cmd_run)
+    report = sub.add_parser("report", help="write report.md and PNG plots into DIR")
+    report.add_argument("dir", type=Path)
+    report.set_defaults(func=_cmd_report)
+    export = sub.add_parser("export", help="export the results store")
+    export.add_argument("dir", type=Path)
+    export.add_argument("--csv", action="store_true", help="write DIR/cells.csv and DIR/rounds.csv")
+    export.set_defaults(func=_cmd_export)
+    rerun = sub.add_parser("rerun", help="run one recorded cell again and compare its digest")
+    rerun.add_argument("dir", type=Path)
+    rerun.add_argument("cell_id")
+    rerun.add_argument("--timeout", type=float, help="limit in seconds for the re-run")
+    rerun.set_defaults(func=_cmd_rerun)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m experiments``) until the owner wires `register`."""
+    parser = argparse.ArgumentParser(prog="phalanx")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))

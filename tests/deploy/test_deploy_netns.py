@@ -1,0 +1,205 @@
+"""The network-namespace testbed: real namespaces, nftables partitions, guaranteed cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from tests.conftest import REPO, phalanx_env
+
+
+def _netns_usable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (ip netns add)"
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (deploy/ci-setup.sh installs it)"
+    probe = subprocess.run(["ip", "netns", "add", "phzprobe0"], capture_output=True, text=True)
+    subprocess.run(["ip", "netns", "delete", "phzprobe0"], capture_output=True)
+    return None if probe.returncode == 0 else f"ip netns add fails here: {probe.stderr.strip()}"
+
+
+SKIP_REASON = _netns_usable()
+pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
+
+from deploy.netns import (  # noqa: E402
+    NetnsTestbed,
+    check_prefix,
+    cleanup_stale,
+    list_links,
+    list_namespaces,
+    new_prefix,
+)
+
+
+def _scenario(tmp_path: Path, nodes: int, rounds: int, faults: list[dict], **extra) -> Path:
+    data = {
+        "name": "netns-test", "seed": 3, "nodes": nodes, "rounds": rounds,
+        "data": {"dataset": "mnist5k", "partition": "iid", "eval_samples": 200},
+        "model": {"name": "mlp"}, "training": {"epochs": 2},
+        "clustering": {"cluster_size": 2},
+        "timeouts": {"collect_s": 2.0, "rpc_s": 1.0, "startup_s": 60.0},
+        "faults": faults, **extra,
+    }
+    path = tmp_path / "scenario.toml"
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def _start(scenario: Path, out: Path, prefix: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "deploy.netns", "run", str(scenario), "--out", str(out),
+         "--prefix", prefix, "--timeout", "400"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=phalanx_env(), cwd=REPO,
+    )
+
+
+def _wait_for(predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _nothing_left(prefix: str) -> bool:
+    return not list_namespaces(prefix) and not list_links(prefix)
+
+
+def test_prefix_is_checked_because_interface_names_have_15_bytes() -> None:
+    assert check_prefix(new_prefix()).startswith("phx")
+    assert new_prefix() != new_prefix()
+    with pytest.raises(ValueError, match="prefix 'PHX-1'"):
+        check_prefix("PHX-1")
+    with pytest.raises(ValueError, match="2..9 characters"):
+        cleanup_stale("phxwaytoolongprefix")
+
+
+def test_cleanup_stale_removes_only_its_prefix(tmp_path: Path) -> None:
+    mine, other = new_prefix(), new_prefix()
+    try:
+        for prefix in (mine, other):
+            subprocess.run(["ip", "netns", "add", f"{prefix}-node-00"], check=True)
+            subprocess.run(["ip", "link", "add", f"{prefix}br", "type", "bridge"], check=True)
+        removed = cleanup_stale(mine)
+        assert sorted(removed) == sorted([f"{mine}-node-00", f"{mine}br"])
+        assert _nothing_left(mine)
+        assert list_namespaces(other) == [f"{other}-node-00"]
+        assert cleanup_stale(mine) == []  # idempotent
+    finally:
+        cleanup_stale(other)
+    assert _nothing_left(other)
+
+
+def test_each_node_gets_its_own_namespace_and_address(tmp_path: Path) -> None:
+    from node.config import load_node_config, parse_scenario
+
+    scenario = parse_scenario({"nodes": 3, "rounds": 1, "clustering": {"cluster_size": 2}})
+    testbed = NetnsTestbed(scenario, tmp_path)
+    with testbed:
+        testbed.prepare()
+        assert list_namespaces(testbed.prefix) == [f"{testbed.prefix}-node-0{i}" for i in range(3)]
+        configs = [load_node_config(tmp_path / "config" / f"node-0{i}.toml") for i in range(3)]
+        hosts = [c.node.host for c in configs]
+        assert hosts == [f"{testbed.subnet}.{i}" for i in (1, 2, 3)]
+        assert [p.address for p in configs[0].peers] == [f"{h}:7000" for h in hosts]
+        inside = subprocess.run(["ip", "netns", "exec", testbed.namespace("node-01"), "ip", "-4",
+                                 "-o", "addr", "show", "dev", "eth0"],
+                                capture_output=True, text=True, check=True).stdout
+        assert f"{hosts[1]}/24" in inside
+        routes = subprocess.run(["ip", "netns", "exec", testbed.namespace("node-01"), "ip",
+                                 "route"], capture_output=True, text=True, check=True).stdout
+        assert "default" not in routes  # traffic stays between the run's namespaces
+    assert _nothing_left(testbed.prefix)
+
+
+def test_more_than_one_node_per_process_is_refused(tmp_path: Path) -> None:
+    from node.config import parse_scenario
+
+    scenario = parse_scenario({"nodes": 4, "nodes_per_process": 2,
+                               "clustering": {"cluster_size": 2}})
+    with NetnsTestbed(scenario, tmp_path) as testbed, pytest.raises(ValueError,
+                                                                    match="nodes_per_process=2"):
+        testbed.prepare()
+    assert _nothing_left(testbed.prefix)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT])
+def test_no_namespace_is_left_after_sigkill_or_ctrl_c(tmp_path: Path, signum: int) -> None:
+    prefix = new_prefix()
+    scenario = _scenario(tmp_path, nodes=2, rounds=50, faults=[])
+    testbed = _start(scenario, tmp_path / "out", prefix)
+    try:
+        assert _wait_for(lambda: len(list_namespaces(prefix)) == 2, 60), "namespaces never came"
+        assert _wait_for(lambda: (tmp_path / "out" / "nodes" / "node-01.jsonl").exists(), 90)
+        testbed.send_signal(signum)
+        testbed.wait(timeout=60)
+        assert _wait_for(lambda: _nothing_left(prefix), 30), list_namespaces(prefix)
+        if signum == signal.SIGINT:
+            summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+            assert summary["status"] == "interrupted"
+            assert summary["network"]["prefix"] == prefix
+    finally:
+        testbed.kill()
+        cleanup_stale(prefix)
+
+
+@pytest.mark.slow
+def test_partition_excludes_the_cut_off_nodes_and_they_rejoin_after_heal(tmp_path: Path) -> None:
+    cut = ["node-04", "node-05"]
+    faults = [{"round": 1, "action": "partition", "nodes": cut}, {"round": 3, "action": "heal"}]
+    prefix = new_prefix()
+    run = _start(_scenario(tmp_path, nodes=6, rounds=6, faults=faults), tmp_path / "out", prefix)
+    output, _ = run.communicate(timeout=500)
+    assert _nothing_left(prefix)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "completed", output
+    assert [(f["round"], f["action"]) for f in summary["faults"]] == [(1, "partition"),
+                                                                       (3, "heal")]
+    assert summary["faults"][0]["groups"] == [cut, ["node-00", "node-01", "node-02", "node-03"]]
+    rounds = {r["round"]: r for r in summary["rounds"]}
+    majority = ["node-00", "node-01", "node-02", "node-03"]
+    assert rounds[1]["excluded"] == []
+    assert any(rounds[r]["excluded"] == cut for r in (2, 3, 4)), output
+    assert rounds[6]["excluded"] == [], output  # the cut-off nodes rejoined
+    for record in summary["rounds"]:
+        digests = {record["honest_digests"][n] for n in majority if n in record["honest_digests"]}
+        assert len(digests) == 1, record["round"]
+    last = rounds[6]["honest_digests"]
+    if len(set(last.values())) != 1:
+        pytest.xfail("the node has no model catch-up after a partition: the two sides keep "
+                     "their diverged models (node/ feature, reported to the owner)")
+
+
+@pytest.mark.slow
+def test_delay_and_loss_on_one_node_rounds_complete_or_exclude_it(tmp_path: Path) -> None:
+    from deploy.netns import netem_available
+
+    faults = [{"round": 1, "action": "delay", "nodes": ["node-03"], "delay_ms": 200.0,
+               "jitter_ms": 20.0, "loss_pct": 5.0}]
+    prefix = new_prefix()
+    run = _start(_scenario(tmp_path, nodes=4, rounds=4, faults=faults), tmp_path / "out", prefix)
+    output, _ = run.communicate(timeout=400)
+    assert _nothing_left(prefix)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "completed", output
+    fault = summary["faults"][0]
+    expected = "tc-netem" if netem_available() else "nftables-loss+delay-not-applied"
+    assert (fault["round"], fault["mechanism"], fault["loss_pct"]) == (1, expected, 5.0)
+    collect_s = summary["scenario"]["timeouts"]["collect_s"]
+    for record in summary["rounds"]:
+        assert record["excluded"] in ([], ["node-03"])
+        assert record["digests_identical"]
+        # Deadlines: a cluster waits collect_s, outputs wait 2*collect_s, plus RPC retries.
+        assert record["duration_s"] < 3 * collect_s + 4 * 1.0 + 15, record
+    assert [r["round"] for r in summary["rounds"]] == [1, 2, 3, 4]

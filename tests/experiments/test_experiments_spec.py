@@ -1,0 +1,212 @@
+"""Sweep spec validation, cell expansion, metrics, statistics and the SQLite store (no processes)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clustering.analysis import analyze_clusters
+from experiments.metrics import cell_metrics, fault_schedule, round_rows
+from experiments.runner import default_jobs, kill_flags
+from experiments.spec import SpecError, load_spec, parse_spec, resolve_spec
+from experiments.stats import mean_ci
+from experiments.store import CellRecord, ResultStore
+
+SPECS = Path(__file__).resolve().parents[2] / "experiments" / "specs"
+
+BASE: dict[str, Any] = {
+    "nodes": 4,
+    "rounds": 2,
+    "data": {"dataset": "digits"},
+    "model": {"name": "mlp"},
+    "clustering": {"cluster_size": 2},
+}
+
+
+def spec_of(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"base": BASE, "axes": {"clustering.strategy": ["static", "random"]},
+                            "seeds": [1, 2]}
+    data.update(overrides)
+    return data
+
+
+def resolve(data: dict[str, Any], quick: bool = False) -> Any:
+    return resolve_spec(parse_spec(data), quick=quick)
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (spec_of(colour="red"), "colour: unknown key"),
+        (spec_of(kind="simulation"), "kind"),
+        (spec_of(metrics=["accuracy", "speed"]), "unknown metric 'speed'"),
+        (spec_of(seeds=[]), "seeds"),
+        (spec_of(seeds=[1, 1]), "seeds must be distinct"),
+        (spec_of(heatmap=["clustering.strategy", "nodes"]), "'nodes', which is not an axis"),
+        (spec_of(quick={"rounds": 1}), "quick.rounds: unknown key"),
+    ],
+)
+def test_bad_spec_fields_are_named(data: dict[str, Any], named: str) -> None:
+    with pytest.raises(SpecError, match=named):
+        resolve(data)
+
+
+def test_axis_key_the_scenario_lacks_is_named() -> None:
+    data = spec_of(axes={"adversaries": [[], ["node-01"]]})
+    with pytest.raises(SpecError, match=r"adversaries: unknown key"):
+        resolve(data)
+    with pytest.raises(SpecError, match=r"clustering\.colour: unknown key"):
+        resolve(spec_of(axes={"clustering.colour": ["red"]}))
+
+
+def test_axis_value_the_scenario_refuses_is_named() -> None:
+    with pytest.raises(SpecError, match=r"cluster_size=9.*larger than nodes"):
+        resolve(spec_of(axes={"clustering.cluster_size": [2, 9]}))
+    with pytest.raises(SpecError, match=r"base\.nodes"):
+        resolve(spec_of(base={**BASE, "nodes": 0}))
+
+
+def test_empty_axis_and_missing_quick_are_refused() -> None:
+    with pytest.raises(SpecError, match=r"axes\.clustering\.strategy: needs at least one value"):
+        resolve(spec_of(axes={"clustering.strategy": []}))
+    with pytest.raises(SpecError, match=r"quick: this spec has no \[quick\] table"):
+        resolve(spec_of(), quick=True)
+    with pytest.raises(SpecError, match=r"quick\.axes\.rounds: not an axis"):
+        resolve(spec_of(quick={"axes": {"rounds": [1]}}), quick=True)
+
+
+def test_cells_are_the_product_of_axes_and_seeds_in_a_fixed_order() -> None:
+    data = spec_of(axes={"clustering.strategy": ["static", "random"],
+                         "faults": {"none": [], "one": [{"round": 1, "action": "kill",
+                                                         "nodes": ["node-01"]}]}})
+    first, second = resolve(data), resolve(data)
+    assert [c.id for c in first.cells] == [c.id for c in second.cells]
+    assert len(first.cells) == 2 * 2 * 2
+    assert len({c.id for c in first.cells}) == 8
+    cell = first.cells[-1]
+    assert cell.labels == {"clustering.strategy": "random", "faults": "one"}
+    assert cell.seed == 2 and cell.params["seed"] == 2
+    assert cell.params["clustering"]["strategy"] == "random"
+    assert cell.params["faults"][0]["nodes"] == ["node-01"]
+    assert first.cells[0].params_hash != first.cells[1].params_hash
+
+
+def test_quick_overrides_shrink_the_grid() -> None:
+    data = spec_of(quick={"overrides": {"rounds": 1}, "seeds": [5],
+                          "axes": {"clustering.strategy": ["random"]}})
+    full, quick = resolve(data), resolve(data, quick=True)
+    assert len(full.cells) == 4 and len(quick.cells) == 1
+    assert quick.cells[0].params["rounds"] == 1 and quick.cells[0].seed == 5
+    assert full.fingerprint != quick.fingerprint
+
+
+def test_bundled_cluster_study_and_privacy_specs_validate() -> None:
+    quick = load_spec(SPECS / "cluster-study.toml", quick=True)
+    full = load_spec(SPECS / "cluster-study.toml")
+    assert len(full.cells) > len(quick.cells) >= 8
+    assert all(c.params["data"]["dataset"] == "digits" for c in quick.cells)
+    privacy = load_spec(SPECS / "privacy-utility.toml", quick=True)
+    assert privacy.kind == "inversion" and privacy.cells
+
+
+def test_robustness_spec_validates_or_names_the_missing_key() -> None:
+    try:
+        resolved = load_spec(SPECS / "robustness.toml", quick=True)
+    except SpecError as error:
+        pytest.skip(f"scenario lacks a key the robustness study needs: {error}")
+        assert "unknown key" in str(error)
+    assert resolved.cells
+
+
+def test_bad_spec_file_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("seeds = [1\n")
+    with pytest.raises(SpecError, match=r"bad\.toml: invalid TOML"):
+        load_spec(path)
+    path.write_text('base = "missing.toml"\n')
+    with pytest.raises(SpecError, match=r"missing\.toml: no such file"):
+        load_spec(path)
+
+
+def test_default_jobs_follows_processes_per_cell() -> None:
+    many = resolve(spec_of(base={**BASE, "nodes": 6}))
+    few = resolve(spec_of(base={**BASE, "nodes": 4, "nodes_per_process": 4}))
+    assert default_jobs(many, cores=2) == 1
+    assert default_jobs(few, cores=2) == 2
+    assert default_jobs(many, cores=16) == 4  # 16 // 3 = 5, capped by the 4 cells
+
+
+def test_kill_faults_become_testbed_flags() -> None:
+    scenario = {"faults": [{"round": 1, "action": "kill", "nodes": ["node-01", "node-03"]},
+                           {"round": 2, "action": "delay", "nodes": ["node-02"]}]}
+    assert kill_flags(scenario) == ["--kill", "node-01@1", "--kill", "node-03@1"]
+    assert fault_schedule(scenario) == {"node-01": 2, "node-03": 2}
+
+
+def summary_with(clusters: list[list[str]], failed: list[int]) -> dict[str, Any]:
+    record = {"accuracy": 0.5, "loss": 1.0, "duration_s": 2.0,
+              "bytes_sent": {"node-00": 10, "node-01": 5}, "excluded": [], "flagged_clusters": [],
+              "failed_clusters": failed, "clusters": clusters, "digests_identical": True}
+    return {"rounds": [{**record, "round": 1}, {**record, "round": 2, "accuracy": 0.7}]}
+
+
+def test_measured_failures_count_clusters_with_faulty_members() -> None:
+    scenario = {"nodes": 6, "clustering": {"strategy": "random", "cluster_size": 2},
+                "faults": [{"round": 1, "action": "kill", "nodes": ["node-00", "node-05"]}]}
+    clusters = [["node-00", "node-01"], ["node-02", "node-03"], ["node-04", "node-05"]]
+    rows = round_rows(summary_with(clusters, failed=[1]), scenario)
+    assert [r["faulty_nodes"] for r in rows] == [0, 2]
+    assert rows[1]["clusters_with_faulty"] == 2 and rows[1]["corrupted_clusters"] == 3
+    assert rows[0]["corrupted_clusters"] == 1 and rows[0]["bytes_sent_total"] == 15
+    metrics = cell_metrics(rows, scenario)
+    # only round 2 has a fault in force: 3 corrupted of 3 > ceil(3/2) - 1 = 1 tolerated
+    assert metrics["failed_round_rate"] == 1.0 and metrics["corrupted_fraction"] == 1.0
+    assert metrics["final_accuracy"] == 0.7
+    expected = analyze_clusters(6, 2, 2, strategy="random", corrupt_threshold=1, breakdown=0.5)
+    assert metrics["predicted_failed_round_rate"] == pytest.approx(
+        float(expected.overwhelm_probability()))
+    assert metrics["predicted_corrupted_fraction"] == pytest.approx(
+        float(expected.expected_fraction()))
+    assert "predicted_failed_round_rate" not in cell_metrics(
+        rows, {**scenario, "clustering": {"strategy": "locality", "cluster_size": 2}})
+
+
+def test_mean_ci_uses_student_t() -> None:
+    stat = mean_ci([1.0, 2.0, 3.0])
+    # t_{0.975, 2} = 4.302653 (tables), s = 1
+    assert stat.mean == 2.0 and stat.half_width == pytest.approx(4.302653 / math.sqrt(3), 1e-6)
+    assert math.isnan(mean_ci([0.3]).half_width) and mean_ci([0.3]).format() == "0.3000"
+    with pytest.raises(ValueError, match="level must be in"):
+        mean_ci([1.0, 2.0], level=1.5)
+
+
+def record(cell_id: str, rounds: list[dict[str, Any]]) -> CellRecord:
+    return CellRecord(
+        id=cell_id, cell_index=int(cell_id[1:]), axes={"clustering.strategy": "static"},
+        labels={"clustering.strategy": "static"}, seed=1, status="ok", error=None,
+        scenario_hash="h", final_accuracy=0.5, final_digest="d", digests_identical=True,
+        duration_s=1.0, versions={"torch": "x"}, git_commit=None, metrics={"final_accuracy": 0.5},
+        rounds=rounds,
+    )
+
+
+def test_store_writes_a_cell_atomically_and_exports_csv(tmp_path: Path) -> None:
+    with ResultStore(tmp_path) as store:
+        store.record_cell(record("c1", [{"round": 1, "accuracy": 0.4}, {"round": 2}]))
+        with pytest.raises(sqlite3.IntegrityError):  # duplicate round: the whole cell rolls back
+            store.record_cell(record("c2", [{"round": 1}, {"round": 1}]))
+        store.record_cell(record("c1", [{"round": 1, "accuracy": 0.6}]))  # replaced, not doubled
+        assert store.finished_ids() == {"c1"}
+        (stored,) = store.cells()
+        assert [r["accuracy"] for r in stored.rounds] == [0.6]
+        cells_csv, rounds_csv = store.export_csv(tmp_path)
+    assert sqlite3.connect(tmp_path / "results.sqlite").execute(
+        "PRAGMA journal_mode").fetchone()[0] == "wal"
+    rows = list(csv.DictReader(cells_csv.open()))
+    assert len(rows) == 1 and rows[0]["axis:clustering.strategy"] == "static"
+    assert [r["round"] for r in csv.DictReader(rounds_csv.open())] == ["1"]
