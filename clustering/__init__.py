@@ -1,7 +1,8 @@
 """Identities, cluster assignment, trust across rounds and fault-distribution analysis.
 
 The pure part of Phalanx's clustering layer: nothing here does network I/O, sleeps or imports
-`node`. The membership protocol that runs over the node's transport builds on these pieces.
+`node`. `SwimMember` is the sans-I/O SWIM membership state machine that the node drives over
+its transport.
 """
 
 from clustering.analysis import ClusterAnalysis as ClusterAnalysis
@@ -31,6 +32,26 @@ from clustering.identity import node_id_from_public_key as node_id_from_public_k
 from clustering.identity import signing_payload as signing_payload
 from clustering.identity import verify as verify
 from clustering.identity import verify_message as verify_message
+from clustering.membership import PROTO_KIND_NAMES as PROTO_KIND_NAMES
+from clustering.membership import REJECTION_ERRORS as REJECTION_ERRORS
+from clustering.membership import ForgedUpdateError as ForgedUpdateError
+from clustering.membership import JoinRateLimitedError as JoinRateLimitedError
+from clustering.membership import MalformedMessageError as MalformedMessageError
+from clustering.membership import MemberInfo as MemberInfo
+from clustering.membership import MembershipError as MembershipError
+from clustering.membership import MembershipEvent as MembershipEvent
+from clustering.membership import MembershipMessage as MembershipMessage
+from clustering.membership import MemberState as MemberState
+from clustering.membership import MemberUpdate as MemberUpdate
+from clustering.membership import MessageKind as MessageKind
+from clustering.membership import Outgoing as Outgoing
+from clustering.membership import ReplayedMessageError as ReplayedMessageError
+from clustering.membership import StaleMessageError as StaleMessageError
+from clustering.membership import SwimConfig as SwimConfig
+from clustering.membership import SwimMember as SwimMember
+from clustering.membership import WrongEpochError as WrongEpochError
+from clustering.membership import WrongRecipientError as WrongRecipientError
+from clustering.membership import view_digest as view_digest
 from clustering.shuffle import round_key as round_key
 from clustering.shuffle import shuffle_permutation as shuffle_permutation
 from clustering.shuffle import shuffle_sequence as shuffle_sequence
@@ -49,20 +70,39 @@ from clustering.trust import SuspicionTracker as SuspicionTracker
 from clustering.trust import detection_quality as detection_quality
 
 __all__ = [
+    "PROTO_KIND_NAMES",
+    "REJECTION_ERRORS",
     "STRATEGIES",
     "BadSignatureError",
     "ClusterAnalysis",
     "ClusterAssignment",
     "CorruptionDistribution",
     "DetectionQuality",
+    "ForgedUpdateError",
     "IdentityError",
+    "JoinRateLimitedError",
+    "MalformedMessageError",
+    "MemberInfo",
+    "MemberState",
+    "MemberUpdate",
+    "MembershipError",
+    "MembershipEvent",
+    "MembershipMessage",
+    "MessageKind",
     "MonteCarloEstimate",
     "NodeIdMismatchError",
     "NodeIdentity",
     "NotAllowedError",
+    "Outgoing",
     "PinnedPlacement",
     "Placement",
+    "ReplayedMessageError",
+    "StaleMessageError",
     "SuspicionTracker",
+    "SwimConfig",
+    "SwimMember",
+    "WrongEpochError",
+    "WrongRecipientError",
     "analyze_clusters",
     "assign_clusters",
     "available_strategies",
@@ -89,5 +129,6 @@ __all__ = [
     "unshuffled_index",
     "verify",
     "verify_message",
+    "view_digest",
     "worst_case_placement",
 ]

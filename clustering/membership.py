@@ -36,7 +36,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from clustering.identity import (
@@ -47,7 +47,6 @@ from clustering.identity import (
     NodeIdentity,
     NotAllowedError,
     check_allowed,
-    node_id_from_public_key,
     signing_payload,
     verify,
     verify_message,
@@ -58,7 +57,7 @@ MAX_ADDRESS_CHARS = 256
 MAX_UPDATES_PER_MESSAGE = 4096
 
 
-class MemberState(str, Enum):
+class MemberState(StrEnum):
     """A member's state in one node's view (SWIM section 4.2 plus graceful leave)."""
 
     ALIVE = "alive"
@@ -67,7 +66,7 @@ class MemberState(str, Enum):
     LEFT = "left"
 
 
-class MessageKind(str, Enum):
+class MessageKind(StrEnum):
     """Membership message kinds; `PROTO_KIND_NAMES` maps them to `phalanx.v1.MessageKind`."""
 
     PING = "ping"
@@ -771,9 +770,13 @@ class SwimMember:
             self._joined_at = now
         out.extend(self._maybe_join(now))
         probe = self._probe
-        if probe is not None and not probe.acked and not probe.indirect_sent:
-            if now >= probe.started_at + self.config.ack_timeout:
-                out.extend(self._send_ping_requests(probe))
+        if (
+            probe is not None
+            and not probe.acked
+            and not probe.indirect_sent
+            and now >= probe.started_at + self.config.ack_timeout
+        ):
+            out.extend(self._send_ping_requests(probe))
         self._expire_suspects(now)
         self._expire_tombstones(now)
         for sequence in [s for s, r in self._relays.items() if r.expires_at <= now]:

@@ -40,6 +40,7 @@ PROMETHEUS_IMAGE = "prom/prometheus:v2.53.0"
 GRAFANA_IMAGE = "grafana/grafana:11.1.0"
 NODE_IMAGE = "phalanx:0.1.0"
 DATASOURCE_UID = "phalanx-prometheus"
+DASHBOARDS_DIR = "/var/lib/grafana/dashboards"
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,18 @@ def service_name(index: int) -> str:
 
 def node_config(spec: ComposeSpec, index: int) -> NodeConfig:
     """The node file of service `index`: binds 0.0.0.0, peers addressed by service name."""
-    peers = [PeerConfig(id=service_name(i), address=f"{service_name(i)}:{GRPC_PORT}")
-             for i in range(spec.nodes)]
+    peers = [
+        PeerConfig(id=service_name(i), address=f"{service_name(i)}:{GRPC_PORT}")
+        for i in range(spec.nodes)
+    ]
     return NodeConfig(
-        node=NodeSettings(id=service_name(index), host="0.0.0.0", port=GRPC_PORT,
-                          metrics_port=METRICS_PORT, out_dir="/data"),
+        node=NodeSettings(
+            id=service_name(index),
+            host="0.0.0.0",
+            port=GRPC_PORT,
+            metrics_port=METRICS_PORT,
+            out_dir="/data",
+        ),
         peers=peers,
         scenario=spec.scenario,
     )
@@ -92,15 +100,19 @@ def compose_document(spec: ComposeSpec) -> dict[str, Any]:
             "hostname": name,
             "command": ["node", "--config", "/etc/phalanx/node.toml"],
             "volumes": [f"./config/{name}.toml:/etc/phalanx/node.toml:ro", f"{name}-data:/data"],
-            "labels": {"org.phalanx.node": name,
-                       "org.phalanx.byzantine": spec.byzantine.get(index, "none")},
+            "labels": {
+                "org.phalanx.node": name,
+                "org.phalanx.byzantine": spec.byzantine.get(index, "none"),
+            },
             "networks": ["phalanx"],
             "restart": "on-failure",
         }
     services["prometheus"] = {
         "image": PROMETHEUS_IMAGE,
-        "command": ["--config.file=/etc/prometheus/prometheus.yml",
-                    "--storage.tsdb.path=/prometheus"],
+        "command": [
+            "--config.file=/etc/prometheus/prometheus.yml",
+            "--storage.tsdb.path=/prometheus",
+        ],
         "volumes": ["./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"],
         "ports": ["127.0.0.1:9090:9090"],
         "networks": ["phalanx"],
@@ -111,11 +123,12 @@ def compose_document(spec: ComposeSpec) -> dict[str, Any]:
         "environment": {
             "GF_AUTH_ANONYMOUS_ENABLED": "true",
             "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
-            "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH":
-                "/var/lib/grafana/dashboards/phalanx-dashboard.json",
+            "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH": f"{DASHBOARDS_DIR}/phalanx-dashboard.json",
         },
-        "volumes": ["./grafana/provisioning:/etc/grafana/provisioning:ro",
-                    "./grafana/dashboards:/var/lib/grafana/dashboards:ro"],
+        "volumes": [
+            "./grafana/provisioning:/etc/grafana/provisioning:ro",
+            "./grafana/dashboards:/var/lib/grafana/dashboards:ro",
+        ],
         "ports": ["127.0.0.1:3000:3000"],
         "networks": ["phalanx"],
         "depends_on": ["prometheus"],
@@ -148,18 +161,39 @@ def tls_overlay(spec: ComposeSpec) -> dict[str, Any]:
 
 
 def grafana_datasource() -> dict[str, Any]:
-    return {"apiVersion": 1, "datasources": [{
-        "name": "Prometheus", "type": "prometheus", "uid": DATASOURCE_UID, "access": "proxy",
-        "url": "http://prometheus:9090", "isDefault": True, "editable": False,
-    }]}
+    return {
+        "apiVersion": 1,
+        "datasources": [
+            {
+                "name": "Prometheus",
+                "type": "prometheus",
+                "uid": DATASOURCE_UID,
+                "access": "proxy",
+                "url": "http://prometheus:9090",
+                "isDefault": True,
+                "editable": False,
+            }
+        ],
+    }
 
 
 def grafana_dashboard_provider() -> dict[str, Any]:
-    return {"apiVersion": 1, "providers": [{
-        "name": "phalanx", "folder": "Phalanx", "type": "file", "disableDeletion": True,
-        "allowUiUpdates": False,
-        "options": {"path": "/var/lib/grafana/dashboards", "foldersFromFilesStructure": False},
-    }]}
+    return {
+        "apiVersion": 1,
+        "providers": [
+            {
+                "name": "phalanx",
+                "folder": "Phalanx",
+                "type": "file",
+                "disableDeletion": True,
+                "allowUiUpdates": False,
+                "options": {
+                    "path": "/var/lib/grafana/dashboards",
+                    "foldersFromFilesStructure": False,
+                },
+            }
+        ],
+    }
 
 
 def _yaml(data: dict[str, Any]) -> str:
@@ -172,10 +206,18 @@ def write_compose(spec: ComposeSpec, out_dir: str | Path) -> list[Path]:
     files: dict[str, str] = {
         "compose.yml": _yaml(compose_document(spec)),
         "compose.tls.yml": _yaml(tls_overlay(spec)),
-        "prometheus/prometheus.yml": _yaml(scrape_config(
-            [ScrapeTarget(service_name(i), f"{service_name(i)}:{METRICS_PORT}",
-                          spec.byzantine.get(i, "none")) for i in range(spec.nodes)]
-        )),
+        "prometheus/prometheus.yml": _yaml(
+            scrape_config(
+                [
+                    ScrapeTarget(
+                        service_name(i),
+                        f"{service_name(i)}:{METRICS_PORT}",
+                        spec.byzantine.get(i, "none"),
+                    )
+                    for i in range(spec.nodes)
+                ]
+            )
+        ),
         "grafana/provisioning/datasources/prometheus.yml": _yaml(grafana_datasource()),
         "grafana/provisioning/dashboards/phalanx.yml": _yaml(grafana_dashboard_provider()),
         "grafana/dashboards/phalanx-dashboard.json": DASHBOARD_PATH.read_text(),
@@ -218,10 +260,10 @@ def _cmd_compose(args: argparse.Namespace) -> int:
         scenario = load_scenario(args.scenario or default_scenario_path())
         scenario = with_overrides(scenario, {"nodes": args.nodes, "rounds": args.rounds})
         out = Path(args.out)
-        context = os.path.relpath(REPO_ROOT, out.resolve()) if args.context is None \
-            else args.context
-        spec = ComposeSpec(args.nodes, scenario, parse_byzantine(args.byzantine), args.tls,
-                           context)
+        context = (
+            os.path.relpath(REPO_ROOT, out.resolve()) if args.context is None else args.context
+        )
+        spec = ComposeSpec(args.nodes, scenario, parse_byzantine(args.byzantine), args.tls, context)
         written = write_compose(spec, out)
     except ValueError as error:
         print(f"phalanx deploy compose: {error}", file=sys.stderr)
@@ -265,11 +307,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sub = deploy.add_subparsers(dest="deploy_command", metavar="ACTION", required=True)
     compose = sub.add_parser("compose", help="generate a docker-compose testbed")
     compose.add_argument("--nodes", type=int, required=True, help="number of node services")
-    compose.add_argument("--byzantine", action="append", metavar="INDEX=ATTACK",
-                         help="make node INDEX Byzantine with ATTACK (repeatable)")
+    compose.add_argument(
+        "--byzantine",
+        action="append",
+        metavar="INDEX=ATTACK",
+        help="make node INDEX Byzantine with ATTACK (repeatable)",
+    )
     compose.add_argument("--out", default="phalanx-compose", help="output folder")
-    compose.add_argument("--tls", action="store_true",
-                         help="also write certificates for the compose.tls.yml overlay")
+    compose.add_argument(
+        "--tls", action="store_true", help="also write certificates for the compose.tls.yml overlay"
+    )
     compose.add_argument("--scenario", type=Path, help="scenario TOML (default: built-in)")
     compose.add_argument("--rounds", type=int, help="override the scenario's rounds")
     compose.add_argument("--context", help="docker build context (default: this repository)")
@@ -282,4 +329,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     clean = sub.add_parser("netns-clean", help="remove namespaces/links left by a netns run")
     clean.add_argument("prefix", help="the run's name prefix (summary.json network.prefix)")
     clean.set_defaults(func=_cmd_netns_clean)
-

@@ -16,7 +16,8 @@ Faults from ``scenario.faults`` cross the real network stack:
   clears the delay/loss of the named nodes (all nodes when none are named).
 - ``kill``/``restart``: SIGKILL the node's process; restart launches it again in its namespace.
 
-A fault fires once any of its nodes (any node when it names none) has recorded ``round``; each
+A fault fires once every live node has recorded ``round`` (between rounds ``round`` and
+``round + 1``); each
 applied fault is appended to ``fault_log`` and so lands in ``summary.json``.
 
 Cleanup is guaranteed by three layers: the context manager (and `atexit`, with SIGTERM/SIGHUP
@@ -147,8 +148,22 @@ def netem_available() -> bool:
     try:
         _run(["ip", "netns", "add", probe])
         _in_ns(probe, "ip", "link", "set", "lo", "up")
-        return _in_ns(probe, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
-                      check=False).returncode == 0
+        return (
+            _in_ns(
+                probe,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "lo",
+                "root",
+                "netem",
+                "delay",
+                "1ms",
+                check=False,
+            ).returncode
+            == 0
+        )
     except NetnsError:
         return False
     finally:
@@ -192,8 +207,12 @@ class NetnsTestbed(Testbed):
                 self._old_handlers[signum] = signal.signal(signum, _raise_interrupt)
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
         self.teardown()
 
     def _start_reaper(self) -> None:
@@ -202,8 +221,11 @@ class NetnsTestbed(Testbed):
             return
         self._reaper = subprocess.Popen(
             [sys.executable, "-m", "deploy.netns", "reap", self.prefix],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            cwd=REPO_ROOT, start_new_session=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=REPO_ROOT,
+            start_new_session=True,
         )
 
     def teardown(self) -> None:
@@ -247,8 +269,21 @@ class NetnsTestbed(Testbed):
             namespace, veth = self.namespace(node_id), self._host_veth(index)
             address = f"{self.subnet}.{index + 1}"
             _run(["ip", "netns", "add", namespace])
-            _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0",
-                  "netns", namespace])
+            _run(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    veth,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    namespace,
+                ]
+            )
             _run(["ip", "link", "set", veth, "master", self.bridge])
             _run(["ip", "link", "set", veth, "up"])
             _in_ns(namespace, "ip", "link", "set", "lo", "up")
@@ -271,8 +306,9 @@ class NetnsTestbed(Testbed):
         self.ports = dict.fromkeys(self.ids, self.grpc_port)
         if self.metrics:
             self.metrics_ports = dict.fromkeys(self.ids, self.node_metrics_port)
-        peers = [PeerConfig(id=i, address=f"{self.addresses[i]}:{self.grpc_port}")
-                 for i in self.ids]
+        peers = [
+            PeerConfig(id=i, address=f"{self.addresses[i]}:{self.grpc_port}") for i in self.ids
+        ]
         for folder in ("config", "logs", "nodes"):
             (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
         for stale in (self.out_dir / "nodes").glob("*.jsonl"):
@@ -280,17 +316,20 @@ class NetnsTestbed(Testbed):
         for node_id in self.ids:
             config = NodeConfig(
                 node=NodeSettings(
-                    id=node_id, host=self.addresses[node_id], port=self.grpc_port,
-                    metrics_port=self.metrics_ports.get(node_id), out_dir=str(self.out_dir),
+                    id=node_id,
+                    host=self.addresses[node_id],
+                    port=self.grpc_port,
+                    metrics_port=self.metrics_ports.get(node_id),
+                    out_dir=str(self.out_dir),
                 ),
                 peers=peers,
                 scenario=scenario,
             )
             path = self.out_dir / "config" / f"{node_id}.toml"
             path.write_text(tomli_w.dumps(config.model_dump(exclude_none=True)))
-            self.processes.append(NodeProcess(
-                node_id, [node_id], [path], self.out_dir / "logs" / f"{node_id}.log"
-            ))
+            self.processes.append(
+                NodeProcess(node_id, [node_id], [path], self.out_dir / "logs" / f"{node_id}.log")
+            )
         (self.out_dir / "scenario.toml").write_text(
             tomli_w.dumps(scenario.model_dump(exclude_none=True))
         )
@@ -301,14 +340,27 @@ class NetnsTestbed(Testbed):
             [str(REPO_ROOT), str(REPO_ROOT / "proto"), env.get("PYTHONPATH", "")]
         ).rstrip(os.pathsep)
         env.setdefault("OMP_NUM_THREADS", "1")
-        command = ["ip", "netns", "exec", self.namespace(proc.node_ids[0]),
-                   sys.executable, "-m", "node", "node"]
+        command = [
+            "ip",
+            "netns",
+            "exec",
+            self.namespace(proc.node_ids[0]),
+            sys.executable,
+            "-m",
+            "node",
+            "node",
+        ]
         for path in proc.config_paths:
             command += ["--config", str(path)]
         with open(proc.log_path, "ab") as handle:
             proc.process = subprocess.Popen(
-                command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                command,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO_ROOT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     def launch(self) -> None:
@@ -323,15 +375,23 @@ class NetnsTestbed(Testbed):
         for number, fault in enumerate(self.scenario.faults):
             if number in self._fired:
                 continue
-            watched = fault.nodes or self.ids
-            if not any(fault.round in records.get(node, {}) for node in watched):
+            # Fire between rounds: once every live node has recorded `round`.
+            live = [n for n in self.ids if self.process_of(n).returncode is None]
+            if not live or not all(fault.round in records.get(n, {}) for n in live):
                 continue
             self._fired.add(number)
-            entry = {"round": fault.round, "action": fault.action, "nodes": list(fault.nodes),
-                     "time": time.time(), **self.inject(fault)}
+            entry = {
+                "round": fault.round,
+                "action": fault.action,
+                "nodes": list(fault.nodes),
+                "time": time.time(),
+                **self.inject(fault),
+            }
             self.fault_log.append(entry)
-            console.print(f"[yellow]fault after round {fault.round}: {fault.action} "
-                          f"{', '.join(fault.nodes) or 'all'} ({entry['mechanism']})[/]")
+            console.print(
+                f"[yellow]fault after round {fault.round}: {fault.action} "
+                f"{', '.join(fault.nodes) or 'all'} ({entry['mechanism']})[/]"
+            )
 
     def inject(self, fault: FaultConfig) -> dict[str, Any]:
         """Apply one fault now; returns what was done (merged into the fault's log entry)."""
@@ -357,15 +417,23 @@ class NetnsTestbed(Testbed):
             return {"mechanism": "nftables", "groups": [sorted(side), others]}
         if fault.action == "heal":
             for node_id in self.ids:
-                _in_ns(self.namespace(node_id), "nft", "delete", "table", "inet", PARTITION_TABLE,
-                       check=False)
+                _in_ns(
+                    self.namespace(node_id),
+                    "nft",
+                    "delete",
+                    "table",
+                    "inet",
+                    PARTITION_TABLE,
+                    check=False,
+                )
             for node_id in fault.nodes or self.ids:
                 self.shaping.pop(node_id, None)
                 self._shape(node_id)
             return {"mechanism": "nftables+tc"}
         for node_id in fault.nodes:
-            state = self.shaping.setdefault(node_id, {"delay_ms": 0.0, "jitter_ms": 0.0,
-                                                      "loss_pct": 0.0})
+            state = self.shaping.setdefault(
+                node_id, {"delay_ms": 0.0, "jitter_ms": 0.0, "loss_pct": 0.0}
+            )
             if fault.action == "delay":
                 state.update(delay_ms=fault.delay_ms, jitter_ms=fault.jitter_ms)
                 if fault.loss_pct:
@@ -373,9 +441,12 @@ class NetnsTestbed(Testbed):
             else:
                 state["loss_pct"] = fault.loss_pct
         mechanisms = {self._shape(node_id) for node_id in fault.nodes}
-        return {"mechanism": "+".join(sorted(mechanisms)) or "none",
-                "delay_ms": fault.delay_ms, "jitter_ms": fault.jitter_ms,
-                "loss_pct": fault.loss_pct}
+        return {
+            "mechanism": "+".join(sorted(mechanisms)) or "none",
+            "delay_ms": fault.delay_ms,
+            "jitter_ms": fault.jitter_ms,
+            "loss_pct": fault.loss_pct,
+        }
 
     def _drop_traffic_with(self, node_id: str, addresses: list[str]) -> None:
         if not addresses:
@@ -383,10 +454,17 @@ class NetnsTestbed(Testbed):
         namespace, group = self.namespace(node_id), "{ " + ", ".join(addresses) + " }"
         _in_ns(namespace, "nft", "add", "table", "inet", PARTITION_TABLE)
         for chain, hook, direction in (("in", "input", "saddr"), ("out", "output", "daddr")):
-            _in_ns(namespace, "nft", f"add chain inet {PARTITION_TABLE} {chain} "
-                   f"{{ type filter hook {hook} priority 0; policy accept; }}")
-            _in_ns(namespace, "nft", f"add rule inet {PARTITION_TABLE} {chain} "
-                   f"ip {direction} {group} drop")
+            _in_ns(
+                namespace,
+                "nft",
+                f"add chain inet {PARTITION_TABLE} {chain} "
+                f"{{ type filter hook {hook} priority 0; policy accept; }}",
+            )
+            _in_ns(
+                namespace,
+                "nft",
+                f"add rule inet {PARTITION_TABLE} {chain} ip {direction} {group} drop",
+            )
 
     def _shape(self, node_id: str) -> str:
         """Install the node's current delay/jitter/loss on its egress; returns the mechanism."""
@@ -404,10 +482,18 @@ class NetnsTestbed(Testbed):
         mechanism = "netem-unavailable"
         if loss:
             _in_ns(namespace, "nft", "add", "table", "inet", SHAPE_TABLE)
-            _in_ns(namespace, "nft", f"add chain inet {SHAPE_TABLE} out "
-                   "{ type filter hook output priority 0; policy accept; }")
-            _in_ns(namespace, "nft", f"add rule inet {SHAPE_TABLE} out oifname eth0 "
-                   f"numgen random mod 10000 < {round(loss * 100)} drop")
+            _in_ns(
+                namespace,
+                "nft",
+                f"add chain inet {SHAPE_TABLE} out "
+                "{ type filter hook output priority 0; policy accept; }",
+            )
+            _in_ns(
+                namespace,
+                "nft",
+                f"add rule inet {SHAPE_TABLE} out oifname eth0 "
+                f"numgen random mod 10000 < {round(loss * 100)} drop",
+            )
             mechanism = "nftables-loss" + ("" if not (delay or jitter) else "+delay-not-applied")
         return mechanism
 
@@ -417,20 +503,27 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run_netns_testbed(
-    scenario: Scenario, out_dir: Path, timeout_s: float, faults: list[Fault] | None = None,
-    metrics: bool = True, prefix: str | None = None,
+    scenario: Scenario,
+    out_dir: Path,
+    timeout_s: float,
+    faults: list[Fault] | None = None,
+    metrics: bool = True,
+    prefix: str | None = None,
 ) -> dict[str, Any]:
     """Run `scenario` with one namespace per node; cleans up whatever happens.
 
     Returns the summary (also in ``OUT/summary.json``) with a ``network`` entry added.
     """
-    testbed = NetnsTestbed(scenario, out_dir, faults=list(faults or []), metrics=metrics,
-                           prefix=prefix or new_prefix())
+    testbed = NetnsTestbed(
+        scenario, out_dir, faults=list(faults or []), metrics=metrics, prefix=prefix or new_prefix()
+    )
     with testbed:
         summary = run_testbed(testbed, timeout_s)
         summary["network"] = {
-            "prefix": testbed.prefix, "subnet": f"{testbed.subnet}.0/24",
-            "addresses": testbed.addresses, "netem": netem_available(),
+            "prefix": testbed.prefix,
+            "subnet": f"{testbed.subnet}.0/24",
+            "addresses": testbed.addresses,
+            "netem": netem_available(),
         }
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

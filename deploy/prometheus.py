@@ -42,14 +42,16 @@ def scrape_config(
     interval = f"{interval_s:g}s"
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "scrape_configs": [{
-            "job_name": job,
-            "metrics_path": "/metrics",
-            "static_configs": [
-                {"targets": [t.address], "labels": {"node": t.node, "byzantine": t.byzantine}}
-                for t in ordered
-            ],
-        }],
+        "scrape_configs": [
+            {
+                "job_name": job,
+                "metrics_path": "/metrics",
+                "static_configs": [
+                    {"targets": [t.address], "labels": {"node": t.node, "byzantine": t.byzantine}}
+                    for t in ordered
+                ],
+            }
+        ],
     }
 
 
@@ -66,8 +68,13 @@ def targets_from_node_configs(
         if settings.metrics_port is None:
             raise ValueError(f"{path}: node {settings.id} has no metrics_port")
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
-        targets.append(ScrapeTarget(settings.id, f"{host}:{settings.metrics_port}",
-                                    (byzantine or {}).get(settings.id, "none")))
+        targets.append(
+            ScrapeTarget(
+                settings.id,
+                f"{host}:{settings.metrics_port}",
+                (byzantine or {}).get(settings.id, "none"),
+            )
+        )
     return targets
 
 
@@ -88,5 +95,6 @@ def dashboard_metric_names(dashboard: Mapping[str, Any] | None = None) -> list[s
     """Sorted distinct ``phalanx_*`` series names the dashboard's queries read."""
     if dashboard is None:
         dashboard = json.loads(DASHBOARD_PATH.read_text())
-    return sorted({name for expr in dashboard_exprs(dashboard)
-                   for name in METRIC_NAME.findall(expr)})
+    return sorted(
+        {name for expr in dashboard_exprs(dashboard) for name in METRIC_NAME.findall(expr)}
+    )

@@ -78,13 +78,15 @@ def run_inversion_cell(params: dict[str, Any]) -> dict[str, Any]:
     }
     epochs = int(params.get("utility_epochs", 1))
     if epochs > 0:
-        output["utility_accuracy"] = _defended_utility(spec.model, dataset, defense_text, seed,
-                                                       epochs, spec.lr)
+        output["utility_accuracy"] = _defended_utility(
+            spec.model, dataset, defense_text, seed, epochs, spec.lr
+        )
     return output
 
 
-def _defended_utility(model_name: str, dataset: Any, defense_text: Any, seed: int, epochs: int,
-                      lr: float) -> float:
+def _defended_utility(
+    model_name: str, dataset: Any, defense_text: Any, seed: int, epochs: int, lr: float
+) -> float:
     """Test accuracy after training, with each epoch's update passed through the defense."""
     import torch
 
@@ -98,8 +100,13 @@ def _defended_utility(model_name: str, dataset: Any, defense_text: Any, seed: in
     defense = parse_defense(defense_text, seed)
     for epoch in range(epochs):
         before = [p.detach().clone() for p in model.parameters()]
-        train_local(model, dataset.train_x, dataset.train_y,
-                    TrainConfig(epochs=1, batch_size=32, lr=lr), seed + epoch)
+        train_local(
+            model,
+            dataset.train_x,
+            dataset.train_y,
+            TrainConfig(epochs=1, batch_size=32, lr=lr),
+            seed + epoch,
+        )
         if defense is not None:
             update = [p.detach() - b for p, b in zip(model.parameters(), before, strict=True)]
             defended = defense(update)

@@ -41,12 +41,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _error(f"--jobs must be >= 1, got {args.jobs}")
     out = Path(args.out) if args.out else _default_out(Path(args.spec), args.quick)
     try:
-        outcome = run_sweep(resolved, out, jobs=args.jobs, retry_failed=args.retry_failed,
-                            console=console)
+        outcome = run_sweep(
+            resolved, out, jobs=args.jobs, retry_failed=args.retry_failed, console=console
+        )
     except ValueError as error:
         return _error(str(error))
-    console.print(f"{outcome.ran} cells run, {outcome.skipped} skipped (already done), "
-                  f"{outcome.failed} failed; results in {out}")
+    console.print(
+        f"{outcome.ran} cells run, {outcome.skipped} skipped (already done), "
+        f"{outcome.failed} failed; results in {out}"
+    )
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_CELLS_FAILED if outcome.failed else EXIT_OK
@@ -105,12 +108,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = experiment.add_subparsers(dest="experiment_command", metavar="ACTION", required=True)
     run = sub.add_parser("run", help="run (or resume) every cell of a sweep spec")
     run.add_argument("spec", type=Path, help="sweep spec TOML (see experiments/specs/)")
-    run.add_argument("--jobs", "-j", type=int, default=None,
-                     help="cells in parallel (default: sized to the machine's cores)")
+    run.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=None,
+        help="cells in parallel (default: sized to the machine's cores)",
+    )
     run.add_argument("--out", help="results folder (default experiments-out/SPEC[-quick])")
     run.add_argument("--quick", action="store_true", help="apply the spec's [quick] table")
-    run.add_argument("--retry-failed", action="store_true",
-                     help="run failed cells again (finished ok cells are always skipped)")
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run failed cells again (finished ok cells are always skipped)",
+    )
     run.set_defaults(func=_cmd_run)
     report = sub.add_parser("report", help="write report.md and PNG plots into DIR")
     report.add_argument("dir", type=Path)

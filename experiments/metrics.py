@@ -1,9 +1,9 @@
 """Per-round and per-cell metrics from a testbed summary, and the analytic prediction beside them.
 
 Measured side. In round r a node is *faulty* when a ``kill`` fault removed it after an earlier
-round (r > fault.round) or when a ``byzantine`` entry makes it Byzantine from its start round. A cluster counts as *corrupted* in round r when the node
-reported it failed or flagged, or when it holds at least one faulty member (corruption threshold
-c = 1, the plain-sum model of `clustering.analysis`). A round *fails* when its corrupted clusters
+round (r > fault.round) or when a ``byzantine`` entry makes it Byzantine from its start round.
+A cluster counts as *corrupted* in round r when the node reported it failed or flagged, or when
+it holds at least one faulty member (corruption threshold c = 1, the plain-sum model of `clustering.analysis`). A round *fails* when its corrupted clusters
 exceed what the outer aggregation tolerates, ``ceil(b m) - 1`` with breakdown b = 1/2 (the median;
 Donoho and Huber 1983). Rates are taken over the rounds with a fault in force (all rounds when
 there is none).
@@ -53,8 +53,11 @@ def _byzantine_starts(scenario: dict[str, Any]) -> dict[str, int]:
     if resolve is not None:
         chosen = resolve(config.Scenario.model_validate(scenario), node_ids(scenario["nodes"]))
         return {node: int(getattr(entry, "start_round", 1)) for node, entry in chosen.items()}
-    return {node: int(entry.get("start_round", 1)) for entry in entries
-            for node in entry.get("nodes", [])}
+    return {
+        node: int(entry.get("start_round", 1))
+        for entry in entries
+        for node in entry.get("nodes", [])
+    }
 
 
 def round_rows(summary: dict[str, Any], scenario: dict[str, Any]) -> list[dict[str, Any]]:
@@ -68,21 +71,23 @@ def round_rows(summary: dict[str, Any], scenario: dict[str, Any]) -> list[dict[s
         reported = {str(c) for c in record.get("failed_clusters") or []}
         reported |= {str(c) for c in record.get("flagged_clusters") or []}
         with_faulty = {str(i) for i, members in enumerate(clusters) if faulty & set(members)}
-        rows.append({
-            "round": round_,
-            "accuracy": record.get("accuracy"),
-            "loss": record.get("loss"),
-            "duration_s": record.get("duration_s"),
-            "bytes_sent_total": int(sum((record.get("bytes_sent") or {}).values())),
-            "excluded_count": len(record.get("excluded") or []),
-            "failed_clusters_count": len(record.get("failed_clusters") or []),
-            "flagged_count": len(record.get("flagged_clusters") or []),
-            "num_clusters": len(clusters),
-            "faulty_nodes": len(faulty),
-            "clusters_with_faulty": len(with_faulty),
-            "corrupted_clusters": len(reported | with_faulty),
-            "digests_identical": bool(record.get("digests_identical")),
-        })
+        rows.append(
+            {
+                "round": round_,
+                "accuracy": record.get("accuracy"),
+                "loss": record.get("loss"),
+                "duration_s": record.get("duration_s"),
+                "bytes_sent_total": int(sum((record.get("bytes_sent") or {}).values())),
+                "excluded_count": len(record.get("excluded") or []),
+                "failed_clusters_count": len(record.get("failed_clusters") or []),
+                "flagged_count": len(record.get("flagged_clusters") or []),
+                "num_clusters": len(clusters),
+                "faulty_nodes": len(faulty),
+                "clusters_with_faulty": len(with_faulty),
+                "corrupted_clusters": len(reported | with_faulty),
+                "digests_identical": bool(record.get("digests_identical")),
+            }
+        )
     return rows
 
 
@@ -100,8 +105,7 @@ def cell_metrics(rows: list[dict[str, Any]], scenario: dict[str, Any]) -> dict[s
         metrics["digests_identical"] = all(r["digests_identical"] for r in rows)
         counted = [r for r in rows if r["faulty_nodes"] > 0] or rows
         metrics["failed_round_rate"] = statistics.fmean(
-            float(r["corrupted_clusters"] > tolerated_corrupted(r["num_clusters"]))
-            for r in counted
+            float(r["corrupted_clusters"] > tolerated_corrupted(r["num_clusters"])) for r in counted
         )
         metrics["corrupted_fraction"] = statistics.fmean(
             r["corrupted_clusters"] / max(1, r["num_clusters"]) for r in counted
@@ -116,7 +120,11 @@ def predicted_metrics(scenario: dict[str, Any]) -> dict[str, Any]:
     strategy = clustering.get("strategy")
     nodes = scenario.get("nodes")
     size = clustering.get("cluster_size")
-    if strategy not in ANALYTIC_STRATEGIES or not isinstance(nodes, int) or not isinstance(size, int):
+    if (
+        strategy not in ANALYTIC_STRATEGIES
+        or not isinstance(nodes, int)
+        or not isinstance(size, int)
+    ):
         return {}
     from clustering.analysis import analyze_clusters
 

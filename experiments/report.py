@@ -9,7 +9,8 @@
 * ``cost_vs_cluster_size.png``: mean round time and bytes sent per round against cluster size.
 * ``privacy_utility.png``: median reconstruction PSNR against utility for inversion cells.
 
-Every number in the tables is a mean over seeds with a 95 % Student-t interval (`experiments.stats`).
+Every number in the tables is a mean over seeds with a 95 % Student-t interval
+(`experiments.stats`).
 """
 
 from __future__ import annotations
@@ -86,9 +87,13 @@ def plot_accuracy_vs_round(configs: Sequence[Configuration], path: Path) -> Path
         means = [s.mean for s in stats]
         widths = [0.0 if math.isnan(s.half_width) else s.half_width for s in stats]
         line = ax.plot(rounds, means, marker="o", label=config.name)[0]
-        ax.fill_between(rounds, [m - w for m, w in zip(means, widths, strict=True)],
-                        [m + w for m, w in zip(means, widths, strict=True)],
-                        color=line.get_color(), alpha=0.15)
+        ax.fill_between(
+            rounds,
+            [m - w for m, w in zip(means, widths, strict=True)],
+            [m + w for m, w in zip(means, widths, strict=True)],
+            color=line.get_color(),
+            alpha=0.15,
+        )
         drawn = True
     if not drawn:
         plt.close(fig)
@@ -104,21 +109,31 @@ def plot_accuracy_vs_round(configs: Sequence[Configuration], path: Path) -> Path
     return path
 
 
-def heatmap_axes(axes: dict[str, list[str]],
-                 chosen: Sequence[str] | None = None) -> tuple[str, str] | None:
+def heatmap_axes(
+    axes: dict[str, list[str]], chosen: Sequence[str] | None = None
+) -> tuple[str, str] | None:
     """The spec's ``heatmap`` axes, else the two with the most values (ties: spec order)."""
     if chosen is not None and len(chosen) == 2 and all(k in axes for k in chosen):
         return chosen[0], chosen[1]
-    ranked = sorted((k for k, v in axes.items() if len(v) >= 2),
-                    key=lambda k: (-len(axes[k]), list(axes).index(k)))
+    ranked = sorted(
+        (k for k, v in axes.items() if len(v) >= 2),
+        key=lambda k: (-len(axes[k]), list(axes).index(k)),
+    )
     if len(ranked) < 2:
         return None
     first, second = ranked[:2]
-    return (first, second) if list(axes).index(first) < list(axes).index(second) else (second, first)
+    return (
+        (first, second) if list(axes).index(first) < list(axes).index(second) else (second, first)
+    )
 
 
-def plot_heatmap(records: Sequence[CellRecord], axes: dict[str, list[str]], metric: str,
-                 path: Path, chosen: Sequence[str] | None = None) -> Path | None:
+def plot_heatmap(
+    records: Sequence[CellRecord],
+    axes: dict[str, list[str]],
+    metric: str,
+    path: Path,
+    chosen: Sequence[str] | None = None,
+) -> Path | None:
     pair = heatmap_axes(axes, chosen)
     if pair is None:
         return None
@@ -128,9 +143,16 @@ def plot_heatmap(records: Sequence[CellRecord], axes: dict[str, list[str]], metr
     plt = _pyplot()
     columns = min(3, len(facets))
     rows_n = math.ceil(len(facets) / columns)
-    fig, grid = plt.subplots(rows_n, columns, squeeze=False, dpi=120,
-                             figsize=(1.2 + 0.9 * len(axes[col_axis]) * columns + 1.5,
-                                      1.0 + 0.6 * len(axes[row_axis]) * rows_n + 1.0))
+    fig, grid = plt.subplots(
+        rows_n,
+        columns,
+        squeeze=False,
+        dpi=120,
+        figsize=(
+            1.2 + 0.9 * len(axes[col_axis]) * columns + 1.5,
+            1.0 + 0.6 * len(axes[row_axis]) * rows_n + 1.0,
+        ),
+    )
     for panel, facet in enumerate(facets):
         ax = grid[panel // columns][panel % columns]
         fixed = dict(zip(others, facet, strict=True))
@@ -138,23 +160,40 @@ def plot_heatmap(records: Sequence[CellRecord], axes: dict[str, list[str]], metr
         for i, row_value in enumerate(axes[row_axis]):
             for j, col_value in enumerate(axes[col_axis]):
                 values = [
-                    float(c.metrics[metric]) for c in records
-                    if c.status == "ok" and c.labels.get(row_axis) == row_value
+                    float(c.metrics[metric])
+                    for c in records
+                    if c.status == "ok"
+                    and c.labels.get(row_axis) == row_value
                     and c.labels.get(col_axis) == col_value
                     and all(c.labels.get(k) == v for k, v in fixed.items())
                     and isinstance(c.metrics.get(metric), int | float)
                 ]
                 if values:
                     table[i][j] = mean_ci(values).mean
-        image = ax.imshow(table, cmap="viridis", aspect="auto", vmin=0.0,
-                          vmax=1.0 if "accuracy" in metric or "rate" in metric else None)
+        image = ax.imshow(
+            table,
+            cmap="viridis",
+            aspect="auto",
+            vmin=0.0,
+            vmax=1.0 if "accuracy" in metric or "rate" in metric else None,
+        )
         for i, row in enumerate(table):
             for j, value in enumerate(row):
-                ax.text(j, i, "n/a" if math.isnan(value) else f"{value:.3f}", ha="center",
-                        va="center", color="white" if not math.isnan(value) and value < 0.5
-                        else "black", fontsize=7)
-        ax.set_xticks(range(len(axes[col_axis])), [_tick(v) for v in axes[col_axis]],
-                      fontsize=7, rotation=30 if len(axes[col_axis]) > 3 else 0)
+                ax.text(
+                    j,
+                    i,
+                    "n/a" if math.isnan(value) else f"{value:.3f}",
+                    ha="center",
+                    va="center",
+                    color="white" if not math.isnan(value) and value < 0.5 else "black",
+                    fontsize=7,
+                )
+        ax.set_xticks(
+            range(len(axes[col_axis])),
+            [_tick(v) for v in axes[col_axis]],
+            fontsize=7,
+            rotation=30 if len(axes[col_axis]) > 3 else 0,
+        )
         ax.set_yticks(range(len(axes[row_axis])), [_tick(v) for v in axes[row_axis]], fontsize=7)
         ax.set_xlabel(col_axis, fontsize=8)
         ax.set_ylabel(row_axis, fontsize=8)
@@ -179,8 +218,12 @@ def plot_theory_vs_measurement(configs: Sequence[Configuration], path: Path) -> 
         ("predicted_failed_round_rate", "failed_round_rate", "failed-round rate (P overwhelmed)"),
         ("predicted_corrupted_fraction", "corrupted_fraction", "corrupted-cluster fraction"),
     ]
-    points = [c for c in configs if c.metric("predicted_failed_round_rate") is not None
-              and c.metric("failed_round_rate") is not None]
+    points = [
+        c
+        for c in configs
+        if c.metric("predicted_failed_round_rate") is not None
+        and c.metric("failed_round_rate") is not None
+    ]
     if not points:
         return None
     plt = _pyplot()
@@ -191,9 +234,18 @@ def plot_theory_vs_measurement(configs: Sequence[Configuration], path: Path) -> 
             if predicted is None or measured is None:
                 continue
             error = 0.0 if math.isnan(measured.half_width) else measured.half_width
-            ax.errorbar([predicted.mean], [measured.mean], yerr=[[error], [error]], marker="o",
-                        capsize=3, linestyle="none", label=config.name)
-        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="measured = predicted")
+            ax.errorbar(
+                [predicted.mean],
+                [measured.mean],
+                yerr=[[error], [error]],
+                marker="o",
+                capsize=3,
+                linestyle="none",
+                label=config.name,
+            )
+        ax.plot(
+            [0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="measured = predicted"
+        )
         ax.set_xlim(-0.05, 1.05)
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("analytic prediction (clustering.analysis)")
@@ -226,18 +278,30 @@ def plot_cost(records: Sequence[CellRecord], axes: dict[str, list[str]], path: P
         sizes = sorted(by_size)
         name = ", ".join(f"{short(k)}={v}" for k, v in zip(others, key, strict=True)) or "all"
         for ax, metric, scale in ((time_ax, "round_seconds", 1.0), (bytes_ax, "bytes_sent", 1e-6)):
-            stats = [mean_ci([c.metrics[metric] * scale for c in by_size[s]
-                              if metric in c.metrics] or [math.nan]) for s in sizes]
-            ax.errorbar(sizes, [s.mean for s in stats], marker="o", capsize=3, label=name,
-                        yerr=[0.0 if math.isnan(s.half_width) else s.half_width for s in stats])
+            stats = [
+                mean_ci(
+                    [c.metrics[metric] * scale for c in by_size[s] if metric in c.metrics]
+                    or [math.nan]
+                )
+                for s in sizes
+            ]
+            ax.errorbar(
+                sizes,
+                [s.mean for s in stats],
+                marker="o",
+                capsize=3,
+                label=name,
+                yerr=[0.0 if math.isnan(s.half_width) else s.half_width for s in stats],
+            )
     time_ax.set_ylabel("mean round time (s)")
     bytes_ax.set_ylabel("MB sent per round (all nodes)")
     for ax in (time_ax, bytes_ax):
         ax.set_xlabel("cluster size")
         ax.grid(alpha=0.3)
     bytes_ax.legend(fontsize=6)
-    fig.suptitle("cost against cluster size (mean over seeds and fault settings, 95% CI)",
-                 fontsize=9)
+    fig.suptitle(
+        "cost against cluster size (mean over seeds and fault settings, 95% CI)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -256,10 +320,16 @@ def plot_privacy_utility(configs: Sequence[Configuration], path: Path) -> Path |
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for config, psnr, utility in usable:
-        ax.errorbar([utility.mean], [psnr.mean], marker="o", capsize=3, linestyle="none",
-                    xerr=[0.0 if math.isnan(utility.half_width) else utility.half_width],
-                    yerr=[0.0 if math.isnan(psnr.half_width) else psnr.half_width],
-                    label=config.name)
+        ax.errorbar(
+            [utility.mean],
+            [psnr.mean],
+            marker="o",
+            capsize=3,
+            linestyle="none",
+            xerr=[0.0 if math.isnan(utility.half_width) else utility.half_width],
+            yerr=[0.0 if math.isnan(psnr.half_width) else psnr.half_width],
+            label=config.name,
+        )
     ax.set_xlabel("utility: test accuracy")
     ax.set_ylabel("privacy leak: median PSNR of reconstructions (dB, lower is more private)")
     ax.set_title("privacy against utility (mean over seeds, 95% CI)", fontsize=9)
@@ -294,24 +364,46 @@ def write_report(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     with open_existing(out) as store:
         records = store.cells()
-        meta = {k: store.get_meta(k) for k in ("name", "source", "quick", "kind", "axes", "seeds",
-                                              "metrics", "cells", "heatmap")}
+        meta = {
+            k: store.get_meta(k)
+            for k in (
+                "name",
+                "source",
+                "quick",
+                "kind",
+                "axes",
+                "seeds",
+                "metrics",
+                "cells",
+                "heatmap",
+            )
+        }
     axes: dict[str, list[str]] = meta["axes"] or {}
     metrics = list(meta["metrics"] or ["final_accuracy"])
     if "final_accuracy" not in metrics and meta["kind"] == "testbed":
         metrics.insert(0, "final_accuracy")
     configs = group_configurations(records, list(axes))
     if any(c.metric("predicted_failed_round_rate") is not None for c in configs):
-        for extra in ("failed_round_rate", "predicted_failed_round_rate", "corrupted_fraction",
-                      "predicted_corrupted_fraction"):
+        for extra in (
+            "failed_round_rate",
+            "predicted_failed_round_rate",
+            "corrupted_fraction",
+            "predicted_corrupted_fraction",
+        ):
             if extra not in metrics:
                 metrics.append(extra)
     plots: list[tuple[str, Path | None]] = [
         ("Accuracy per round", plot_accuracy_vs_round(configs, out / "accuracy_vs_round.png")),
-        ("Final accuracy heatmap", plot_heatmap(records, axes, "final_accuracy",
-                                                out / "heatmap_final_accuracy.png", meta["heatmap"])),
-        ("Failed rounds: theory against measurement",
-         plot_theory_vs_measurement(configs, out / "theory_vs_measurement.png")),
+        (
+            "Final accuracy heatmap",
+            plot_heatmap(
+                records, axes, "final_accuracy", out / "heatmap_final_accuracy.png", meta["heatmap"]
+            ),
+        ),
+        (
+            "Failed rounds: theory against measurement",
+            plot_theory_vs_measurement(configs, out / "theory_vs_measurement.png"),
+        ),
         ("Cost against cluster size", plot_cost(records, axes, out / "cost_vs_cluster_size.png")),
         ("Privacy against utility", plot_privacy_utility(configs, out / "privacy_utility.png")),
     ]
@@ -322,8 +414,9 @@ def write_report(out_dir: str | Path) -> Path:
         f"# Experiment report: {meta['name']}",
         "",
         f"- spec: `{meta['source']}`{' (quick)' if meta['quick'] else ''}, kind: {meta['kind']}",
-        f"- cells: {len(records)} recorded of {meta['cells']} ({ok} ok, {len(records) - ok} failed)",
-        f"- axes: " + ("; ".join(f"`{k}` = {', '.join(v)}" for k, v in axes.items()) or "none"),
+        f"- cells: {len(records)} recorded of {meta['cells']} "
+        f"({ok} ok, {len(records) - ok} failed)",
+        "- axes: " + ("; ".join(f"`{k}` = {', '.join(v)}" for k, v in axes.items()) or "none"),
         f"- seeds: {', '.join(str(s) for s in meta['seeds'] or [])}",
         f"- git commit: {', '.join(commits) or 'unknown'}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
@@ -331,9 +424,9 @@ def write_report(out_dir: str | Path) -> Path:
         "## Seed-averaged results",
         "",
         "Mean over seeds ± half width of the 95 % Student-t interval (no interval for one seed).",
-        "`failed_round_rate`: share of rounds with a fault in force whose corrupted clusters exceed",
-        "ceil(m/2) - 1 (median breakdown); `predicted_failed_round_rate`: P(outer aggregation",
-        "overwhelmed) from `clustering.analysis.analyze_clusters` with corruption threshold 1",
+        "`failed_round_rate`: share of rounds with a fault in force whose corrupted clusters",
+        "exceed ceil(m/2) - 1 (median breakdown); `predicted_failed_round_rate`: P(outer",
+        "aggregation overwhelmed) from `clustering.analysis.analyze_clusters` with corruption threshold 1",
         "(exact law for `random`, adversarial worst case for `static`).",
         "",
         *seed_table(configs, metrics),
@@ -347,7 +440,9 @@ def write_report(out_dir: str | Path) -> Path:
         lines += ["## Failed cells", ""]
         for record in failed:
             first_line = (record.error or "").strip().splitlines()[:1]
-            lines.append(f"- `{record.id}` (seed {record.seed}): {first_line[0] if first_line else ''}")
+            lines.append(
+                f"- `{record.id}` (seed {record.seed}): {first_line[0] if first_line else ''}"
+            )
         lines.append("")
     path = out / "report.md"
     path.write_text("\n".join(lines))

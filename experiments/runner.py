@@ -74,8 +74,14 @@ def package_versions() -> dict[str, str | None]:
 def git_commit() -> str | None:
     """``git rev-parse HEAD`` of the repository, or None outside a git checkout."""
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=10, check=False)
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() or None if done.returncode == 0 else None
@@ -131,8 +137,13 @@ class ChildRegistry:
             return None
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=_child_env(),
-                start_new_session=True, preexec_fn=_die_with_parent,
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                env=_child_env(),
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         with self._lock:
             self._live.add(proc)
@@ -180,6 +191,15 @@ def _log_tail(path: Path, lines: int = 8) -> str:
     return ""
 
 
+def _crash_tail(cell_dir: Path) -> str:
+    """The end of the first node log with a traceback: why a node process died."""
+    for log in sorted((cell_dir / "logs").glob("*.log")):
+        text = log.read_text(errors="replace")
+        if "Traceback" in text:
+            return f"\n{log.name}:\n{_log_tail(log, 6)}"
+    return ""
+
+
 def prepare_cell_dir(cell_dir: Path, kind: str, params: dict[str, Any]) -> None:
     """A clean cell folder with the exact inputs: ``params.json`` and, for testbeds, the TOML."""
     if cell_dir.exists():
@@ -220,14 +240,29 @@ def run_cell(
     """Run one cell in a fresh folder; None when the sweep was interrupted meanwhile."""
     prepare_cell_dir(cell_dir, kind, cell.params)
     started = time.monotonic()
-    base = dict(
-        id=cell.id, cell_index=cell.index, axes=cell.axes, labels=cell.labels, seed=cell.seed,
-        scenario_hash=cell.params_hash, versions=package_versions(), git_commit=git_commit(),
+    base: dict[str, Any] = dict(
+        id=cell.id,
+        cell_index=cell.index,
+        axes=cell.axes,
+        labels=cell.labels,
+        seed=cell.seed,
+        scenario_hash=cell.params_hash,
+        versions=package_versions(),
+        git_commit=git_commit(),
     )
     log_path = cell_dir / "cell.log"
     if kind == "testbed":
-        command = [sys.executable, "-m", "node", "testbed", "run", str(cell_dir / "scenario.toml"),
-                   "--out", str(cell_dir), "--no-metrics"]
+        command = [
+            sys.executable,
+            "-m",
+            "node",
+            "testbed",
+            "run",
+            str(cell_dir / "scenario.toml"),
+            "--out",
+            str(cell_dir),
+            "--no-metrics",
+        ]
         command += kill_flags(cell.params)
         if timeout_s is not None:
             command += ["--timeout", str(timeout_s)]
@@ -236,8 +271,13 @@ def run_cell(
             return None
         return _testbed_record(cell, cell_dir, code, time.monotonic() - started, base)
     result_path = cell_dir / "result.json"
-    command = [sys.executable, "-m", "experiments.cells", str(cell_dir / "params.json"),
-               str(result_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.cells",
+        str(cell_dir / "params.json"),
+        str(result_path),
+    ]
     code = registry.run(command, log_path, timeout_s)
     if code is None:
         return None
@@ -248,14 +288,21 @@ def run_cell(
         result = {"error": f"cell process exited {code} without a result; {_log_tail(log_path)}"}
     error = result.pop("error", None)
     return CellRecord(
-        **base, status="failed" if error else "ok", error=error, final_accuracy=result.get(
-            "utility_accuracy"), final_digest=None, digests_identical=None, duration_s=duration,
-        metrics=result, finished_at=_now(),
+        **base,
+        status="failed" if error else "ok",
+        error=error,
+        final_accuracy=result.get("utility_accuracy"),
+        final_digest=None,
+        digests_identical=None,
+        duration_s=duration,
+        metrics=result,
+        finished_at=_now(),
     )
 
 
-def _testbed_record(cell: Cell, cell_dir: Path, code: int, duration: float,
-                    base: dict[str, Any]) -> CellRecord:
+def _testbed_record(
+    cell: Cell, cell_dir: Path, code: int, duration: float, base: dict[str, Any]
+) -> CellRecord:
     try:
         summary = json.loads((cell_dir / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -270,14 +317,23 @@ def _testbed_record(cell: Cell, cell_dir: Path, code: int, duration: float,
     if code == -9:
         error = f"cell timed out; testbed status {status!r}"
     elif code != 0 or status != "completed":
-        error = f"testbed exit {code}, status {status!r}: {_log_tail(cell_dir / 'cell.log')}"
+        error = (
+            f"testbed exit {code}, status {status!r}: {_log_tail(cell_dir / 'cell.log')}"
+            f"{_crash_tail(cell_dir)}"
+        )
     elif len(rows) != cell.params["rounds"]:
         error = f"testbed recorded {len(rows)} of {cell.params['rounds']} rounds"
     return CellRecord(
-        **base, status="failed" if error else "ok", error=error,
-        final_accuracy=summary.get("final_accuracy"), final_digest=final_digest,
+        **base,
+        status="failed" if error else "ok",
+        error=error,
+        final_accuracy=summary.get("final_accuracy"),
+        final_digest=final_digest,
         digests_identical=summary.get("all_digests_identical") if rows else None,
-        duration_s=duration, metrics=metrics, finished_at=_now(), rounds=rows,
+        duration_s=duration,
+        metrics=metrics,
+        finished_at=_now(),
+        rounds=rows,
     )
 
 
@@ -332,32 +388,56 @@ def run_sweep(
     store = ResultStore(out)
     try:
         check_folder(store, resolved, out)
-        store.set_meta({
-            "fingerprint": resolved.fingerprint, "source": resolved.source,
-            "quick": resolved.quick, "kind": resolved.kind, "name": resolved.spec.name,
-            "axes": {k: [label for label, _ in v] for k, v in resolved.axes.items()},
-            "seeds": resolved.seeds, "metrics": resolved.spec.metrics,
-            "heatmap": resolved.spec.heatmap,
-            "cells": len(resolved.cells),
-        })
+        store.set_meta(
+            {
+                "fingerprint": resolved.fingerprint,
+                "source": resolved.source,
+                "quick": resolved.quick,
+                "kind": resolved.kind,
+                "name": resolved.spec.name,
+                "axes": {k: [label for label, _ in v] for k, v in resolved.axes.items()},
+                "seeds": resolved.seeds,
+                "metrics": resolved.spec.metrics,
+                "heatmap": resolved.spec.heatmap,
+                "cells": len(resolved.cells),
+            }
+        )
         done = store.finished_ids(include_failed=not retry_failed)
         todo = [c for c in resolved.cells if c.id not in done]
         jobs = jobs or default_jobs(resolved)
-        console.print(f"[bold]phalanx experiment[/] {resolved.spec.name}: {len(resolved.cells)} "
-                      f"cells, {len(resolved.cells) - len(todo)} already done, {len(todo)} to run, "
-                      f"{jobs} at a time -> {out}")
+        console.print(
+            f"[bold]phalanx experiment[/] {resolved.spec.name}: {len(resolved.cells)} "
+            f"cells, {len(resolved.cells) - len(todo)} already done, {len(todo)} to run, "
+            f"{jobs} at a time -> {out}"
+        )
         registry = ChildRegistry()
         ran = failed = 0
         interrupted = False
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-        with _signals_interrupt(), Progress(*columns, console=console) as progress, \
-                ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cell") as pool:
-            task = progress.add_task("cells", total=len(resolved.cells),
-                                     completed=len(resolved.cells) - len(todo))
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        with (
+            _signals_interrupt(),
+            Progress(*columns, console=console) as progress,
+            ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cell") as pool,
+        ):
+            task = progress.add_task(
+                "cells", total=len(resolved.cells), completed=len(resolved.cells) - len(todo)
+            )
             pending: dict[Future[CellRecord | None], Cell] = {
-                pool.submit(run_cell, cell, resolved.kind, out / "cells" / cell.id, registry,
-                            resolved.spec.cell_timeout_s): cell
+                pool.submit(
+                    run_cell,
+                    cell,
+                    resolved.kind,
+                    out / "cells" / cell.id,
+                    registry,
+                    resolved.spec.cell_timeout_s,
+                ): cell
                 for cell in todo
             }
             try:
@@ -377,13 +457,16 @@ def run_sweep(
                         progress.advance(task)
             except KeyboardInterrupt:
                 interrupted = True
-                progress.console.print("[yellow]interrupted: stopping running cells; "
-                                       "re-run the same command to resume[/]")
+                progress.console.print(
+                    "[yellow]interrupted: stopping running cells; "
+                    "re-run the same command to resume[/]"
+                )
                 for future in pending:
                     future.cancel()
                 registry.stop_all()
-        return SweepOutcome(len(resolved.cells), len(resolved.cells) - len(todo), ran, failed,
-                            interrupted)
+        return SweepOutcome(
+            len(resolved.cells), len(resolved.cells) - len(todo), ran, failed, interrupted
+        )
     finally:
         store.close()
 
@@ -394,11 +477,21 @@ def _result_of(future: Future[CellRecord | None], cell: Cell, kind: str) -> Cell
         return future.result()
     except Exception as error:
         return CellRecord(
-            id=cell.id, cell_index=cell.index, axes=cell.axes, labels=cell.labels, seed=cell.seed,
-            status="failed", error=f"{type(error).__name__}: {error}",
-            scenario_hash=cell.params_hash, final_accuracy=None, final_digest=None,
-            digests_identical=None, duration_s=0.0, versions=package_versions(),
-            git_commit=git_commit(), finished_at=_now(),
+            id=cell.id,
+            cell_index=cell.index,
+            axes=cell.axes,
+            labels=cell.labels,
+            seed=cell.seed,
+            status="failed",
+            error=f"{type(error).__name__}: {error}",
+            scenario_hash=cell.params_hash,
+            final_accuracy=None,
+            final_digest=None,
+            digests_identical=None,
+            duration_s=0.0,
+            versions=package_versions(),
+            git_commit=git_commit(),
+            finished_at=_now(),
         )
 
 
@@ -406,11 +499,15 @@ def _print_cell(console: Console, record: CellRecord) -> None:
     where = ", ".join(f"{k}={v}" for k, v in record.labels.items()) or "-"
     if record.status == "ok":
         accuracy = "-" if record.final_accuracy is None else f"{record.final_accuracy:.4f}"
-        console.print(f"[green]ok[/] {record.id} ({where}, seed {record.seed}): "
-                      f"accuracy {accuracy} in {record.duration_s:.1f}s")
+        console.print(
+            f"[green]ok[/] {record.id} ({where}, seed {record.seed}): "
+            f"accuracy {accuracy} in {record.duration_s:.1f}s"
+        )
     else:
-        console.print(f"[red]failed[/] {record.id} ({where}, seed {record.seed}): "
-                      f"{(record.error or '').splitlines()[0] if record.error else ''}")
+        console.print(
+            f"[red]failed[/] {record.id} ({where}, seed {record.seed}): "
+            f"{(record.error or '').splitlines()[0] if record.error else ''}"
+        )
 
 
 @dataclass
@@ -443,8 +540,9 @@ def rerun_cell(out_dir: str | Path, cell_id: str, timeout_s: float | None = None
         raise ValueError(f"{params_path}: cannot read the cell's parameters ({error})") from None
     if canonical_hash(params) != original.scenario_hash:
         raise ValueError(f"{params_path}: hash differs from the recorded scenario hash")
-    cell = Cell(original.id, original.cell_index, original.axes, original.labels, original.seed,
-                params)
+    cell = Cell(
+        original.id, original.cell_index, original.axes, original.labels, original.seed, params
+    )
     registry = ChildRegistry()
     with _signals_interrupt():
         try:

@@ -143,7 +143,9 @@ class ResolvedSpec:
     @property
     def fingerprint(self) -> str:
         """Identifies the grid: a results folder only ever holds one."""
-        return canonical_hash({"kind": self.kind, "cells": [[c.id, c.params_hash] for c in self.cells]})
+        return canonical_hash(
+            {"kind": self.kind, "cells": [[c.id, c.params_hash] for c in self.cells]}
+        )
 
 
 def canonical_json(value: Any) -> str:
@@ -224,8 +226,9 @@ def _testbed_params(base: Scenario, overrides: dict[str, Any], where: str) -> di
         raise SpecError(f"{where}: {error}") from None
 
 
-def resolve_spec(spec: SweepSpec, *, quick: bool = False, source: str = "<spec>",
-                 base_dir: Path | None = None) -> ResolvedSpec:
+def resolve_spec(
+    spec: SweepSpec, *, quick: bool = False, source: str = "<spec>", base_dir: Path | None = None
+) -> ResolvedSpec:
     """Apply ``[quick]`` if asked, load the base, expand and validate every cell."""
     if isinstance(spec.base, str):
         path = Path(spec.base)
@@ -255,7 +258,12 @@ def resolve_spec(spec: SweepSpec, *, quick: bool = False, source: str = "<spec>"
         try:
             base_scenario = parse_scenario(base)
         except ConfigError as error:
-            raise SpecError(f"base.{error}") from None
+            message = str(error)
+            raise SpecError(
+                f"base: {message.removeprefix('scenario: ')}"
+                if message.startswith("scenario: ")
+                else f"base.{message}"
+            ) from None
         base_scenario = Scenario.model_validate(
             _testbed_params(base_scenario, overrides, "quick.overrides")
         )
@@ -264,8 +272,9 @@ def resolve_spec(spec: SweepSpec, *, quick: bool = False, source: str = "<spec>"
         base_params = {**base, **overrides}
     cells: list[Cell] = []
     keys = list(axes)
-    for index, combo in enumerate(itertools.product(*(axes[k] for k in keys), seeds)):
-        *picked, seed = combo
+    grid: list[tuple[tuple[str, Any], ...]] = list(itertools.product(*(axes[k] for k in keys)))
+    combos = [(picked, seed) for picked in grid for seed in seeds]
+    for index, (picked, seed) in enumerate(combos):
         values = {key: value for key, (_, value) in zip(keys, picked, strict=True)}
         labels = {key: label for key, (label, _) in zip(keys, picked, strict=True)}
         where = "axes(" + ", ".join(f"{k}={labels[k]}" for k in keys) + ")"
@@ -283,8 +292,11 @@ def load_spec(path: str | Path, *, quick: bool = False) -> ResolvedSpec:
     """Read, validate and expand a spec file; errors name the file and the bad key."""
     path = Path(path)
     try:
-        return resolve_spec(parse_spec(_read_toml(path)), quick=quick, source=str(path),
-                            base_dir=path.parent)
+        return resolve_spec(
+            parse_spec(_read_toml(path)), quick=quick, source=str(path), base_dir=path.parent
+        )
     except SpecError as error:
         message = str(error)
-        raise SpecError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+        raise SpecError(
+            message if message.startswith(str(path)) else f"{path}: {message}"
+        ) from None

@@ -231,7 +231,9 @@ class ResultStore:
                     final_accuracy=data["final_accuracy"],
                     final_digest=data["final_digest"],
                     digests_identical=(
-                        None if data["digests_identical"] is None else bool(data["digests_identical"])
+                        None
+                        if data["digests_identical"] is None
+                        else bool(data["digests_identical"])
                     ),
                     duration_s=data["duration_s"],
                     versions=json.loads(data["versions"]),

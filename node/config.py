@@ -202,8 +202,12 @@ class NodeSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 0
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
-    index: Annotated[int, Field(ge=0)] = 0
     out_dir: str = "phalanx-out"
+    audit_traffic: bool = Field(
+        default=False,
+        description="privacy audit: save every received tensor and this node's own updates "
+        "under OUT/audit/<id>/ (test and research use only)",
+    )
 
 
 class NodeConfig(_Section):

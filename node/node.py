@@ -158,6 +158,7 @@ class Node:
         self.phase = "starting"
         self.suspected: frozenset[str] = frozenset()
         self._bytes_sent: dict[int, int] = {}
+        self._bytes_by_kind: dict[int, dict[str, int]] = {}
         self._bytes_received: dict[int, int] = {}
         self._assignments: dict[int, ClusterAssignment] = {}
         self._server: grpc.aio.Server | None = None
@@ -388,10 +389,19 @@ class Node:
                             f"{message.kind_name} is not used with aggregation.secure="
                             f"{self.scenario.aggregation.secure!r}")
         target.tell(message)
+        if self.config.node.audit_traffic:
+            self._audit(f"recv-r{message.round}-{message.kind_name}-{message.sender}",
+                        message.tensors)
         nbytes = message.payload_bytes()
         self._bytes_received[message.round] = self._bytes_received.get(message.round, 0) + nbytes
         self.metrics.bytes_received.labels(message.kind_name).inc(nbytes)
         self.metrics.messages_received.labels(message.kind_name).inc()
+
+    def _audit(self, stem: str, tensors: Mapping[str, np.ndarray]) -> None:
+        folder = self.out_dir / "audit" / self.id
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, tensor in tensors.items():
+            np.save(folder / f"{stem}-{name}.npy", tensor)
 
     async def _store(self, message: Message) -> None:
         try:
@@ -421,6 +431,8 @@ class Node:
             return
         name = kind_name(message.kind)
         self._bytes_sent[message.round] = self._bytes_sent.get(message.round, 0) + nbytes
+        per_kind = self._bytes_by_kind.setdefault(message.round, {})
+        per_kind[name] = per_kind.get(name, 0) + nbytes
         self.metrics.bytes_sent.labels(name).inc(nbytes)
         self.metrics.messages_sent.labels(name).inc()
 
@@ -484,6 +496,8 @@ class Node:
         update, train_loss, train_s = await done
         if self.transform_update is not None:
             update = await self.transform_update(update, round_)
+        if self.config.node.audit_traffic:
+            self._audit(f"own-r{round_}", {"update": update})
 
         self.phase = "communicate"
         communicate_started = time.monotonic()
@@ -528,6 +542,7 @@ class Node:
             "phase_s": context.phase_seconds,
             "bytes_sent": self._bytes_sent.pop(round_, 0),
             "bytes_received": self._bytes_received.pop(round_, 0),
+            "bytes_by_kind": dict(sorted(self._bytes_by_kind.pop(round_, {}).items())),
             "digest": model_digest(self.weights),
             "clusters": assignment.as_lists(),
             "cluster_outputs": {

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,7 @@ class Testbed:
     host: str = "127.0.0.1"
     faults: list[Fault] = field(default_factory=list)
     metrics: bool = True
+    audit_traffic: bool = False
     processes: list[NodeProcess] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
@@ -129,6 +131,7 @@ class Testbed:
                 node=NodeSettings(
                     id=node_id, host=self.host, port=self.ports[node_id],
                     metrics_port=self.metrics_ports.get(node_id), out_dir=str(self.out_dir),
+                    audit_traffic=self.audit_traffic,
                 ),
                 peers=peers,
                 scenario=self.scenario,
@@ -222,6 +225,23 @@ def read_node_records(out_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[st
     return starts, rounds
 
 
+def _sum_by_key(mappings: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for mapping in mappings:
+        for key, value in mapping.items():
+            total[key] = total.get(key, 0) + value
+    return dict(sorted(total.items()))
+
+
+def _max_by_key(mappings: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Per key, the slowest node's value (a phase is as slow as its slowest participant)."""
+    worst: dict[str, float] = {}
+    for mapping in mappings:
+        for key, value in mapping.items():
+            worst[key] = max(worst.get(key, 0.0), value)
+    return dict(sorted(worst.items()))
+
+
 def build_summary(
     scenario: Scenario,
     starts: dict[str, dict[str, Any]],
@@ -252,6 +272,8 @@ def build_summary(
             "aggregate_s": max(rec["aggregate_s"] for rec in reports.values()),
             "bytes_sent": {n: rec["bytes_sent"] for n, rec in reports.items()},
             "bytes_received": {n: rec["bytes_received"] for n, rec in reports.items()},
+            "bytes_by_kind": _sum_by_key(rec.get("bytes_by_kind", {}) for rec in reports.values()),
+            "phase_s": _max_by_key(rec.get("phase_s", {}) for rec in reports.values()),
             "honest_digests": digests,
             "digests_identical": len(set(digests.values())) == 1,
             "clusters": first["clusters"],
@@ -459,7 +481,14 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     scenario = scenario_from_args(args)
-    faults = list(args.kill or [])
+    faults = list(args.kill or []) + [
+        Fault(node=node, round=fault.round, action=fault.action)
+        for fault in scenario.faults if fault.action == "kill" for node in fault.nodes
+    ]
+    unsupported = sorted({f.action for f in scenario.faults} - {"kill"})
+    if unsupported:
+        print(f"phalanx testbed: faults {unsupported} need --hosts netns", file=sys.stderr)
+        return 2
     ids = node_ids(scenario.nodes)
     for fault in faults:
         if fault.node not in ids:
@@ -467,7 +496,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                   f"(nodes are {ids[0]} .. {ids[-1]})", file=sys.stderr)
             return 2
     out_dir = Path(args.out)
-    testbed = Testbed(scenario, out_dir, faults=faults, metrics=not args.no_metrics)
+    testbed = Testbed(scenario, out_dir, faults=faults, metrics=not args.no_metrics,
+                      audit_traffic=args.audit_traffic)
     timeout = args.timeout or (scenario.timeouts.startup_s
                                + scenario.rounds * (3 * scenario.timeouts.collect_s + 120))
     summary = run_testbed(testbed, timeout)
@@ -503,5 +533,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="kill NODE's process after it records ROUND (repeatable)")
     run.add_argument("--timeout", type=float, help="overall limit in seconds")
     run.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
+    run.add_argument("--audit-traffic", action="store_true",
+                     help="save every tensor each node receives (privacy audits; large)")
     run.add_argument("--out", default="phalanx-out", help="output folder (default phalanx-out)")
     run.set_defaults(func=_cmd_run)

@@ -112,6 +112,17 @@ def test_partitioned_node_is_removed_and_readmitted_after_the_partition_heals() 
     assert readmitted.incarnation > incarnation_before
 
 
+def test_two_halves_of_a_split_network_merge_after_healing() -> None:
+    net = converged()
+    left, right = [0, 1, 2, 3], [4, 5, 6, 7]
+    net.partition(left, right)
+    assert net.run_until(
+        lambda: net.views_equal(left, left) and net.views_equal(right, right), 60.0
+    )
+    net.heal()  # neither half is alone, so only the reconnect pings to dead members can merge
+    assert net.run_until(lambda: net.views_equal(ALL, ALL), 60.0)
+
+
 @pytest.mark.parametrize("wait_for_removal", [True, False])
 def test_restarted_node_rejoins_with_a_higher_incarnation(wait_for_removal: bool) -> None:
     net = converged()

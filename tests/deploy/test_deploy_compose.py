@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 
 from deploy.compose import ComposeSpec, parse_byzantine, register, write_compose
@@ -24,8 +24,10 @@ def _spec(nodes: int = 4, **extra) -> ComposeSpec:
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed: run deploy/ci-setup.sh (apt-get install "
-                    f"docker-compose prometheus)")
+        pytest.skip(
+            f"{name} is not installed: run deploy/ci-setup.sh (apt-get install "
+            f"docker-compose prometheus)"
+        )
     return path
 
 
@@ -40,11 +42,27 @@ def _cli(*argv: str) -> int:
 
 def test_generated_files_pass_docker_compose_config_with_the_tls_overlay(tmp_path: Path) -> None:
     docker_compose = _tool("docker-compose")
-    assert _cli("compose", "--nodes", "5", "--byzantine", "3=sign-flip", "--tls",
-                "--rounds", "2", "--out", str(tmp_path)) == 0
+    assert (
+        _cli(
+            "compose",
+            "--nodes",
+            "5",
+            "--byzantine",
+            "3=sign-flip",
+            "--tls",
+            "--rounds",
+            "2",
+            "--out",
+            str(tmp_path),
+        )
+        == 0
+    )
     result = subprocess.run(
         [docker_compose, "-f", "compose.yml", "-f", "compose.tls.yml", "config"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     merged = yaml.safe_load(result.stdout)
@@ -53,8 +71,11 @@ def test_generated_files_pass_docker_compose_config_with_the_tls_overlay(tmp_pat
     for name in nodes:
         service = merged["services"][name]
         assert service["build"]["dockerfile"] == "deploy/Dockerfile"
-        assert {s["source"] for s in service["secrets"]} == {"phalanx-ca", f"{name}-cert",
-                                                             f"{name}-key"}
+        assert {s["source"] for s in service["secrets"]} == {
+            "phalanx-ca",
+            f"{name}-cert",
+            f"{name}-key",
+        }
     assert merged["services"]["node-3"]["labels"]["org.phalanx.byzantine"] == "sign-flip"
     for name in nodes:  # the secrets exist and the key matches the service name
         assert (tmp_path / "certs" / f"{name}.pem").read_text().startswith("-----BEGIN CERT")
@@ -66,8 +87,13 @@ def test_broken_compose_file_is_rejected_by_the_validator(tmp_path: Path) -> Non
     document = yaml.safe_load((tmp_path / "compose.yml").read_text())
     document["services"]["node-1"]["restart"] = {"policy": "sometimes"}
     (tmp_path / "compose.yml").write_text(yaml.safe_dump(document))
-    result = subprocess.run([docker_compose, "-f", "compose.yml", "config", "-q"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [docker_compose, "-f", "compose.yml", "config", "-q"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0  # the validation step really validates
 
 
@@ -75,8 +101,9 @@ def test_prometheus_config_passes_promtool_and_scrapes_every_node(tmp_path: Path
     promtool = _tool("promtool")
     write_compose(_spec(6, byzantine={1: "alie"}), tmp_path)
     config = tmp_path / "prometheus" / "prometheus.yml"
-    result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     static = yaml.safe_load(config.read_text())["scrape_configs"][0]["static_configs"]
     assert [s["targets"] for s in static] == [[f"node-{i}:9100"] for i in range(6)]
@@ -90,8 +117,10 @@ def test_node_files_agree_with_services_ports_and_peers(tmp_path: Path) -> None:
         config = load_node_config(tmp_path / "config" / f"node-{i}.toml")
         assert config.node.id == f"node-{i}" and config.node.host == "0.0.0.0"
         assert [p.address for p in config.peers] == [f"node-{j}:7000" for j in range(3)]
-        assert f"./config/node-{i}.toml:/etc/phalanx/node.toml:ro" in \
-            compose["services"][f"node-{i}"]["volumes"]
+        assert (
+            f"./config/node-{i}.toml:/etc/phalanx/node.toml:ro"
+            in compose["services"][f"node-{i}"]["volumes"]
+        )
     assert config.scenario.rounds == 3
 
 
@@ -119,13 +148,20 @@ def test_dashboard_structure_covers_what_operators_watch() -> None:
     assert len(ids) == len(set(ids))
     for panel in dashboard["panels"]:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24 and panel["targets"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24 and panel["targets"]
     names = set(dashboard_metric_names(dashboard))
-    for needed in ("phalanx_round", "phalanx_rounds_completed_total",
-                   "phalanx_round_duration_seconds_sum", "phalanx_accuracy_ratio", "phalanx_loss",
-                   "phalanx_bytes_sent_total", "phalanx_phase_duration_seconds_sum",
-                   "phalanx_excluded_nodes", "phalanx_messages_rejected_total",
-                   "phalanx_build_info"):
+    for needed in (
+        "phalanx_round",
+        "phalanx_rounds_completed_total",
+        "phalanx_round_duration_seconds_sum",
+        "phalanx_accuracy_ratio",
+        "phalanx_loss",
+        "phalanx_bytes_sent_total",
+        "phalanx_phase_duration_seconds_sum",
+        "phalanx_excluded_nodes",
+        "phalanx_messages_rejected_total",
+        "phalanx_build_info",
+    ):
         assert needed in names, needed
     assert any("by (phase)" in e for e in dashboard_exprs(dashboard))
     assert any("byzantine" in e for e in dashboard_exprs(dashboard))
@@ -134,23 +170,27 @@ def test_dashboard_structure_covers_what_operators_watch() -> None:
 def test_output_is_deterministic_without_tls(tmp_path: Path) -> None:
     write_compose(_spec(), tmp_path / "a")
     write_compose(_spec(), tmp_path / "b")
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*")
-                   if p.is_file())
-    assert files and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
-                         for f in files)
+    files = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
+    assert files and all(
+        (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files
+    )
 
 
 def test_bad_input_names_the_problem(tmp_path: Path, capsys) -> None:
-    with pytest.raises(ValueError, match="nodes must be in 2..256, got 1"):
+    with pytest.raises(ValueError, match=r"nodes must be in 2\.\.256, got 1"):
         ComposeSpec(1, _spec(4).scenario)
     with pytest.raises(ValueError, match=r"scenario.nodes \(4\) differs from nodes \(5\)"):
         ComposeSpec(5, _spec(4).scenario)
-    with pytest.raises(ValueError, match="index 7 is outside 0..3"):
+    with pytest.raises(ValueError, match=r"index 7 is outside 0\.\.3"):
         _spec(4, byzantine={7: "alie"})
     with pytest.raises(ValueError, match="expected INDEX=ATTACK"):
         parse_byzantine(["sign-flip"])
-    assert _cli("compose", "--nodes", "4", "--byzantine", "1=no-such-attack",
-                "--out", str(tmp_path)) == 2
+    assert (
+        _cli("compose", "--nodes", "4", "--byzantine", "1=no-such-attack", "--out", str(tmp_path))
+        == 2
+    )
     assert "no-such-attack" in capsys.readouterr().err
 
 
@@ -169,5 +209,7 @@ def test_dockerfile_is_slim_non_root_with_cpu_torch() -> None:
     assert "FROM python:3.11-slim" in text
     assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in text
     assert "\nUSER phalanx\n" in text and "pip install ." in text
-    assert tomllib.loads(Path("pyproject.toml").read_text())["project"]["dependencies"][0] \
+    assert (
+        tomllib.loads(Path("pyproject.toml").read_text())["project"]["dependencies"][0]
         == "torch==2.13.0"
+    )

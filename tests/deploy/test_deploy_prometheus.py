@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ import grpc
 import numpy as np
 import pytest
 import yaml
+from phalanx.v1 import node_pb2 as pb
+from phalanx.v1 import node_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.prometheus import (
@@ -29,15 +32,14 @@ from node.codec import Message, encode_envelope
 from node.config import NodeConfig, NodeSettings, PeerConfig, load_node_config, parse_scenario
 from node.node import Node
 from node.testbed import free_ports
-from phalanx.v1 import node_pb2 as pb
-from phalanx.v1 import node_pb2_grpc as pb_grpc
 from tests.conftest import REPO, phalanx_env
 
 
 async def _intrude(port: int) -> None:
     """Send one message from a sender that is no peer: the node counts a rejection."""
-    message = Message("intruder", 1, pb.MESSAGE_KIND_UPDATE, 0,
-                      {"update": np.ones(4, dtype=np.float32)})
+    message = Message(
+        "intruder", 1, pb.MESSAGE_KIND_UPDATE, 0, {"update": np.ones(4, dtype=np.float32)}
+    )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         with pytest.raises(grpc.aio.AioRpcError):
             await pb_grpc.PhalanxNodeStub(channel).Send(encode_envelope(message), timeout=5)
@@ -45,30 +47,47 @@ async def _intrude(port: int) -> None:
 
 def _exported_names(metrics_port: int) -> set[str]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
-    return {sample.name for family in text_string_to_metric_families(text.decode())
-            for sample in family.samples}
+    return {
+        sample.name
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+    }
 
 
 async def test_every_dashboard_metric_is_exported_by_a_live_node(tmp_path: Path) -> None:
-    port, metrics_port, peer_port = free_ports(3)
-    scenario = parse_scenario({"nodes": 2, "rounds": 1, "data": {"dataset": "digits"},
-                               "model": {"name": "mlp"}, "clustering": {"cluster_size": 1},
-                               "timeouts": {"collect_s": 0.5}})
-    config = NodeConfig(
-        node=NodeSettings(id="node-00", port=port, metrics_port=metrics_port,
-                          out_dir=str(tmp_path)),
-        peers=[PeerConfig(id="node-00", address=f"127.0.0.1:{port}"),
-               PeerConfig(id="node-01", address=f"127.0.0.1:{peer_port}")],
-        scenario=scenario,
+    ports = free_ports(4)
+    scenario = parse_scenario(
+        {
+            "nodes": 2,
+            "rounds": 1,
+            "data": {"dataset": "digits"},
+            "model": {"name": "mlp"},
+            "clustering": {"cluster_size": 2},
+            "timeouts": {"collect_s": 5.0},
+        }
     )
-    node = Node(config)
-    await node.start()
+    peers = [PeerConfig(id=f"node-0{i}", address=f"127.0.0.1:{ports[i]}") for i in range(2)]
+    nodes = [
+        Node(
+            NodeConfig(
+                node=NodeSettings(
+                    id=f"node-0{i}", port=ports[i], metrics_port=ports[2 + i], out_dir=str(tmp_path)
+                ),
+                peers=peers,
+                scenario=scenario,
+            )
+        )
+        for i in range(2)
+    ]
+    for node in nodes:
+        await node.start()
     try:
-        await node.run_round(1)  # node-01 never answers: the round excludes it
-        await _intrude(node.port)
-        exported = _exported_names(node.metrics_port)
+        await asyncio.gather(*(node.run_round(1) for node in nodes))
+        await _intrude(nodes[0].port)
+        exported = _exported_names(ports[2])
     finally:
-        await node.stop(0.5)
+        for node in nodes:
+            await node.stop(0.5)
     wanted = dashboard_metric_names()
     assert len(wanted) >= 10
     missing = [name for name in wanted if name not in exported]
@@ -116,45 +135,78 @@ def _wait(predicate, timeout_s: float, what: str):
 
 @pytest.mark.slow
 def test_live_prometheus_scrapes_a_four_node_testbed(tmp_path: Path) -> None:
-    import asyncio
-
     binary = _prometheus()
     out = tmp_path / "testbed"
     testbed = subprocess.Popen(
-        [sys.executable, "-m", "node", "testbed", "run", "--nodes", "4", "--rounds", "6",
-         "--model", "mlp", "--cluster-size", "2", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=phalanx_env(), cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "node",
+            "testbed",
+            "run",
+            "--nodes",
+            "4",
+            "--rounds",
+            "6",
+            "--model",
+            "mlp",
+            "--cluster-size",
+            "2",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=phalanx_env(),
+        cwd=REPO,
     )
     prometheus = None
     try:
         _wait(lambda: len(list((out / "config").glob("*.toml"))) == 4, 60, "node files")
         config = tmp_path / "prometheus.yml"
-        config.write_text(yaml.safe_dump(scrape_config(
-            targets_from_node_configs(out / "config"), interval_s=1
-        )))
+        config.write_text(
+            yaml.safe_dump(scrape_config(targets_from_node_configs(out / "config"), interval_s=1))
+        )
         (web_port,) = free_ports(1)
         base = f"http://127.0.0.1:{web_port}"
         prometheus = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{web_port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{web_port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        _wait(lambda: urllib.request.urlopen(f"{base}/-/ready", timeout=2).status == 200, 60,
-              "prometheus ready")
+        _wait(
+            lambda: urllib.request.urlopen(f"{base}/-/ready", timeout=2).status == 200,
+            60,
+            "prometheus ready",
+        )
         up = _wait(lambda: len(_query(base, "up == 1")) == 4 or None, 120, "4 targets up")
         assert up
-        first = _wait(lambda: _query(base, "max(phalanx_rounds_completed_total) >= 1"), 180,
-                      "a completed round")
+        first = _wait(
+            lambda: _query(base, "max(phalanx_rounds_completed_total) >= 1"),
+            180,
+            "a completed round",
+        )
         grpc_port = load_node_config(out / "config" / "node-00.toml").node.port
         asyncio.run(_intrude(grpc_port))
-        later = _wait(lambda: _query(
-            base, f"max(phalanx_rounds_completed_total) > {first[0]['value'][1]}"), 180,
-            "the round counter to advance")
+        later = _wait(
+            lambda: _query(base, f"max(phalanx_rounds_completed_total) > {first[0]['value'][1]}"),
+            180,
+            "the round counter to advance",
+        )
         assert float(later[0]["value"][1]) > float(first[0]["value"][1])
         testbed.wait(timeout=400)
         time.sleep(2)
-        missing = [name for name in dashboard_metric_names()
-                   if not _query(base, f"last_over_time({name}[10m])")]
+        missing = [
+            name
+            for name in dashboard_metric_names()
+            if not _query(base, f"last_over_time({name}[10m])")
+        ]
         assert missing == [], f"no data in Prometheus for {missing}"
         nodes = {r["metric"]["node"] for r in _query(base, "last_over_time(phalanx_loss[10m])")}
         assert nodes == {"node-00", "node-01", "node-02", "node-03"}

@@ -1,4 +1,4 @@
-"""Sweep spec validation, cell expansion, metrics, statistics and the SQLite store (no processes)."""
+"""Spec validation, cell expansion, metrics, statistics and the SQLite store (no processes)."""
 
 from __future__ import annotations
 
@@ -29,8 +29,11 @@ BASE: dict[str, Any] = {
 
 
 def spec_of(**overrides: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {"base": BASE, "axes": {"clustering.strategy": ["static", "random"]},
-                            "seeds": [1, 2]}
+    data: dict[str, Any] = {
+        "base": BASE,
+        "axes": {"clustering.strategy": ["static", "random"]},
+        "seeds": [1, 2],
+    }
     data.update(overrides)
     return data
 
@@ -81,9 +84,12 @@ def test_empty_axis_and_missing_quick_are_refused() -> None:
 
 
 def test_cells_are_the_product_of_axes_and_seeds_in_a_fixed_order() -> None:
-    data = spec_of(axes={"clustering.strategy": ["static", "random"],
-                         "faults": {"none": [], "one": [{"round": 1, "action": "kill",
-                                                         "nodes": ["node-01"]}]}})
+    data = spec_of(
+        axes={
+            "clustering.strategy": ["static", "random"],
+            "faults": {"none": [], "one": [{"round": 1, "action": "kill", "nodes": ["node-01"]}]},
+        }
+    )
     first, second = resolve(data), resolve(data)
     assert [c.id for c in first.cells] == [c.id for c in second.cells]
     assert len(first.cells) == 2 * 2 * 2
@@ -97,8 +103,13 @@ def test_cells_are_the_product_of_axes_and_seeds_in_a_fixed_order() -> None:
 
 
 def test_quick_overrides_shrink_the_grid() -> None:
-    data = spec_of(quick={"overrides": {"rounds": 1}, "seeds": [5],
-                          "axes": {"clustering.strategy": ["random"]}})
+    data = spec_of(
+        quick={
+            "overrides": {"rounds": 1},
+            "seeds": [5],
+            "axes": {"clustering.strategy": ["random"]},
+        }
+    )
     full, quick = resolve(data), resolve(data, quick=True)
     assert len(full.cells) == 4 and len(quick.cells) == 1
     assert quick.cells[0].params["rounds"] == 1 and quick.cells[0].seed == 5
@@ -142,22 +153,37 @@ def test_default_jobs_follows_processes_per_cell() -> None:
 
 
 def test_kill_faults_become_testbed_flags() -> None:
-    scenario = {"faults": [{"round": 1, "action": "kill", "nodes": ["node-01", "node-03"]},
-                           {"round": 2, "action": "delay", "nodes": ["node-02"]}]}
+    scenario = {
+        "faults": [
+            {"round": 1, "action": "kill", "nodes": ["node-01", "node-03"]},
+            {"round": 2, "action": "delay", "nodes": ["node-02"]},
+        ]
+    }
     assert kill_flags(scenario) == ["--kill", "node-01@1", "--kill", "node-03@1"]
     assert fault_schedule(scenario) == {"node-01": 2, "node-03": 2}
 
 
 def summary_with(clusters: list[list[str]], failed: list[int]) -> dict[str, Any]:
-    record = {"accuracy": 0.5, "loss": 1.0, "duration_s": 2.0,
-              "bytes_sent": {"node-00": 10, "node-01": 5}, "excluded": [], "flagged_clusters": [],
-              "failed_clusters": failed, "clusters": clusters, "digests_identical": True}
+    record = {
+        "accuracy": 0.5,
+        "loss": 1.0,
+        "duration_s": 2.0,
+        "bytes_sent": {"node-00": 10, "node-01": 5},
+        "excluded": [],
+        "flagged_clusters": [],
+        "failed_clusters": failed,
+        "clusters": clusters,
+        "digests_identical": True,
+    }
     return {"rounds": [{**record, "round": 1}, {**record, "round": 2, "accuracy": 0.7}]}
 
 
 def test_measured_failures_count_clusters_with_faulty_members() -> None:
-    scenario = {"nodes": 6, "clustering": {"strategy": "random", "cluster_size": 2},
-                "faults": [{"round": 1, "action": "kill", "nodes": ["node-00", "node-05"]}]}
+    scenario = {
+        "nodes": 6,
+        "clustering": {"strategy": "random", "cluster_size": 2},
+        "faults": [{"round": 1, "action": "kill", "nodes": ["node-00", "node-05"]}],
+    }
     clusters = [["node-00", "node-01"], ["node-02", "node-03"], ["node-04", "node-05"]]
     rows = round_rows(summary_with(clusters, failed=[1]), scenario)
     assert [r["faulty_nodes"] for r in rows] == [0, 2]
@@ -169,11 +195,14 @@ def test_measured_failures_count_clusters_with_faulty_members() -> None:
     assert metrics["final_accuracy"] == 0.7
     expected = analyze_clusters(6, 2, 2, strategy="random", corrupt_threshold=1, breakdown=0.5)
     assert metrics["predicted_failed_round_rate"] == pytest.approx(
-        float(expected.overwhelm_probability()))
+        float(expected.overwhelm_probability())
+    )
     assert metrics["predicted_corrupted_fraction"] == pytest.approx(
-        float(expected.expected_fraction()))
+        float(expected.expected_fraction())
+    )
     assert "predicted_failed_round_rate" not in cell_metrics(
-        rows, {**scenario, "clustering": {"strategy": "locality", "cluster_size": 2}})
+        rows, {**scenario, "clustering": {"strategy": "locality", "cluster_size": 2}}
+    )
 
 
 def test_mean_ci_uses_student_t() -> None:
@@ -187,10 +216,21 @@ def test_mean_ci_uses_student_t() -> None:
 
 def record(cell_id: str, rounds: list[dict[str, Any]]) -> CellRecord:
     return CellRecord(
-        id=cell_id, cell_index=int(cell_id[1:]), axes={"clustering.strategy": "static"},
-        labels={"clustering.strategy": "static"}, seed=1, status="ok", error=None,
-        scenario_hash="h", final_accuracy=0.5, final_digest="d", digests_identical=True,
-        duration_s=1.0, versions={"torch": "x"}, git_commit=None, metrics={"final_accuracy": 0.5},
+        id=cell_id,
+        cell_index=int(cell_id[1:]),
+        axes={"clustering.strategy": "static"},
+        labels={"clustering.strategy": "static"},
+        seed=1,
+        status="ok",
+        error=None,
+        scenario_hash="h",
+        final_accuracy=0.5,
+        final_digest="d",
+        digests_identical=True,
+        duration_s=1.0,
+        versions={"torch": "x"},
+        git_commit=None,
+        metrics={"final_accuracy": 0.5},
         rounds=rounds,
     )
 
@@ -205,8 +245,10 @@ def test_store_writes_a_cell_atomically_and_exports_csv(tmp_path: Path) -> None:
         (stored,) = store.cells()
         assert [r["accuracy"] for r in stored.rounds] == [0.6]
         cells_csv, rounds_csv = store.export_csv(tmp_path)
-    assert sqlite3.connect(tmp_path / "results.sqlite").execute(
-        "PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert (
+        sqlite3.connect(tmp_path / "results.sqlite").execute("PRAGMA journal_mode").fetchone()[0]
+        == "wal"
+    )
     rows = list(csv.DictReader(cells_csv.open()))
     assert len(rows) == 1 and rows[0]["axis:clustering.strategy"] == "static"
     assert [r["round"] for r in csv.DictReader(rounds_csv.open())] == ["1"]

@@ -29,22 +29,28 @@ rounds = {rounds}
 dataset = "digits"
 [base.model]
 name = "mlp"
+[base.clustering]
+cluster_size = 3
 [base.timeouts]
 collect_s = 5.0
 """
 
 
 def write_spec(path: Path, axes: str, rounds: int = 1, seeds: str = "[1]") -> Path:
-    path.write_text(f'name = "tiny"\nseeds = {seeds}\n' + TINY_BASE.format(rounds=rounds)
-                    + "[axes]\n" + axes)
+    path.write_text(
+        f'name = "tiny"\nseeds = {seeds}\n' + TINY_BASE.format(rounds=rounds) + "[axes]\n" + axes
+    )
     return path
 
 
 @pytest.fixture(scope="module")
 def two_by_two(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("sweep")
-    spec = write_spec(folder / "spec.toml", '"clustering.strategy" = ["static", "random"]\n'
-                      '"clustering.cluster_size" = [1, 3]\n', rounds=2)
+    spec = write_spec(
+        folder / "spec.toml",
+        '"clustering.strategy" = ["static", "random"]\n"clustering.cluster_size" = [1, 3]\n',
+        rounds=2,
+    )
     out = folder / "out"
     outcome = run_sweep(load_spec(spec), out, jobs=2)
     assert (outcome.ran, outcome.failed, outcome.interrupted) == (4, 0, False)
@@ -55,8 +61,9 @@ def test_two_by_two_sweep_gives_four_rows_and_a_report(two_by_two: Path) -> None
     with ResultStore(two_by_two) as store:
         cells = store.cells()
     assert len(cells) == 4
-    assert {(c.labels["clustering.strategy"], c.labels["clustering.cluster_size"])
-            for c in cells} == {("static", "1"), ("static", "3"), ("random", "1"), ("random", "3")}
+    assert {
+        (c.labels["clustering.strategy"], c.labels["clustering.cluster_size"]) for c in cells
+    } == {("static", "1"), ("static", "3"), ("random", "1"), ("random", "3")}
     for cell in cells:
         assert cell.status == "ok", cell.error
         assert [r["round"] for r in cell.rounds] == [1, 2]
@@ -69,8 +76,12 @@ def test_two_by_two_sweep_gives_four_rows_and_a_report(two_by_two: Path) -> None
     report = write_report(two_by_two)
     text = report.read_text()
     assert text.count("| strategy=") == 4  # the seed-averaged table has one row per configuration
-    for plot in ("accuracy_vs_round.png", "heatmap_final_accuracy.png",
-                 "theory_vs_measurement.png", "cost_vs_cluster_size.png"):
+    for plot in (
+        "accuracy_vs_round.png",
+        "heatmap_final_accuracy.png",
+        "theory_vs_measurement.png",
+        "cost_vs_cluster_size.png",
+    ):
         assert (two_by_two / plot).stat().st_size > 1000
         assert f"({plot})" in text
     assert main(["experiment", "export", str(two_by_two), "--csv"]) == 0
@@ -101,11 +112,22 @@ def _row_count(db: Path) -> int:
 def test_resume_after_kill_9_neither_duplicates_nor_loses_cells(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "spec.toml", '"training.lr" = [0.05, 0.1, 0.2]\n')
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "experiments", "experiment", "run", str(spec), "--out",
-               str(out), "--jobs", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments",
+        "experiment",
+        "run",
+        str(spec),
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    runner = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    runner = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while _row_count(out / "results.sqlite") < 1 and time.monotonic() < deadline:
         assert runner.poll() is None, "the runner ended before it could be killed"
@@ -113,8 +135,9 @@ def test_resume_after_kill_9_neither_duplicates_nor_loses_cells(tmp_path: Path) 
     runner.send_signal(signal.SIGKILL)  # mid-sweep: the second cell is running
     runner.wait()
     assert 1 <= _row_count(out / "results.sqlite") < 3
-    resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=240, check=False)
+    resumed = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "already done" in resumed.stdout
     expected = [cell.id for cell in load_spec(spec).cells]
@@ -122,19 +145,23 @@ def test_resume_after_kill_9_neither_duplicates_nor_loses_cells(tmp_path: Path) 
         ids = [row[0] for row in connection.execute("SELECT id FROM cells ORDER BY cell_index")]
         statuses = {row[0] for row in connection.execute("SELECT status FROM cells")}
         per_cell = connection.execute(
-            "SELECT cell_id, count(*) FROM rounds GROUP BY cell_id").fetchall()
+            "SELECT cell_id, count(*) FROM rounds GROUP BY cell_id"
+        ).fetchall()
     assert ids == expected and statuses == {"ok"}
     assert sorted(per_cell) == sorted((cell_id, 1) for cell_id in expected)
-    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=120, check=False)
+    again = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     assert again.returncode == 0 and "0 to run" in again.stdout
 
 
 def test_a_failing_cell_is_recorded_and_the_sweep_carries_on(tmp_path: Path) -> None:
     spec = tmp_path / "inversion.toml"
-    spec.write_text('kind = "inversion"\nseeds = [0]\n[base]\ndataset = "digits"\n'
-                    'model = "mlp"\nutility_epochs = 0\n[axes]\nmethod = ["no-such-attack", '
-                    '"also-missing"]\n')
+    spec.write_text(
+        'kind = "inversion"\nseeds = [0]\n[base]\ndataset = "digits"\n'
+        'model = "mlp"\nutility_epochs = 0\n[axes]\nmethod = ["no-such-attack", '
+        '"also-missing"]\n'
+    )
     outcome = run_sweep(load_spec(spec), tmp_path / "out", jobs=2)
     assert (outcome.ran, outcome.failed) == (2, 2)
     with ResultStore(tmp_path / "out") as store:

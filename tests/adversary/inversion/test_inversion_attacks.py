@@ -175,9 +175,7 @@ def test_tiny_diffusion_prior_guides_toward_the_victim(digits: Dataset, tmp_path
     model = _model(0)
     x, y = digits.train_x[3:4], digits.train_y[3:4]
     update = observe(model, (x, y), TargetSpec("update")).update
-    config = InversionConfig(
-        prior=prior, diffusion_steps=10, refine_iterations=100, tv_weight=1e-4
-    )
+    config = InversionConfig(prior=prior, diffusion_steps=10, refine_iterations=100, tv_weight=1e-4)
     result = invert("diffusion", model, update, _knowledge(), config)
     assert result.images.shape == (1, 1, 8, 8)
     # the refinement after the guided reverse process must approach the victim
