@@ -25,6 +25,16 @@ Byzantine hardening beyond SWIM: every message is Ed25519-signed by its sender
 node can invent an incarnation, an address, a key or a departure for another node; only
 ``Suspect``/``Dead`` claims can be made about others, and the subject refutes them. Replays are
 caught by a per-sender sliding window over (incarnation, sequence); JOIN floods by token buckets.
+
+Healing: dead members are remembered as tombstones; every `reconnect_periods` periods a node
+pings one of them and tells it it was declared dead, so both halves of a healed partition refute
+and re-admit each other; a node left alone keeps sending JOIN to its seeds.
+
+Known limits: a Byzantine helper can falsely ACK a PING_REQ (it vouches without proof) and a
+Byzantine node can spread Suspect/Dead claims (the subject refutes them, at the cost of churn);
+a JOIN is answered at the address it names (bounded by the join buckets); and SWIM is only
+eventually consistent, so `snapshot_for_round` agrees across honest nodes only when membership
+was stable for `settle_periods` before the round start.
 """
 
 from __future__ import annotations

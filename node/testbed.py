@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import tomli_w
 from rich.console import Console
 from rich.table import Table
@@ -110,6 +111,24 @@ class Testbed:
     ports: dict[str, int] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     fault_log: list[dict[str, Any]] = field(default_factory=list)
+    peak_rss: dict[str, int] = field(default_factory=dict)
+
+    def sample_memory(self) -> None:
+        """Track each process's peak resident memory (children included) for the summary."""
+        for proc in self.processes:
+            if proc.process is None or proc.returncode is not None:
+                continue
+            with contextlib.suppress(psutil.Error):
+                rss = psutil.Process(proc.process.pid).memory_info().rss
+                self.peak_rss[proc.name] = max(self.peak_rss.get(proc.name, 0), rss)
+
+    def memory_summary(self) -> dict[str, Any]:
+        per_node = [self.peak_rss[p.name] / len(p.node_ids)
+                    for p in self.processes if p.name in self.peak_rss]
+        return {
+            "peak_rss_bytes_per_process": dict(sorted(self.peak_rss.items())),
+            "peak_rss_bytes_per_node_max": max(per_node) if per_node else None,
+        }
 
     def prepare(self) -> None:
         """Write the node files: ids, ports, peers, the scenario."""
@@ -394,6 +413,7 @@ def run_testbed(testbed: Testbed, timeout_s: float) -> dict[str, Any]:
             time.sleep(0.25)
             starts, rounds = read_node_records(out_dir)
             testbed.apply_faults(rounds)
+            testbed.sample_memory()
             # A positive exit code is a bug; death by a signal is a node failure to ride through.
             crashed = [p for p in testbed.processes
                        if (p.returncode or 0) > 0 and not p.killed_by_testbed]
@@ -430,6 +450,7 @@ def run_testbed(testbed: Testbed, timeout_s: float) -> dict[str, Any]:
         starts, rounds = read_node_records(out_dir)
         honest = testbed.honest_ids()
         summary = build_summary(scenario, starts, rounds, honest, testbed.fault_log, status)
+        summary["resources"] = testbed.memory_summary()
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         if summary["rounds"]:
             write_report(summary, out_dir)

@@ -1,0 +1,143 @@
+"""Round time broken into train, communicate and aggregate, on real local testbeds.
+
+`phalanx bench rounds` runs `phalanx testbed run` for each (n, model) and reports per-round medians
+(round 1 excluded: it includes process warm-up) and the ratio (communicate + aggregate) / train,
+all measured in the same run. `phalanx bench scale` runs many nodes per process and reports the
+peak resident memory per node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_testbed(out: Path, *args: str, timeout: float = 1800) -> dict[str, Any]:
+    command = [sys.executable, "-m", "node", "testbed", "run", "--no-metrics", "--out", str(out),
+               *args]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    summary_path = out / "summary.json"
+    if result.returncode != 0 or not summary_path.exists():
+        raise RuntimeError(f"testbed failed ({result.returncode}): {result.stdout[-2000:]}"
+                           f"{result.stderr[-2000:]}")
+    return dict(json.loads(summary_path.read_text()))
+
+
+def round_breakdown(summary: dict[str, Any]) -> dict[str, float]:
+    """Median per-round seconds (slowest node) over rounds after the first."""
+    rounds = summary["rounds"][1:] or summary["rounds"]
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in rounds)
+
+    train, communicate, aggregate = median("train_s"), median("communicate_s"), median(
+        "aggregate_s")
+    return {
+        "round_s": median("duration_s"),
+        "train_s": train,
+        "communicate_s": communicate,
+        "aggregate_s": aggregate,
+        "overhead_ratio": (communicate + aggregate) / train if train else float("nan"),
+        "mb_sent_per_node": statistics.median(
+            sum(r["bytes_sent"].values()) / len(r["bytes_sent"]) / 1e6 for r in rounds
+        ),
+        "final_accuracy": summary["final_accuracy"],
+        "digests_identical": summary["all_digests_identical"],
+        "parameters": summary["parameters"],
+    }
+
+
+def run_rounds_bench(nodes: list[int], models: list[str], rounds: int, cluster_size: int,
+                     secure: str = "none", per_process: int = 1) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            for n in nodes:
+                out = Path(tmp) / f"{model}-{n}"
+                summary = run_testbed(
+                    out, "--nodes", str(n), "--rounds", str(rounds), "--model", model,
+                    "--cluster-size", str(min(cluster_size, n)), "--partition", "iid",
+                    "--secure", secure, "--nodes-per-process", str(per_process),
+                )
+                rows.append({"nodes": n, "model": model, "secure": secure,
+                             **round_breakdown(summary)})
+    return rows
+
+
+def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("nodes", "model", "params", "secure", "round s", "train s", "communicate s",
+                  "aggregate s", "(comm+agg)/train", "MB/node", "accuracy", "identical")
+    for r in rows:
+        table.add_row(str(r["nodes"]), r["model"], str(r["parameters"]), r["secure"],
+                      f"{r['round_s']:.2f}", f"{r['train_s']:.2f}", f"{r['communicate_s']:.2f}",
+                      f"{r['aggregate_s']:.4f}", f"{r['overhead_ratio']:.2f}",
+                      f"{r['mb_sent_per_node']:.1f}", f"{r['final_accuracy']:.3f}",
+                      str(r["digests_identical"]))
+    Console().print(table)
+
+
+def _cmd_rounds(args: argparse.Namespace) -> int:
+    rows = run_rounds_bench(args.nodes, args.models, args.rounds, args.cluster_size, args.secure,
+                            args.nodes_per_process)
+    _print(rows, args.json)
+    return 0
+
+
+def _cmd_scale(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = run_testbed(
+            Path(tmp) / "scale", "--nodes", str(args.nodes), "--rounds", str(args.rounds),
+            "--model", "mlp", "--dataset", args.dataset, "--partition", "iid", "--cluster-size",
+            str(args.cluster_size), "--nodes-per-process", str(args.nodes_per_process),
+            "--collect-timeout", "120",
+        )
+    result = {
+        "nodes": args.nodes,
+        "nodes_per_process": args.nodes_per_process,
+        "rounds_completed": len(summary["rounds"]),
+        "final_accuracy": summary["final_accuracy"],
+        "digests_identical": summary["all_digests_identical"],
+        "median_round_s": statistics.median(r["duration_s"] for r in summary["rounds"]),
+        "peak_rss_mb_per_node": summary["resources"]["peak_rss_bytes_per_node_max"] / 2**20,
+        "peak_rss_mb_per_process_max": max(
+            summary["resources"]["peak_rss_bytes_per_process"].values()) / 2**20,
+    }
+    print(json.dumps(result, indent=2))
+    return 0 if result["rounds_completed"] == args.rounds else 1
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+def register_bench(subparsers: argparse._SubParsersAction) -> None:
+    rounds = subparsers.add_parser("rounds", help="round time: train vs communicate vs aggregate")
+    rounds.add_argument("--nodes", type=_int_list, default=[8, 16, 32])
+    rounds.add_argument("--models", type=lambda t: t.split(","), default=["mlp", "mlp-wide"])
+    rounds.add_argument("--rounds", type=int, default=3)
+    rounds.add_argument("--cluster-size", type=int, default=4)
+    rounds.add_argument("--secure", default="none", choices=("none", "shamir"))
+    rounds.add_argument("--nodes-per-process", type=int, default=1)
+    rounds.add_argument("--json", action="store_true")
+    rounds.set_defaults(func=_cmd_rounds)
+    scale = subparsers.add_parser("scale", help="many nodes per process: memory per node")
+    scale.add_argument("--nodes", type=int, default=128)
+    scale.add_argument("--nodes-per-process", type=int, default=16)
+    scale.add_argument("--rounds", type=int, default=3)
+    scale.add_argument("--cluster-size", type=int, default=8)
+    scale.add_argument("--dataset", default="mnist5k")
+    scale.set_defaults(func=_cmd_scale)
