@@ -22,9 +22,11 @@ run: $(STAMP)
 	$(VENV)/bin/phalanx testbed run --out $(OUT)
 
 test: $(STAMP)
+	-@bash deploy/ci-setup.sh  # apt tools for the deploy tests when root; they skip otherwise
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
+	-@bash deploy/ci-setup.sh
 	$(PY) -m pytest -q -m slow
 
 test-all: test test-slow
@@ -34,7 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy node mpc clustering adversary learning defense bench
+	$(VENV)/bin/mypy node mpc clustering adversary learning defense deploy experiments bench
 
 proto: $(STAMP)
 	cd proto && ../$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \

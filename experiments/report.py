@@ -378,7 +378,9 @@ def write_report(out_dir: str | Path) -> Path:
                 "heatmap",
             )
         }
-    axes: dict[str, list[str]] = meta["axes"] or {}
+    # spec order matters (heatmap ties, table columns): stored as [key, labels] pairs
+    raw_axes = meta["axes"] or []
+    axes: dict[str, list[str]] = dict(raw_axes.items() if isinstance(raw_axes, dict) else raw_axes)
     metrics = list(meta["metrics"] or ["final_accuracy"])
     if "final_accuracy" not in metrics and meta["kind"] == "testbed":
         metrics.insert(0, "final_accuracy")

@@ -395,7 +395,7 @@ def run_sweep(
                 "quick": resolved.quick,
                 "kind": resolved.kind,
                 "name": resolved.spec.name,
-                "axes": {k: [label for label, _ in v] for k, v in resolved.axes.items()},
+                "axes": [[k, [label for label, _ in v]] for k, v in resolved.axes.items()],
                 "seeds": resolved.seeds,
                 "metrics": resolved.spec.metrics,
                 "heatmap": resolved.spec.heatmap,

@@ -210,6 +210,10 @@ class SecAggMember:
             raise ShareRejected(str(error)) from error
         self._held_shares[message.sender] = (elements[:SEED_ELEMENTS], elements[SEED_ELEMENTS:])
 
+    def held_seed_shares(self) -> tuple[str, ...]:
+        """Members whose valid seed shares this member holds (input to the mask-set agreement)."""
+        return tuple(sorted(self._held_shares))
+
     # Phase 2
     def masked_input(self, encoded_update: FieldVector, mask_set: Sequence[str]) -> MaskedInput:
         """y_i = x_i + PRG(b_i) +- PRG(s_ij) for j in the agreed set U2 of share senders.

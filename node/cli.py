@@ -32,6 +32,8 @@ _REGISTERED = (
     "clustering.cli",
     "clustering.certs",
     "adversary.inversion.cli",
+    "deploy.compose",
+    "experiments.cli",
 )
 # Modules that add `phalanx bench NAME` through `register_bench(subparsers)`.
 _BENCHES = (

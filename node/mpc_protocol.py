@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -249,3 +250,216 @@ class ShamirClusterProtocol:
                 ), context.everyone)
         context.phase_seconds["reconstruct"] = time.monotonic() - phase
         return await await_cluster_outputs(context, phase, (self.phases + 1) * collect)
+
+
+class SecAggClusterProtocol:
+    """Pairwise masking with double masking (Bonawitz et al., CCS 2017), honest-but-curious.
+
+    The cluster's aggregator is its lowest-ranked member that is not suspected; members talk to
+    each other directly where Bonawitz relays through the server.
+
+    1. *keys*: each member advertises per-round X25519 encryption and masking keys.
+    2. *seed shares*: each member Shamir-shares its self-mask seed b_i and masking key among the
+       advertisers, encrypted end to end.
+    3. *agree*: members report whose seed shares they hold; the aggregator fixes the mask set U2.
+    4. *masked input*: y_i = x_i + PRG(b_i) + sum_j +-PRG(s_ij) over U2, sent to the aggregator
+       (about one vector per member per round).
+    5. *unmask*: the aggregator asks the members for shares of b_j of survivors and of the
+       masking keys of dropped members, removes all masks and publishes the sum. A late input is
+       never unmasked: a member refuses to reveal both seeds of anyone.
+    """
+
+    kinds = frozenset({
+        pb.MESSAGE_KIND_MPC_KEYS, pb.MESSAGE_KIND_MPC_SEED_SHARES, pb.MESSAGE_KIND_HELD_DEALERS,
+        pb.MESSAGE_KIND_DEALER_SET, pb.MESSAGE_KIND_MASKED_INPUT, pb.MESSAGE_KIND_UNMASK,
+        pb.MESSAGE_KIND_CLUSTER_OUTPUT,
+    })
+    phases = 5
+
+    def __init__(self, fixed_point: FixedPointConfig, threshold: int, on_reject: RejectHook
+                 ) -> None:
+        self.fixed_point = fixed_point
+        self.threshold = threshold
+        self._on_reject = on_reject
+
+    def threshold_for(self, size: int) -> int:
+        return self.threshold or default_threshold("secagg", size)
+
+    def validate(self, message: Message, clusters: Sequence[Sequence[str]], dimension: int) -> None:
+        if not 0 <= message.cluster < len(clusters):
+            raise _invalid(f"cluster {message.cluster} does not exist in round {message.round}")
+        members = sorted(clusters[message.cluster])
+        if message.sender not in members:
+            raise _invalid(f"{message.sender} is not a member of cluster {message.cluster}")
+        kind = message.kind
+        if kind == pb.MESSAGE_KIND_CLUSTER_OUTPUT:
+            validate_cluster_output(message, members, dimension)
+        elif kind == pb.MESSAGE_KIND_MPC_KEYS:
+            for name in ("encryption_public", "masking_public"):
+                key = message.tensors.get(name)
+                if key is None or key.dtype != np.uint8 or key.shape != (32,):
+                    raise _invalid(f"key advertisement needs a uint8[32] {name!r}")
+        elif kind == pb.MESSAGE_KIND_MPC_SEED_SHARES:
+            blob = message.tensors.get("ciphertext")
+            if not message.recipient or blob is None or blob.dtype != np.uint8 \
+                    or blob.ndim != 1 or blob.size > 4096:
+                raise _invalid("seed share needs a recipient and a uint8 'ciphertext'")
+        elif kind == pb.MESSAGE_KIND_MASKED_INPUT:
+            value = message.tensors.get("masked")
+            if value is None or value.dtype != np.uint8 or value.shape != (4 * dimension,):
+                raise _invalid(f"masked input needs a uint8[{4 * dimension}] 'masked'")
+        elif kind in (pb.MESSAGE_KIND_HELD_DEALERS, pb.MESSAGE_KIND_DEALER_SET,
+                      pb.MESSAGE_KIND_UNMASK):
+            for field in ("held", "dealers", "survivors", "dropped"):
+                names = _names(message.meta.get(field, ""))
+                if len(set(names)) != len(names) or not set(names) <= set(members):
+                    raise _invalid(f"{field} must list distinct members of the cluster")
+            if any(t.dtype != np.uint8 or t.ndim != 1 or t.size > 4096
+                   for t in message.tensors.values()):
+                raise _invalid("unmasking shares must be small uint8 vectors")
+
+    def _reject(self, context: RoundContext, sender: str, error: Exception) -> None:
+        log.warning("%s round %d: rejected secagg message from %s: %s", context.node_id,
+                    context.round, sender, error)
+        self._on_reject("mpc", sender)
+
+    async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
+        from mpc import MaskedInput, SecAggAggregator, SecAggMember, UnmaskingRequest
+
+        me, r, mine = context.node_id, context.round, context.my_cluster
+        members = sorted(context.clusters[mine])
+        live = [m for m in members if m not in context.suspected or m == me]
+        aggregator = live[0]
+        session = ClusterSession(tuple(members), r, str(mine), self.threshold_for(len(members)),
+                                 context.dimension)
+        member = SecAggMember(session, me, Csprng(None))
+        inbox, collect = context.inbox, context.collect_s
+
+        # 1. keys
+        started = time.monotonic()
+        advert = member.advertise_keys()
+        await broadcast(context, Message(me, r, pb.MESSAGE_KIND_MPC_KEYS, mine, {
+            "encryption_public": np.frombuffer(advert.encryption_public, np.uint8),
+            "masking_public": np.frombuffer(advert.masking_public, np.uint8),
+        }), members)
+        keys = await inbox.wait_for(r, pb.MESSAGE_KIND_MPC_KEYS, mine, live, started + collect)
+        adverts = {
+            s: KeyAdvertisement(r, str(mine), s, m.tensors["encryption_public"].tobytes(),
+                                m.tensors["masking_public"].tobytes())
+            for s, m in keys.items()
+        }
+        context.phase_seconds["keys"] = time.monotonic() - started
+
+        # 2. seed shares
+        phase = time.monotonic()
+        if len(adverts) >= session.threshold:
+            for recipient, share in sorted(member.share_keys(adverts).items()):
+                await context.send(recipient, Message(
+                    me, r, pb.MESSAGE_KIND_MPC_SEED_SHARES, mine,
+                    {"ciphertext": np.frombuffer(share.ciphertext, np.uint8)},
+                    meta={"purpose": share.purpose}, recipient=recipient,
+                ))
+            others = [d for d in adverts if d != me]
+            got = await inbox.wait_for(r, pb.MESSAGE_KIND_MPC_SEED_SHARES, mine, others,
+                                       phase + collect)
+            for sender, msg in sorted(got.items()):
+                try:
+                    member.receive_share(EncryptedShare(
+                        r, str(mine), sender, msg.recipient, msg.meta.get("purpose", ""),
+                        msg.tensors["ciphertext"].tobytes(),
+                    ))
+                except ShareRejected as error:
+                    self._reject(context, sender, error)
+        context.phase_seconds["share"] = time.monotonic() - phase
+
+        # 3. agree on the mask set U2
+        phase = time.monotonic()
+        held = member.held_seed_shares()
+        await broadcast(context, Message(me, r, pb.MESSAGE_KIND_HELD_DEALERS, mine,
+                                         meta={"held": ",".join(held)}), [aggregator])
+        if me == aggregator:
+            reports = await inbox.wait_for(r, pb.MESSAGE_KIND_HELD_DEALERS, mine, live,
+                                           phase + collect)
+            mask_set = agree_dealer_set({s: _names(m.meta["held"]) for s, m in reports.items()},
+                                        session.threshold)
+            await broadcast(context, Message(me, r, pb.MESSAGE_KIND_DEALER_SET, mine,
+                                             meta={"dealers": ",".join(mask_set)}), members)
+        decision = await inbox.wait_for(r, pb.MESSAGE_KIND_DEALER_SET, mine, [aggregator],
+                                        phase + 2 * collect)
+        context.phase_seconds["agree"] = time.monotonic() - phase
+
+        # 4. masked input to the aggregator
+        phase = time.monotonic()
+        mask_set = _names(decision[aggregator].meta["dealers"]) if aggregator in decision else []
+        if me in mask_set:
+            masked = member.masked_input(encode(update, self.fixed_point), mask_set)
+            message = Message(me, r, pb.MESSAGE_KIND_MASKED_INPUT, mine,
+                              {"masked": np.frombuffer(masked.masked, np.uint8)},
+                              recipient=aggregator)
+            if me == aggregator:
+                await inbox.put(message)
+            else:
+                await context.send(aggregator, message)
+        context.phase_seconds["masked"] = time.monotonic() - phase
+
+        # 5. unmask (the aggregator asks; members answer) and publish
+        phase = time.monotonic()
+        if me == aggregator and mask_set:
+            server = SecAggAggregator(session)
+            inputs = await inbox.wait_for(r, pb.MESSAGE_KIND_MASKED_INPUT, mine, mask_set,
+                                          phase + collect)
+            request = server.unmasking_request(adverts, mask_set, [
+                MaskedInput(r, str(mine), s, m.tensors["masked"].tobytes())
+                for s, m in sorted(inputs.items())
+            ])
+            ask = Message(me, r, pb.MESSAGE_KIND_UNMASK, mine, meta={
+                "survivors": ",".join(request.survivors), "dropped": ",".join(request.dropped),
+            })
+            await broadcast(context, ask, request.survivors)
+            responses = await inbox.wait_for(r, pb.MESSAGE_KIND_UNMASK, mine,
+                                             request.survivors, time.monotonic() + collect)
+            parsed = [_unmask_response(r, mine, s, m) for s, m in sorted(responses.items())
+                      if s != me]
+            parsed.append(member.unmask(request))
+            outcome = server.finalize(parsed)
+            if outcome.failed or outcome.field_sum is None:
+                log.warning("%s round %d: cluster %d unmasking failed: %s", me, r, mine,
+                            outcome.reason)
+            else:
+                total = decode_sum(outcome.field_sum, self.fixed_point, len(outcome.included))
+                await broadcast(context, publish_output(
+                    context, total.astype(np.float32), outcome.included
+                ), context.everyone)
+        elif me != aggregator and mask_set:
+            asks = await inbox.wait_for(r, pb.MESSAGE_KIND_UNMASK, mine, [aggregator],
+                                        phase + 2 * collect)
+            if aggregator in asks:
+                ask = asks[aggregator]
+                try:
+                    response = member.unmask(UnmaskingRequest(
+                        r, str(mine), tuple(_names(ask.meta["survivors"])),
+                        tuple(_names(ask.meta["dropped"])),
+                    ))
+                    tensors = {f"self:{k}": np.frombuffer(v, np.uint8)
+                               for k, v in response.self_mask_shares.items()}
+                    tensors |= {f"key:{k}": np.frombuffer(v, np.uint8)
+                                for k, v in response.key_shares.items()}
+                    await context.send(aggregator, Message(
+                        me, r, pb.MESSAGE_KIND_UNMASK, mine, tensors, recipient=aggregator,
+                    ))
+                except Exception as error:  # ProtocolViolation: refuse, never reveal twice
+                    self._reject(context, aggregator, error)
+        context.phase_seconds["unmask"] = time.monotonic() - phase
+        return await await_cluster_outputs(context, phase, (self.phases + 1) * collect)
+
+
+def _unmask_response(round_: int, cluster: int, sender: str, message: Message) -> Any:
+    from mpc.messages import UnmaskingResponse
+
+    return UnmaskingResponse(
+        round_, str(cluster), sender,
+        {k.removeprefix("self:"): v.tobytes() for k, v in message.tensors.items()
+         if k.startswith("self:")},
+        {k.removeprefix("key:"): v.tobytes() for k, v in message.tensors.items()
+         if k.startswith("key:")},
+    )

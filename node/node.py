@@ -273,7 +273,9 @@ class Node:
         if aggregation.secure == "shamir":
             return ShamirClusterProtocol(fixed_point, aggregation.threshold,
                                          self.scenario.clustering.publishers, self._rejected)
-        raise NotImplementedError("aggregation.secure = 'secagg' is not wired into the node yet")
+        from node.mpc_protocol import SecAggClusterProtocol
+
+        return SecAggClusterProtocol(fixed_point, aggregation.threshold, self._rejected)
 
     # ----------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -47,17 +48,39 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct ports that were free a moment ago (bound all at once, then released)."""
-    sockets = []
+    """`count` distinct ports that were free a moment ago.
+
+    They are drawn below the kernel's ephemeral range (which outgoing connections use, so a port
+    picked there can be taken by a client socket before the node binds it), and bound all at
+    once before being released.
+    """
+    low, _high = _ephemeral_range()
+    candidates = random.SystemRandom().sample(range(10_000, max(low, 10_000 + 4 * count)),
+                                              8 * count + 64)
+    sockets: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for port in candidates:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                continue
             sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
+            if len(sockets) == count:
+                return [s.getsockname()[1] for s in sockets]
+        raise OSError(f"could not find {count} free ports on {host}")
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def node_ids(count: int) -> list[str]:
@@ -502,12 +525,12 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     scenario = scenario_from_args(args)
-    faults = list(args.kill or []) + [
-        Fault(node=node, round=fault.round, action=fault.action)
-        for fault in scenario.faults if fault.action == "kill" for node in fault.nodes
-    ]
+    faults = list(args.kill or [])
+    if args.hosts != "netns":  # the netns testbed injects the scenario's faults itself
+        faults += [Fault(node=node, round=fault.round, action=fault.action)
+                   for fault in scenario.faults if fault.action == "kill" for node in fault.nodes]
     unsupported = sorted({f.action for f in scenario.faults} - {"kill"})
-    if unsupported:
+    if unsupported and args.hosts != "netns":
         print(f"phalanx testbed: faults {unsupported} need --hosts netns", file=sys.stderr)
         return 2
     ids = node_ids(scenario.nodes)
@@ -517,11 +540,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
                   f"(nodes are {ids[0]} .. {ids[-1]})", file=sys.stderr)
             return 2
     out_dir = Path(args.out)
-    testbed = Testbed(scenario, out_dir, faults=faults, metrics=not args.no_metrics,
-                      audit_traffic=args.audit_traffic)
     timeout = args.timeout or (scenario.timeouts.startup_s
-                               + scenario.rounds * (3 * scenario.timeouts.collect_s + 120))
-    summary = run_testbed(testbed, timeout)
+                               + scenario.rounds * (8 * scenario.timeouts.collect_s + 120))
+    if args.hosts == "netns":
+        from deploy.netns import run_netns_testbed
+
+        summary = run_netns_testbed(scenario, out_dir, timeout, faults=faults,
+                                    metrics=not args.no_metrics)
+    else:
+        testbed = Testbed(scenario, out_dir, faults=faults, metrics=not args.no_metrics,
+                          audit_traffic=args.audit_traffic)
+        summary = run_testbed(testbed, timeout)
     console.print(f"summary: {out_dir / 'summary.json'}   report: {out_dir / 'report.md'}")
     console.print(f"final accuracy: {summary['final_accuracy']}   honest digests identical: "
                   f"{summary['all_digests_identical']}   status: {summary['status']}")
@@ -556,5 +585,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
     run.add_argument("--audit-traffic", action="store_true",
                      help="save every tensor each node receives (privacy audits; large)")
+    run.add_argument("--hosts", choices=("loopback", "netns"), default="loopback",
+                     help="loopback: all nodes on 127.0.0.1; netns: one Linux network namespace "
+                     "per node process, with network faults (needs root)")
     run.add_argument("--out", default="phalanx-out", help="output folder (default phalanx-out)")
     run.set_defaults(func=_cmd_run)
