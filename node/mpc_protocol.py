@@ -85,6 +85,7 @@ class ShamirClusterProtocol:
         pb.MESSAGE_KIND_DEALER_SET, pb.MESSAGE_KIND_PARTIAL_SUM, pb.MESSAGE_KIND_CLUSTER_OUTPUT,
     })
     phases = 4
+    publishers = None
 
     def __init__(
         self, fixed_point: FixedPointConfig, threshold: int, publishers: int,
@@ -105,7 +106,7 @@ class ShamirClusterProtocol:
         members = sorted(clusters[message.cluster])
         if message.sender not in members:
             raise _invalid(f"{message.sender} is not a member of cluster {message.cluster}")
-        publishers = members[: self.publishers]
+        publishers = members  # which members publish depends on suspicion; checked on use
         kind = message.kind
         if kind == pb.MESSAGE_KIND_CLUSTER_OUTPUT:
             if message.sender not in publishers:
@@ -275,6 +276,7 @@ class SecAggClusterProtocol:
         pb.MESSAGE_KIND_CLUSTER_OUTPUT,
     })
     phases = 5
+    publishers = 1  # the cluster's one aggregator (Bonawitz's server role)
 
     def __init__(self, fixed_point: FixedPointConfig, threshold: int, on_reject: RejectHook
                  ) -> None:
@@ -329,7 +331,7 @@ class SecAggClusterProtocol:
         me, r, mine = context.node_id, context.round, context.my_cluster
         members = sorted(context.clusters[mine])
         live = [m for m in members if m not in context.suspected or m == me]
-        aggregator = live[0]
+        aggregator = context.publishers_of(mine)[0]
         session = ClusterSession(tuple(members), r, str(mine), self.threshold_for(len(members)),
                                  context.dimension)
         member = SecAggMember(session, me, Csprng(None))

@@ -507,7 +507,8 @@ class Node:
             node_id=self.id, round=round_, clusters=assignment.clusters,
             dimension=self.dimension, inbox=self.inbox, send=self.transport.send,
             collect_s=self.scenario.timeouts.collect_s,
-            publishers=self.scenario.clustering.publishers, suspected=self.suspected,
+            publishers=self.protocol.publishers or self.scenario.clustering.publishers,
+            suspected=self.suspected,
         )
         outputs = await self.protocol.run(context, update.astype(np.float32, copy=False))
         communicate_s = time.monotonic() - communicate_started

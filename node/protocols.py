@@ -73,13 +73,18 @@ class RoundContext:
         return sorted(node for members in self.clusters for node in members)
 
     def publishers_of(self, cluster: int) -> list[str]:
-        return sorted(self.clusters[cluster])[: self.publishers]
+        """The members that publish `cluster`'s output: the first `publishers` that were not
+        suspected after the previous round (the same on every node that agreed on that round)."""
+        members = sorted(self.clusters[cluster])
+        trusted = [m for m in members if m not in self.suspected] or members
+        return trusted[: self.publishers]
 
 
 class ClusterProtocol(Protocol):
     """Turns one update per dealer into cluster outputs that every node sees."""
 
     kinds: frozenset[int]
+    publishers: int | None  # None: as configured (clustering.publishers)
 
     def validate(self, message: Message, clusters: Sequence[Sequence[str]], dimension: int) -> None:
         """Raise `Rejection` when `message` cannot belong to this protocol's round."""
@@ -177,6 +182,7 @@ class PlaintextClusterProtocol:
     """Baseline: members see each other's updates; publishers broadcast the cluster sum."""
 
     kinds = frozenset({pb.MESSAGE_KIND_UPDATE, pb.MESSAGE_KIND_CLUSTER_OUTPUT})
+    publishers = None
 
     def validate(self, message: Message, clusters: Sequence[Sequence[str]], dimension: int) -> None:
         if not 0 <= message.cluster < len(clusters):
