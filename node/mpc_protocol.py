@@ -176,7 +176,7 @@ class ShamirClusterProtocol:
         encoded = encode(update, self.fixed_point)
         shares = member.deal(encoded, adverts)
         for recipient, share in sorted(shares.items()):
-            await context.send(recipient, Message(
+            context.post(recipient, Message(
                 me, r, pb.MESSAGE_KIND_SHARE, mine,
                 {"ciphertext": np.frombuffer(share.ciphertext, np.uint8)},
                 meta={"purpose": share.purpose}, recipient=recipient,
@@ -221,7 +221,7 @@ class ShamirClusterProtocol:
             if publisher == me:
                 await inbox.put(reply)
             else:
-                await context.send(publisher, reply)
+                context.post(publisher, reply)
         context.phase_seconds["agree"] = time.monotonic() - phase
 
         # 4. reconstruct and publish
@@ -356,7 +356,7 @@ class SecAggClusterProtocol:
         phase = time.monotonic()
         if len(adverts) >= session.threshold:
             for recipient, share in sorted(member.share_keys(adverts).items()):
-                await context.send(recipient, Message(
+                context.post(recipient, Message(
                     me, r, pb.MESSAGE_KIND_MPC_SEED_SHARES, mine,
                     {"ciphertext": np.frombuffer(share.ciphertext, np.uint8)},
                     meta={"purpose": share.purpose}, recipient=recipient,
@@ -401,7 +401,7 @@ class SecAggClusterProtocol:
             if me == aggregator:
                 await inbox.put(message)
             else:
-                await context.send(aggregator, message)
+                context.post(aggregator, message)
         context.phase_seconds["masked"] = time.monotonic() - phase
 
         # 5. unmask (the aggregator asks; members answer) and publish
@@ -446,7 +446,7 @@ class SecAggClusterProtocol:
                                for k, v in response.self_mask_shares.items()}
                     tensors |= {f"key:{k}": np.frombuffer(v, np.uint8)
                                 for k, v in response.key_shares.items()}
-                    await context.send(aggregator, Message(
+                    context.post(aggregator, Message(
                         me, r, pb.MESSAGE_KIND_UNMASK, mine, tensors, recipient=aggregator,
                     ))
                 except Exception as error:  # ProtocolViolation: refuse, never reveal twice

@@ -95,6 +95,17 @@ class TrainJob:
     done: asyncio.Future[tuple[np.ndarray, float, float]]
 
 
+async def _settle(tasks: set[asyncio.Task[bool]], timeout_s: float) -> None:
+    """Give in-flight sends a last moment to finish, then cancel the rest."""
+    pending = set(tasks)
+    if not pending:
+        return
+    _done, late = await asyncio.wait(pending, timeout=timeout_s)
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
+
+
 class ResultsWriter:
     """Appends one JSON line per event to ``OUT/nodes/<id>.jsonl``, flushed and fsynced each time,
     so a crash loses at most the round in progress."""
@@ -155,6 +166,7 @@ class Node:
         self.inbox = RoundInbox()
         self.protocol: ClusterProtocol = self._cluster_protocol()
         self.current_round = 1
+        self.completed_round = 0
         self.phase = "starting"
         self.suspected: frozenset[str] = frozenset()
         self._bytes_sent: dict[int, int] = {}
@@ -292,7 +304,7 @@ class Node:
         )
         servicer = PhalanxServicer(
             self.id, self.accept, self.status_reply, self.scenario.limits.max_message_bytes,
-            self._rejected,
+            self._rejected, self.model_message, self.scenario.limits.chunk_bytes,
         )
         self._server.add_generic_rpc_handlers((servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -440,7 +452,76 @@ class Node:
 
     def status_reply(self) -> pb.StatusReply:
         return pb.StatusReply(node_id=self.id, round=self.current_round,
-                              model_digest=model_digest(self.weights), phase=self.phase)
+                              model_digest=model_digest(self.weights), phase=self.phase,
+                              completed_round=self.completed_round)
+
+    def model_message(self, request: pb.ModelRequest) -> Message:
+        """The model after the last completed round, for a peer's state transfer."""
+        digest = model_digest(self.weights)
+        if request.round != self.completed_round or request.digest != digest:
+            raise Rejection(grpc.StatusCode.FAILED_PRECONDITION, "stale_model",
+                            f"this node holds round {self.completed_round} ({digest[:12]}), "
+                            f"not round {request.round} ({request.digest[:12]})")
+        return Message(self.id, self.completed_round, pb.MESSAGE_KIND_MODEL, -1,
+                       {"weights": self.weights.numpy()}, meta={"digest": digest})
+
+    async def sync_with_majority(self, wait_s: float) -> dict[str, Any] | None:
+        """Adopt the model that more than half of the view holds, if ours differs or is behind.
+
+        Peers report (completed round, model digest) through `Status`; when a strict majority of
+        the view agrees on a state that is not ours and not behind ours, fetch that model from
+        one of them and verify its digest before adopting it. This lets a node that was
+        partitioned, restarted or split off by a lost output rejoin the honest majority. Returns
+        what was adopted, or None.
+        """
+        deadline = time.monotonic() + wait_s
+        needed = len(self.view) // 2 + 1
+        while True:
+            mine = (self.completed_round, model_digest(self.weights))
+            replies = await asyncio.gather(*(self.transport.status(p, 2.0)  # type: ignore[attr-defined]
+                                             for p in sorted(self.addresses)))
+            holders: dict[tuple[int, str], list[str]] = {mine: [self.id]}
+            for peer, reply in zip(sorted(self.addresses), replies, strict=True):
+                if reply is not None:
+                    state = (int(reply.completed_round), reply.model_digest)
+                    holders.setdefault(state, []).append(peer)
+            majority = [state for state, nodes in holders.items() if len(nodes) >= needed]
+            if majority:
+                target = max(majority)
+                if target == mine:
+                    return None
+                if target[0] >= mine[0]:
+                    return await self._adopt(target, sorted(holders[target]))
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.3)
+
+    async def _adopt(self, state: tuple[int, str], holders: list[str]) -> dict[str, Any] | None:
+        round_, digest = state
+        for peer in holders:
+            message = await self.transport.fetch_model(  # type: ignore[attr-defined]
+                peer, round_, digest, self.id, self.scenario.limits.max_message_bytes
+            )
+            if message is None:
+                continue
+            weights = message.tensors.get("weights")
+            if weights is None or weights.shape != (self.dimension,) or \
+                    weights.dtype != np.float32:
+                log.warning("%s: %s sent a model of the wrong shape", self.id, peer)
+                continue
+            candidate = torch.from_numpy(weights.copy())
+            if model_digest(candidate) != digest:
+                log.warning("%s: %s sent a model that does not match its digest", self.id, peer)
+                continue
+            behind = self.completed_round
+            self.weights, self.completed_round = candidate, round_
+            event = {"event": "sync", "node": self.id, "round": round_, "digest": digest,
+                     "source": peer, "was_at_round": behind, "time": time.time()}
+            self.results.write(event)
+            log.warning("%s adopted the majority model of round %d from %s", self.id, round_,
+                        peer)
+            return event
+        return None
 
     # ----------------------------------------------------------------------------- learner
     async def _train(self, job: TrainJob) -> None:
@@ -510,7 +591,10 @@ class Node:
             publishers=self.protocol.publishers or self.scenario.clustering.publishers,
             suspected=self.suspected,
         )
-        outputs = await self.protocol.run(context, update.astype(np.float32, copy=False))
+        try:
+            outputs = await self.protocol.run(context, update.astype(np.float32, copy=False))
+        finally:
+            await _settle(context.in_flight, self.scenario.timeouts.rpc_s)
         communicate_s = time.monotonic() - communicate_started
 
         self.phase = "aggregate"
@@ -522,6 +606,7 @@ class Node:
                 self.scenario.aggregation.pre,
             )
             self.weights = self.weights + torch.from_numpy(delta)
+        self.completed_round = round_
         aggregate_s = time.monotonic() - aggregate_started
 
         self.phase = "evaluate"
@@ -575,9 +660,14 @@ class Node:
         return record
 
     async def run(self) -> None:
-        """All rounds of the scenario, then a short linger so peers can finish theirs."""
+        """All rounds of the scenario; a node that starts late or falls out of step first joins
+        the majority's state (`sync_with_majority`)."""
         await self.wait_for_peers()
-        for round_ in range(1, self.scenario.rounds + 1):
-            await self.run_round(round_)
+        await self.sync_with_majority(wait_s=2.0)
+        while self.completed_round < self.scenario.rounds:
+            record = await self.run_round(self.completed_round + 1)
+            if record["excluded"] or record["failed_clusters"]:
+                # Something irregular happened: make sure we still hold the majority's model.
+                await self.sync_with_majority(wait_s=self.scenario.timeouts.collect_s)
         self.phase = "done"
         self.results.write({"event": "done", "node": self.id, "time": time.time()})

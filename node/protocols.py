@@ -60,6 +60,15 @@ class RoundContext:
     publishers: int
     suspected: frozenset[str] = frozenset()
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    in_flight: set[asyncio.Task[bool]] = field(default_factory=set)
+
+    def post(self, peer: str, message: Message) -> None:
+        """Send without waiting: a slow or unreachable peer must not stall this node's phases
+        (its retries would push this node past the deadlines the others keep). The node awaits
+        or cancels what is still in flight when the round ends."""
+        task = asyncio.create_task(self.send(peer, message))
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
 
     @property
     def my_cluster(self) -> int:
@@ -171,11 +180,11 @@ def publish_output(context: RoundContext, total: np.ndarray, included: Sequence[
 
 
 async def broadcast(context: RoundContext, message: Message, recipients: Sequence[str]) -> None:
-    """Put our own copy in the inbox and send to every other recipient concurrently."""
+    """Put our own copy in the inbox and post it to every other recipient."""
     await context.inbox.put(message)
-    await asyncio.gather(
-        *(context.send(peer, message) for peer in recipients if peer != context.node_id)
-    )
+    for peer in recipients:
+        if peer != context.node_id:
+            context.post(peer, message)
 
 
 class PlaintextClusterProtocol:

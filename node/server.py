@@ -15,7 +15,14 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from node.actors import MailboxFull
-from node.codec import CodecError, Message, PayloadTooLarge, decode_chunks, decode_envelope
+from node.codec import (
+    CodecError,
+    Message,
+    PayloadTooLarge,
+    decode_chunks,
+    decode_envelope,
+    encode_chunks,
+)
 from phalanx.v1 import node_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -47,6 +54,7 @@ def _parse(message_type: type[MessageT], raw: bytes) -> MessageT:
 
 Accept = Callable[[Message], Awaitable[None]]
 StatusProvider = Callable[[], pb.StatusReply]
+ModelSource = Callable[[pb.ModelRequest], Message]
 RejectHook = Callable[[str, str], None]
 
 
@@ -60,8 +68,12 @@ class PhalanxServicer:
         status: StatusProvider,
         max_message_bytes: int,
         on_reject: RejectHook,
+        model_source: ModelSource,
+        chunk_bytes: int,
     ) -> None:
         self.node_id = node_id
+        self._model_source = model_source
+        self._chunk_bytes = chunk_bytes
         self._accept = accept
         self._status = status
         self._max_bytes = max_message_bytes
@@ -120,6 +132,17 @@ class PhalanxServicer:
 
         return await self._process(context, decode)
 
+    async def FetchModel(  # noqa: N802 - gRPC method name
+        self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.Chunk]:
+        try:
+            message = self._model_source(request)
+        except Rejection as rejection:
+            await self._refuse(context, rejection, request.requester)
+            return
+        for chunk in encode_chunks(message, self._chunk_bytes):
+            yield chunk
+
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's handlers; requests arrive as raw bytes so that a malformed protobuf
         becomes our INVALID_ARGUMENT and log line rather than an opaque gRPC error."""
@@ -128,6 +151,11 @@ class PhalanxServicer:
             "Send": grpc.unary_unary_rpc_method_handler(self.Send, response_serializer=ack),
             "Deliver": grpc.stream_unary_rpc_method_handler(
                 self.Deliver, response_serializer=ack
+            ),
+            "FetchModel": grpc.unary_stream_rpc_method_handler(
+                self.FetchModel,
+                request_deserializer=pb.ModelRequest.FromString,
+                response_serializer=pb.Chunk.SerializeToString,
             ),
             "Status": grpc.unary_unary_rpc_method_handler(
                 self.Status,

@@ -193,20 +193,23 @@ class Testbed:
         )
 
     def launch(self) -> None:
+        for proc in self.processes:
+            self.start_process(proc)
+
+    def start_process(self, proc: NodeProcess) -> None:
         env = dict(os.environ)
         path_parts = [str(REPO_ROOT), str(REPO_ROOT / "proto")]
         env["PYTHONPATH"] = os.pathsep.join(path_parts + [env.get("PYTHONPATH", "")]).rstrip(":")
         env.setdefault("OMP_NUM_THREADS", "1")
-        for proc in self.processes:
-            command = [sys.executable, "-m", "node", "node"]
-            for path in proc.config_paths:
-                command += ["--config", str(path)]
-            handle = open(proc.log_path, "ab")  # noqa: SIM115 - the child owns it
-            proc.process = subprocess.Popen(
-                command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )
-            handle.close()
+        command = [sys.executable, "-m", "node", "node"]
+        for path in proc.config_paths:
+            command += ["--config", str(path)]
+        handle = open(proc.log_path, "ab")  # noqa: SIM115 - the child owns it
+        proc.process = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        handle.close()
 
     def honest_ids(self) -> list[str]:
         """Nodes that are neither Byzantine nor killed by a fault (what the summary vouches for)."""
@@ -226,8 +229,13 @@ class Testbed:
             if proc.process is not None and proc.returncode is None:
                 proc.killed_by_testbed = True
                 proc.process.kill()
+                proc.process.wait()
                 console.print(f"[yellow]fault: killed {proc.name} ({', '.join(proc.node_ids)}) "
                               f"after round {fault.round}[/]")
+            if fault.action == "restart":
+                self.start_process(proc)
+                proc.killed_by_testbed = False
+                console.print(f"[yellow]fault: restarted {proc.name}[/]")
             fault.done = True
             self.fault_log.append({"round": fault.round, "action": fault.action,
                                    "nodes": proc.node_ids, "time": time.time()})
@@ -254,6 +262,7 @@ def read_node_records(out_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[st
     """
     starts: dict[str, dict[str, Any]] = {}
     rounds: dict[str, dict[int, dict[str, Any]]] = {}
+    syncs: list[dict[str, Any]] = []
     for path in sorted((out_dir / "nodes").glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
@@ -264,6 +273,15 @@ def read_node_records(out_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[st
                 starts[record["node"]] = record
             elif record.get("event") == "round":
                 rounds.setdefault(record["node"], {})[record["round"]] = record
+            elif record.get("event") == "sync":
+                syncs.append(record)
+    # A node that adopted the majority's model after round r ended round r with that model.
+    for sync in syncs:
+        record = rounds.get(sync["node"], {}).get(sync["round"])
+        if record is not None:
+            record["digest_before_sync"] = record["digest"]
+            record["digest"] = sync["digest"]
+            record["synced_from"] = sync["source"]
     return starts, rounds
 
 
@@ -326,6 +344,7 @@ def build_summary(
             "flagged_clusters": first["flagged_clusters"],
             "backdoor_success": first.get("backdoor_success"),
             "excluded": first["excluded"],
+            "synced": {n: rec["synced_from"] for n, rec in reports.items() if "synced_from" in rec},
             "reporting_nodes": sorted(reports),
         })
     return {
@@ -525,11 +544,14 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     scenario = scenario_from_args(args)
-    faults = list(args.kill or [])
+    faults = list(args.kill or []) + [
+        Fault(node=f.node, round=f.round, action="restart") for f in args.restart or []
+    ]
     if args.hosts != "netns":  # the netns testbed injects the scenario's faults itself
         faults += [Fault(node=node, round=fault.round, action=fault.action)
-                   for fault in scenario.faults if fault.action == "kill" for node in fault.nodes]
-    unsupported = sorted({f.action for f in scenario.faults} - {"kill"})
+                   for fault in scenario.faults if fault.action in ("kill", "restart")
+                   for node in fault.nodes]
+    unsupported = sorted({f.action for f in scenario.faults} - {"kill", "restart"})
     if unsupported and args.hosts != "netns":
         print(f"phalanx testbed: faults {unsupported} need --hosts netns", file=sys.stderr)
         return 2
@@ -581,6 +603,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--collect-timeout", type=float, help="timeouts.collect_s")
     run.add_argument("--kill", action="append", type=_parse_fault, metavar="NODE@ROUND",
                      help="kill NODE's process after it records ROUND (repeatable)")
+    run.add_argument("--restart", action="append", type=_parse_fault, metavar="NODE@ROUND",
+                     help="kill NODE's process after ROUND and start it again (repeatable)")
     run.add_argument("--timeout", type=float, help="overall limit in seconds")
     run.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
     run.add_argument("--audit-traffic", action="store_true",

@@ -17,7 +17,14 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from node.codec import Message, encode_chunks, encode_envelope, kind_name
+from node.codec import (
+    CodecError,
+    Message,
+    decode_chunks,
+    encode_chunks,
+    encode_envelope,
+    kind_name,
+)
 from phalanx.v1 import node_pb2 as pb
 from phalanx.v1 import node_pb2_grpc as pb_grpc
 
@@ -129,6 +136,17 @@ class GrpcTransport:
             )
             return reply
         except grpc.aio.AioRpcError:
+            return None
+
+    async def fetch_model(self, peer: str, round_: int, digest: str, requester: str,
+                          max_bytes: int) -> Message | None:
+        """The peer's model after `round_`, streamed; None when it does not have that one."""
+        request = pb.ModelRequest(requester=requester, round=round_, digest=digest)
+        try:
+            stream = self._stub(peer).FetchModel(request, timeout=self.deadline_s * 6)
+            return await decode_chunks(stream.__aiter__(), max_bytes)
+        except (grpc.aio.AioRpcError, CodecError) as error:
+            log.warning("fetching the round-%d model from %s failed: %s", round_, peer, error)
             return None
 
     async def serving(self, peer: str, timeout_s: float = 1.0) -> bool:

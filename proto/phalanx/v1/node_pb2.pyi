@@ -27,6 +27,7 @@ class MessageKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MESSAGE_KIND_COLLUDE: _ClassVar[MessageKind]
     MESSAGE_KIND_HELD_DEALERS: _ClassVar[MessageKind]
     MESSAGE_KIND_DEALER_SET: _ClassVar[MessageKind]
+    MESSAGE_KIND_MODEL: _ClassVar[MessageKind]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -55,6 +56,7 @@ MESSAGE_KIND_ECHO: MessageKind
 MESSAGE_KIND_COLLUDE: MessageKind
 MESSAGE_KIND_HELD_DEALERS: MessageKind
 MESSAGE_KIND_DEALER_SET: MessageKind
+MESSAGE_KIND_MODEL: MessageKind
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
@@ -141,13 +143,25 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("node_id", "round", "model_digest", "phase")
+    __slots__ = ("node_id", "round", "model_digest", "phase", "completed_round")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_ROUND_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     round: int
     model_digest: str
     phase: str
-    def __init__(self, node_id: _Optional[str] = ..., round: _Optional[int] = ..., model_digest: _Optional[str] = ..., phase: _Optional[str] = ...) -> None: ...
+    completed_round: int
+    def __init__(self, node_id: _Optional[str] = ..., round: _Optional[int] = ..., model_digest: _Optional[str] = ..., phase: _Optional[str] = ..., completed_round: _Optional[int] = ...) -> None: ...
+
+class ModelRequest(_message.Message):
+    __slots__ = ("requester", "round", "digest")
+    REQUESTER_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    requester: str
+    round: int
+    digest: str
+    def __init__(self, requester: _Optional[str] = ..., round: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...

@@ -49,6 +49,11 @@ class PhalanxNodeStub:
                 request_serializer=phalanx_dot_v1_dot_node__pb2.StatusRequest.SerializeToString,
                 response_deserializer=phalanx_dot_v1_dot_node__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.FetchModel = channel.unary_stream(
+                '/phalanx.v1.PhalanxNode/FetchModel',
+                request_serializer=phalanx_dot_v1_dot_node__pb2.ModelRequest.SerializeToString,
+                response_deserializer=phalanx_dot_v1_dot_node__pb2.Chunk.FromString,
+                _registered_method=True)
 
 
 class PhalanxNodeServicer:
@@ -75,6 +80,14 @@ class PhalanxNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchModel(self, request, context):
+        """The model after a completed round, streamed in chunks (state transfer for a node that
+        fell behind or diverged: it verifies the digest before adopting it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PhalanxNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_PhalanxNodeServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=phalanx_dot_v1_dot_node__pb2.StatusRequest.FromString,
                     response_serializer=phalanx_dot_v1_dot_node__pb2.StatusReply.SerializeToString,
+            ),
+            'FetchModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchModel,
+                    request_deserializer=phalanx_dot_v1_dot_node__pb2.ModelRequest.FromString,
+                    response_serializer=phalanx_dot_v1_dot_node__pb2.Chunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +193,33 @@ class PhalanxNode:
             '/phalanx.v1.PhalanxNode/Status',
             phalanx_dot_v1_dot_node__pb2.StatusRequest.SerializeToString,
             phalanx_dot_v1_dot_node__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/phalanx.v1.PhalanxNode/FetchModel',
+            phalanx_dot_v1_dot_node__pb2.ModelRequest.SerializeToString,
+            phalanx_dot_v1_dot_node__pb2.Chunk.FromString,
             options,
             channel_credentials,
             insecure,
