@@ -98,6 +98,10 @@ class TimeoutConfig(_Section):
         default=30.0, description="how long a cluster member waits for its members' updates"
     )
     rpc_s: Annotated[float, Field(gt=0)] = 10.0
+    round_period_s: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="pace rounds: each round lasts at least this long (0 = as fast "
+        "as possible)"
+    )
 
 
 class LimitConfig(_Section):

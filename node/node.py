@@ -167,6 +167,7 @@ class Node:
         self.protocol: ClusterProtocol = self._cluster_protocol()
         self.current_round = 1
         self.completed_round = 0
+        self.peers_ahead: dict[str, int] = {}
         self.phase = "starting"
         self.suspected: frozenset[str] = frozenset()
         self._bytes_sent: dict[int, int] = {}
@@ -379,6 +380,8 @@ class Node:
             raise Rejection(grpc.StatusCode.INVALID_ARGUMENT, "wrong_recipient",
                             f"message is addressed to {message.recipient!r}")
         if not self.current_round <= message.round <= self.current_round + 1:
+            if message.round > self.current_round + 1:
+                self.peers_ahead[message.sender] = int(message.round)
             raise Rejection(
                 grpc.StatusCode.FAILED_PRECONDITION, "unknown_round",
                 f"round {message.round} is outside the accepted window "
@@ -664,10 +667,15 @@ class Node:
         the majority's state (`sync_with_majority`)."""
         await self.wait_for_peers()
         await self.sync_with_majority(wait_s=2.0)
+        period = self.scenario.timeouts.round_period_s
         while self.completed_round < self.scenario.rounds:
+            started = time.monotonic()
             record = await self.run_round(self.completed_round + 1)
-            if record["excluded"] or record["failed_clusters"]:
+            behind = len(self.peers_ahead) >= len(self.view) // 2
+            if record["excluded"] or record["failed_clusters"] or behind:
                 # Something irregular happened: make sure we still hold the majority's model.
+                self.peers_ahead.clear()
                 await self.sync_with_majority(wait_s=self.scenario.timeouts.collect_s)
+            await asyncio.sleep(max(0.0, started + period - time.monotonic()))
         self.phase = "done"
         self.results.write({"event": "done", "node": self.id, "time": time.time()})

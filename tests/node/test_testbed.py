@@ -122,3 +122,24 @@ def test_node_daemon_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
     assert b"received SIGTERM: stopping gracefully" in output
     assert not psutil.pid_exists(daemon.pid) or psutil.Process(daemon.pid).status() == "zombie"
     assert os.path.getsize(log) > 0
+
+
+def test_restarted_node_rejoins_with_the_majority_model(tmp_path: Path, phalanx) -> None:
+    out = tmp_path / "restart"
+    scenario = tmp_path / "paced.toml"
+    scenario.write_text('nodes = 4\nrounds = 8\n[data]\ndataset = "digits"\n'
+                        '[model]\nname = "mlp"\n[clustering]\ncluster_size = 2\n'
+                        '[timeouts]\ncollect_s = 3\nround_period_s = 2.5\n')
+    result = phalanx("testbed", "run", str(scenario), "--restart", "node-03@2",
+                     "--out", str(out), timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = _summary(out)
+    rounds = {r["round"]: r for r in summary["rounds"]}
+    assert summary["faults"][0]["action"] == "restart"
+    log = (out / "nodes" / "node-03.jsonl").read_text()
+    assert log.count('"event": "start"') == 2 and '"event": "sync"' in log
+    # Back within two rounds of the restart, holding the same model as everyone.
+    last = rounds[8]
+    assert last["excluded"] == []
+    assert sorted(last["honest_digests"]) == ["node-00", "node-01", "node-02", "node-03"]
+    assert len(set(last["honest_digests"].values())) == 1
