@@ -72,6 +72,10 @@ class ClusteringConfig(_Section):
     publishers: Annotated[int, Field(ge=1)] = Field(
         default=2, description="members of each cluster that publish its output to all nodes"
     )
+    echo: bool = Field(
+        default=True, description="echo step: drop publishers that sent different outputs to "
+        "different nodes (one all-to-all exchange of digests per round)"
+    )
 
 
 class AggregationConfig(_Section):

@@ -51,7 +51,15 @@ from node.config import (
 )
 from node.inbox import DuplicateMessage, RoundInbox
 from node.metrics import NodeMetrics
-from node.protocols import ClusterOutput, ClusterProtocol, PlaintextClusterProtocol, RoundContext
+from node.protocols import (
+    ClusterOutput,
+    ClusterProtocol,
+    PlaintextClusterProtocol,
+    RoundContext,
+    choose_output,
+    echo_outputs,
+    parse_echo,
+)
 from node.server import PhalanxServicer, Rejection
 from node.transport import GrpcTransport, Transport
 from phalanx.v1 import node_pb2 as pb
@@ -390,6 +398,13 @@ class Node:
         kind = message.kind
         if kind in self.side_channels:
             target: Actor[Message] = self.side_channels[kind]
+        elif kind == pb.MESSAGE_KIND_ECHO:
+            try:
+                parse_echo(message.meta.get("outputs", ""))
+            except ValueError:
+                raise Rejection(grpc.StatusCode.INVALID_ARGUMENT, "invalid",
+                                "echo must list cluster:publisher:digest entries") from None
+            target = self.aggregator
         elif kind in self.protocol.kinds:
             self.protocol.validate(message, self.assignment(message.round).clusters,
                                    self.dimension)
@@ -594,8 +609,18 @@ class Node:
             publishers=self.protocol.publishers or self.scenario.clustering.publishers,
             suspected=self.suspected,
         )
+        inconsistent: set[str] = set()
         try:
             outputs = await self.protocol.run(context, update.astype(np.float32, copy=False))
+            if self.scenario.clustering.echo:
+                inconsistent = await echo_outputs(context, self.scenario.timeouts.collect_s)
+                if inconsistent:
+                    log.warning("%s round %d: publishers %s equivocated; dropping their outputs",
+                                self.id, round_, ",".join(sorted(inconsistent)))
+                    outputs = {
+                        cluster: chosen for cluster in range(len(assignment.clusters))
+                        if (chosen := choose_output(context, cluster, inconsistent)) is not None
+                    }
         finally:
             await _settle(context.in_flight, self.scenario.timeouts.rpc_s)
         communicate_s = time.monotonic() - communicate_started
@@ -644,6 +669,7 @@ class Node:
             "flagged_clusters": flagged,
             "backdoor_success": backdoor,
             "excluded": excluded,
+            "equivocating_publishers": sorted(inconsistent),
             "time": time.time(),
         }
         self.results.write(record)
@@ -672,7 +698,9 @@ class Node:
             started = time.monotonic()
             record = await self.run_round(self.completed_round + 1)
             behind = len(self.peers_ahead) >= len(self.view) // 2
-            if record["excluded"] or record["failed_clusters"] or behind:
+            irregular = record["excluded"] or record["failed_clusters"] or \
+                record["equivocating_publishers"]
+            if irregular or behind:
                 # Something irregular happened: make sure we still hold the majority's model.
                 self.peers_ahead.clear()
                 await self.sync_with_majority(wait_s=self.scenario.timeouts.collect_s)

@@ -16,8 +16,9 @@ other's updates by design and exists as the baseline.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -120,10 +121,13 @@ def _check_vector(message: Message, name: str, dimension: int) -> np.ndarray:
     return vector
 
 
-def choose_output(context: RoundContext, cluster: int) -> ClusterOutput | None:
-    """Per cluster, the published output with the most included dealers (ties: publisher rank)."""
+def choose_output(
+    context: RoundContext, cluster: int, excluded: Collection[str] = ()
+) -> ClusterOutput | None:
+    """Per cluster, the published output with the most included dealers (ties: publisher rank),
+    ignoring `excluded` publishers."""
     got = context.inbox.get(context.round, pb.MESSAGE_KIND_CLUSTER_OUTPUT, cluster)
-    ranked = [p for p in context.publishers_of(cluster) if p in got]
+    ranked = [p for p in context.publishers_of(cluster) if p in got and p not in excluded]
     if not ranked:
         return None
 
@@ -159,6 +163,58 @@ async def await_cluster_outputs(
         for cluster in range(len(context.clusters))
         if (chosen := choose_output(context, cluster)) is not None
     }
+
+
+def output_digest(message: Message) -> str:
+    """SHA-256 over a published cluster output's sum and included list (for echoes)."""
+    digest = hashlib.sha256(message.tensors["sum"].astype("<f4").tobytes())
+    digest.update(message.meta.get("included", "").encode())
+    return digest.hexdigest()[:32]
+
+
+def echo_report(context: RoundContext) -> str:
+    """`cluster:publisher:digest` for every cluster output this node received this round."""
+    entries = []
+    for cluster in range(len(context.clusters)):
+        got = context.inbox.get(context.round, pb.MESSAGE_KIND_CLUSTER_OUTPUT, cluster)
+        entries += [f"{cluster}:{p}:{output_digest(m)}" for p, m in sorted(got.items())]
+    return ";".join(entries)
+
+
+def parse_echo(text: str) -> dict[tuple[int, str], str]:
+    report: dict[tuple[int, str], str] = {}
+    for entry in filter(None, text.split(";")):
+        cluster, publisher, digest = entry.split(":")
+        report[(int(cluster), publisher)] = digest
+    return report
+
+
+async def echo_outputs(context: RoundContext, wait_s: float) -> set[str]:
+    """One echo step against equivocation (cf. Bracha's echo broadcast, 1987).
+
+    Every node tells every node which cluster outputs it received (as digests). A publisher whose
+    output reached some reporters but not others, or reached them with different contents, is
+    inconsistent: every node drops its outputs and chooses among the consistent publishers, so
+    nodes that heard the same echoes choose the same outputs. Returns the inconsistent publishers.
+    Assumes the echoes themselves are honest; Byzantine echoers that lie selectively can still
+    split honest nodes, which the post-round majority sync then repairs.
+    """
+    echo = Message(context.node_id, context.round, pb.MESSAGE_KIND_ECHO, -1,
+                   meta={"outputs": echo_report(context)})
+    await broadcast(context, echo, context.everyone)
+    live = [n for n in context.everyone if n not in context.suspected or n == context.node_id]
+    started = time.monotonic()
+    echoes = await context.inbox.wait_for(context.round, pb.MESSAGE_KIND_ECHO, -1, live,
+                                          started + wait_s)
+    context.phase_seconds["echo"] = time.monotonic() - started
+    reports = [parse_echo(m.meta["outputs"]) for _, m in sorted(echoes.items())]
+    seen = {key for report in reports for key in report}
+    inconsistent = set()
+    for key in seen:
+        digests = {report.get(key) for report in reports}
+        if len(digests) > 1:
+            inconsistent.add(key[1])
+    return inconsistent
 
 
 def validate_cluster_output(message: Message, members: Sequence[str], dimension: int) -> None:

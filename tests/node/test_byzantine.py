@@ -1,0 +1,72 @@
+"""Byzantine peers lying on the wire, in real node processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+BASE = ['nodes = 6', 'rounds = 3', 'nodes_per_process = 2', 'seed = 3',
+        '[data]', 'dataset = "mnist5k"', 'partition = "iid"', '[model]', 'name = "mlp"',
+        '[clustering]', 'cluster_size = 2', '[timeouts]', 'collect_s = 4']
+
+
+def _run(tmp_path: Path, phalanx, name: str, *extra: str, lines: tuple[str, ...] = ()) -> dict:
+    scenario = tmp_path / f"{name}.toml"
+    scenario.write_text("\n".join([*BASE, *lines]) + "\n")
+    out = tmp_path / name
+    result = phalanx("testbed", "run", str(scenario), *extra, "--out", str(out), timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return dict(json.loads((out / "summary.json").read_text()))
+
+
+def test_equivocating_publisher_is_dropped_and_honest_models_stay_identical(
+    tmp_path: Path, phalanx
+) -> None:
+    summary = _run(tmp_path, phalanx, "equivocate", lines=(
+        '[[byzantine]]', 'behaviour = "equivocate"', 'nodes = ["node-00"]',
+    ))
+    assert summary["byzantine"] == {"node-00": "equivocate"}
+    for record in summary["rounds"]:
+        assert "node-00" not in record["honest_digests"]
+        assert record["digests_identical"], record["honest_digests"]
+        assert record["cluster_outputs"]["0"]["publisher"] == "node-01"
+    node_log = (tmp_path / "equivocate" / "nodes" / "node-02.jsonl").read_text()
+    assert '"equivocating_publishers": ["node-00"]' in node_log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["train", "share", "agree", "partial", "publish"])
+def test_a_crash_at_each_mpc_phase_still_completes_the_round(
+    tmp_path: Path, phalanx, phase: str
+) -> None:
+    summary = _run(tmp_path, phalanx, f"crash-{phase}", "--secure", "shamir", lines=(
+        '[aggregation]', 'threshold = 2',
+        '[[byzantine]]', f'behaviour = "crash:phase={phase}"', 'nodes = ["node-01"]',
+        'start_round = 2',
+    ))
+    rounds = {r["round"]: r for r in summary["rounds"]}
+    assert sorted(rounds) == [1, 2, 3]
+    for r in (2, 3):
+        assert rounds[r]["digests_identical"]
+        assert len(rounds[r]["honest_digests"]) == 5
+    assert "node-01" in rounds[3]["excluded"]
+
+
+@pytest.mark.slow
+def test_attacks_hurt_fedavg_and_a_robust_rule_resists(tmp_path: Path, phalanx) -> None:
+    clean = _run(tmp_path, phalanx, "clean", "--cluster-size", "1")["final_accuracy"]
+    damaged = {}
+    for attack in ("sign-flip:factor=5", "scaling:factor=-20", "gaussian:std=5", "ipm:epsilon=5",
+                   "label-flip"):
+        name = attack.split(":")[0]
+        summary = _run(tmp_path, phalanx, f"mean-{name}", "--cluster-size", "1", "--byzantine",
+                       f"2:{attack}")
+        damaged[name] = summary["final_accuracy"]
+    assert all(accuracy < clean for accuracy in damaged.values()), (clean, damaged)
+    for attack in ("sign-flip:factor=5", "ipm:epsilon=5", "alie"):
+        name = attack.split(":")[0]
+        robust = _run(tmp_path, phalanx, f"tm-{name}", "--cluster-size", "1", "--byzantine",
+                      f"1:{attack}", "--rule", "trimmed-mean")["final_accuracy"]
+        assert robust >= clean - 0.03, (name, robust, clean)
