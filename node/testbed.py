@@ -362,8 +362,8 @@ def build_summary(
         "parameters": next(iter(starts.values()))["parameters"] if starts else None,
         "byzantine": {
             node: entry.behaviour
-            for node, entry in byzantine_nodes(scenario, sorted(starts) or []).items()
-        } if starts else {},
+            for node, entry in byzantine_nodes(scenario, node_ids(scenario.nodes)).items()
+        },
         "faults": faults,
         "rounds": per_round,
         "final_accuracy": per_round[-1]["accuracy"] if per_round else None,
