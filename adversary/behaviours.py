@@ -31,16 +31,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from phalanx.v1 import node_pb2 as pb
 
 from node.codec import Message
 from node.transport import Transport
-from phalanx.v1 import node_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_BEHAVIOURS = (
-    "corrupt-partial", "corrupt-output", "corrupt-shares", "equivocate", "withhold", "delay",
-    "crash", "replay",
+    "corrupt-partial",
+    "corrupt-output",
+    "corrupt-shares",
+    "equivocate",
+    "withhold",
+    "delay",
+    "crash",
+    "replay",
 )
 DATA_BEHAVIOURS = ("label-flip", "backdoor")
 PHASE_KINDS: dict[str, frozenset[int]] = {
@@ -93,15 +99,24 @@ def parse_behaviour(spec: str, start_round: int = 1) -> BehaviourSpec:
     name, params = parse_spec(spec)
     name = name.lower()
     allowed: dict[str, tuple[str, ...]] = {
-        "corrupt-partial": (), "corrupt-output": ("scale",), "corrupt-shares": (),
-        "equivocate": ("scale",), "withhold": ("kinds",), "delay": ("seconds",),
-        "crash": ("phase",), "replay": (), "label-flip": (), "backdoor": ("target", "fraction"),
+        "corrupt-partial": (),
+        "corrupt-output": ("scale",),
+        "corrupt-shares": (),
+        "equivocate": ("scale",),
+        "withhold": ("kinds",),
+        "delay": ("seconds",),
+        "crash": ("phase",),
+        "replay": (),
+        "label-flip": (),
+        "backdoor": ("target", "fraction"),
     }
     if name in allowed:
         unknown = sorted(set(params) - set(allowed[name]))
         if unknown:
-            raise ValueError(f"behaviour {name!r}: unknown parameter(s) {unknown}; "
-                             f"allowed: {list(allowed[name]) or 'none'}")
+            raise ValueError(
+                f"behaviour {name!r}: unknown parameter(s) {unknown}; "
+                f"allowed: {list(allowed[name]) or 'none'}"
+            )
         if name == "crash" and params.get("phase", "share") not in PHASE_KINDS:
             raise ValueError(f"behaviour 'crash': phase must be one of {sorted(PHASE_KINDS)}")
         if name == "withhold":
@@ -113,8 +128,9 @@ def parse_behaviour(spec: str, start_round: int = 1) -> BehaviourSpec:
         attack = parse_attack(spec)
     except ValueError as error:
         if "unknown poisoning attack" in str(error):
-            raise ValueError(f"unknown behaviour {name!r}; known: "
-                             f"{', '.join(known_behaviours())}") from None
+            raise ValueError(
+                f"unknown behaviour {name!r}; known: {', '.join(known_behaviours())}"
+            ) from None
         raise
     return BehaviourSpec(attack.name, params, start_round)
 
@@ -126,8 +142,9 @@ def _stable_bit(text: str) -> int:
 class ByzantineTransport:
     """Wraps an honest transport and deviates on outgoing messages from `start_round` on."""
 
-    def __init__(self, inner: Transport, spec: BehaviourSpec, node_id: str, deadline_s: float,
-                 seed: int) -> None:
+    def __init__(
+        self, inner: Transport, spec: BehaviourSpec, node_id: str, deadline_s: float, seed: int
+    ) -> None:
         self.inner = inner
         self.spec = spec
         self.node_id = node_id
@@ -137,6 +154,17 @@ class ByzantineTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+    async def status(self, peer: str, timeout_s: float = 2.0) -> Any:
+        return await self.inner.status(peer, timeout_s)
+
+    async def serving(self, peer: str, timeout_s: float = 1.0) -> bool:
+        return await self.inner.serving(peer, timeout_s)
+
+    async def fetch_model(
+        self, peer: str, round_: int, digest: str, requester: str, max_bytes: int
+    ) -> Message | None:
+        return await self.inner.fetch_model(peer, round_, digest, requester, max_bytes)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -149,8 +177,9 @@ class ByzantineTransport:
             log.warning("%s: Byzantine crash at phase %s", self.node_id, params.get("phase"))
             os.kill(os.getpid(), signal.SIGKILL)
         if name == "withhold":
-            kinds = frozenset().union(*(KIND_GROUPS[k]
-                                        for k in str(params.get("kinds", "all")).split("+")))
+            kinds = frozenset().union(
+                *(KIND_GROUPS[k] for k in str(params.get("kinds", "all")).split("+"))
+            )
             if message.kind in kinds:
                 return False
         if name == "delay":
@@ -179,15 +208,25 @@ class ByzantineTransport:
         elif name == "corrupt-output" and kind == pb.MESSAGE_KIND_CLUSTER_OUTPUT:
             noise = self.rng.standard_normal(tensors["sum"].size).astype(np.float32)
             tensors["sum"] = tensors["sum"] + scale * noise
-        elif name == "equivocate" and kind in (pb.MESSAGE_KIND_CLUSTER_OUTPUT,
-                                               pb.MESSAGE_KIND_UPDATE):
+        elif name == "equivocate" and kind in (
+            pb.MESSAGE_KIND_CLUSTER_OUTPUT,
+            pb.MESSAGE_KIND_UPDATE,
+        ):
             key = "sum" if kind == pb.MESSAGE_KIND_CLUSTER_OUTPUT else "update"
             if _stable_bit(f"{peer}/{message.round}"):
                 tensors[key] = tensors[key] * np.float32(-scale)
         else:
             return message
-        return Message(message.sender, message.round, message.kind, message.cluster, tensors,
-                       message.meta, message.recipient, message.signature)
+        return Message(
+            message.sender,
+            message.round,
+            message.kind,
+            message.cluster,
+            tensors,
+            message.meta,
+            message.recipient,
+            message.signature,
+        )
 
 
 def flip_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -250,8 +289,8 @@ class UpdatePoisoner:
 
         self.spec = spec
         self.attack = parse_attack(
-            spec.name + (":" + ",".join(f"{k}={v}" for k, v in spec.params.items())
-                         if spec.params else "")
+            spec.name
+            + (":" + ",".join(f"{k}={v}" for k, v in spec.params.items()) if spec.params else "")
         )
         self.n, self.f = n, f
         self.colluder_view = colluder_view

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -122,8 +121,17 @@ def run_testbed(scenario: dict[str, Any], work: Path, timeout_s: float) -> dict[
     work.mkdir(parents=True, exist_ok=True)
     path, out = work / "scenario.toml", work / "out"
     path.write_text(tomli_w.dumps(scenario))
-    command = [sys.executable, "-m", "node", "testbed", "run", str(path), "--out", str(out),
-               "--no-metrics"]
+    command = [
+        sys.executable,
+        "-m",
+        "node",
+        "testbed",
+        "run",
+        str(path),
+        "--out",
+        str(out),
+        "--no-metrics",
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
     summary_path = out / "summary.json"
     if result.returncode != 0 or not summary_path.exists():
@@ -142,8 +150,9 @@ def run_testbed(scenario: dict[str, Any], work: Path, timeout_s: float) -> dict[
     return summary
 
 
-def spent_epsilon(setting: Setting, summary: dict[str, Any], rounds: int, epochs: int,
-                  batch_size: int, nodes: int) -> float | None:
+def spent_epsilon(
+    setting: Setting, summary: dict[str, Any], rounds: int, epochs: int, batch_size: int, nodes: int
+) -> float | None:
     """The largest eps any node spent: from its records, else recomputed from the accountants."""
     reported = [r.get("epsilon") for r in summary.get("node_privacy", {}).values()]
     if reported:
@@ -161,10 +170,15 @@ def spent_epsilon(setting: Setting, summary: dict[str, Any], rounds: int, epochs
         samples = min(int(n["samples"]) for n in summary["nodes"].values())
         if samples > 0:
             steps_per_epoch = math.ceil(samples / batch_size)
-            candidates.append(gaussian_epsilon(
-                config.noise_multiplier, dpsgd_sample_rate(samples, batch_size),
-                rounds * epochs * steps_per_epoch, config.delta, config.accountant,
-            ))
+            candidates.append(
+                gaussian_epsilon(
+                    config.noise_multiplier,
+                    dpsgd_sample_rate(samples, batch_size),
+                    rounds * epochs * steps_per_epoch,
+                    config.delta,
+                    config.accountant,
+                )
+            )
     finite = [e for e in candidates if math.isfinite(e)]
     return min(finite) if finite else None
 
@@ -199,11 +213,26 @@ def attack_defense(setting: Setting, lr: float, seed: int) -> Any:
     return defend
 
 
-def attack_psnr(setting: Setting, method: str, dataset: Dataset, model: str, images: int,
-                iterations: int | None, lr: float, seed: int) -> float:
+def attack_psnr(
+    setting: Setting,
+    method: str,
+    dataset: Dataset,
+    model: str,
+    images: int,
+    iterations: int | None,
+    lr: float,
+    seed: int,
+) -> float:
     spec = ExperimentSpec(
-        method=method, model=model, batch=1, images=images, target="fedavg:1",
-        defense=attack_defense(setting, lr, seed), iterations=iterations, seed=seed, lr=lr,
+        method=method,
+        model=model,
+        batch=1,
+        images=images,
+        target="fedavg:1",
+        defense=attack_defense(setting, lr, seed),
+        iterations=iterations,
+        seed=seed,
+        lr=lr,
     )
     return float(run_experiment(spec, dataset).median_psnr)
 
@@ -218,8 +247,10 @@ def _chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
-    for key, marker, name in (("accuracy", "o", "honest"), ("accuracy_byzantine", "x",
-                                                             "1 sign-flip node")):
+    for key, marker, name in (
+        ("accuracy", "o", "honest"),
+        ("accuracy_byzantine", "x", "1 sign-flip node"),
+    ):
         points = [(r["psnr_idlg"], r[key], r) for r in rows if r.get(key) is not None]
         if not points:
             continue
@@ -229,15 +260,18 @@ def _chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
                 eps = row["epsilon"]
                 note = row["label"] + ("" if eps is None else f"\neps={eps:.3g}")
                 axis.annotate(note, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    frontier = sorted((r["psnr_idlg"], r["accuracy"]) for r in rows if r.get("accuracy") is not None)
+    frontier = sorted(
+        (r["psnr_idlg"], r["accuracy"]) for r in rows if r.get("accuracy") is not None
+    )
     best, pareto = -1.0, []
     for x, y in frontier:  # low PSNR (private) and high accuracy (useful) both win
         if y > best:
             pareto.append((x, y))
             best = y
     if pareto:
-        axis.plot([p[0] for p in pareto], [p[1] for p in pareto], "--", alpha=0.5,
-                  label="Pareto front")
+        axis.plot(
+            [p[0] for p in pareto], [p[1] for p in pareto], "--", alpha=0.5, label="Pareto front"
+        )
     axis.axvline(15, color="grey", lw=0.8, ls=":")
     axis.set_xlabel("iDLG median PSNR (dB, lower = more private)")
     axis.set_ylabel("final test accuracy")
@@ -260,8 +294,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def _markdown(report: dict[str, Any]) -> str:
     methods = report["methods"]
-    head = ["setting", "defense table", "k", "alpha", "eps (delta=1e-5)", "accuracy",
-            "accuracy w/ sign-flip"] + [f"{m} PSNR (dB)" for m in methods]
+    head = [
+        "setting",
+        "defense table",
+        "k",
+        "alpha",
+        "eps (delta=1e-5)",
+        "accuracy",
+        "accuracy w/ sign-flip",
+    ] + [f"{m} PSNR (dB)" for m in methods]
     lines = [
         "# Privacy–utility–robustness map (issue 7)",
         "",
@@ -277,13 +318,24 @@ def _markdown(report: dict[str, Any]) -> str:
         "|" + "---|" * len(head),
     ]
     for row in report["rows"]:
-        cells = [row["label"], f"`{json.dumps(row['defense'])}`" if row["defense"] else "`{}`",
-                 str(row["cluster_size"]), _fmt(row["alpha"], 1), _fmt(row["epsilon"], 2),
-                 _fmt(row["accuracy"]), _fmt(row.get("accuracy_byzantine"))]
+        cells = [
+            row["label"],
+            f"`{json.dumps(row['defense'])}`" if row["defense"] else "`{}`",
+            str(row["cluster_size"]),
+            _fmt(row["alpha"], 1),
+            _fmt(row["epsilon"], 2),
+            _fmt(row["accuracy"]),
+            _fmt(row.get("accuracy_byzantine")),
+        ]
         cells += [_fmt(row.get(f"psnr_{m}"), 1) for m in methods]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "![accuracy against iDLG PSNR](privacy_utility.png)", "",
-              f"Total {report['total_seconds']:.0f} s on this machine.", ""]
+    lines += [
+        "",
+        "![accuracy against iDLG PSNR](privacy_utility.png)",
+        "",
+        f"Total {report['total_seconds']:.0f} s on this machine.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -317,25 +369,41 @@ def run_bench(args: argparse.Namespace) -> int:
                 if args.skip_attacks:
                     continue
                 psnr_cache[(setting.label, method)] = attack_psnr(
-                    setting, method, dataset, args.model, images,
-                    args.ig_iterations if method == "ig" else None, lr, args.seed,
+                    setting,
+                    method,
+                    dataset,
+                    args.model,
+                    images,
+                    args.ig_iterations if method == "ig" else None,
+                    lr,
+                    args.seed,
                 )
             for alpha in alphas:
                 for k in cluster_sizes:
                     if k > nodes:
                         continue
                     row: dict[str, Any] = {
-                        "label": setting.label, "defense": setting.defense, "alpha": alpha,
-                        "cluster_size": k, "nodes": nodes, "rounds": rounds,
+                        "label": setting.label,
+                        "defense": setting.defense,
+                        "alpha": alpha,
+                        "cluster_size": k,
+                        "nodes": nodes,
+                        "rounds": rounds,
                     }
                     for method in methods:
                         row[f"psnr_{method}"] = psnr_cache.get((setting.label, method))
-                    for byzantine in ([False] if args.skip_testbed else [False, True]):
+                    for byzantine in [False] if args.skip_testbed else [False, True]:
                         if args.skip_testbed:
                             break
                         scenario = scenario_for(
-                            base, setting, nodes=nodes, rounds=rounds, model=args.model,
-                            alpha=alpha, cluster_size=k, eval_samples=args.eval_samples,
+                            base,
+                            setting,
+                            nodes=nodes,
+                            rounds=rounds,
+                            model=args.model,
+                            alpha=alpha,
+                            cluster_size=k,
+                            eval_samples=args.eval_samples,
                             byzantine=byzantine,
                         )
                         tag = f"{len(rows)}-{int(byzantine)}"
@@ -344,8 +412,12 @@ def run_bench(args: argparse.Namespace) -> int:
                         row[key] = summary["final_accuracy"]
                         if not byzantine:
                             row["epsilon"] = spent_epsilon(
-                                setting, summary, rounds, int(training.get("epochs", 1)),
-                                int(training.get("batch_size", 32)), nodes,
+                                setting,
+                                summary,
+                                rounds,
+                                int(training.get("epochs", 1)),
+                                int(training.get("batch_size", 32)),
+                                nodes,
                             )
                             row["epsilon_reported_by_nodes"] = bool(summary["node_privacy"])
                     row.setdefault("accuracy", None)
@@ -358,20 +430,22 @@ def run_bench(args: argparse.Namespace) -> int:
                         f"[{time.perf_counter() - started:.0f} s]"
                     )
 
-    command = "phalanx bench privacy" + (" --quick" if quick else "") + (
-        " --ig" if args.ig else "")
+    command = "phalanx bench privacy" + (" --quick" if quick else "") + (" --ig" if args.ig else "")
     description = (
         f"mnist5k, model `{args.model}`, {nodes} nodes, {rounds} rounds, Dirichlet non-IID "
         f"(alpha as listed), static clusters of k, mean aggregation, no MPC; base scenario "
         f"`{Path(args.base).name}` (training {training}). Accuracy: `final_accuracy` of one "
-        f"testbed run, and of a second one with `[[byzantine]] behaviour=\"sign-flip\" count=1`. "
+        f'testbed run, and of a second one with `[[byzantine]] behaviour="sign-flip" count=1`. '
         f"eps: the largest any node spent (delta = 1e-5; `—` = no DP guarantee). PSNR: median "
         f"over {images} victim images of the attack on the defended FedAvg delta of one image "
         f"after one SGD step at lr={lr} (a cluster of one: the worst case); DP-SGD's column "
         f"attacks its exact one-image release `clip(-lr g, lr C) + N(0, (z lr C)^2)`."
     )
     report = {
-        "command": command, "description": description, "methods": methods, "rows": rows,
+        "command": command,
+        "description": description,
+        "methods": methods,
+        "rows": rows,
         "total_seconds": time.perf_counter() - started,
     }
     docs = Path(args.docs)
@@ -379,17 +453,25 @@ def run_bench(args: argparse.Namespace) -> int:
     (docs / "privacy_utility.json").write_text(json.dumps(report, indent=2) + "\n")
     (docs / "privacy_utility.md").write_text(_markdown(report))
     if any(r.get("accuracy") is not None and r.get("psnr_idlg") is not None for r in rows):
-        _chart(rows, docs / "privacy_utility.png",
-               f"mnist5k/{args.model}, {nodes} nodes, {rounds} rounds: accuracy vs iDLG PSNR")
+        _chart(
+            rows,
+            docs / "privacy_utility.png",
+            f"mnist5k/{args.model}, {nodes} nodes, {rounds} rounds: accuracy vs iDLG PSNR",
+        )
 
     table = Table(title="privacy–utility map")
     for column in ("setting", "k", "alpha", "eps", "acc", "acc sign-flip", *methods):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["label"], str(row["cluster_size"]), _fmt(row["alpha"], 1),
-                      _fmt(row["epsilon"], 2), _fmt(row["accuracy"]),
-                      _fmt(row.get("accuracy_byzantine")),
-                      *[_fmt(row.get(f"psnr_{m}"), 1) for m in methods])
+        table.add_row(
+            row["label"],
+            str(row["cluster_size"]),
+            _fmt(row["alpha"], 1),
+            _fmt(row["epsilon"], 2),
+            _fmt(row["accuracy"]),
+            _fmt(row.get("accuracy_byzantine")),
+            *[_fmt(row.get(f"psnr_{m}"), 1) for m in methods],
+        )
     console.print(table)
     console.print(f"wrote {docs / 'privacy_utility.md'} in {report['total_seconds']:.0f} s")
     if args.json:
@@ -401,14 +483,18 @@ def _float_list(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
 
 
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"values must be >= 1, got {text!r}")
     return values
@@ -417,8 +503,11 @@ def _int_list(text: str) -> list[int]:
 def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     """Add ``phalanx bench privacy``."""
     parser = bench_subparsers.add_parser("privacy", help="privacy–utility–robustness map")
-    parser.add_argument("--quick", action="store_true",
-                        help="4 nodes, 3 rounds, alpha 1.0, k=4, 4 victims (about 5 minutes)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="4 nodes, 3 rounds, alpha 1.0, k=4, 4 victims (about 5 minutes)",
+    )
     parser.add_argument("--base", default=str(DEFAULT_BASE), help="base scenario TOML")
     parser.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
     parser.add_argument("--nodes", type=int, default=None)

@@ -24,13 +24,23 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_testbed(out: Path, *args: str, timeout: float = 1800) -> dict[str, Any]:
-    command = [sys.executable, "-m", "node", "testbed", "run", "--no-metrics", "--out", str(out),
-               *args]
+    command = [
+        sys.executable,
+        "-m",
+        "node",
+        "testbed",
+        "run",
+        "--no-metrics",
+        "--out",
+        str(out),
+        *args,
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     summary_path = out / "summary.json"
     if result.returncode != 0 or not summary_path.exists():
-        raise RuntimeError(f"testbed failed ({result.returncode}): {result.stdout[-2000:]}"
-                           f"{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"testbed failed ({result.returncode}): {result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
     return dict(json.loads(summary_path.read_text()))
 
 
@@ -41,8 +51,11 @@ def round_breakdown(summary: dict[str, Any]) -> dict[str, float]:
     def median(key: str) -> float:
         return statistics.median(r[key] for r in rounds)
 
-    train, communicate, aggregate = median("train_s"), median("communicate_s"), median(
-        "aggregate_s")
+    train, communicate, aggregate = (
+        median("train_s"),
+        median("communicate_s"),
+        median("aggregate_s"),
+    )
     return {
         "round_s": median("duration_s"),
         "train_s": train,
@@ -58,20 +71,39 @@ def round_breakdown(summary: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def run_rounds_bench(nodes: list[int], models: list[str], rounds: int, cluster_size: int,
-                     secure: str = "none", per_process: int = 1) -> list[dict[str, Any]]:
+def run_rounds_bench(
+    nodes: list[int],
+    models: list[str],
+    rounds: int,
+    cluster_size: int,
+    secure: str = "none",
+    per_process: int = 1,
+) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             for n in nodes:
                 out = Path(tmp) / f"{model}-{n}"
                 summary = run_testbed(
-                    out, "--nodes", str(n), "--rounds", str(rounds), "--model", model,
-                    "--cluster-size", str(min(cluster_size, n)), "--partition", "iid",
-                    "--secure", secure, "--nodes-per-process", str(per_process),
+                    out,
+                    "--nodes",
+                    str(n),
+                    "--rounds",
+                    str(rounds),
+                    "--model",
+                    model,
+                    "--cluster-size",
+                    str(min(cluster_size, n)),
+                    "--partition",
+                    "iid",
+                    "--secure",
+                    secure,
+                    "--nodes-per-process",
+                    str(per_process),
                 )
-                rows.append({"nodes": n, "model": model, "secure": secure,
-                             **round_breakdown(summary)})
+                rows.append(
+                    {"nodes": n, "model": model, "secure": secure, **round_breakdown(summary)}
+                )
     return rows
 
 
@@ -79,20 +111,42 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("nodes", "model", "params", "secure", "round s", "train s", "communicate s",
-                  "aggregate s", "(comm+agg)/train", "MB/node", "accuracy", "identical")
+    table = Table(
+        "nodes",
+        "model",
+        "params",
+        "secure",
+        "round s",
+        "train s",
+        "communicate s",
+        "aggregate s",
+        "(comm+agg)/train",
+        "MB/node",
+        "accuracy",
+        "identical",
+    )
     for r in rows:
-        table.add_row(str(r["nodes"]), r["model"], str(r["parameters"]), r["secure"],
-                      f"{r['round_s']:.2f}", f"{r['train_s']:.2f}", f"{r['communicate_s']:.2f}",
-                      f"{r['aggregate_s']:.4f}", f"{r['overhead_ratio']:.2f}",
-                      f"{r['mb_sent_per_node']:.1f}", f"{r['final_accuracy']:.3f}",
-                      str(r["digests_identical"]))
+        table.add_row(
+            str(r["nodes"]),
+            r["model"],
+            str(r["parameters"]),
+            r["secure"],
+            f"{r['round_s']:.2f}",
+            f"{r['train_s']:.2f}",
+            f"{r['communicate_s']:.2f}",
+            f"{r['aggregate_s']:.4f}",
+            f"{r['overhead_ratio']:.2f}",
+            f"{r['mb_sent_per_node']:.1f}",
+            f"{r['final_accuracy']:.3f}",
+            str(r["digests_identical"]),
+        )
     Console().print(table)
 
 
 def _cmd_rounds(args: argparse.Namespace) -> int:
-    rows = run_rounds_bench(args.nodes, args.models, args.rounds, args.cluster_size, args.secure,
-                            args.nodes_per_process)
+    rows = run_rounds_bench(
+        args.nodes, args.models, args.rounds, args.cluster_size, args.secure, args.nodes_per_process
+    )
     _print(rows, args.json)
     return 0
 
@@ -100,10 +154,23 @@ def _cmd_rounds(args: argparse.Namespace) -> int:
 def _cmd_scale(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         summary = run_testbed(
-            Path(tmp) / "scale", "--nodes", str(args.nodes), "--rounds", str(args.rounds),
-            "--model", "mlp", "--dataset", args.dataset, "--partition", "iid", "--cluster-size",
-            str(args.cluster_size), "--nodes-per-process", str(args.nodes_per_process),
-            "--collect-timeout", "120",
+            Path(tmp) / "scale",
+            "--nodes",
+            str(args.nodes),
+            "--rounds",
+            str(args.rounds),
+            "--model",
+            "mlp",
+            "--dataset",
+            args.dataset,
+            "--partition",
+            "iid",
+            "--cluster-size",
+            str(args.cluster_size),
+            "--nodes-per-process",
+            str(args.nodes_per_process),
+            "--collect-timeout",
+            "120",
         )
     result = {
         "nodes": args.nodes,
@@ -114,7 +181,9 @@ def _cmd_scale(args: argparse.Namespace) -> int:
         "median_round_s": statistics.median(r["duration_s"] for r in summary["rounds"]),
         "peak_rss_mb_per_node": summary["resources"]["peak_rss_bytes_per_node_max"] / 2**20,
         "peak_rss_mb_per_process_max": max(
-            summary["resources"]["peak_rss_bytes_per_process"].values()) / 2**20,
+            summary["resources"]["peak_rss_bytes_per_process"].values()
+        )
+        / 2**20,
     }
     print(json.dumps(result, indent=2))
     return 0 if result["rounds_completed"] == args.rounds else 1

@@ -57,7 +57,7 @@ def _split_holdout(
     for label in range(num_classes):
         idx = np.flatnonzero(y == label)
         rng.shuffle(idx)
-        test_idx.append(idx[: int(round(len(idx) * test_fraction))])
+        test_idx.append(idx[: round(len(idx) * test_fraction)])
     test_mask = np.zeros(len(y), dtype=bool)
     test_mask[np.concatenate(test_idx)] = True
     return Dataset(name, x[~test_mask], y[~test_mask], x[test_mask], y[test_mask], num_classes)

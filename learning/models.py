@@ -133,6 +133,7 @@ class SmallResNet(nn.Module):
 
 ModelFactory = Callable[[InputShape, int], nn.Module]
 
+
 def _wide_mlp(input_shape: InputShape, num_classes: int) -> nn.Module:
     """The MLP at width 640: about 0.92M parameters on 28x28 inputs (the ~1M benchmark model)."""
     return MLP(input_shape, num_classes, hidden=640)

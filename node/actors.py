@@ -102,8 +102,9 @@ class Supervisor:
                 if self._on_restart is not None:
                     self._on_restart(actor.name, error)
                 if self.restarts[actor.name] > self.max_restarts:
-                    log.error("actor %s exceeded %d restarts; stopping it", actor.name,
-                              self.max_restarts)
+                    log.error(
+                        "actor %s exceeded %d restarts; stopping it", actor.name, self.max_restarts
+                    )
                     return
 
     def alive(self, name: str) -> bool:

@@ -67,7 +67,10 @@ def _node_configs(args: argparse.Namespace) -> list[NodeConfig]:
     scenario = load_scenario(args.scenario) if args.scenario else Scenario()
     scenario = with_overrides(scenario, {"rounds": args.rounds, "seed": args.seed})
     settings = NodeSettings(
-        id=args.id, host=args.host, port=args.port, metrics_port=args.metrics_port,
+        id=args.id,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
         out_dir=args.out,
     )
     return [NodeConfig(node=settings, peers=list(args.peer or []), scenario=scenario)]
@@ -87,26 +90,45 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "node", help="run a peer daemon (one or more nodes in this process)",
+        "node",
+        help="run a peer daemon (one or more nodes in this process)",
         description="Run Phalanx peer daemons. Several --config files run several nodes on one "
         "event loop; otherwise the flags describe one node.",
     )
-    parser.add_argument("--config", action="append", type=Path, metavar="NODE.toml",
-                        help="node file with [node], [[peers]] and [scenario]; repeatable")
+    parser.add_argument(
+        "--config",
+        action="append",
+        type=Path,
+        metavar="NODE.toml",
+        help="node file with [node], [[peers]] and [scenario]; repeatable",
+    )
     parser.add_argument("--id", help="node id")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="gRPC port (0 = any free port)")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port")
-    parser.add_argument("--peer", action="append", type=_peer, metavar="ID=HOST:PORT",
-                        help="a peer (repeatable); static membership")
+    parser.add_argument(
+        "--peer",
+        action="append",
+        type=_peer,
+        metavar="ID=HOST:PORT",
+        help="a peer (repeatable); static membership",
+    )
     parser.add_argument("--scenario", type=Path, help="scenario TOML (default: built-in)")
     parser.add_argument("--rounds", type=int, help="override the scenario's rounds")
     parser.add_argument("--seed", type=int, help="override the scenario's seed")
     parser.add_argument("--out", default="phalanx-out", help="output folder (default phalanx-out)")
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="intra-op threads for torch (default 1: many nodes share the CPU)")
-    parser.add_argument("--linger", type=float, default=1.0,
-                        help="seconds to keep serving after the last round (default 1)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="intra-op threads for torch (default 1: many nodes share the CPU)",
+    )
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=1.0,
+        help="seconds to keep serving after the last round (default 1)",
+    )
     parser.set_defaults(func=_cmd_node)
 
 
@@ -139,7 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         module = _optional_module(module_name)
         if module is not None:
             module.register_bench(bench_subparsers)
-    bench.set_defaults(func=lambda _args: bench.print_help() or 2)
+
+    def bench_help(_args: argparse.Namespace) -> int:
+        bench.print_help()
+        return EXIT_CONFIG
+
+    bench.set_defaults(func=bench_help)
     return parser
 
 

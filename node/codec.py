@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from phalanx.v1 import node_pb2 as pb
 
 PROTOCOL_VERSION = 1
@@ -94,7 +93,9 @@ def decode_tensor(spec: pb.TensorSpec, data: bytes | memoryview) -> np.ndarray:
             f"expected {expected}"
         )
     dtype = _DTYPES[spec.dtype]
-    return np.frombuffer(data, dtype=dtype).reshape(tuple(spec.shape)).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(data, dtype=dtype).reshape(tuple(spec.shape)).astype(dtype.newbyteorder("="))
+    )
 
 
 def make_header(message: Message) -> pb.Header:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from learning.data import DATASETS, NEEDS_DIRECTORY, PARTITIONERS
+from learning.data import NEEDS_DIRECTORY
 from learning.models import MODELS
 
 MiB = 1024 * 1024
@@ -73,8 +73,9 @@ class ClusteringConfig(_Section):
         default=2, description="members of each cluster that publish its output to all nodes"
     )
     echo: bool = Field(
-        default=True, description="echo step: drop publishers that sent different outputs to "
-        "different nodes (one all-to-all exchange of digests per round)"
+        default=True,
+        description="echo step: drop publishers that sent different outputs to "
+        "different nodes (one all-to-all exchange of digests per round)",
     )
 
 
@@ -103,8 +104,8 @@ class TimeoutConfig(_Section):
     )
     rpc_s: Annotated[float, Field(gt=0)] = 10.0
     round_period_s: Annotated[float, Field(ge=0)] = Field(
-        default=0.0, description="pace rounds: each round lasts at least this long (0 = as fast "
-        "as possible)"
+        default=0.0,
+        description="pace rounds: each round lasts at least this long (0 = as fast as possible)",
     )
 
 
@@ -289,7 +290,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
 
 
 def with_overrides(scenario: Scenario, overrides: dict[str, Any]) -> Scenario:
-    """A copy of `scenario` with dotted-key overrides applied (``{"clustering.cluster_size": 3}``)."""
+    """A copy of `scenario` with dotted-key overrides (``{"clustering.cluster_size": 3}``)."""
     data = scenario.model_dump()
     for dotted, value in overrides.items():
         if value is None:

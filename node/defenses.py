@@ -91,7 +91,9 @@ def _stages(defense: UpdateDefense) -> tuple[UpdateDefense, ...]:
 
 
 def _is_hybrid_forward(stage: UpdateDefense) -> bool:
-    return isinstance(stage, ForwardNoising) and stage.scale == "clip" and stage.clip_norm is not None
+    return (
+        isinstance(stage, ForwardNoising) and stage.scale == "clip" and stage.clip_norm is not None
+    )
 
 
 def _finite_or_none(epsilon: float) -> float | None:
@@ -136,7 +138,7 @@ class NodeDefense:
         train_config: TrainConfig,
         seed: int,
     ) -> tuple[TrainResult, float | None]:
-        """Train `model` in place; returns (result, cumulative DP-SGD eps or None without DP-SGD)."""
+        """Train `model` in place; returns (result, cumulative DP-SGD eps, None without DP-SGD)."""
         if self.dpsgd_accountant is None:
             return train_local(model, x, y, train_config, seed), None
         result, epsilon = dp_train_local(

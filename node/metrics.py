@@ -24,7 +24,7 @@ def package_version() -> str:
 
 
 class NodeMetrics:
-    """All metrics one node exports. `node` is a constant label so dashboards can tell peers apart."""
+    """All metrics one node exports; build info names the node so dashboards tell peers apart."""
 
     def __init__(self, node_id: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -36,18 +36,25 @@ class NodeMetrics:
         )
         self.current_round = Gauge("phalanx_round", "Round the node is working on.", registry=r)
         self.round_duration = Histogram(
-            "phalanx_round_duration_seconds", "Wall time of a whole round.",
-            buckets=ROUND_BUCKETS, registry=r,
+            "phalanx_round_duration_seconds",
+            "Wall time of a whole round.",
+            buckets=ROUND_BUCKETS,
+            registry=r,
         )
         self.phase_duration = Histogram(
-            "phalanx_phase_duration_seconds", "Wall time of each round phase.", ["phase"],
-            buckets=ROUND_BUCKETS, registry=r,
+            "phalanx_phase_duration_seconds",
+            "Wall time of each round phase.",
+            ["phase"],
+            buckets=ROUND_BUCKETS,
+            registry=r,
         )
         self.bytes_sent = Counter(
             "phalanx_bytes_sent", "Payload bytes sent, by message kind.", ["kind"], registry=r
         )
         self.bytes_received = Counter(
-            "phalanx_bytes_received", "Payload bytes received, by message kind.", ["kind"],
+            "phalanx_bytes_received",
+            "Payload bytes received, by message kind.",
+            ["kind"],
             registry=r,
         )
         self.messages_sent = Counter(
@@ -60,17 +67,23 @@ class NodeMetrics:
             "phalanx_messages_rejected", "Messages refused, by reason.", ["reason"], registry=r
         )
         self.rpc_latency = Histogram(
-            "phalanx_rpc_duration_seconds", "Client-side latency of outgoing RPCs.", ["rpc"],
-            buckets=RPC_BUCKETS, registry=r,
+            "phalanx_rpc_duration_seconds",
+            "Client-side latency of outgoing RPCs.",
+            ["rpc"],
+            buckets=RPC_BUCKETS,
+            registry=r,
         )
         self.rpc_failures = Counter(
             "phalanx_rpc_failures", "Outgoing RPCs that failed after retries.", ["rpc"], registry=r
         )
         self.accuracy = Gauge(
-            "phalanx_accuracy_ratio", "Test accuracy of the model after the last round.",
+            "phalanx_accuracy_ratio",
+            "Test accuracy of the model after the last round.",
             registry=r,
         )
-        self.loss = Gauge("phalanx_loss", "Test loss of the model after the last round.", registry=r)
+        self.loss = Gauge(
+            "phalanx_loss", "Test loss of the model after the last round.", registry=r
+        )
         self.train_loss = Gauge(
             "phalanx_train_loss", "Mean local training loss in the last round.", registry=r
         )
@@ -78,11 +91,15 @@ class NodeMetrics:
             "phalanx_excluded_nodes", "Nodes excluded from the last round.", registry=r
         )
         self.actor_restarts = Counter(
-            "phalanx_actor_restarts", "Actor loops restarted by the supervisor.", ["role"],
+            "phalanx_actor_restarts",
+            "Actor loops restarted by the supervisor.",
+            ["role"],
             registry=r,
         )
         self.mailbox_depth = Gauge(
-            "phalanx_mailbox_depth", "Messages waiting in an actor's mailbox.", ["role"],
+            "phalanx_mailbox_depth",
+            "Messages waiting in an actor's mailbox.",
+            ["role"],
             registry=r,
         )
         self._server: WSGIServer | None = None

@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from phalanx.v1 import node_pb2 as pb
 
 from mpc import (
     ClusterSession,
@@ -52,7 +53,6 @@ from node.protocols import (
     validate_cluster_output,
 )
 from node.server import Rejection
-from phalanx.v1 import node_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +80,29 @@ def agree_dealer_set(held_by: dict[str, Sequence[str]], threshold: int) -> list[
 class ShamirClusterProtocol:
     """Threshold secret sharing with robust reconstruction, for malicious share-holders."""
 
-    kinds = frozenset({
-        pb.MESSAGE_KIND_MPC_KEYS, pb.MESSAGE_KIND_SHARE, pb.MESSAGE_KIND_HELD_DEALERS,
-        pb.MESSAGE_KIND_DEALER_SET, pb.MESSAGE_KIND_PARTIAL_SUM, pb.MESSAGE_KIND_CLUSTER_OUTPUT,
-    })
+    kinds = frozenset(
+        {
+            pb.MESSAGE_KIND_MPC_KEYS,
+            pb.MESSAGE_KIND_SHARE,
+            pb.MESSAGE_KIND_HELD_DEALERS,
+            pb.MESSAGE_KIND_DEALER_SET,
+            pb.MESSAGE_KIND_PARTIAL_SUM,
+            pb.MESSAGE_KIND_CLUSTER_OUTPUT,
+        }
+    )
     phases = 4
-    publishers = None
+    publishers: int | None = None
 
     def __init__(
-        self, fixed_point: FixedPointConfig, threshold: int, publishers: int,
+        self,
+        fixed_point: FixedPointConfig,
+        threshold: int,
+        publishers: int,
         on_reject: RejectHook,
     ) -> None:
         self.fixed_point = fixed_point
         self.threshold = threshold
-        self.publishers = publishers
+        self.publishers: int | None = publishers
         self._on_reject = on_reject
         self.last_outcomes: dict[int, str] = {}
 
@@ -110,8 +119,9 @@ class ShamirClusterProtocol:
         kind = message.kind
         if kind == pb.MESSAGE_KIND_CLUSTER_OUTPUT:
             if message.sender not in publishers:
-                raise _invalid(f"{message.sender} is not an aggregator of cluster "
-                               f"{message.cluster}")
+                raise _invalid(
+                    f"{message.sender} is not an aggregator of cluster {message.cluster}"
+                )
             validate_cluster_output(message, members, dimension)
         elif kind == pb.MESSAGE_KIND_MPC_KEYS:
             key = message.tensors.get("encryption_public")
@@ -134,13 +144,20 @@ class ShamirClusterProtocol:
             if len(set(names)) != len(names) or not set(names) <= set(members):
                 raise _invalid(f"{field} must list distinct members of cluster {message.cluster}")
             if kind == pb.MESSAGE_KIND_DEALER_SET and message.sender not in publishers:
-                raise Rejection(grpc.StatusCode.PERMISSION_DENIED, "invalid",
-                                f"{message.sender} is not an aggregator of cluster "
-                                f"{message.cluster}")
+                raise Rejection(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "invalid",
+                    f"{message.sender} is not an aggregator of cluster {message.cluster}",
+                )
 
     def _reject(self, context: RoundContext, sender: str, error: Exception) -> None:
-        log.warning("%s round %d: rejected MPC message from %s: %s", context.node_id,
-                    context.round, sender, error)
+        log.warning(
+            "%s round %d: rejected MPC message from %s: %s",
+            context.node_id,
+            context.round,
+            sender,
+            error,
+        )
         self._on_reject("mpc", sender)
 
     async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
@@ -148,8 +165,9 @@ class ShamirClusterProtocol:
         members = sorted(context.clusters[mine])
         publishers = context.publishers_of(mine)
         live = [m for m in members if m not in context.suspected or m == me]
-        session = ClusterSession(tuple(members), r, str(mine), self.threshold_for(len(members)),
-                                 context.dimension)
+        session = ClusterSession(
+            tuple(members), r, str(mine), self.threshold_for(len(members)), context.dimension
+        )
         member = ShamirMember(session, me, Csprng(None))
         inbox, collect = context.inbox, context.collect_s
 
@@ -159,14 +177,19 @@ class ShamirClusterProtocol:
         # 1. keys
         started = time.monotonic()
         advert = member.advertise_keys()
-        await broadcast(context, message(
-            pb.MESSAGE_KIND_MPC_KEYS,
-            tensors={"encryption_public": np.frombuffer(advert.encryption_public, np.uint8)},
-        ), members)
+        await broadcast(
+            context,
+            message(
+                pb.MESSAGE_KIND_MPC_KEYS,
+                tensors={"encryption_public": np.frombuffer(advert.encryption_public, np.uint8)},
+            ),
+            members,
+        )
         keys = await inbox.wait_for(r, pb.MESSAGE_KIND_MPC_KEYS, mine, live, started + collect)
         adverts = {
-            sender: KeyAdvertisement(r, str(mine), sender,
-                                     msg.tensors["encryption_public"].tobytes())
+            sender: KeyAdvertisement(
+                r, str(mine), sender, msg.tensors["encryption_public"].tobytes()
+            )
             for sender, msg in keys.items()
         }
         context.phase_seconds["keys"] = time.monotonic() - started
@@ -176,48 +199,70 @@ class ShamirClusterProtocol:
         encoded = encode(update, self.fixed_point)
         shares = member.deal(encoded, adverts)
         for recipient, share in sorted(shares.items()):
-            context.post(recipient, Message(
-                me, r, pb.MESSAGE_KIND_SHARE, mine,
-                {"ciphertext": np.frombuffer(share.ciphertext, np.uint8)},
-                meta={"purpose": share.purpose}, recipient=recipient,
-            ))
+            context.post(
+                recipient,
+                Message(
+                    me,
+                    r,
+                    pb.MESSAGE_KIND_SHARE,
+                    mine,
+                    {"ciphertext": np.frombuffer(share.ciphertext, np.uint8)},
+                    meta={"purpose": share.purpose},
+                    recipient=recipient,
+                ),
+            )
         dealers = [d for d in adverts if d != me]
         received = await inbox.wait_for(r, pb.MESSAGE_KIND_SHARE, mine, dealers, phase + collect)
         for sender, msg in sorted(received.items()):
             try:
-                member.receive_share(EncryptedShare(
-                    r, str(mine), sender, msg.recipient, msg.meta.get("purpose", ""),
-                    msg.tensors["ciphertext"].tobytes(),
-                ))
+                member.receive_share(
+                    EncryptedShare(
+                        r,
+                        str(mine),
+                        sender,
+                        msg.recipient,
+                        msg.meta.get("purpose", ""),
+                        msg.tensors["ciphertext"].tobytes(),
+                    )
+                )
             except ShareRejected as error:
                 self._reject(context, sender, error)
         context.phase_seconds["share"] = time.monotonic() - phase
 
         # 3. agree on the dealer set
         phase = time.monotonic()
-        held = message(pb.MESSAGE_KIND_HELD_DEALERS,
-                       meta={"held": ",".join(member.held_dealers())})
+        held = message(pb.MESSAGE_KIND_HELD_DEALERS, meta={"held": ",".join(member.held_dealers())})
         await broadcast(context, held, publishers)
         if me in publishers:
-            reports = await inbox.wait_for(r, pb.MESSAGE_KIND_HELD_DEALERS, mine, live,
-                                           phase + collect)
+            reports = await inbox.wait_for(
+                r, pb.MESSAGE_KIND_HELD_DEALERS, mine, live, phase + collect
+            )
             agreed = agree_dealer_set(
                 {s: _names(m.meta["held"]) for s, m in reports.items()}, session.threshold
             )
-            await broadcast(context, message(pb.MESSAGE_KIND_DEALER_SET,
-                                             meta={"dealers": ",".join(agreed)}), members)
+            await broadcast(
+                context,
+                message(pb.MESSAGE_KIND_DEALER_SET, meta={"dealers": ",".join(agreed)}),
+                members,
+            )
         waiting = [p for p in publishers if p not in context.suspected or p == me]
-        requests = await inbox.wait_for(r, pb.MESSAGE_KIND_DEALER_SET, mine, waiting,
-                                        phase + 2 * collect)
+        requests = await inbox.wait_for(
+            r, pb.MESSAGE_KIND_DEALER_SET, mine, waiting, phase + 2 * collect
+        )
         for publisher, request in sorted(requests.items()):
             try:
                 partial = member.partial_sum(_names(request.meta["dealers"]))
             except ValueError as error:
                 log.info("%s round %d: no partial sum for %s: %s", me, r, publisher, error)
                 continue
-            reply = Message(me, r, pb.MESSAGE_KIND_PARTIAL_SUM, mine,
-                            {"value": np.frombuffer(partial.value, np.uint8)},
-                            recipient=publisher)
+            reply = Message(
+                me,
+                r,
+                pb.MESSAGE_KIND_PARTIAL_SUM,
+                mine,
+                {"value": np.frombuffer(partial.value, np.uint8)},
+                recipient=publisher,
+            )
             if publisher == me:
                 await inbox.put(reply)
             else:
@@ -228,27 +273,35 @@ class ShamirClusterProtocol:
         phase = time.monotonic()
         if me in publishers and me in requests:
             agreed = _names(requests[me].meta["dealers"])
-            partials = await inbox.wait_for(r, pb.MESSAGE_KIND_PARTIAL_SUM, mine, live,
-                                            phase + collect)
-            outcome = reconstruct_cluster_sum(session, [
-                PartialSum(r, str(mine), sender, msg.tensors["value"].tobytes())
-                for sender, msg in sorted(partials.items())
-            ])
+            partials = await inbox.wait_for(
+                r, pb.MESSAGE_KIND_PARTIAL_SUM, mine, live, phase + collect
+            )
+            outcome = reconstruct_cluster_sum(
+                session,
+                [
+                    PartialSum(r, str(mine), sender, msg.tensors["value"].tobytes())
+                    for sender, msg in sorted(partials.items())
+                ],
+            )
             for sender, reason in outcome.rejections.items():
                 self._reject(context, sender, ValueError(reason))
             if outcome.failed or outcome.field_sum is None or not agreed:
                 self.last_outcomes[mine] = f"failed: {outcome.reason}"
-                log.warning("%s round %d: cluster %d reconstruction failed: %s", me, r, mine,
-                            outcome.reason)
+                log.warning(
+                    "%s round %d: cluster %d reconstruction failed: %s", me, r, mine, outcome.reason
+                )
             else:
                 if outcome.suspects:
-                    log.warning("%s round %d: corrected lying holders %s", me, r,
-                                ",".join(outcome.suspects))
+                    log.warning(
+                        "%s round %d: corrected lying holders %s", me, r, ",".join(outcome.suspects)
+                    )
                 self.last_outcomes[mine] = "ok"
                 total = decode_sum(outcome.field_sum, self.fixed_point, len(agreed))
-                await broadcast(context, publish_output(
-                    context, total.astype(np.float32), agreed
-                ), context.everyone)
+                await broadcast(
+                    context,
+                    publish_output(context, total.astype(np.float32), agreed),
+                    context.everyone,
+                )
         context.phase_seconds["reconstruct"] = time.monotonic() - phase
         return await await_cluster_outputs(context, phase, (self.phases + 1) * collect)
 
@@ -270,16 +323,23 @@ class SecAggClusterProtocol:
        never unmasked: a member refuses to reveal both seeds of anyone.
     """
 
-    kinds = frozenset({
-        pb.MESSAGE_KIND_MPC_KEYS, pb.MESSAGE_KIND_MPC_SEED_SHARES, pb.MESSAGE_KIND_HELD_DEALERS,
-        pb.MESSAGE_KIND_DEALER_SET, pb.MESSAGE_KIND_MASKED_INPUT, pb.MESSAGE_KIND_UNMASK,
-        pb.MESSAGE_KIND_CLUSTER_OUTPUT,
-    })
+    kinds = frozenset(
+        {
+            pb.MESSAGE_KIND_MPC_KEYS,
+            pb.MESSAGE_KIND_MPC_SEED_SHARES,
+            pb.MESSAGE_KIND_HELD_DEALERS,
+            pb.MESSAGE_KIND_DEALER_SET,
+            pb.MESSAGE_KIND_MASKED_INPUT,
+            pb.MESSAGE_KIND_UNMASK,
+            pb.MESSAGE_KIND_CLUSTER_OUTPUT,
+        }
+    )
     phases = 5
-    publishers = 1  # the cluster's one aggregator (Bonawitz's server role)
+    publishers: int | None = 1  # the cluster's one aggregator (Bonawitz's server role)
 
-    def __init__(self, fixed_point: FixedPointConfig, threshold: int, on_reject: RejectHook
-                 ) -> None:
+    def __init__(
+        self, fixed_point: FixedPointConfig, threshold: int, on_reject: RejectHook
+    ) -> None:
         self.fixed_point = fixed_point
         self.threshold = threshold
         self._on_reject = on_reject
@@ -303,26 +363,41 @@ class SecAggClusterProtocol:
                     raise _invalid(f"key advertisement needs a uint8[32] {name!r}")
         elif kind == pb.MESSAGE_KIND_MPC_SEED_SHARES:
             blob = message.tensors.get("ciphertext")
-            if not message.recipient or blob is None or blob.dtype != np.uint8 \
-                    or blob.ndim != 1 or blob.size > 4096:
+            if (
+                not message.recipient
+                or blob is None
+                or blob.dtype != np.uint8
+                or blob.ndim != 1
+                or blob.size > 4096
+            ):
                 raise _invalid("seed share needs a recipient and a uint8 'ciphertext'")
         elif kind == pb.MESSAGE_KIND_MASKED_INPUT:
             value = message.tensors.get("masked")
             if value is None or value.dtype != np.uint8 or value.shape != (4 * dimension,):
                 raise _invalid(f"masked input needs a uint8[{4 * dimension}] 'masked'")
-        elif kind in (pb.MESSAGE_KIND_HELD_DEALERS, pb.MESSAGE_KIND_DEALER_SET,
-                      pb.MESSAGE_KIND_UNMASK):
+        elif kind in (
+            pb.MESSAGE_KIND_HELD_DEALERS,
+            pb.MESSAGE_KIND_DEALER_SET,
+            pb.MESSAGE_KIND_UNMASK,
+        ):
             for field in ("held", "dealers", "survivors", "dropped"):
                 names = _names(message.meta.get(field, ""))
                 if len(set(names)) != len(names) or not set(names) <= set(members):
                     raise _invalid(f"{field} must list distinct members of the cluster")
-            if any(t.dtype != np.uint8 or t.ndim != 1 or t.size > 4096
-                   for t in message.tensors.values()):
+            if any(
+                t.dtype != np.uint8 or t.ndim != 1 or t.size > 4096
+                for t in message.tensors.values()
+            ):
                 raise _invalid("unmasking shares must be small uint8 vectors")
 
     def _reject(self, context: RoundContext, sender: str, error: Exception) -> None:
-        log.warning("%s round %d: rejected secagg message from %s: %s", context.node_id,
-                    context.round, sender, error)
+        log.warning(
+            "%s round %d: rejected secagg message from %s: %s",
+            context.node_id,
+            context.round,
+            sender,
+            error,
+        )
         self._on_reject("mpc", sender)
 
     async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
@@ -332,22 +407,38 @@ class SecAggClusterProtocol:
         members = sorted(context.clusters[mine])
         live = [m for m in members if m not in context.suspected or m == me]
         aggregator = context.publishers_of(mine)[0]
-        session = ClusterSession(tuple(members), r, str(mine), self.threshold_for(len(members)),
-                                 context.dimension)
+        session = ClusterSession(
+            tuple(members), r, str(mine), self.threshold_for(len(members)), context.dimension
+        )
         member = SecAggMember(session, me, Csprng(None))
         inbox, collect = context.inbox, context.collect_s
 
         # 1. keys
         started = time.monotonic()
         advert = member.advertise_keys()
-        await broadcast(context, Message(me, r, pb.MESSAGE_KIND_MPC_KEYS, mine, {
-            "encryption_public": np.frombuffer(advert.encryption_public, np.uint8),
-            "masking_public": np.frombuffer(advert.masking_public, np.uint8),
-        }), members)
+        await broadcast(
+            context,
+            Message(
+                me,
+                r,
+                pb.MESSAGE_KIND_MPC_KEYS,
+                mine,
+                {
+                    "encryption_public": np.frombuffer(advert.encryption_public, np.uint8),
+                    "masking_public": np.frombuffer(advert.masking_public, np.uint8),
+                },
+            ),
+            members,
+        )
         keys = await inbox.wait_for(r, pb.MESSAGE_KIND_MPC_KEYS, mine, live, started + collect)
         adverts = {
-            s: KeyAdvertisement(r, str(mine), s, m.tensors["encryption_public"].tobytes(),
-                                m.tensors["masking_public"].tobytes())
+            s: KeyAdvertisement(
+                r,
+                str(mine),
+                s,
+                m.tensors["encryption_public"].tobytes(),
+                m.tensors["masking_public"].tobytes(),
+            )
             for s, m in keys.items()
         }
         context.phase_seconds["keys"] = time.monotonic() - started
@@ -356,20 +447,34 @@ class SecAggClusterProtocol:
         phase = time.monotonic()
         if len(adverts) >= session.threshold:
             for recipient, share in sorted(member.share_keys(adverts).items()):
-                context.post(recipient, Message(
-                    me, r, pb.MESSAGE_KIND_MPC_SEED_SHARES, mine,
-                    {"ciphertext": np.frombuffer(share.ciphertext, np.uint8)},
-                    meta={"purpose": share.purpose}, recipient=recipient,
-                ))
+                context.post(
+                    recipient,
+                    Message(
+                        me,
+                        r,
+                        pb.MESSAGE_KIND_MPC_SEED_SHARES,
+                        mine,
+                        {"ciphertext": np.frombuffer(share.ciphertext, np.uint8)},
+                        meta={"purpose": share.purpose},
+                        recipient=recipient,
+                    ),
+                )
             others = [d for d in adverts if d != me]
-            got = await inbox.wait_for(r, pb.MESSAGE_KIND_MPC_SEED_SHARES, mine, others,
-                                       phase + collect)
+            got = await inbox.wait_for(
+                r, pb.MESSAGE_KIND_MPC_SEED_SHARES, mine, others, phase + collect
+            )
             for sender, msg in sorted(got.items()):
                 try:
-                    member.receive_share(EncryptedShare(
-                        r, str(mine), sender, msg.recipient, msg.meta.get("purpose", ""),
-                        msg.tensors["ciphertext"].tobytes(),
-                    ))
+                    member.receive_share(
+                        EncryptedShare(
+                            r,
+                            str(mine),
+                            sender,
+                            msg.recipient,
+                            msg.meta.get("purpose", ""),
+                            msg.tensors["ciphertext"].tobytes(),
+                        )
+                    )
                 except ShareRejected as error:
                     self._reject(context, sender, error)
         context.phase_seconds["share"] = time.monotonic() - phase
@@ -377,17 +482,28 @@ class SecAggClusterProtocol:
         # 3. agree on the mask set U2
         phase = time.monotonic()
         held = member.held_seed_shares()
-        await broadcast(context, Message(me, r, pb.MESSAGE_KIND_HELD_DEALERS, mine,
-                                         meta={"held": ",".join(held)}), [aggregator])
+        await broadcast(
+            context,
+            Message(me, r, pb.MESSAGE_KIND_HELD_DEALERS, mine, meta={"held": ",".join(held)}),
+            [aggregator],
+        )
         if me == aggregator:
-            reports = await inbox.wait_for(r, pb.MESSAGE_KIND_HELD_DEALERS, mine, live,
-                                           phase + collect)
-            mask_set = agree_dealer_set({s: _names(m.meta["held"]) for s, m in reports.items()},
-                                        session.threshold)
-            await broadcast(context, Message(me, r, pb.MESSAGE_KIND_DEALER_SET, mine,
-                                             meta={"dealers": ",".join(mask_set)}), members)
-        decision = await inbox.wait_for(r, pb.MESSAGE_KIND_DEALER_SET, mine, [aggregator],
-                                        phase + 2 * collect)
+            reports = await inbox.wait_for(
+                r, pb.MESSAGE_KIND_HELD_DEALERS, mine, live, phase + collect
+            )
+            mask_set = agree_dealer_set(
+                {s: _names(m.meta["held"]) for s, m in reports.items()}, session.threshold
+            )
+            await broadcast(
+                context,
+                Message(
+                    me, r, pb.MESSAGE_KIND_DEALER_SET, mine, meta={"dealers": ",".join(mask_set)}
+                ),
+                members,
+            )
+        decision = await inbox.wait_for(
+            r, pb.MESSAGE_KIND_DEALER_SET, mine, [aggregator], phase + 2 * collect
+        )
         context.phase_seconds["agree"] = time.monotonic() - phase
 
         # 4. masked input to the aggregator
@@ -395,9 +511,14 @@ class SecAggClusterProtocol:
         mask_set = _names(decision[aggregator].meta["dealers"]) if aggregator in decision else []
         if me in mask_set:
             masked = member.masked_input(encode(update, self.fixed_point), mask_set)
-            message = Message(me, r, pb.MESSAGE_KIND_MASKED_INPUT, mine,
-                              {"masked": np.frombuffer(masked.masked, np.uint8)},
-                              recipient=aggregator)
+            message = Message(
+                me,
+                r,
+                pb.MESSAGE_KIND_MASKED_INPUT,
+                mine,
+                {"masked": np.frombuffer(masked.masked, np.uint8)},
+                recipient=aggregator,
+            )
             if me == aggregator:
                 await inbox.put(message)
             else:
@@ -408,47 +529,81 @@ class SecAggClusterProtocol:
         phase = time.monotonic()
         if me == aggregator and mask_set:
             server = SecAggAggregator(session)
-            inputs = await inbox.wait_for(r, pb.MESSAGE_KIND_MASKED_INPUT, mine, mask_set,
-                                          phase + collect)
-            request = server.unmasking_request(adverts, mask_set, [
-                MaskedInput(r, str(mine), s, m.tensors["masked"].tobytes())
-                for s, m in sorted(inputs.items())
-            ])
-            ask = Message(me, r, pb.MESSAGE_KIND_UNMASK, mine, meta={
-                "survivors": ",".join(request.survivors), "dropped": ",".join(request.dropped),
-            })
+            inputs = await inbox.wait_for(
+                r, pb.MESSAGE_KIND_MASKED_INPUT, mine, mask_set, phase + collect
+            )
+            request = server.unmasking_request(
+                adverts,
+                mask_set,
+                [
+                    MaskedInput(r, str(mine), s, m.tensors["masked"].tobytes())
+                    for s, m in sorted(inputs.items())
+                ],
+            )
+            ask = Message(
+                me,
+                r,
+                pb.MESSAGE_KIND_UNMASK,
+                mine,
+                meta={
+                    "survivors": ",".join(request.survivors),
+                    "dropped": ",".join(request.dropped),
+                },
+            )
             await broadcast(context, ask, request.survivors)
-            responses = await inbox.wait_for(r, pb.MESSAGE_KIND_UNMASK, mine,
-                                             request.survivors, time.monotonic() + collect)
-            parsed = [_unmask_response(r, mine, s, m) for s, m in sorted(responses.items())
-                      if s != me]
+            responses = await inbox.wait_for(
+                r, pb.MESSAGE_KIND_UNMASK, mine, request.survivors, time.monotonic() + collect
+            )
+            parsed = [
+                _unmask_response(r, mine, s, m) for s, m in sorted(responses.items()) if s != me
+            ]
             parsed.append(member.unmask(request))
             outcome = server.finalize(parsed)
             if outcome.failed or outcome.field_sum is None:
-                log.warning("%s round %d: cluster %d unmasking failed: %s", me, r, mine,
-                            outcome.reason)
+                log.warning(
+                    "%s round %d: cluster %d unmasking failed: %s", me, r, mine, outcome.reason
+                )
             else:
                 total = decode_sum(outcome.field_sum, self.fixed_point, len(outcome.included))
-                await broadcast(context, publish_output(
-                    context, total.astype(np.float32), outcome.included
-                ), context.everyone)
+                await broadcast(
+                    context,
+                    publish_output(context, total.astype(np.float32), outcome.included),
+                    context.everyone,
+                )
         elif me != aggregator and mask_set:
-            asks = await inbox.wait_for(r, pb.MESSAGE_KIND_UNMASK, mine, [aggregator],
-                                        phase + 2 * collect)
+            asks = await inbox.wait_for(
+                r, pb.MESSAGE_KIND_UNMASK, mine, [aggregator], phase + 2 * collect
+            )
             if aggregator in asks:
                 ask = asks[aggregator]
                 try:
-                    response = member.unmask(UnmaskingRequest(
-                        r, str(mine), tuple(_names(ask.meta["survivors"])),
-                        tuple(_names(ask.meta["dropped"])),
-                    ))
-                    tensors = {f"self:{k}": np.frombuffer(v, np.uint8)
-                               for k, v in response.self_mask_shares.items()}
-                    tensors |= {f"key:{k}": np.frombuffer(v, np.uint8)
-                                for k, v in response.key_shares.items()}
-                    context.post(aggregator, Message(
-                        me, r, pb.MESSAGE_KIND_UNMASK, mine, tensors, recipient=aggregator,
-                    ))
+                    response = member.unmask(
+                        UnmaskingRequest(
+                            r,
+                            str(mine),
+                            tuple(_names(ask.meta["survivors"])),
+                            tuple(_names(ask.meta["dropped"])),
+                        )
+                    )
+                    tensors = {
+                        f"self:{k}": np.frombuffer(v, np.uint8)
+                        for k, v in response.self_mask_shares.items()
+                    }
+                    tensors |= {
+                        f"key:{k}": np.frombuffer(v, np.uint8)
+                        for k, v in response.key_shares.items()
+                    }
+                    context.post(
+                        aggregator,
+                        Message(
+                            me,
+                            r,
+                            pb.MESSAGE_KIND_UNMASK,
+                            mine,
+                            tensors,
+                            recipient=aggregator,
+                        ),
+                    )
                 except Exception as error:  # ProtocolViolation: refuse, never reveal twice
                     self._reject(context, aggregator, error)
         context.phase_seconds["unmask"] = time.monotonic() - phase
@@ -459,9 +614,17 @@ def _unmask_response(round_: int, cluster: int, sender: str, message: Message) -
     from mpc.messages import UnmaskingResponse
 
     return UnmaskingResponse(
-        round_, str(cluster), sender,
-        {k.removeprefix("self:"): v.tobytes() for k, v in message.tensors.items()
-         if k.startswith("self:")},
-        {k.removeprefix("key:"): v.tobytes() for k, v in message.tensors.items()
-         if k.startswith("key:")},
+        round_,
+        str(cluster),
+        sender,
+        {
+            k.removeprefix("self:"): v.tobytes()
+            for k, v in message.tensors.items()
+            if k.startswith("self:")
+        },
+        {
+            k.removeprefix("key:"): v.tobytes()
+            for k, v in message.tensors.items()
+            if k.startswith("key:")
+        },
     )

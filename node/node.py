@@ -21,7 +21,16 @@ import grpc
 import numpy as np
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from phalanx.v1 import node_pb2 as pb
 
+from adversary.behaviours import (
+    DATA_BEHAVIOURS,
+    ByzantineTransport,
+    UpdatePoisoner,
+    backdoor_success_rate,
+    parse_behaviour,
+    poison_training_data,
+)
 from clustering.strategies import ClusterAssignment, compute_assignment
 from learning.data import Dataset, label_histogram, load_dataset, partition
 from learning.models import build_model
@@ -34,14 +43,6 @@ from learning.train import (
 )
 from node.actors import Actor, FunctionActor, Supervisor
 from node.codec import Message, kind_name
-from adversary.behaviours import (
-    DATA_BEHAVIOURS,
-    ByzantineTransport,
-    UpdatePoisoner,
-    backdoor_success_rate,
-    parse_behaviour,
-    poison_training_data,
-)
 from node.config import (
     ByzantineConfig,
     NodeConfig,
@@ -62,7 +63,6 @@ from node.protocols import (
 )
 from node.server import PhalanxServicer, Rejection
 from node.transport import GrpcTransport, Transport
-from phalanx.v1 import node_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,9 @@ class Node:
         limit = scenario.data.eval_samples or len(self.dataset.test_y)
         self.test_x, self.test_y = self.dataset.test_x[:limit], self.dataset.test_y[:limit]
         torch.manual_seed(scenario.seed)
-        self.model = build_model(scenario.model.name, self.dataset.input_shape,
-                                 self.dataset.num_classes)
+        self.model = build_model(
+            scenario.model.name, self.dataset.input_shape, self.dataset.num_classes
+        )
         self.weights = flatten_parameters(self.model)
         self.dimension = self.weights.numel()
         self.train_config = TrainConfig(**scenario.training.model_dump())
@@ -225,8 +226,14 @@ class Node:
         self.side_channels: dict[int, Actor[Message]] = {}
         self.transform_update: UpdateTransform | None = None
         self.byzantine = byzantine_nodes(scenario, self.view)
-        self.backdoor = next((parse_behaviour(b.behaviour) for b in self.byzantine.values()
-                              if b.behaviour.startswith("backdoor")), None)
+        self.backdoor = next(
+            (
+                parse_behaviour(b.behaviour)
+                for b in self.byzantine.values()
+                if b.behaviour.startswith("backdoor")
+            ),
+            None,
+        )
         if self.id in self.byzantine:
             self._turn_byzantine(self.byzantine[self.id])
 
@@ -234,11 +241,13 @@ class Node:
         """Wrap this node's roles with its configured deviation (the honest code is unchanged)."""
         spec = parse_behaviour(entry.behaviour, entry.start_round)
         seed = round_seed(self.scenario.seed, self.index, 10_000)
-        log.warning("%s is Byzantine: %s from round %d", self.id, entry.behaviour,
-                    entry.start_round)
+        log.warning(
+            "%s is Byzantine: %s from round %d", self.id, entry.behaviour, entry.start_round
+        )
         if spec.is_protocol:
-            self.transport = ByzantineTransport(self.transport, spec, self.id,
-                                                self.scenario.timeouts.collect_s, seed)
+            self.transport = ByzantineTransport(
+                self.transport, spec, self.id, self.scenario.timeouts.collect_s, seed
+            )
         elif spec.name in DATA_BEHAVIOURS:
             self.train_x, self.train_y = poison_training_data(
                 spec, self.train_x, self.train_y, self.dataset.num_classes, seed
@@ -246,9 +255,7 @@ class Node:
         else:
             colluders = sorted(self.byzantine)
             view = self._omniscient_view if entry.omniscient else self._colluder_view
-            self.transform_update = UpdatePoisoner(
-                spec, len(self.view), len(colluders), view, seed
-            )
+            self.transform_update = UpdatePoisoner(spec, len(self.view), len(colluders), view, seed)
             self.side_channels[pb.MESSAGE_KIND_COLLUDE] = self.aggregator
 
     async def _colluder_view(self, round_: int, benign: np.ndarray) -> list[np.ndarray]:
@@ -257,27 +264,43 @@ class Node:
         share = Message(self.id, round_, pb.MESSAGE_KIND_COLLUDE, -1, {"update": benign})
         await self.inbox.put(share)
         await asyncio.gather(*(self.transport.send(c, share) for c in colluders if c != self.id))
-        got = await self.inbox.wait_for(round_, pb.MESSAGE_KIND_COLLUDE, -1, colluders,
-                                        time.monotonic() + self.scenario.timeouts.collect_s)
+        got = await self.inbox.wait_for(
+            round_,
+            pb.MESSAGE_KIND_COLLUDE,
+            -1,
+            colluders,
+            time.monotonic() + self.scenario.timeouts.collect_s,
+        )
         return [got[c].tensors["update"] for c in sorted(got)]
 
     async def _omniscient_view(self, round_: int, benign: np.ndarray) -> list[np.ndarray]:
         """Every honest node's update this round, recomputed from the public seeds."""
+
         def work() -> list[np.ndarray]:
             scenario = self.scenario
-            parts = partition(self.dataset.train_y, len(self.view), scenario.data.partition,
-                              seed=scenario.seed, alpha=scenario.data.alpha,
-                              shards_per_node=scenario.data.shards_per_node)
-            model = build_model(scenario.model.name, self.dataset.input_shape,
-                                self.dataset.num_classes)
+            parts = partition(
+                self.dataset.train_y,
+                len(self.view),
+                scenario.data.partition,
+                seed=scenario.seed,
+                alpha=scenario.data.alpha,
+                shards_per_node=scenario.data.shards_per_node,
+            )
+            model = build_model(
+                scenario.model.name, self.dataset.input_shape, self.dataset.num_classes
+            )
             rows = []
             for index, node_id in enumerate(self.view):
                 if node_id in self.byzantine:
                     continue
                 load_flat_parameters(model, self.weights)
-                train_local(model, self.dataset.train_x[parts[index]],
-                            self.dataset.train_y[parts[index]], self.train_config,
-                            seed=round_seed(scenario.seed, index, round_))
+                train_local(
+                    model,
+                    self.dataset.train_x[parts[index]],
+                    self.dataset.train_y[parts[index]],
+                    self.train_config,
+                    seed=round_seed(scenario.seed, index, round_),
+                )
                 rows.append((flatten_parameters(model) - self.weights).numpy())
             return rows
 
@@ -292,8 +315,12 @@ class Node:
 
         fixed_point = FixedPointConfig(aggregation.clip, aggregation.frac_bits)
         if aggregation.secure == "shamir":
-            return ShamirClusterProtocol(fixed_point, aggregation.threshold,
-                                         self.scenario.clustering.publishers, self._rejected)
+            return ShamirClusterProtocol(
+                fixed_point,
+                aggregation.threshold,
+                self.scenario.clustering.publishers,
+                self._rejected,
+            )
         from node.mpc_protocol import SecAggClusterProtocol
 
         return SecAggClusterProtocol(fixed_point, aggregation.threshold, self._rejected)
@@ -312,8 +339,13 @@ class Node:
             ]
         )
         servicer = PhalanxServicer(
-            self.id, self.accept, self.status_reply, self.scenario.limits.max_message_bytes,
-            self._rejected, self.model_message, self.scenario.limits.chunk_bytes,
+            self.id,
+            self.accept,
+            self.status_reply,
+            self.scenario.limits.max_message_bytes,
+            self._rejected,
+            self.model_message,
+            self.scenario.limits.chunk_bytes,
         )
         self._server.add_generic_rpc_handlers((servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -328,19 +360,23 @@ class Node:
             )
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("phalanx.v1.PhalanxNode", health_pb2.HealthCheckResponse.SERVING)
-        self.results.write({
-            "event": "start",
-            "node": self.id,
-            "index": self.index,
-            "pid": os.getpid(),
-            "port": self.port,
-            "metrics_port": self.metrics_port,
-            "samples": len(self.train_y),
-            "label_histogram": label_histogram(self.train_y, self.dataset.num_classes),
-            "parameters": self.dimension,
-            "byzantine": self.byzantine[self.id].behaviour if self.id in self.byzantine else None,
-            "time": time.time(),
-        })
+        self.results.write(
+            {
+                "event": "start",
+                "node": self.id,
+                "index": self.index,
+                "pid": os.getpid(),
+                "port": self.port,
+                "metrics_port": self.metrics_port,
+                "samples": len(self.train_y),
+                "label_histogram": label_histogram(self.train_y, self.dataset.num_classes),
+                "parameters": self.dimension,
+                "byzantine": self.byzantine[self.id].behaviour
+                if self.id in self.byzantine
+                else None,
+                "time": time.time(),
+            }
+        )
         log.info("%s serving on port %d (metrics %s)", self.id, self.port, self.metrics_port)
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -372,7 +408,10 @@ class Node:
         if round_ not in self._assignments:
             clustering = self.scenario.clustering
             self._assignments[round_] = compute_assignment(
-                self.view, round_, public_seed(self.scenario.seed), clustering.strategy,
+                self.view,
+                round_,
+                public_seed(self.scenario.seed),
+                clustering.strategy,
                 clustering.cluster_size,
             )
             for old in [r for r in self._assignments if r < round_ - 2]:
@@ -382,16 +421,23 @@ class Node:
     async def accept(self, message: Message) -> None:
         """Validate an incoming message and hand it to the actor of its role."""
         if message.sender not in self.addresses:
-            raise Rejection(grpc.StatusCode.PERMISSION_DENIED, "unknown_sender",
-                            f"sender {message.sender!r} is not a peer of {self.id}")
+            raise Rejection(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "unknown_sender",
+                f"sender {message.sender!r} is not a peer of {self.id}",
+            )
         if message.recipient and message.recipient != self.id:
-            raise Rejection(grpc.StatusCode.INVALID_ARGUMENT, "wrong_recipient",
-                            f"message is addressed to {message.recipient!r}")
+            raise Rejection(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "wrong_recipient",
+                f"message is addressed to {message.recipient!r}",
+            )
         if not self.current_round <= message.round <= self.current_round + 1:
             if message.round > self.current_round + 1:
                 self.peers_ahead[message.sender] = int(message.round)
             raise Rejection(
-                grpc.StatusCode.FAILED_PRECONDITION, "unknown_round",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "unknown_round",
                 f"round {message.round} is outside the accepted window "
                 f"[{self.current_round}, {self.current_round + 1}]",
             )
@@ -402,28 +448,42 @@ class Node:
             try:
                 parse_echo(message.meta.get("outputs", ""))
             except ValueError:
-                raise Rejection(grpc.StatusCode.INVALID_ARGUMENT, "invalid",
-                                "echo must list cluster:publisher:digest entries") from None
+                raise Rejection(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "invalid",
+                    "echo must list cluster:publisher:digest entries",
+                ) from None
             target = self.aggregator
         elif kind in self.protocol.kinds:
-            self.protocol.validate(message, self.assignment(message.round).clusters,
-                                   self.dimension)
+            self.protocol.validate(message, self.assignment(message.round).clusters, self.dimension)
             if self.inbox.get(message.round, kind, message.cluster).get(message.sender):
-                raise Rejection(grpc.StatusCode.ALREADY_EXISTS, "duplicate",
-                                f"{message.kind_name} from {message.sender} for round "
-                                f"{message.round} already received")
+                raise Rejection(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    "duplicate",
+                    f"{message.kind_name} from {message.sender} for round "
+                    f"{message.round} already received",
+                )
             target = self.aggregator
-        elif kind in (pb.MESSAGE_KIND_PING, pb.MESSAGE_KIND_PING_REQ, pb.MESSAGE_KIND_ACK,
-                      pb.MESSAGE_KIND_JOIN, pb.MESSAGE_KIND_LEAVE):
+        elif kind in (
+            pb.MESSAGE_KIND_PING,
+            pb.MESSAGE_KIND_PING_REQ,
+            pb.MESSAGE_KIND_ACK,
+            pb.MESSAGE_KIND_JOIN,
+            pb.MESSAGE_KIND_LEAVE,
+        ):
             target = self.membership
         else:
-            raise Rejection(grpc.StatusCode.FAILED_PRECONDITION, "unsupported_kind",
-                            f"{message.kind_name} is not used with aggregation.secure="
-                            f"{self.scenario.aggregation.secure!r}")
+            raise Rejection(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "unsupported_kind",
+                f"{message.kind_name} is not used with aggregation.secure="
+                f"{self.scenario.aggregation.secure!r}",
+            )
         target.tell(message)
         if self.config.node.audit_traffic:
-            self._audit(f"recv-r{message.round}-{message.kind_name}-{message.sender}",
-                        message.tensors)
+            self._audit(
+                f"recv-r{message.round}-{message.kind_name}-{message.sender}", message.tensors
+            )
         nbytes = message.payload_bytes()
         self._bytes_received[message.round] = self._bytes_received.get(message.round, 0) + nbytes
         self.metrics.bytes_received.labels(message.kind_name).inc(nbytes)
@@ -469,19 +529,32 @@ class Node:
         self.metrics.messages_sent.labels(name).inc()
 
     def status_reply(self) -> pb.StatusReply:
-        return pb.StatusReply(node_id=self.id, round=self.current_round,
-                              model_digest=model_digest(self.weights), phase=self.phase,
-                              completed_round=self.completed_round)
+        return pb.StatusReply(
+            node_id=self.id,
+            round=self.current_round,
+            model_digest=model_digest(self.weights),
+            phase=self.phase,
+            completed_round=self.completed_round,
+        )
 
     def model_message(self, request: pb.ModelRequest) -> Message:
         """The model after the last completed round, for a peer's state transfer."""
         digest = model_digest(self.weights)
         if request.round != self.completed_round or request.digest != digest:
-            raise Rejection(grpc.StatusCode.FAILED_PRECONDITION, "stale_model",
-                            f"this node holds round {self.completed_round} ({digest[:12]}), "
-                            f"not round {request.round} ({request.digest[:12]})")
-        return Message(self.id, self.completed_round, pb.MESSAGE_KIND_MODEL, -1,
-                       {"weights": self.weights.numpy()}, meta={"digest": digest})
+            raise Rejection(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "stale_model",
+                f"this node holds round {self.completed_round} ({digest[:12]}), "
+                f"not round {request.round} ({request.digest[:12]})",
+            )
+        return Message(
+            self.id,
+            self.completed_round,
+            pb.MESSAGE_KIND_MODEL,
+            -1,
+            {"weights": self.weights.numpy()},
+            meta={"digest": digest},
+        )
 
     async def sync_with_majority(self, wait_s: float) -> dict[str, Any] | None:
         """Adopt the model that more than half of the view holds, if ours differs or is behind.
@@ -496,8 +569,12 @@ class Node:
         needed = len(self.view) // 2 + 1
         while True:
             mine = (self.completed_round, model_digest(self.weights))
-            replies = await asyncio.gather(*(self.transport.status(p, 2.0)  # type: ignore[attr-defined]
-                                             for p in sorted(self.addresses)))
+            replies = await asyncio.gather(
+                *(
+                    self.transport.status(p, 2.0)  # type: ignore[attr-defined]
+                    for p in sorted(self.addresses)
+                )
+            )
             holders: dict[tuple[int, str], list[str]] = {mine: [self.id]}
             for peer, reply in zip(sorted(self.addresses), replies, strict=True):
                 if reply is not None:
@@ -517,14 +594,13 @@ class Node:
     async def _adopt(self, state: tuple[int, str], holders: list[str]) -> dict[str, Any] | None:
         round_, digest = state
         for peer in holders:
-            message = await self.transport.fetch_model(  # type: ignore[attr-defined]
+            message = await self.transport.fetch_model(
                 peer, round_, digest, self.id, self.scenario.limits.max_message_bytes
             )
             if message is None:
                 continue
             weights = message.tensors.get("weights")
-            if weights is None or weights.shape != (self.dimension,) or \
-                    weights.dtype != np.float32:
+            if weights is None or weights.shape != (self.dimension,) or weights.dtype != np.float32:
                 log.warning("%s: %s sent a model of the wrong shape", self.id, peer)
                 continue
             candidate = torch.from_numpy(weights.copy())
@@ -533,11 +609,17 @@ class Node:
                 continue
             behind = self.completed_round
             self.weights, self.completed_round = candidate, round_
-            event = {"event": "sync", "node": self.id, "round": round_, "digest": digest,
-                     "source": peer, "was_at_round": behind, "time": time.time()}
+            event = {
+                "event": "sync",
+                "node": self.id,
+                "round": round_,
+                "digest": digest,
+                "source": peer,
+                "was_at_round": behind,
+                "time": time.time(),
+            }
             self.results.write(event)
-            log.warning("%s adopted the majority model of round %d from %s", self.id, round_,
-                        peer)
+            log.warning("%s adopted the majority model of round %d from %s", self.id, round_, peer)
             return event
         return None
 
@@ -546,8 +628,13 @@ class Node:
         def work() -> tuple[np.ndarray, float, float]:
             started = time.perf_counter()
             load_flat_parameters(self.model, job.weights)
-            result = train_local(self.model, self.train_x, self.train_y, self.train_config,
-                                 seed=round_seed(self.scenario.seed, self.index, job.round))
+            result = train_local(
+                self.model,
+                self.train_x,
+                self.train_y,
+                self.train_config,
+                seed=round_seed(self.scenario.seed, self.index, job.round),
+            )
             delta = (flatten_parameters(self.model) - job.weights).numpy()
             return delta, result.loss, time.perf_counter() - started
 
@@ -603,8 +690,12 @@ class Node:
         self.phase = "communicate"
         communicate_started = time.monotonic()
         context = RoundContext(
-            node_id=self.id, round=round_, clusters=assignment.clusters,
-            dimension=self.dimension, inbox=self.inbox, send=self.transport.send,
+            node_id=self.id,
+            round=round_,
+            clusters=assignment.clusters,
+            dimension=self.dimension,
+            inbox=self.inbox,
+            send=self.transport.send,
             collect_s=self.scenario.timeouts.collect_s,
             publishers=self.protocol.publishers or self.scenario.clustering.publishers,
             suspected=self.suspected,
@@ -615,10 +706,15 @@ class Node:
             if self.scenario.clustering.echo:
                 inconsistent = await echo_outputs(context, self.scenario.timeouts.collect_s)
                 if inconsistent:
-                    log.warning("%s round %d: publishers %s equivocated; dropping their outputs",
-                                self.id, round_, ",".join(sorted(inconsistent)))
+                    log.warning(
+                        "%s round %d: publishers %s equivocated; dropping their outputs",
+                        self.id,
+                        round_,
+                        ",".join(sorted(inconsistent)),
+                    )
                     outputs = {
-                        cluster: chosen for cluster in range(len(assignment.clusters))
+                        cluster: chosen
+                        for cluster in range(len(assignment.clusters))
                         if (chosen := choose_output(context, cluster, inconsistent)) is not None
                     }
         finally:
@@ -630,7 +726,9 @@ class Node:
         flagged: list[int] = []
         if outputs:
             delta, flagged = combine_cluster_outputs(
-                outputs, self.scenario.aggregation.rule, tolerated_faults(self.scenario),
+                outputs,
+                self.scenario.aggregation.rule,
+                tolerated_faults(self.scenario),
                 self.scenario.aggregation.pre,
             )
             self.weights = self.weights + torch.from_numpy(delta)
@@ -675,8 +773,11 @@ class Node:
         self.results.write(record)
         self.metrics.rounds_completed.inc()
         self.metrics.round_duration.observe(duration)
-        for phase, seconds in (("train", train_s), ("communicate", communicate_s),
-                               ("aggregate", aggregate_s)):
+        for phase, seconds in (
+            ("train", train_s),
+            ("communicate", communicate_s),
+            ("aggregate", aggregate_s),
+        ):
             self.metrics.phase_duration.labels(phase).observe(seconds)
         self.metrics.accuracy.set(accuracy)
         self.metrics.loss.set(loss)
@@ -684,8 +785,15 @@ class Node:
         self.metrics.excluded.set(len(excluded))
         for role, actor in (("learner", self.learner), ("aggregator", self.aggregator)):
             self.metrics.mailbox_depth.labels(role).set(actor.mailbox.qsize())
-        log.info("%s round %d: accuracy %.4f loss %.4f in %.2fs (excluded: %s)", self.id,
-                 round_, accuracy, loss, duration, ",".join(excluded) or "none")
+        log.info(
+            "%s round %d: accuracy %.4f loss %.4f in %.2fs (excluded: %s)",
+            self.id,
+            round_,
+            accuracy,
+            loss,
+            duration,
+            ",".join(excluded) or "none",
+        )
         return record
 
     async def run(self) -> None:
@@ -698,8 +806,9 @@ class Node:
             started = time.monotonic()
             record = await self.run_round(self.completed_round + 1)
             behind = len(self.peers_ahead) >= len(self.view) // 2
-            irregular = record["excluded"] or record["failed_clusters"] or \
-                record["equivocating_publishers"]
+            irregular = (
+                record["excluded"] or record["failed_clusters"] or record["equivocating_publishers"]
+            )
             if irregular or behind:
                 # Something irregular happened: make sure we still hold the majority's model.
                 self.peers_ahead.clear()

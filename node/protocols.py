@@ -18,19 +18,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
+from phalanx.v1 import node_pb2 as pb
 
 from node.codec import Message
 from node.inbox import RoundInbox
 from node.server import Rejection
-from phalanx.v1 import node_pb2 as pb
 
-Send = Callable[[str, Message], Awaitable[bool]]
+Send = Callable[[str, Message], Coroutine[Any, Any, bool]]
 
 
 @dataclass(frozen=True)
@@ -199,13 +199,19 @@ async def echo_outputs(context: RoundContext, wait_s: float) -> set[str]:
     Assumes the echoes themselves are honest; Byzantine echoers that lie selectively can still
     split honest nodes, which the post-round majority sync then repairs.
     """
-    echo = Message(context.node_id, context.round, pb.MESSAGE_KIND_ECHO, -1,
-                   meta={"outputs": echo_report(context)})
+    echo = Message(
+        context.node_id,
+        context.round,
+        pb.MESSAGE_KIND_ECHO,
+        -1,
+        meta={"outputs": echo_report(context)},
+    )
     await broadcast(context, echo, context.everyone)
     live = [n for n in context.everyone if n not in context.suspected or n == context.node_id]
     started = time.monotonic()
-    echoes = await context.inbox.wait_for(context.round, pb.MESSAGE_KIND_ECHO, -1, live,
-                                          started + wait_s)
+    echoes = await context.inbox.wait_for(
+        context.round, pb.MESSAGE_KIND_ECHO, -1, live, started + wait_s
+    )
     context.phase_seconds["echo"] = time.monotonic() - started
     reports = [parse_echo(m.meta["outputs"]) for _, m in sorted(echoes.items())]
     seen = {key for report in reports for key in report}
@@ -226,12 +232,15 @@ def validate_cluster_output(message: Message, members: Sequence[str], dimension:
         raise _invalid("cluster output includes dealers outside the cluster")
 
 
-def publish_output(context: RoundContext, total: np.ndarray, included: Sequence[str]
-                   ) -> Message:
+def publish_output(context: RoundContext, total: np.ndarray, included: Sequence[str]) -> Message:
     """The CLUSTER_OUTPUT message a publisher sends to every node."""
     return Message(
-        context.node_id, context.round, pb.MESSAGE_KIND_CLUSTER_OUTPUT, context.my_cluster,
-        {"sum": total}, meta={"included": ",".join(included)},
+        context.node_id,
+        context.round,
+        pb.MESSAGE_KIND_CLUSTER_OUTPUT,
+        context.my_cluster,
+        {"sum": total},
+        meta={"included": ",".join(included)},
     )
 
 
@@ -247,7 +256,7 @@ class PlaintextClusterProtocol:
     """Baseline: members see each other's updates; publishers broadcast the cluster sum."""
 
     kinds = frozenset({pb.MESSAGE_KIND_UPDATE, pb.MESSAGE_KIND_CLUSTER_OUTPUT})
-    publishers = None
+    publishers: int | None = None
 
     def validate(self, message: Message, clusters: Sequence[Sequence[str]], dimension: int) -> None:
         if not 0 <= message.cluster < len(clusters):

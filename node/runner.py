@@ -17,6 +17,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Sequence
+from typing import Any
 
 from node.config import NodeConfig
 
@@ -64,6 +65,7 @@ async def serve_nodes(configs: Sequence[NodeConfig], linger_s: float = 1.0) -> i
     loop = asyncio.get_running_loop()
     stop_signal: asyncio.Future[int] = loop.create_future()
     for signum, code in ((signal.SIGTERM, EXIT_OK), (signal.SIGINT, EXIT_INTERRUPTED)):
+
         def request_stop(code: int = code, signum: int = signum) -> None:
             log.info("received %s: stopping gracefully", signal.Signals(signum).name)
             if not stop_signal.done():
@@ -71,8 +73,9 @@ async def serve_nodes(configs: Sequence[NodeConfig], linger_s: float = 1.0) -> i
 
         loop.add_signal_handler(signum, request_stop)
 
-    rounds = asyncio.gather(*(node.run() for node in nodes))
-    done, _ = await asyncio.wait({rounds, stop_signal}, return_when=asyncio.FIRST_COMPLETED)
+    rounds: asyncio.Future[list[None]] = asyncio.gather(*(node.run() for node in nodes))
+    waiting: list[asyncio.Future[Any]] = [rounds, stop_signal]
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     code = EXIT_OK
     if stop_signal in done:
         code = stop_signal.result()
@@ -80,9 +83,9 @@ async def serve_nodes(configs: Sequence[NodeConfig], linger_s: float = 1.0) -> i
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await rounds
     else:
-        error = rounds.exception()
-        if error is not None:
-            log.error("round driver failed", exc_info=error)
+        failure = rounds.exception()
+        if failure is not None:
+            log.error("round driver failed", exc_info=failure)
             code = EXIT_ERROR
         # Peers that are a little behind may still send to us; stay up briefly.
         with contextlib.suppress(asyncio.TimeoutError):

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
+from phalanx.v1 import node_pb2 as pb
 
 from node.actors import MailboxFull
 from node.codec import (
@@ -23,7 +24,6 @@ from node.codec import (
     decode_envelope,
     encode_chunks,
 )
-from phalanx.v1 import node_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +98,14 @@ class PhalanxServicer:
             await self._refuse(context, rejection, sender)
         except PayloadTooLarge as error:
             await self._refuse(
-                context, Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large", str(error)),
+                context,
+                Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large", str(error)),
                 sender,
             )
         except CodecError as error:
             await self._refuse(
-                context, Rejection(grpc.StatusCode.INVALID_ARGUMENT, "malformed", str(error)),
+                context,
+                Rejection(grpc.StatusCode.INVALID_ARGUMENT, "malformed", str(error)),
                 sender,
             )
         except MailboxFull as error:
@@ -112,15 +114,13 @@ class PhalanxServicer:
             )
         return pb.Ack(accepted=True)
 
-    async def Send(  # noqa: N802 - gRPC method name
-        self, request: bytes, context: grpc.aio.ServicerContext
-    ) -> pb.Ack:
+    async def Send(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Ack:
         async def decode() -> Message:
             return decode_envelope(_parse(pb.Envelope, request), self._max_bytes)
 
         return await self._process(context, decode)
 
-    async def Deliver(  # noqa: N802 - gRPC method name
+    async def Deliver(
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> pb.Ack:
         async def chunks() -> AsyncIterator[pb.Chunk]:
@@ -132,7 +132,7 @@ class PhalanxServicer:
 
         return await self._process(context, decode)
 
-    async def FetchModel(  # noqa: N802 - gRPC method name
+    async def FetchModel(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Chunk]:
         try:
@@ -147,24 +147,27 @@ class PhalanxServicer:
         """The service's handlers; requests arrive as raw bytes so that a malformed protobuf
         becomes our INVALID_ARGUMENT and log line rather than an opaque gRPC error."""
         ack = pb.Ack.SerializeToString
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            "Send": grpc.unary_unary_rpc_method_handler(self.Send, response_serializer=ack),
-            "Deliver": grpc.stream_unary_rpc_method_handler(
-                self.Deliver, response_serializer=ack
-            ),
-            "FetchModel": grpc.unary_stream_rpc_method_handler(
-                self.FetchModel,
-                request_deserializer=pb.ModelRequest.FromString,
-                response_serializer=pb.Chunk.SerializeToString,
-            ),
-            "Status": grpc.unary_unary_rpc_method_handler(
-                self.Status,
-                request_deserializer=pb.StatusRequest.FromString,
-                response_serializer=pb.StatusReply.SerializeToString,
-            ),
-        })
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Send": grpc.unary_unary_rpc_method_handler(self.Send, response_serializer=ack),
+                "Deliver": grpc.stream_unary_rpc_method_handler(
+                    self.Deliver, response_serializer=ack
+                ),
+                "FetchModel": grpc.unary_stream_rpc_method_handler(
+                    self.FetchModel,
+                    request_deserializer=pb.ModelRequest.FromString,
+                    response_serializer=pb.Chunk.SerializeToString,
+                ),
+                "Status": grpc.unary_unary_rpc_method_handler(
+                    self.Status,
+                    request_deserializer=pb.StatusRequest.FromString,
+                    response_serializer=pb.StatusReply.SerializeToString,
+                ),
+            },
+        )
 
-    async def Status(  # noqa: N802 - gRPC method name
+    async def Status(
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatusReply:
         return self._status()

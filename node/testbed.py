@@ -55,8 +55,9 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     once before being released.
     """
     low, _high = _ephemeral_range()
-    candidates = random.SystemRandom().sample(range(10_000, max(low, 10_000 + 4 * count)),
-                                              8 * count + 64)
+    candidates = random.SystemRandom().sample(
+        range(10_000, max(low, 10_000 + 4 * count)), 8 * count + 64
+    )
     sockets: list[socket.socket] = []
     try:
         for port in candidates:
@@ -146,8 +147,11 @@ class Testbed:
                 self.peak_rss[proc.name] = max(self.peak_rss.get(proc.name, 0), rss)
 
     def memory_summary(self) -> dict[str, Any]:
-        per_node = [self.peak_rss[p.name] / len(p.node_ids)
-                    for p in self.processes if p.name in self.peak_rss]
+        per_node = [
+            self.peak_rss[p.name] / len(p.node_ids)
+            for p in self.processes
+            if p.name in self.peak_rss
+        ]
         return {
             "peak_rss_bytes_per_process": dict(sorted(self.peak_rss.items())),
             "peak_rss_bytes_per_node_max": max(per_node) if per_node else None,
@@ -171,8 +175,11 @@ class Testbed:
         for node_id in self.ids:
             config = NodeConfig(
                 node=NodeSettings(
-                    id=node_id, host=self.host, port=self.ports[node_id],
-                    metrics_port=self.metrics_ports.get(node_id), out_dir=str(self.out_dir),
+                    id=node_id,
+                    host=self.host,
+                    port=self.ports[node_id],
+                    metrics_port=self.metrics_ports.get(node_id),
+                    out_dir=str(self.out_dir),
                     audit_traffic=self.audit_traffic,
                 ),
                 peers=peers,
@@ -185,9 +192,11 @@ class Testbed:
         for start in range(0, n, per):
             group = self.ids[start : start + per]
             name = group[0] if per == 1 else f"proc-{start // per:03d}"
-            self.processes.append(NodeProcess(
-                name, group, [paths[i] for i in group], self.out_dir / "logs" / f"{name}.log"
-            ))
+            self.processes.append(
+                NodeProcess(
+                    name, group, [paths[i] for i in group], self.out_dir / "logs" / f"{name}.log"
+                )
+            )
         (self.out_dir / "scenario.toml").write_text(
             tomli_w.dumps(self.scenario.model_dump(exclude_none=True))
         )
@@ -199,23 +208,29 @@ class Testbed:
     def start_process(self, proc: NodeProcess) -> None:
         env = dict(os.environ)
         path_parts = [str(REPO_ROOT), str(REPO_ROOT / "proto")]
-        env["PYTHONPATH"] = os.pathsep.join(path_parts + [env.get("PYTHONPATH", "")]).rstrip(":")
+        env["PYTHONPATH"] = os.pathsep.join([*path_parts, env.get("PYTHONPATH", "")]).rstrip(":")
         env.setdefault("OMP_NUM_THREADS", "1")
         command = [sys.executable, "-m", "node", "node"]
         for path in proc.config_paths:
             command += ["--config", str(path)]
         handle = open(proc.log_path, "ab")  # noqa: SIM115 - the child owns it
         proc.process = subprocess.Popen(
-            command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         handle.close()
 
     def honest_ids(self) -> list[str]:
         """Nodes that are neither Byzantine nor killed by a fault (what the summary vouches for)."""
         byzantine = byzantine_nodes(self.scenario, self.ids)
-        return [n for n in self.ids
-                if n not in byzantine and not self.process_of(n).killed_by_testbed]
+        return [
+            n for n in self.ids if n not in byzantine and not self.process_of(n).killed_by_testbed
+        ]
 
     def process_of(self, node_id: str) -> NodeProcess:
         return next(p for p in self.processes if node_id in p.node_ids)
@@ -230,15 +245,23 @@ class Testbed:
                 proc.killed_by_testbed = True
                 proc.process.kill()
                 proc.process.wait()
-                console.print(f"[yellow]fault: killed {proc.name} ({', '.join(proc.node_ids)}) "
-                              f"after round {fault.round}[/]")
+                console.print(
+                    f"[yellow]fault: killed {proc.name} ({', '.join(proc.node_ids)}) "
+                    f"after round {fault.round}[/]"
+                )
             if fault.action == "restart":
                 self.start_process(proc)
                 proc.killed_by_testbed = False
                 console.print(f"[yellow]fault: restarted {proc.name}[/]")
             fault.done = True
-            self.fault_log.append({"round": fault.round, "action": fault.action,
-                                   "nodes": proc.node_ids, "time": time.time()})
+            self.fault_log.append(
+                {
+                    "round": fault.round,
+                    "action": fault.action,
+                    "nodes": proc.node_ids,
+                    "time": time.time(),
+                }
+            )
 
     def stop_all(self, grace_s: float = 10.0) -> None:
         """SIGTERM every live child, wait for the graceful stop, then SIGKILL what is left."""
@@ -255,7 +278,10 @@ class Testbed:
                 proc.process.wait()  # type: ignore[union-attr]
 
 
-def read_node_records(out_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[int, dict[str, Any]]]]:
+NodeRounds = dict[str, dict[int, dict[str, Any]]]
+
+
+def read_node_records(out_dir: Path) -> tuple[dict[str, dict[str, Any]], NodeRounds]:
     """Parse ``OUT/nodes/*.jsonl``: (start records by node, round records by node and round).
 
     A torn last line (a node killed mid-write) is ignored.
@@ -319,34 +345,41 @@ def build_summary(
         first = next(iter(honest_reports.values()))
         digests = {n: rec["digest"] for n, rec in honest_reports.items()}
         accuracies = [rec["accuracy"] for rec in honest_reports.values()]
-        per_round.append({
-            "round": r,
-            "accuracy": first["accuracy"],
-            "accuracy_min": min(accuracies),
-            "accuracy_max": max(accuracies),
-            "loss": first["loss"],
-            "train_loss": sum(rec["train_loss"] for rec in reports.values()) / len(reports),
-            "duration_s": max(rec["duration_s"] for rec in reports.values()),
-            "train_s": max(rec["train_s"] for rec in reports.values()),
-            "communicate_s": max(rec["communicate_s"] for rec in reports.values()),
-            "aggregate_s": max(rec["aggregate_s"] for rec in reports.values()),
-            "bytes_sent": {n: rec["bytes_sent"] for n, rec in reports.items()},
-            "bytes_received": {n: rec["bytes_received"] for n, rec in reports.items()},
-            "bytes_by_kind": _sum_by_key(rec.get("bytes_by_kind", {}) for rec in reports.values()),
-            "phase_s": _max_by_key(rec.get("phase_s", {}) for rec in reports.values()),
-            "honest_digests": digests,
-            "digests_identical": len(set(digests.values())) == 1,
-            "clusters": first["clusters"],
-            "clusters_identical": all(rec["clusters"] == first["clusters"]
-                                      for rec in reports.values()),
-            "cluster_outputs": first["cluster_outputs"],
-            "failed_clusters": first["failed_clusters"],
-            "flagged_clusters": first["flagged_clusters"],
-            "backdoor_success": first.get("backdoor_success"),
-            "excluded": first["excluded"],
-            "synced": {n: rec["synced_from"] for n, rec in reports.items() if "synced_from" in rec},
-            "reporting_nodes": sorted(reports),
-        })
+        per_round.append(
+            {
+                "round": r,
+                "accuracy": first["accuracy"],
+                "accuracy_min": min(accuracies),
+                "accuracy_max": max(accuracies),
+                "loss": first["loss"],
+                "train_loss": sum(rec["train_loss"] for rec in reports.values()) / len(reports),
+                "duration_s": max(rec["duration_s"] for rec in reports.values()),
+                "train_s": max(rec["train_s"] for rec in reports.values()),
+                "communicate_s": max(rec["communicate_s"] for rec in reports.values()),
+                "aggregate_s": max(rec["aggregate_s"] for rec in reports.values()),
+                "bytes_sent": {n: rec["bytes_sent"] for n, rec in reports.items()},
+                "bytes_received": {n: rec["bytes_received"] for n, rec in reports.items()},
+                "bytes_by_kind": _sum_by_key(
+                    rec.get("bytes_by_kind", {}) for rec in reports.values()
+                ),
+                "phase_s": _max_by_key(rec.get("phase_s", {}) for rec in reports.values()),
+                "honest_digests": digests,
+                "digests_identical": len(set(digests.values())) == 1,
+                "clusters": first["clusters"],
+                "clusters_identical": all(
+                    rec["clusters"] == first["clusters"] for rec in reports.values()
+                ),
+                "cluster_outputs": first["cluster_outputs"],
+                "failed_clusters": first["failed_clusters"],
+                "flagged_clusters": first["flagged_clusters"],
+                "backdoor_success": first.get("backdoor_success"),
+                "excluded": first["excluded"],
+                "synced": {
+                    n: rec["synced_from"] for n, rec in reports.items() if "synced_from" in rec
+                },
+                "reporting_nodes": sorted(reports),
+            }
+        )
     return {
         "status": status,
         "scenario": scenario.model_dump(),
@@ -420,8 +453,10 @@ def write_report(summary: dict[str, Any], out_dir: Path) -> Path:
         )
     if summary["faults"]:
         lines += ["", "## Faults", ""]
-        lines += [f"- round {f['round']}: {f['action']} {', '.join(f['nodes'])}"
-                  for f in summary["faults"]]
+        lines += [
+            f"- round {f['round']}: {f['action']} {', '.join(f['nodes'])}"
+            for f in summary["faults"]
+        ]
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
@@ -430,8 +465,15 @@ def write_report(summary: dict[str, Any], out_dir: Path) -> Path:
 def _row(r: dict[str, Any]) -> list[str]:
     mb = sum(r["bytes_sent"].values()) / 1e6
     agree = "[green]yes[/]" if r["digests_identical"] else "[red]NO[/]"
-    return [str(r["round"]), f"{r['accuracy']:.4f}", f"{r['loss']:.4f}",
-            f"{r['duration_s']:.2f}", f"{mb:.1f}", ", ".join(r["excluded"]) or "-", agree]
+    return [
+        str(r["round"]),
+        f"{r['accuracy']:.4f}",
+        f"{r['loss']:.4f}",
+        f"{r['duration_s']:.2f}",
+        f"{mb:.1f}",
+        ", ".join(r["excluded"]) or "-",
+        agree,
+    ]
 
 
 COLUMNS = ("round", "accuracy", "loss", "round s", "MB sent", "excluded", "digests agree")
@@ -441,8 +483,10 @@ def run_testbed(testbed: Testbed, timeout_s: float) -> dict[str, Any]:
     """Run to completion (or interruption); returns the summary, also written to disk."""
     scenario, out_dir = testbed.scenario, testbed.out_dir
     testbed.prepare()
-    console.print(f"[bold]phalanx testbed[/]: {scenario.nodes} nodes in "
-                  f"{len(testbed.processes)} processes, {scenario.rounds} rounds -> {out_dir}")
+    console.print(
+        f"[bold]phalanx testbed[/]: {scenario.nodes} nodes in "
+        f"{len(testbed.processes)} processes, {scenario.rounds} rounds -> {out_dir}"
+    )
     header = Table(*COLUMNS, title=None, show_edge=False)
     console.print(header)
     testbed.launch()
@@ -457,10 +501,12 @@ def run_testbed(testbed: Testbed, timeout_s: float) -> dict[str, Any]:
             testbed.apply_faults(rounds)
             testbed.sample_memory()
             # A positive exit code is a bug; death by a signal is a node failure to ride through.
-            crashed = [p for p in testbed.processes
-                       if (p.returncode or 0) > 0 and not p.killed_by_testbed]
-            dead_nodes = {n for p in testbed.processes
-                          if p.returncode is not None for n in p.node_ids}
+            crashed = [
+                p for p in testbed.processes if (p.returncode or 0) > 0 and not p.killed_by_testbed
+            ]
+            dead_nodes = {
+                n for p in testbed.processes if p.returncode is not None for n in p.node_ids
+            }
             live_nodes = [n for n in testbed.ids if n not in dead_nodes]
             honest = testbed.honest_ids()
             summary = build_summary(scenario, starts, rounds, honest, testbed.fault_log, status)
@@ -472,8 +518,9 @@ def run_testbed(testbed: Testbed, timeout_s: float) -> dict[str, Any]:
                     table.add_row(*_row(r))
                     console.print(table)
             if crashed:
-                names = ", ".join(f"{p.name} (exit {p.returncode}, log {p.log_path})"
-                                  for p in crashed)
+                names = ", ".join(
+                    f"{p.name} (exit {p.returncode}, log {p.log_path})" for p in crashed
+                )
                 console.print(f"[red]node process crashed: {names}; stopping the testbed[/]")
                 status = "crashed"
                 break
@@ -516,30 +563,33 @@ def _parse_byzantine(text: str) -> dict[str, Any]:
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
-    scenario = load_scenario(args.scenario) if args.scenario else load_scenario(
-        default_scenario_path()
+    scenario = (
+        load_scenario(args.scenario) if args.scenario else load_scenario(default_scenario_path())
     )
     if args.byzantine:
         start = {"start_round": args.byzantine_from} if args.byzantine_from else {}
-        scenario = with_overrides(scenario, {
-            "byzantine": [{**entry, **start} for entry in args.byzantine]
-        })
+        scenario = with_overrides(
+            scenario, {"byzantine": [{**entry, **start} for entry in args.byzantine]}
+        )
     if args.f is not None:
         scenario = with_overrides(scenario, {"aggregation.f": args.f})
-    return with_overrides(scenario, {
-        "nodes": args.nodes,
-        "rounds": args.rounds,
-        "seed": args.seed,
-        "nodes_per_process": args.nodes_per_process,
-        "clustering.cluster_size": args.cluster_size,
-        "clustering.strategy": args.strategy,
-        "aggregation.secure": args.secure,
-        "aggregation.rule": args.rule,
-        "data.dataset": args.dataset,
-        "data.partition": args.partition,
-        "model.name": args.model,
-        "timeouts.collect_s": args.collect_timeout,
-    })
+    return with_overrides(
+        scenario,
+        {
+            "nodes": args.nodes,
+            "rounds": args.rounds,
+            "seed": args.seed,
+            "nodes_per_process": args.nodes_per_process,
+            "clustering.cluster_size": args.cluster_size,
+            "clustering.strategy": args.strategy,
+            "aggregation.secure": args.secure,
+            "aggregation.rule": args.rule,
+            "data.dataset": args.dataset,
+            "data.partition": args.partition,
+            "model.name": args.model,
+            "timeouts.collect_s": args.collect_timeout,
+        },
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -548,9 +598,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         Fault(node=f.node, round=f.round, action="restart") for f in args.restart or []
     ]
     if args.hosts != "netns":  # the netns testbed injects the scenario's faults itself
-        faults += [Fault(node=node, round=fault.round, action=fault.action)
-                   for fault in scenario.faults if fault.action in ("kill", "restart")
-                   for node in fault.nodes]
+        faults += [
+            Fault(node=node, round=fault.round, action=fault.action)
+            for fault in scenario.faults
+            if fault.action in ("kill", "restart")
+            for node in fault.nodes
+        ]
     unsupported = sorted({f.action for f in scenario.faults} - {"kill", "restart"})
     if unsupported and args.hosts != "netns":
         print(f"phalanx testbed: faults {unsupported} need --hosts netns", file=sys.stderr)
@@ -558,24 +611,36 @@ def _cmd_run(args: argparse.Namespace) -> int:
     ids = node_ids(scenario.nodes)
     for fault in faults:
         if fault.node not in ids:
-            print(f"phalanx testbed: --kill names unknown node {fault.node!r} "
-                  f"(nodes are {ids[0]} .. {ids[-1]})", file=sys.stderr)
+            print(
+                f"phalanx testbed: --kill names unknown node {fault.node!r} "
+                f"(nodes are {ids[0]} .. {ids[-1]})",
+                file=sys.stderr,
+            )
             return 2
     out_dir = Path(args.out)
-    timeout = args.timeout or (scenario.timeouts.startup_s
-                               + scenario.rounds * (8 * scenario.timeouts.collect_s + 120))
+    timeout = args.timeout or (
+        scenario.timeouts.startup_s + scenario.rounds * (8 * scenario.timeouts.collect_s + 120)
+    )
     if args.hosts == "netns":
         from deploy.netns import run_netns_testbed
 
-        summary = run_netns_testbed(scenario, out_dir, timeout, faults=faults,
-                                    metrics=not args.no_metrics)
+        summary = run_netns_testbed(
+            scenario, out_dir, timeout, faults=faults, metrics=not args.no_metrics
+        )
     else:
-        testbed = Testbed(scenario, out_dir, faults=faults, metrics=not args.no_metrics,
-                          audit_traffic=args.audit_traffic)
+        testbed = Testbed(
+            scenario,
+            out_dir,
+            faults=faults,
+            metrics=not args.no_metrics,
+            audit_traffic=args.audit_traffic,
+        )
         summary = run_testbed(testbed, timeout)
     console.print(f"summary: {out_dir / 'summary.json'}   report: {out_dir / 'report.md'}")
-    console.print(f"final accuracy: {summary['final_accuracy']}   honest digests identical: "
-                  f"{summary['all_digests_identical']}   status: {summary['status']}")
+    console.print(
+        f"final accuracy: {summary['final_accuracy']}   honest digests identical: "
+        f"{summary['all_digests_identical']}   status: {summary['status']}"
+    )
     return 0 if summary["status"] == "completed" else 1
 
 
@@ -592,25 +657,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--secure", choices=("none", "secagg", "shamir"))
     run.add_argument("--rule", help="aggregation rule over cluster outputs")
     run.add_argument("--f", type=int, help="Byzantine cluster outputs the rule tolerates")
-    run.add_argument("--byzantine", action="append", type=_parse_byzantine,
-                     metavar="COUNT:BEHAVIOUR[:k=v]",
-                     help="make COUNT nodes Byzantine, e.g. 2:alie or 1:crash:phase=share")
+    run.add_argument(
+        "--byzantine",
+        action="append",
+        type=_parse_byzantine,
+        metavar="COUNT:BEHAVIOUR[:k=v]",
+        help="make COUNT nodes Byzantine, e.g. 2:alie or 1:crash:phase=share",
+    )
     run.add_argument("--byzantine-from", type=int, help="round the Byzantine nodes start at")
     run.add_argument("--dataset")
     run.add_argument("--partition", choices=("iid", "dirichlet", "shards"))
     run.add_argument("--model")
     run.add_argument("--nodes-per-process", type=int)
     run.add_argument("--collect-timeout", type=float, help="timeouts.collect_s")
-    run.add_argument("--kill", action="append", type=_parse_fault, metavar="NODE@ROUND",
-                     help="kill NODE's process after it records ROUND (repeatable)")
-    run.add_argument("--restart", action="append", type=_parse_fault, metavar="NODE@ROUND",
-                     help="kill NODE's process after ROUND and start it again (repeatable)")
+    run.add_argument(
+        "--kill",
+        action="append",
+        type=_parse_fault,
+        metavar="NODE@ROUND",
+        help="kill NODE's process after it records ROUND (repeatable)",
+    )
+    run.add_argument(
+        "--restart",
+        action="append",
+        type=_parse_fault,
+        metavar="NODE@ROUND",
+        help="kill NODE's process after ROUND and start it again (repeatable)",
+    )
     run.add_argument("--timeout", type=float, help="overall limit in seconds")
     run.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
-    run.add_argument("--audit-traffic", action="store_true",
-                     help="save every tensor each node receives (privacy audits; large)")
-    run.add_argument("--hosts", choices=("loopback", "netns"), default="loopback",
-                     help="loopback: all nodes on 127.0.0.1; netns: one Linux network namespace "
-                     "per node process, with network faults (needs root)")
+    run.add_argument(
+        "--audit-traffic",
+        action="store_true",
+        help="save every tensor each node receives (privacy audits; large)",
+    )
+    run.add_argument(
+        "--hosts",
+        choices=("loopback", "netns"),
+        default="loopback",
+        help="loopback: all nodes on 127.0.0.1; netns: one Linux network namespace "
+        "per node process, with network faults (needs root)",
+    )
     run.add_argument("--out", default="phalanx-out", help="output folder (default phalanx-out)")
     run.set_defaults(func=_cmd_run)

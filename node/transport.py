@@ -16,6 +16,8 @@ from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from phalanx.v1 import node_pb2 as pb
+from phalanx.v1 import node_pb2_grpc as pb_grpc
 
 from node.codec import (
     CodecError,
@@ -25,8 +27,6 @@ from node.codec import (
     encode_envelope,
     kind_name,
 )
-from phalanx.v1 import node_pb2 as pb
-from phalanx.v1 import node_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,18 @@ CHANNEL_OPTIONS = [
 
 
 class Transport(Protocol):
+    """What the node needs from the wire; `GrpcTransport` is the real one, and Byzantine
+    behaviours wrap it."""
+
     async def send(self, peer: str, message: Message) -> bool: ...
+
+    async def status(self, peer: str, timeout_s: float = 2.0) -> pb.StatusReply | None: ...
+
+    async def serving(self, peer: str, timeout_s: float = 1.0) -> bool: ...
+
+    async def fetch_model(
+        self, peer: str, round_: int, digest: str, requester: str, max_bytes: int
+    ) -> Message | None: ...
 
     async def close(self) -> None: ...
 
@@ -121,8 +132,14 @@ class GrpcTransport:
                 code = error.code()
                 last = attempt == self.retry.attempts - 1
                 if code not in RETRYABLE or last:
-                    log.warning("%s %s to %s failed: %s %s", rpc, kind_name(message.kind), peer,
-                                code.name, error.details())
+                    log.warning(
+                        "%s %s to %s failed: %s %s",
+                        rpc,
+                        kind_name(message.kind),
+                        peer,
+                        code.name,
+                        error.details(),
+                    )
                     self._observe(peer, message, 0, time.perf_counter() - started, False)
                     return False
                 backoff = min(self.retry.max_s, self.retry.base_s * 2**attempt)
@@ -138,8 +155,9 @@ class GrpcTransport:
         except grpc.aio.AioRpcError:
             return None
 
-    async def fetch_model(self, peer: str, round_: int, digest: str, requester: str,
-                          max_bytes: int) -> Message | None:
+    async def fetch_model(
+        self, peer: str, round_: int, digest: str, requester: str, max_bytes: int
+    ) -> Message | None:
         """The peer's model after `round_`, streamed; None when it does not have that one."""
         request = pb.ModelRequest(requester=requester, round=round_, digest=digest)
         try:

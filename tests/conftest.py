@@ -19,12 +19,17 @@ def phalanx_env() -> dict[str, str]:
     return env
 
 
-def run_phalanx(*args: str, timeout: float = 600, cwd: Path | None = None
-                ) -> subprocess.CompletedProcess[str]:
+def run_phalanx(
+    *args: str, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `phalanx ARGS` as a real process; returns the completed process (text output)."""
     return subprocess.run(
-        [sys.executable, "-m", "node", *args], capture_output=True, text=True,
-        timeout=timeout, env=phalanx_env(), cwd=cwd or REPO,
+        [sys.executable, "-m", "node", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=phalanx_env(),
+        cwd=cwd or REPO,
     )
 
 

@@ -86,10 +86,11 @@ def test_dpsgd_epsilon_matches_opacus_accountant_over_rounds(digits) -> None:
     model = fresh_model()
     train_config = TrainConfig(batch_size=BATCH, epochs=1)
     before = flatten_parameters(model)
-    epsilons = []
+    epsilons: list[float] = []
     for round_ in (1, 2):
         result, epsilon = node.train(model, x, y, train_config, seed=round_)
         assert result.steps == math.ceil(N_SAMPLES / BATCH)
+        assert epsilon is not None
         epsilons.append(epsilon)
     assert not torch.equal(before, flatten_parameters(model))  # it trained
 
@@ -121,7 +122,12 @@ def test_without_dpsgd_training_is_plain_and_reports_no_epsilon(digits) -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["clip-gauss:clip=0.5,z=0.8", "forward:t=400", "forward-dp:eps=4,rounds=3", "gaussian:sigma=0.1"],
+    [
+        "clip-gauss:clip=0.5,z=0.8",
+        "forward:t=400",
+        "forward-dp:eps=4,rounds=3",
+        "gaussian:sigma=0.1",
+    ],
 )
 def test_protect_is_deterministic_per_node_and_round(spec: str) -> None:
     update = an_update()
@@ -149,9 +155,9 @@ def test_protect_none_releases_the_update_unchanged() -> None:
 def test_clip_gauss_clips_then_adds_calibrated_noise() -> None:
     update = an_update(dimension=20_000) * 10  # norm about 70, far above the bound
     clip, z = 2.0, 0.01
-    released = NodeDefense(
-        DefenseConfig(update=f"clip-gauss:clip={clip},z={z}"), 0, 0, 2
-    ).protect(update, 1)
+    released = NodeDefense(DefenseConfig(update=f"clip-gauss:clip={clip},z={z}"), 0, 0, 2).protect(
+        update, 1
+    )
     clipped = update * (clip / np.linalg.norm(update.astype(np.float64)))
     residual = released.astype(np.float64) - clipped
     # The residual is N(0, (zC)^2): its sample std lies within a few standard errors.

@@ -14,9 +14,7 @@ from learning.data import DatasetError, label_histogram, load_dataset, partition
 
 
 def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
-        f">{array.ndim}I", *array.shape
-    )
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = header + array.astype(np.uint8).tobytes()
     if gz:
         path = path.with_name(path.name + ".gz")
@@ -71,7 +69,7 @@ def test_cifar10_loader_reads_python_batches(tmp_path: Path) -> None:
 
 
 def test_directory_data_sets_need_a_directory(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="needs data.dir"):
+    with pytest.raises(DatasetError, match=r"needs data\.dir"):
         load_dataset("cifar10")
     with pytest.raises(DatasetError, match="is not a directory"):
         load_dataset("cifar10", tmp_path / "nope")
@@ -123,5 +121,5 @@ def test_partition_refuses_bad_settings() -> None:
         partition(labels, 2, "zipf")
     with pytest.raises(ValueError, match="alpha must be > 0"):
         partition(labels, 2, "dirichlet", alpha=0)
-    with pytest.raises(ValueError, match="cannot give 11 nodes"):
+    with pytest.raises(ValueError, match=r"cannot give 11 nodes"):
         partition(labels, 11)

@@ -70,6 +70,7 @@ def test_local_training_learns_digits_and_is_deterministic() -> None:
 
 def test_training_on_no_data_returns_nan_loss_without_steps() -> None:
     model = build_model("mlp", (1, 8, 8), 10)
-    result = train_local(model, np.zeros((0, 1, 8, 8), np.float32), np.zeros(0, np.int64),
-                         TrainConfig(), seed=0)
+    result = train_local(
+        model, np.zeros((0, 1, 8, 8), np.float32), np.zeros(0, np.int64), TrainConfig(), seed=0
+    )
     assert result.steps == 0 and np.isnan(result.loss)

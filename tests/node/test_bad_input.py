@@ -11,29 +11,36 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from phalanx.v1 import node_pb2 as pb
+from phalanx.v1 import node_pb2_grpc as pb_grpc
 
 from node.codec import Message, encode_chunks, encode_envelope
 from node.config import NodeConfig, NodeSettings, PeerConfig, parse_scenario
 from node.node import Node
 from node.testbed import free_ports
-from phalanx.v1 import node_pb2 as pb
-from phalanx.v1 import node_pb2_grpc as pb_grpc
 
 
 @pytest.fixture
 async def live_node(tmp_path: Path):
     """A real node (digits, MLP) whose peers are node-01 (us) and node-02."""
     port, metrics_port = free_ports(2)
-    scenario = parse_scenario({
-        "nodes": 3, "rounds": 1, "data": {"dataset": "digits"}, "model": {"name": "mlp"},
-        "clustering": {"cluster_size": 3},
-        "limits": {"max_message_bytes": 2_000_000},
-    })
-    peers = [PeerConfig(id=f"node-0{i}", address=f"127.0.0.1:{free_ports(1)[0]}")
-             for i in range(1, 3)]
+    scenario = parse_scenario(
+        {
+            "nodes": 3,
+            "rounds": 1,
+            "data": {"dataset": "digits"},
+            "model": {"name": "mlp"},
+            "clustering": {"cluster_size": 3},
+            "limits": {"max_message_bytes": 2_000_000},
+        }
+    )
+    peers = [
+        PeerConfig(id=f"node-0{i}", address=f"127.0.0.1:{free_ports(1)[0]}") for i in range(1, 3)
+    ]
     config = NodeConfig(
-        node=NodeSettings(id="node-00", port=port, metrics_port=metrics_port,
-                          out_dir=str(tmp_path)),
+        node=NodeSettings(
+            id="node-00", port=port, metrics_port=metrics_port, out_dir=str(tmp_path)
+        ),
         peers=[PeerConfig(id="node-00", address=f"127.0.0.1:{port}"), *peers],
         scenario=scenario,
     )
@@ -45,8 +52,13 @@ async def live_node(tmp_path: Path):
     await node.stop(0.5)
 
 
-def _update(node: Node, sender: str = "node-01", round_: int = 1, size: int | None = None,
-            kind: int = pb.MESSAGE_KIND_UPDATE) -> Message:
+def _update(
+    node: Node,
+    sender: str = "node-01",
+    round_: int = 1,
+    size: int | None = None,
+    kind: int = pb.MESSAGE_KIND_UPDATE,
+) -> Message:
     vector = np.ones(size if size is not None else node.dimension, dtype=np.float32)
     return Message(sender, round_, kind, 0, {"update": vector})
 
@@ -85,14 +97,30 @@ async def test_valid_update_is_accepted(live_node) -> None:
 @pytest.mark.parametrize(
     ("make", "code", "reason", "log_text"),
     [
-        (lambda n: _update(n, size=n.dimension - 1), grpc.StatusCode.INVALID_ARGUMENT,
-         "invalid", "the model needs float32"),
-        (lambda n: _update(n, round_=7), grpc.StatusCode.FAILED_PRECONDITION,
-         "unknown_round", "outside the accepted window"),
-        (lambda n: _update(n, sender="mallory"), grpc.StatusCode.PERMISSION_DENIED,
-         "unknown_sender", "is not a peer"),
-        (lambda n: _update(n, kind=pb.MESSAGE_KIND_SHARE), grpc.StatusCode.FAILED_PRECONDITION,
-         "unsupported_kind", "share is not used"),
+        (
+            lambda n: _update(n, size=n.dimension - 1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "invalid",
+            "the model needs float32",
+        ),
+        (
+            lambda n: _update(n, round_=7),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "unknown_round",
+            "outside the accepted window",
+        ),
+        (
+            lambda n: _update(n, sender="mallory"),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "unknown_sender",
+            "is not a peer",
+        ),
+        (
+            lambda n: _update(n, kind=pb.MESSAGE_KIND_SHARE),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "unsupported_kind",
+            "share is not used",
+        ),
     ],
     ids=["wrong-shape", "unknown-round", "unknown-sender", "mpc-kind-without-mpc"],
 )
@@ -110,10 +138,11 @@ async def test_bad_messages_get_a_status_a_log_line_and_a_metric(
 
 
 async def test_oversized_streamed_payload_is_refused(live_node, caplog) -> None:
-    node, channel = live_node
+    _node, channel = live_node
     caplog.set_level(logging.WARNING)
-    huge = Message("node-01", 1, pb.MESSAGE_KIND_UPDATE, 0,
-                   {"update": np.zeros(1_000_000, dtype=np.float32)})
+    huge = Message(
+        "node-01", 1, pb.MESSAGE_KIND_UPDATE, 0, {"update": np.zeros(1_000_000, dtype=np.float32)}
+    )
     stub = pb_grpc.PhalanxNodeStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub.Deliver(iter(list(encode_chunks(huge, 256 * 1024))), timeout=10)
@@ -124,6 +153,7 @@ async def test_oversized_streamed_payload_is_refused(live_node, caplog) -> None:
 
 async def test_malformed_protobuf_is_refused_and_node_keeps_serving(live_node, caplog) -> None:
     node, channel = live_node
+    assert node.phase == "starting"
     caplog.set_level(logging.WARNING)
     raw = channel.unary_unary("/phalanx.v1.PhalanxNode/Send")
     with pytest.raises(grpc.aio.AioRpcError) as error:

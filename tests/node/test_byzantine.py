@@ -7,9 +7,21 @@ from pathlib import Path
 
 import pytest
 
-BASE = ['nodes = 6', 'rounds = 3', 'nodes_per_process = 2', 'seed = 3',
-        '[data]', 'dataset = "mnist5k"', 'partition = "iid"', '[model]', 'name = "mlp"',
-        '[clustering]', 'cluster_size = 2', '[timeouts]', 'collect_s = 4']
+BASE = [
+    "nodes = 6",
+    "rounds = 3",
+    "nodes_per_process = 2",
+    "seed = 3",
+    "[data]",
+    'dataset = "mnist5k"',
+    'partition = "iid"',
+    "[model]",
+    'name = "mlp"',
+    "[clustering]",
+    "cluster_size = 2",
+    "[timeouts]",
+    "collect_s = 4",
+]
 
 
 def _run(tmp_path: Path, phalanx, name: str, *extra: str, lines: tuple[str, ...] = ()) -> dict:
@@ -24,9 +36,16 @@ def _run(tmp_path: Path, phalanx, name: str, *extra: str, lines: tuple[str, ...]
 def test_equivocating_publisher_is_dropped_and_honest_models_stay_identical(
     tmp_path: Path, phalanx
 ) -> None:
-    summary = _run(tmp_path, phalanx, "equivocate", lines=(
-        '[[byzantine]]', 'behaviour = "equivocate"', 'nodes = ["node-00"]',
-    ))
+    summary = _run(
+        tmp_path,
+        phalanx,
+        "equivocate",
+        lines=(
+            "[[byzantine]]",
+            'behaviour = "equivocate"',
+            'nodes = ["node-00"]',
+        ),
+    )
     assert summary["byzantine"] == {"node-00": "equivocate"}
     for record in summary["rounds"]:
         assert "node-00" not in record["honest_digests"]
@@ -41,11 +60,21 @@ def test_equivocating_publisher_is_dropped_and_honest_models_stay_identical(
 def test_a_crash_at_each_mpc_phase_still_completes_the_round(
     tmp_path: Path, phalanx, phase: str
 ) -> None:
-    summary = _run(tmp_path, phalanx, f"crash-{phase}", "--secure", "shamir", lines=(
-        '[aggregation]', 'threshold = 2',
-        '[[byzantine]]', f'behaviour = "crash:phase={phase}"', 'nodes = ["node-01"]',
-        'start_round = 2',
-    ))
+    summary = _run(
+        tmp_path,
+        phalanx,
+        f"crash-{phase}",
+        "--secure",
+        "shamir",
+        lines=(
+            "[aggregation]",
+            "threshold = 2",
+            "[[byzantine]]",
+            f'behaviour = "crash:phase={phase}"',
+            'nodes = ["node-01"]',
+            "start_round = 2",
+        ),
+    )
     rounds = {r["round"]: r for r in summary["rounds"]}
     assert sorted(rounds) == [1, 2, 3]
     for r in (2, 3):
@@ -58,15 +87,30 @@ def test_a_crash_at_each_mpc_phase_still_completes_the_round(
 def test_attacks_hurt_fedavg_and_a_robust_rule_resists(tmp_path: Path, phalanx) -> None:
     clean = _run(tmp_path, phalanx, "clean", "--cluster-size", "1")["final_accuracy"]
     damaged = {}
-    for attack in ("sign-flip:factor=5", "scaling:factor=-20", "gaussian:std=5", "ipm:epsilon=5",
-                   "label-flip"):
+    for attack in (
+        "sign-flip:factor=5",
+        "scaling:factor=-20",
+        "gaussian:std=5",
+        "ipm:epsilon=5",
+        "label-flip",
+    ):
         name = attack.split(":")[0]
-        summary = _run(tmp_path, phalanx, f"mean-{name}", "--cluster-size", "1", "--byzantine",
-                       f"2:{attack}")
+        summary = _run(
+            tmp_path, phalanx, f"mean-{name}", "--cluster-size", "1", "--byzantine", f"2:{attack}"
+        )
         damaged[name] = summary["final_accuracy"]
     assert all(accuracy < clean for accuracy in damaged.values()), (clean, damaged)
     for attack in ("sign-flip:factor=5", "ipm:epsilon=5", "alie"):
         name = attack.split(":")[0]
-        robust = _run(tmp_path, phalanx, f"tm-{name}", "--cluster-size", "1", "--byzantine",
-                      f"1:{attack}", "--rule", "trimmed-mean")["final_accuracy"]
+        robust = _run(
+            tmp_path,
+            phalanx,
+            f"tm-{name}",
+            "--cluster-size",
+            "1",
+            "--byzantine",
+            f"1:{attack}",
+            "--rule",
+            "trimmed-mean",
+        )["final_accuracy"]
         assert robust >= clean - 0.03, (name, robust, clean)

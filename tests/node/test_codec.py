@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from phalanx.v1 import node_pb2 as pb
 
 from node.codec import (
     CodecError,
@@ -14,7 +15,6 @@ from node.codec import (
     encode_chunks,
     encode_envelope,
 )
-from phalanx.v1 import node_pb2 as pb
 
 
 def _message(**tensors: np.ndarray) -> Message:

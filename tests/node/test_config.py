@@ -30,8 +30,10 @@ def test_default_scenario_is_valid_and_matches_make_run_promises() -> None:
         ({"nodes": 4, "clustering": {"cluster_size": 5}}, "cluster_size (5) is larger than nodes"),
         ({"data": {"dataset": "mnist"}}, "needs data.dir"),
         ({"data": {"dataset": "cifar10", "dir": "/does/not/exist"}}, "does not exist"),
-        ({"aggregation": {"secure": "shamir"}, "clustering": {"cluster_size": 1}},
-         "cluster of one"),
+        (
+            {"aggregation": {"secure": "shamir"}, "clustering": {"cluster_size": 1}},
+            "cluster of one",
+        ),
         ({"model": {"name": "transformer"}}, "unknown model 'transformer'"),
     ],
 )
@@ -45,13 +47,13 @@ def test_bad_scenarios_get_a_one_line_error_naming_the_field(data: dict, expecte
 def test_overrides_apply_dotted_keys_and_refuse_unknown_ones() -> None:
     scenario = with_overrides(parse_scenario({}), {"clustering.cluster_size": 2, "rounds": 7})
     assert scenario.clustering.cluster_size == 2 and scenario.rounds == 7
-    with pytest.raises(ConfigError, match="clustering.size: unknown key"):
+    with pytest.raises(ConfigError, match=r"clustering\.size: unknown key"):
         with_overrides(scenario, {"clustering.size": 2})
 
 
 def test_cli_reports_bad_scenario_in_one_line_without_traceback(tmp_path: Path, phalanx) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('nodes = 4\n[clustering]\ncluster_size = 9\n')
+    bad.write_text("nodes = 4\n[clustering]\ncluster_size = 9\n")
     result = phalanx("testbed", "run", str(bad), "--out", str(tmp_path / "out"), timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -68,5 +70,5 @@ def test_cli_reports_missing_data_directory(tmp_path: Path, phalanx) -> None:
 def test_invalid_toml_is_reported_with_the_file(tmp_path: Path) -> None:
     broken = tmp_path / "broken.toml"
     broken.write_text("nodes = = 3")
-    with pytest.raises(ConfigError, match="broken.toml: invalid TOML"):
+    with pytest.raises(ConfigError, match=r"broken\.toml: invalid TOML"):
         load_scenario(broken)

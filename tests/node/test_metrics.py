@@ -13,16 +13,24 @@ from node.testbed import free_ports
 
 
 async def test_a_lone_node_completes_rounds_and_exports_its_metrics(tmp_path: Path) -> None:
-    scenario = parse_scenario({
-        "nodes": 1, "rounds": 2, "data": {"dataset": "digits"}, "model": {"name": "mlp"},
-        "clustering": {"cluster_size": 1},
-    })
+    scenario = parse_scenario(
+        {
+            "nodes": 1,
+            "rounds": 2,
+            "data": {"dataset": "digits"},
+            "model": {"name": "mlp"},
+            "clustering": {"cluster_size": 1},
+        }
+    )
     port, metrics_port = free_ports(2)
-    node = Node(NodeConfig(
-        node=NodeSettings(id="solo", port=port, metrics_port=metrics_port,
-                          out_dir=str(tmp_path)),
-        scenario=scenario,
-    ))
+    node = Node(
+        NodeConfig(
+            node=NodeSettings(
+                id="solo", port=port, metrics_port=metrics_port, out_dir=str(tmp_path)
+            ),
+            scenario=scenario,
+        )
+    )
     await node.start()
     try:
         await node.run()
@@ -45,5 +53,7 @@ async def test_a_lone_node_completes_rounds_and_exports_its_metrics(tmp_path: Pa
     for expected in ("phalanx_loss", "phalanx_train_loss", "phalanx_excluded_nodes"):
         assert expected in names
     # Every exported name follows the conventions: prefix and base units.
-    assert all(name.startswith("phalanx_") or name.startswith("python_")
-               or name.startswith("process_") for name in names)
+    assert all(
+        name.startswith("phalanx_") or name.startswith("python_") or name.startswith("process_")
+        for name in names
+    )

@@ -22,9 +22,26 @@ def test_shamir_round_matches_plaintext_and_no_node_sees_another_update(
     runs = {}
     for mode in ("none", "shamir"):
         out = tmp_path / mode
-        args = ["testbed", "run", "--nodes", "4", "--rounds", "2", "--cluster-size", "4",
-                "--model", "mlp", "--dataset", "digits", "--partition", "iid", "--secure", mode,
-                "--out", str(out)]
+        args = [
+            "testbed",
+            "run",
+            "--nodes",
+            "4",
+            "--rounds",
+            "2",
+            "--cluster-size",
+            "4",
+            "--model",
+            "mlp",
+            "--dataset",
+            "digits",
+            "--partition",
+            "iid",
+            "--secure",
+            mode,
+            "--out",
+            str(out),
+        ]
         if mode == "shamir":
             args.append("--audit-traffic")
         result = phalanx(*args, timeout=600)
@@ -66,22 +83,32 @@ def test_shamir_rides_through_a_dead_and_a_lying_holder_per_cluster(
 ) -> None:
     scenario = tmp_path / "robust.toml"
     scenario.write_text(
-        'nodes = 10\nrounds = 3\nnodes_per_process = 2\n'
+        "nodes = 10\nrounds = 3\nnodes_per_process = 2\n"
         '[data]\ndataset = "mnist5k"\npartition = "iid"\n[model]\nname = "mlp"\n'
         '[clustering]\ncluster_size = 5\n[aggregation]\nsecure = "shamir"\nthreshold = 2\n'
-        '[timeouts]\ncollect_s = 4\n'
+        "[timeouts]\ncollect_s = 4\n"
         '[[byzantine]]\nbehaviour = "corrupt-partial"\nnodes = ["node-03", "node-08"]\n'
     )
     finals = {}
     for mode, extra in (("shamir", []), ("none", ["--secure", "none"])):
         out = tmp_path / mode
-        result = phalanx("testbed", "run", str(scenario), "--kill", "node-04@1", "--kill",
-                         "node-09@1", *extra, "--out", str(out), timeout=900)
+        result = phalanx(
+            "testbed",
+            "run",
+            str(scenario),
+            "--kill",
+            "node-04@1",
+            "--kill",
+            "node-09@1",
+            *extra,
+            "--out",
+            str(out),
+            timeout=900,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         summary = _summary(out)
         assert summary["all_digests_identical"], summary["rounds"]
-        assert summary["byzantine"] == {"node-03": "corrupt-partial",
-                                        "node-08": "corrupt-partial"}
+        assert summary["byzantine"] == {"node-03": "corrupt-partial", "node-08": "corrupt-partial"}
         last = summary["rounds"][-1]
         assert last["failed_clusters"] == []
         assert "node-04" in last["excluded"] and "node-09" in last["excluded"]

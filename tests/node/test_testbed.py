@@ -21,8 +21,21 @@ def _summary(out: Path) -> dict:
 
 def test_four_node_processes_learn_mnist5k_with_identical_models(tmp_path: Path, phalanx) -> None:
     out = tmp_path / "run"
-    result = phalanx("testbed", "run", "--nodes", "4", "--rounds", "3", "--cluster-size", "2",
-                     "--partition", "iid", "--out", str(out), timeout=600)
+    result = phalanx(
+        "testbed",
+        "run",
+        "--nodes",
+        "4",
+        "--rounds",
+        "3",
+        "--cluster-size",
+        "2",
+        "--partition",
+        "iid",
+        "--out",
+        str(out),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = _summary(out)
     assert summary["status"] == "completed"
@@ -45,9 +58,25 @@ def test_four_node_processes_learn_mnist5k_with_identical_models(tmp_path: Path,
 
 def test_killed_node_is_excluded_and_the_others_finish(tmp_path: Path, phalanx) -> None:
     out = tmp_path / "kill"
-    result = phalanx("testbed", "run", "--nodes", "4", "--rounds", "4", "--cluster-size", "2",
-                     "--model", "mlp", "--collect-timeout", "3", "--kill", "node-03@1",
-                     "--out", str(out), timeout=600)
+    result = phalanx(
+        "testbed",
+        "run",
+        "--nodes",
+        "4",
+        "--rounds",
+        "4",
+        "--cluster-size",
+        "2",
+        "--model",
+        "mlp",
+        "--collect-timeout",
+        "3",
+        "--kill",
+        "node-03@1",
+        "--out",
+        str(out),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = _summary(out)
     assert summary["faults"][0]["nodes"] == ["node-03"] and summary["faults"][0]["round"] == 1
@@ -64,15 +93,33 @@ def test_killed_node_is_excluded_and_the_others_finish(tmp_path: Path, phalanx) 
 
 def test_several_nodes_per_process(tmp_path: Path, phalanx) -> None:
     out = tmp_path / "packed"
-    result = phalanx("testbed", "run", "--nodes", "6", "--nodes-per-process", "3", "--rounds",
-                     "2", "--cluster-size", "3", "--model", "mlp", "--out", str(out), timeout=600)
+    result = phalanx(
+        "testbed",
+        "run",
+        "--nodes",
+        "6",
+        "--nodes-per-process",
+        "3",
+        "--rounds",
+        "2",
+        "--cluster-size",
+        "3",
+        "--model",
+        "mlp",
+        "--out",
+        str(out),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = _summary(out)
-    pids = {json.loads(line)["pid"] for path in (out / "nodes").glob("*.jsonl")
-            for line in path.read_text().splitlines() if '"start"' in line}
+    pids = {
+        json.loads(line)["pid"]
+        for path in (out / "nodes").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+        if '"start"' in line
+    }
     assert len(pids) == 2
-    assert all(r["digests_identical"] and len(r["honest_digests"]) == 6
-               for r in summary["rounds"])
+    assert all(r["digests_identical"] and len(r["honest_digests"]) == 6 for r in summary["rounds"])
 
 
 def _wait_for(predicate, timeout: float) -> bool:
@@ -87,9 +134,29 @@ def _wait_for(predicate, timeout: float) -> bool:
 def test_ctrl_c_stops_every_node_and_keeps_partial_results(tmp_path: Path) -> None:
     out = tmp_path / "interrupted"
     testbed = subprocess.Popen(
-        [sys.executable, "-m", "node", "testbed", "run", "--nodes", "3", "--rounds", "50",
-         "--cluster-size", "3", "--model", "mlp", "--dataset", "digits", "--out", str(out)],
-        env=phalanx_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "node",
+            "testbed",
+            "run",
+            "--nodes",
+            "3",
+            "--rounds",
+            "50",
+            "--cluster-size",
+            "3",
+            "--model",
+            "mlp",
+            "--dataset",
+            "digits",
+            "--out",
+            str(out),
+        ],
+        env=phalanx_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     node_log = out / "nodes" / "node-00.jsonl"
     assert _wait_for(lambda: node_log.exists() and '"round": 1,' in node_log.read_text(), 300)
@@ -98,7 +165,7 @@ def test_ctrl_c_stops_every_node_and_keeps_partial_results(tmp_path: Path) -> No
     testbed.send_signal(signal.SIGINT)
     output, _ = testbed.communicate(timeout=60)
     assert b"interrupted" in output
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
     summary = _summary(out)
     assert summary["status"] == "interrupted"
@@ -110,9 +177,24 @@ def test_node_daemon_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
 
     port, peer_port = free_ports(2)
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "node", "node", "--id", "node-a", "--port", str(port),
-         "--peer", f"node-b=127.0.0.1:{peer_port}", "--out", str(tmp_path)],
-        env=phalanx_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "node",
+            "node",
+            "--id",
+            "node-a",
+            "--port",
+            str(port),
+            "--peer",
+            f"node-b=127.0.0.1:{peer_port}",
+            "--out",
+            str(tmp_path),
+        ],
+        env=phalanx_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     log = tmp_path / "nodes" / "node-a.jsonl"
     assert _wait_for(lambda: log.exists() and '"start"' in log.read_text(), 120)
@@ -127,11 +209,14 @@ def test_node_daemon_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
 def test_restarted_node_rejoins_with_the_majority_model(tmp_path: Path, phalanx) -> None:
     out = tmp_path / "restart"
     scenario = tmp_path / "paced.toml"
-    scenario.write_text('nodes = 4\nrounds = 8\n[data]\ndataset = "digits"\n'
-                        '[model]\nname = "mlp"\n[clustering]\ncluster_size = 2\n'
-                        '[timeouts]\ncollect_s = 3\nround_period_s = 2.5\n')
-    result = phalanx("testbed", "run", str(scenario), "--restart", "node-03@2",
-                     "--out", str(out), timeout=600)
+    scenario.write_text(
+        'nodes = 4\nrounds = 8\n[data]\ndataset = "digits"\n'
+        '[model]\nname = "mlp"\n[clustering]\ncluster_size = 2\n'
+        "[timeouts]\ncollect_s = 3\nround_period_s = 2.5\n"
+    )
+    result = phalanx(
+        "testbed", "run", str(scenario), "--restart", "node-03@2", "--out", str(out), timeout=600
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = _summary(out)
     rounds = {r["round"]: r for r in summary["rounds"]}
