@@ -42,6 +42,7 @@ _BENCHES = (
     "bench.bench_aggregation",
     "bench.bench_inversion",
     "bench.bench_dpsgd",
+    "bench.bench_privacy",
 )
 
 

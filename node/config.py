@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from learning.data import NEEDS_DIRECTORY
 from learning.models import MODELS
+from node.defenses import DefenseConfig
 
 MiB = 1024 * 1024
 
@@ -166,6 +167,7 @@ class Scenario(_Section):
     limits: LimitConfig = LimitConfig()
     faults: list[FaultConfig] = []
     byzantine: list[ByzantineConfig] = []
+    defense: DefenseConfig = DefenseConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:

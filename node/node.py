@@ -50,6 +50,7 @@ from node.config import (
     byzantine_nodes,
     tolerated_faults,
 )
+from node.defenses import NodeDefense
 from node.inbox import DuplicateMessage, RoundInbox
 from node.metrics import NodeMetrics
 from node.protocols import (
@@ -209,6 +210,7 @@ class Node:
         self.weights = flatten_parameters(self.model)
         self.dimension = self.weights.numel()
         self.train_config = TrainConfig(**scenario.training.model_dump())
+        self.defense = NodeDefense(scenario.defense, self.index, scenario.seed, len(self.view))
 
         self.transport: Transport = GrpcTransport(
             self.addresses,
@@ -628,7 +630,7 @@ class Node:
         def work() -> tuple[np.ndarray, float, float]:
             started = time.perf_counter()
             load_flat_parameters(self.model, job.weights)
-            result = train_local(
+            result, _epsilon = self.defense.train(
                 self.model,
                 self.train_x,
                 self.train_y,
@@ -682,6 +684,8 @@ class Node:
         )
         await self.learner.ask(TrainJob(round_, self.weights.clone(), done))
         update, train_loss, train_s = await done
+        # The defense is part of what an honest node does; a Byzantine node deviates from that.
+        update = self.defense.protect(update, round_)
         if self.transform_update is not None:
             update = await self.transform_update(update, round_)
         if self.config.node.audit_traffic:
@@ -768,6 +772,7 @@ class Node:
             "backdoor_success": backdoor,
             "excluded": excluded,
             "equivocating_publishers": sorted(inconsistent),
+            "privacy": self.defense.privacy_report(),
             "time": time.time(),
         }
         self.results.write(record)

@@ -373,6 +373,7 @@ def build_summary(
                 "failed_clusters": first["failed_clusters"],
                 "flagged_clusters": first["flagged_clusters"],
                 "backdoor_success": first.get("backdoor_success"),
+            "privacy": {n: rec.get("privacy") for n, rec in reports.items()},
                 "excluded": first["excluded"],
                 "synced": {
                     n: rec["synced_from"] for n, rec in reports.items() if "synced_from" in rec
