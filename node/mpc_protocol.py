@@ -193,6 +193,9 @@ class ShamirClusterProtocol:
             for sender, msg in keys.items()
         }
         context.phase_seconds["keys"] = time.monotonic() - started
+        # A member that advertised no key this round is gone for the round: later phases do not
+        # wait for it, so one dead member costs one deadline, not one per phase.
+        live = sorted(adverts)
 
         # 2. share
         phase = time.monotonic()
@@ -245,7 +248,7 @@ class ShamirClusterProtocol:
                 message(pb.MESSAGE_KIND_DEALER_SET, meta={"dealers": ",".join(agreed)}),
                 members,
             )
-        waiting = [p for p in publishers if p not in context.suspected or p == me]
+        waiting = [p for p in publishers if p in adverts]
         requests = await inbox.wait_for(
             r, pb.MESSAGE_KIND_DEALER_SET, mine, waiting, phase + 2 * collect
         )
@@ -442,6 +445,9 @@ class SecAggClusterProtocol:
             for s, m in keys.items()
         }
         context.phase_seconds["keys"] = time.monotonic() - started
+        # A member that advertised no key this round is gone for the round: later phases do not
+        # wait for it, so one dead member costs one deadline, not one per phase.
+        live = sorted(adverts)
 
         # 2. seed shares
         phase = time.monotonic()
