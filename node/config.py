@@ -177,8 +177,21 @@ class Scenario(_Section):
                 f"nodes ({self.nodes})"
             )
         aggregation = self.aggregation
-        if sum(b.count + len(b.nodes) for b in self.byzantine) > self.nodes:
+        colluders = sum(b.count + len(b.nodes) for b in self.byzantine)
+        if colluders > self.nodes:
             raise ValueError("byzantine: more Byzantine nodes than nodes")
+        for entry in self.byzantine:
+            from adversary.behaviours import parse_behaviour
+
+            spec = parse_behaviour(entry.behaviour)
+            if spec.is_poisoning and colluders < 2 and not entry.omniscient:
+                from adversary.poisoning import POISONING_ATTACKS
+
+                if POISONING_ATTACKS[spec.name].needs_honest_view and spec.name != "ipm":
+                    raise ValueError(
+                        f"byzantine: {spec.name} estimates honest statistics from the colluders' "
+                        "benign updates and needs at least 2 colluders (or omniscient = true)"
+                    )
         from learning.aggregation import get_rule
 
         get_rule(aggregation.rule, pre=aggregation.pre or None)

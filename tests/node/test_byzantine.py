@@ -115,7 +115,7 @@ def test_attacks_hurt_fedavg_and_a_robust_rule_resists(tmp_path: Path, phalanx) 
             "--cluster-size",
             "1",
             "--byzantine",
-            f"1:{attack}",
+            f"{2 if name == 'alie' else 1}:{attack}",
             "--rule",
             "trimmed-mean",
         )["final_accuracy"]
