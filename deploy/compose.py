@@ -83,6 +83,7 @@ def node_config(spec: ComposeSpec, index: int) -> NodeConfig:
             port=GRPC_PORT,
             metrics_port=METRICS_PORT,
             out_dir="/data",
+            insecure=not spec.tls,
         ),
         peers=peers,
         scenario=spec.scenario,

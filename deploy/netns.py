@@ -321,6 +321,7 @@ class NetnsTestbed(Testbed):
                     port=self.grpc_port,
                     metrics_port=self.metrics_ports.get(node_id),
                     out_dir=str(self.out_dir),
+                    insecure=True,
                 ),
                 peers=peers,
                 scenario=scenario,

@@ -68,6 +68,10 @@ def _node_configs(args: argparse.Namespace) -> list[NodeConfig]:
     scenario = load_scenario(args.scenario) if args.scenario else Scenario()
     scenario = with_overrides(scenario, {"rounds": args.rounds, "seed": args.seed})
     settings = NodeSettings(
+        insecure=args.insecure,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         id=args.id,
         host=args.host,
         port=args.port,
@@ -114,6 +118,12 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="ID=HOST:PORT",
         help="a peer (repeatable); static membership",
     )
+    parser.add_argument(
+        "--insecure", action="store_true", help="plaintext gRPC: explicit opt-out of mutual TLS"
+    )
+    parser.add_argument("--tls-ca", help="CA certificate from `phalanx certs`")
+    parser.add_argument("--tls-cert", help="this node's certificate")
+    parser.add_argument("--tls-key", help="this node's private key")
     parser.add_argument("--scenario", type=Path, help="scenario TOML (default: built-in)")
     parser.add_argument("--rounds", type=int, help="override the scenario's rounds")
     parser.add_argument("--seed", type=int, help="override the scenario's seed")

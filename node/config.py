@@ -227,6 +227,12 @@ class NodeSettings(_Section):
     port: Annotated[int, Field(ge=0, le=65535)] = 0
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     out_dir: str = "phalanx-out"
+    insecure: bool = Field(
+        default=False, description="speak plaintext gRPC (explicit opt-out of mutual TLS)"
+    )
+    tls_ca: str | None = Field(default=None, description="CA certificate (PEM) of the peers")
+    tls_cert: str | None = Field(default=None, description="this node's certificate (PEM)")
+    tls_key: str | None = Field(default=None, description="this node's private key (PEM)")
     audit_traffic: bool = Field(
         default=False,
         description="privacy audit: save every received tensor and this node's own updates "
@@ -235,7 +241,12 @@ class NodeSettings(_Section):
 
 
 class NodeConfig(_Section):
-    """A node's file: ``[node]``, ``[[peers]]`` and the scenario sections."""
+    """A node's file: ``[node]``, ``[[peers]]`` and the scenario sections.
+
+    Nodes speak mutual TLS with certificates from ``phalanx certs`` (``tls_ca``, ``tls_cert``,
+    ``tls_key``, or the environment variables PHALANX_TLS_CA/CERT/KEY); ``insecure = true`` is
+    the explicit opt-out that the local testbed uses.
+    """
 
     node: NodeSettings
     peers: list[PeerConfig] = []
@@ -247,6 +258,34 @@ class NodeConfig(_Section):
         if len(set(ids)) != len(ids):
             raise ValueError("peers: duplicate peer id")
         return self
+
+
+def check_tls(node: NodeSettings) -> None:
+    """Refuse to start a TLS node whose certificate files are missing (checked at start, since
+    compose and Kubernetes provide them through the environment)."""
+    if node.insecure:
+        return
+    files = tls_files(node)
+    missing = [name for name, path in files.items() if not path]
+    if missing:
+        raise ConfigError(
+            f"node {node.id}: mutual TLS needs {', '.join(missing)} (from `phalanx certs`), or "
+            "insecure = true / --insecure to opt out"
+        )
+    for name, path in files.items():
+        if not Path(str(path)).is_file():
+            raise ConfigError(f"node.{name}: {path} is not a file")
+
+
+def tls_files(node: NodeSettings) -> dict[str, str | None]:
+    """The node's CA, certificate and key paths; the environment fills what the file leaves."""
+    import os
+
+    return {
+        "tls_ca": node.tls_ca or os.environ.get("PHALANX_TLS_CA"),
+        "tls_cert": node.tls_cert or os.environ.get("PHALANX_TLS_CERT"),
+        "tls_key": node.tls_key or os.environ.get("PHALANX_TLS_KEY"),
+    }
 
 
 def _format_error(error: ValidationError, prefix: str = "") -> str:

@@ -48,6 +48,7 @@ from node.config import (
     NodeConfig,
     Scenario,
     byzantine_nodes,
+    tls_files,
     tolerated_faults,
 )
 from node.defenses import NodeDefense
@@ -217,6 +218,7 @@ class Node:
             deadline_s=scenario.timeouts.rpc_s,
             chunk_bytes=scenario.limits.chunk_bytes,
             observer=self._observe_send,
+            credentials=self._client_credentials(),
             seed=round_seed(scenario.seed, self.index, 0),
         )
         size = scenario.limits.mailbox_size
@@ -308,6 +310,15 @@ class Node:
 
         return await asyncio.to_thread(work)
 
+    def _client_credentials(self) -> grpc.ChannelCredentials | None:
+        """Mutual TLS towards the peers, unless this node runs with ``insecure``."""
+        if self.config.node.insecure:
+            return None
+        ca, cert, key = (Path(str(p)).read_bytes() for p in tls_files(self.config.node).values())
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
+
     def _cluster_protocol(self) -> ClusterProtocol:
         aggregation = self.scenario.aggregation
         if aggregation.secure == "none":
@@ -352,7 +363,16 @@ class Node:
         self._server.add_generic_rpc_handlers((servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         address = f"{self.config.node.host}:{self.config.node.port}"
-        self.port = self._server.add_insecure_port(address)
+        if self.config.node.insecure:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            ca, cert, key = (
+                Path(str(p)).read_bytes() for p in tls_files(self.config.node).values()
+            )
+            credentials = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca, require_client_auth=True
+            )
+            self.port = self._server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"{self.id}: cannot bind {address}")
         await self._server.start()

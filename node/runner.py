@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,8 +45,16 @@ def install_event_loop_policy() -> str:
 async def serve_nodes(configs: Sequence[NodeConfig], linger_s: float = 1.0) -> int:
     """Start every node, run their rounds, and stop them all gracefully; returns an exit code."""
     from learning.data import DatasetError
+    from node.config import ConfigError, check_tls
     from node.node import Node
 
+    try:
+        for config in configs:
+            check_tls(config.node)
+    except ConfigError as error:
+        log.error("%s", error)
+        print(f"phalanx node: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         nodes = [Node(config) for config in configs]
     except DatasetError as error:

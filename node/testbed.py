@@ -130,6 +130,7 @@ class Testbed:
     faults: list[Fault] = field(default_factory=list)
     metrics: bool = True
     audit_traffic: bool = False
+    tls_dir: Path | None = None
     processes: list[NodeProcess] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
@@ -171,6 +172,10 @@ class Testbed:
         (self.out_dir / "nodes").mkdir(parents=True, exist_ok=True)
         for stale in (self.out_dir / "nodes").glob("*.jsonl"):
             stale.unlink()
+        if self.tls_dir is not None:
+            from clustering.certs import write_certificates
+
+            write_certificates(self.tls_dir, n, overwrite=True)
         paths: dict[str, Path] = {}
         for node_id in self.ids:
             config = NodeConfig(
@@ -181,6 +186,7 @@ class Testbed:
                     metrics_port=self.metrics_ports.get(node_id),
                     out_dir=str(self.out_dir),
                     audit_traffic=self.audit_traffic,
+                    **self.tls_settings(node_id),
                 ),
                 peers=peers,
                 scenario=self.scenario,
@@ -224,6 +230,19 @@ class Testbed:
             preexec_fn=_die_with_parent,
         )
         handle.close()
+
+    def tls_settings(self, node_id: str) -> dict[str, Any]:
+        """Mutual TLS with certificates made by `phalanx certs` for this run, or the explicit
+        plaintext opt-out."""
+        if self.tls_dir is None:
+            return {"insecure": True}
+        index = self.ids.index(node_id)
+        return {
+            "insecure": False,
+            "tls_ca": str(self.tls_dir / "ca.pem"),
+            "tls_cert": str(self.tls_dir / f"node-{index}.pem"),
+            "tls_key": str(self.tls_dir / f"node-{index}.key"),
+        }
 
     def honest_ids(self) -> list[str]:
         """Nodes that are neither Byzantine nor killed by a fault (what the summary vouches for)."""
@@ -373,7 +392,7 @@ def build_summary(
                 "failed_clusters": first["failed_clusters"],
                 "flagged_clusters": first["flagged_clusters"],
                 "backdoor_success": first.get("backdoor_success"),
-            "privacy": {n: rec.get("privacy") for n, rec in reports.items()},
+                "privacy": {n: rec.get("privacy") for n, rec in reports.items()},
                 "excluded": first["excluded"],
                 "synced": {
                     n: rec["synced_from"] for n, rec in reports.items() if "synced_from" in rec
@@ -635,6 +654,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             faults=faults,
             metrics=not args.no_metrics,
             audit_traffic=args.audit_traffic,
+            tls_dir=out_dir / "certs" if args.tls else None,
         )
         summary = run_testbed(testbed, timeout)
     console.print(f"summary: {out_dir / 'summary.json'}   report: {out_dir / 'report.md'}")
@@ -691,6 +711,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--audit-traffic",
         action="store_true",
         help="save every tensor each node receives (privacy audits; large)",
+    )
+    run.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS between nodes with certificates made for this run "
+        "(default: plaintext on loopback, the explicit insecure opt-out)",
     )
     run.add_argument(
         "--hosts",

@@ -71,7 +71,11 @@ async def test_every_dashboard_metric_is_exported_by_a_live_node(tmp_path: Path)
         Node(
             NodeConfig(
                 node=NodeSettings(
-                    id=f"node-0{i}", port=ports[i], metrics_port=ports[2 + i], out_dir=str(tmp_path)
+                    insecure=True,
+                    id=f"node-0{i}",
+                    port=ports[i],
+                    metrics_port=ports[2 + i],
+                    out_dir=str(tmp_path),
                 ),
                 peers=peers,
                 scenario=scenario,

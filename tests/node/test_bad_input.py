@@ -39,7 +39,7 @@ async def live_node(tmp_path: Path):
     ]
     config = NodeConfig(
         node=NodeSettings(
-            id="node-00", port=port, metrics_port=metrics_port, out_dir=str(tmp_path)
+            insecure=True, id="node-00", port=port, metrics_port=metrics_port, out_dir=str(tmp_path)
         ),
         peers=[PeerConfig(id="node-00", address=f"127.0.0.1:{port}"), *peers],
         scenario=scenario,

@@ -11,7 +11,7 @@ def test_dpsgd_nodes_report_growing_epsilon_and_stay_identical(tmp_path: Path, p
     scenario.write_text(
         'nodes = 3\nrounds = 2\n[data]\ndataset = "digits"\n[model]\nname = "mlp"\n'
         "[clustering]\ncluster_size = 3\n"
-        '[defense]\ndpsgd = true\nnoise_multiplier = 1.0\nmax_grad_norm = 1.0\n'
+        "[defense]\ndpsgd = true\nnoise_multiplier = 1.0\nmax_grad_norm = 1.0\n"
         'update = "clip-gauss:clip=1,z=0.5"\n'
     )
     out = tmp_path / "out"

@@ -26,7 +26,11 @@ async def test_a_lone_node_completes_rounds_and_exports_its_metrics(tmp_path: Pa
     node = Node(
         NodeConfig(
             node=NodeSettings(
-                id="solo", port=port, metrics_port=metrics_port, out_dir=str(tmp_path)
+                insecure=True,
+                id="solo",
+                port=port,
+                metrics_port=metrics_port,
+                out_dir=str(tmp_path),
             ),
             scenario=scenario,
         )

@@ -228,3 +228,56 @@ def test_restarted_node_rejoins_with_the_majority_model(tmp_path: Path, phalanx)
     assert last["excluded"] == []
     assert sorted(last["honest_digests"]) == ["node-00", "node-01", "node-02", "node-03"]
     assert len(set(last["honest_digests"].values())) == 1
+
+
+def test_nodes_speak_mutual_tls_and_refuse_plaintext_clients(tmp_path: Path, phalanx) -> None:
+    import grpc
+
+    from node.codec import Message, encode_envelope
+    from phalanx.v1 import node_pb2 as pb
+    from phalanx.v1 import node_pb2_grpc as pb_grpc
+
+    out = tmp_path / "tls"
+    result = phalanx("testbed", "run", "--nodes", "3", "--rounds", "2", "--cluster-size", "3",
+                     "--model", "mlp", "--dataset", "digits", "--tls", "--out", str(out),
+                     timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = _summary(out)
+    assert summary["all_digests_identical"] and len(summary["rounds"]) == 2
+    config = (out / "config" / "node-00.toml").read_text()
+    assert "insecure = false" in config and "node-0.pem" in config
+    # A node daemon without certificates and without --insecure refuses to start.
+    refused = subprocess.run(
+        [sys.executable, "-m", "node", "node", "--id", "lonely", "--out", str(tmp_path)],
+        env=phalanx_env(), cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert refused.returncode == 2 and "mutual TLS needs" in refused.stderr
+
+    # A plaintext client cannot talk to a TLS node: start one TLS node alone and try.
+    from node.testbed import free_ports
+
+    port = free_ports(1)[0]
+    certs = out / "certs"
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "node", "node", "--id", "solo", "--port", str(port),
+         "--tls-ca", str(certs / "ca.pem"), "--tls-cert", str(certs / "node-0.pem"),
+         "--tls-key", str(certs / "node-0.key"), "--peer", f"ghost=127.0.0.1:{port + 1}",
+         "--out", str(tmp_path / "solo")],
+        env=phalanx_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        log = tmp_path / "solo" / "nodes" / "solo.jsonl"
+        assert _wait_for(lambda: log.exists() and '"start"' in log.read_text(), 120)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.PhalanxNodeStub(channel)
+            message = Message("ghost", 1, pb.MESSAGE_KIND_UPDATE, 0, {})
+            try:
+                stub.Send(encode_envelope(message), timeout=5)
+                reached = True
+            except grpc.RpcError as error:
+                reached = False
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert not reached
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
