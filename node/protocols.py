@@ -192,10 +192,10 @@ def parse_echo(text: str) -> dict[tuple[int, str], str]:
 async def echo_outputs(context: RoundContext, wait_s: float) -> set[str]:
     """One echo step against equivocation (cf. Bracha's echo broadcast, 1987).
 
-    Every node tells every node which cluster outputs it received (as digests). A publisher whose
-    output reached some reporters but not others, or reached them with different contents, is
-    inconsistent: every node drops its outputs and chooses among the consistent publishers, so
-    nodes that heard the same echoes choose the same outputs. Returns the inconsistent publishers.
+    Every node tells every node which cluster outputs it received (as digests). A publisher that
+    sent different contents to different reporters is inconsistent: every node drops its outputs
+    and chooses among the consistent publishers, so nodes that heard the same echoes choose the
+    same outputs. Returns the inconsistent publishers.
     Assumes the echoes themselves are honest; Byzantine echoers that lie selectively can still
     split honest nodes, which the post-round majority sync then repairs.
     """
@@ -217,7 +217,9 @@ async def echo_outputs(context: RoundContext, wait_s: float) -> set[str]:
     seen = {key for report in reports for key in report}
     inconsistent = set()
     for key in seen:
-        digests = {report.get(key) for report in reports}
+        # Only two different contents prove equivocation; a reporter that lacks an output may
+        # just be late or cut off (omission is left to the post-round majority sync).
+        digests = {report[key] for report in reports if key in report}
         if len(digests) > 1:
             inconsistent.add(key[1])
     return inconsistent
