@@ -603,6 +603,14 @@ class Node:
                     state = (int(reply.completed_round), reply.model_digest)
                     holders.setdefault(state, []).append(peer)
             majority = [state for state, nodes in holders.items() if len(nodes) >= needed]
+            if not majority and time.monotonic() >= deadline - 0.5:
+                # No strict majority (a partition healed into several groups): fall back to the
+                # plurality, held by at least f + 1 nodes so that an honest node holds it, with a
+                # deterministic tie-break, so that every node that sees the same states converges.
+                floor = max(2, tolerated_faults(self.scenario) + 1)
+                ranked = sorted(holders.items(), key=lambda kv: (-len(kv[1]), -kv[0][0], kv[0][1]))
+                if len(ranked[0][1]) >= floor:
+                    majority = [ranked[0][0]]
             if majority:
                 target = max(majority)
                 if target == mine:
@@ -723,12 +731,16 @@ class Node:
             collect_s=self.scenario.timeouts.collect_s,
             publishers=self.protocol.publishers or self.scenario.clustering.publishers,
             suspected=self.suspected,
+            model_digest=model_digest(self.weights),
         )
         inconsistent: set[str] = set()
+        diverged = False
         try:
             outputs = await self.protocol.run(context, update.astype(np.float32, copy=False))
             if self.scenario.clustering.echo:
-                inconsistent = await echo_outputs(context, self.scenario.timeouts.collect_s)
+                inconsistent, diverged = await echo_outputs(
+                    context, self.scenario.timeouts.collect_s
+                )
                 if inconsistent:
                     log.warning(
                         "%s round %d: publishers %s equivocated; dropping their outputs",
@@ -792,6 +804,7 @@ class Node:
             "backdoor_success": backdoor,
             "excluded": excluded,
             "equivocating_publishers": sorted(inconsistent),
+            "diverged": diverged,
             "privacy": self.defense.privacy_report(),
             "time": time.time(),
         }
@@ -832,7 +845,10 @@ class Node:
             record = await self.run_round(self.completed_round + 1)
             behind = len(self.peers_ahead) >= len(self.view) // 2
             irregular = (
-                record["excluded"] or record["failed_clusters"] or record["equivocating_publishers"]
+                record["excluded"]
+                or record["failed_clusters"]
+                or record["equivocating_publishers"]
+                or record["diverged"]
             )
             if irregular or behind:
                 # Something irregular happened: make sure we still hold the majority's model.

@@ -62,6 +62,7 @@ class RoundContext:
     suspected: frozenset[str] = frozenset()
     phase_seconds: dict[str, float] = field(default_factory=dict)
     in_flight: set[asyncio.Task[bool]] = field(default_factory=set)
+    model_digest: str = ""
 
     def post(self, peer: str, message: Message) -> None:
         """Send without waiting: a slow or unreachable peer must not stall this node's phases
@@ -189,13 +190,14 @@ def parse_echo(text: str) -> dict[tuple[int, str], str]:
     return report
 
 
-async def echo_outputs(context: RoundContext, wait_s: float) -> set[str]:
+async def echo_outputs(context: RoundContext, wait_s: float) -> tuple[set[str], bool]:
     """One echo step against equivocation (cf. Bracha's echo broadcast, 1987).
 
     Every node tells every node which cluster outputs it received (as digests). A publisher that
     sent different contents to different reporters is inconsistent: every node drops its outputs
     and chooses among the consistent publishers, so nodes that heard the same echoes choose the
-    same outputs. Returns the inconsistent publishers.
+    same outputs. Each echo also carries the digest of the model the sender started the round
+    from. Returns the inconsistent publishers and whether the echoing nodes' models diverged.
     Assumes the echoes themselves are honest; Byzantine echoers that lie selectively can still
     split honest nodes, which the post-round majority sync then repairs.
     """
@@ -204,7 +206,7 @@ async def echo_outputs(context: RoundContext, wait_s: float) -> set[str]:
         context.round,
         pb.MESSAGE_KIND_ECHO,
         -1,
-        meta={"outputs": echo_report(context)},
+        meta={"outputs": echo_report(context), "model": context.model_digest},
     )
     await broadcast(context, echo, context.everyone)
     live = [n for n in context.everyone if n not in context.suspected or n == context.node_id]
@@ -222,7 +224,10 @@ async def echo_outputs(context: RoundContext, wait_s: float) -> set[str]:
         digests = {report[key] for report in reports if key in report}
         if len(digests) > 1:
             inconsistent.add(key[1])
-    return inconsistent
+    # Nodes that started this round from different models have diverged (a partition, a lost
+    # output): the node then re-joins the majority's state after the round.
+    diverged = len({m.meta.get("model", "") for m in echoes.values()}) > 1
+    return inconsistent, diverged
 
 
 def validate_cluster_output(message: Message, members: Sequence[str], dimension: int) -> None:
