@@ -77,6 +77,30 @@ def agree_dealer_set(held_by: dict[str, Sequence[str]], threshold: int) -> list[
     return sorted(dealer for dealer, count in counts.items() if count >= needed)
 
 
+def accept_shares(
+    context: RoundContext,
+    member: Any,
+    received: dict[str, Message],
+    reject: Callable[[RoundContext, str, Exception], None],
+) -> None:
+    """Decrypt and keep each received share (Shamir update shares or SecAgg seed shares); a share
+    that fails its checks is logged and counted, never fatal."""
+    for sender, msg in sorted(received.items()):
+        try:
+            member.receive_share(
+                EncryptedShare(
+                    context.round,
+                    str(context.my_cluster),
+                    sender,
+                    msg.recipient,
+                    msg.meta.get("purpose", ""),
+                    msg.tensors["ciphertext"].tobytes(),
+                )
+            )
+        except ShareRejected as error:
+            reject(context, sender, error)
+
+
 class ShamirClusterProtocol:
     """Threshold secret sharing with robust reconstruction, for malicious share-holders."""
 
@@ -216,20 +240,7 @@ class ShamirClusterProtocol:
             )
         dealers = [d for d in adverts if d != me]
         received = await inbox.wait_for(r, pb.MESSAGE_KIND_SHARE, mine, dealers, phase + collect)
-        for sender, msg in sorted(received.items()):
-            try:
-                member.receive_share(
-                    EncryptedShare(
-                        r,
-                        str(mine),
-                        sender,
-                        msg.recipient,
-                        msg.meta.get("purpose", ""),
-                        msg.tensors["ciphertext"].tobytes(),
-                    )
-                )
-            except ShareRejected as error:
-                self._reject(context, sender, error)
+        accept_shares(context, member, received, self._reject)
         context.phase_seconds["share"] = time.monotonic() - phase
 
         # 3. agree on the dealer set
@@ -469,20 +480,7 @@ class SecAggClusterProtocol:
             got = await inbox.wait_for(
                 r, pb.MESSAGE_KIND_MPC_SEED_SHARES, mine, others, phase + collect
             )
-            for sender, msg in sorted(got.items()):
-                try:
-                    member.receive_share(
-                        EncryptedShare(
-                            r,
-                            str(mine),
-                            sender,
-                            msg.recipient,
-                            msg.meta.get("purpose", ""),
-                            msg.tensors["ciphertext"].tobytes(),
-                        )
-                    )
-                except ShareRejected as error:
-                    self._reject(context, sender, error)
+            accept_shares(context, member, got, self._reject)
         context.phase_seconds["share"] = time.monotonic() - phase
 
         # 3. agree on the mask set U2

@@ -47,7 +47,7 @@ def test_distinct_keys_give_distinct_ids(alice: NodeIdentity, bob: NodeIdentity)
 
 def test_valid_signature_is_accepted(alice: NodeIdentity) -> None:
     message = b"membership update"
-    verify(alice.node_id, alice.public_key_bytes, message, alice.sign(message))
+    assert verify(alice.node_id, alice.public_key_bytes, message, alice.sign(message)) is None
 
 
 def test_tampered_message_is_rejected(alice: NodeIdentity) -> None:

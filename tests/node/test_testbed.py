@@ -232,10 +232,10 @@ def test_restarted_node_rejoins_with_the_majority_model(tmp_path: Path, phalanx)
 
 def test_nodes_speak_mutual_tls_and_refuse_plaintext_clients(tmp_path: Path, phalanx) -> None:
     import grpc
-
-    from node.codec import Message, encode_envelope
     from phalanx.v1 import node_pb2 as pb
     from phalanx.v1 import node_pb2_grpc as pb_grpc
+
+    from node.codec import Message, encode_envelope
 
     out = tmp_path / "tls"
     result = phalanx("testbed", "run", "--nodes", "3", "--rounds", "2", "--cluster-size", "3",
