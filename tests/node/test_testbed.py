@@ -184,6 +184,7 @@ def test_node_daemon_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
             "node",
             "--id",
             "node-a",
+            "--insecure",
             "--port",
             str(port),
             "--peer",
