@@ -58,19 +58,17 @@ def test_four_node_processes_learn_mnist5k_with_identical_models(tmp_path: Path,
 
 def test_killed_node_is_excluded_and_the_others_finish(tmp_path: Path, phalanx) -> None:
     out = tmp_path / "kill"
+    # Paced rounds, so that the kill (issued when node-03 has recorded round 1) lands in round 2
+    # even on a loaded machine, rather than after node-03 already took part in later rounds.
+    scenario = tmp_path / "paced.toml"
+    scenario.write_text(
+        'nodes = 4\nrounds = 4\n[model]\nname = "mlp"\n[clustering]\ncluster_size = 2\n'
+        "[timeouts]\ncollect_s = 3\nround_period_s = 2.0\n"
+    )
     result = phalanx(
         "testbed",
         "run",
-        "--nodes",
-        "4",
-        "--rounds",
-        "4",
-        "--cluster-size",
-        "2",
-        "--model",
-        "mlp",
-        "--collect-timeout",
-        "3",
+        str(scenario),
         "--kill",
         "node-03@1",
         "--out",
