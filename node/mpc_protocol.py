@@ -277,10 +277,7 @@ class ShamirClusterProtocol:
                 {"value": np.frombuffer(partial.value, np.uint8)},
                 recipient=publisher,
             )
-            if publisher == me:
-                await inbox.put(reply)
-            else:
-                context.post(publisher, reply)
+            await context.deliver(publisher, reply)
         context.phase_seconds["agree"] = time.monotonic() - phase
 
         # 4. reconstruct and publish
@@ -523,10 +520,7 @@ class SecAggClusterProtocol:
                 {"masked": np.frombuffer(masked.masked, np.uint8)},
                 recipient=aggregator,
             )
-            if me == aggregator:
-                await inbox.put(message)
-            else:
-                context.post(aggregator, message)
+            await context.deliver(aggregator, message)
         context.phase_seconds["masked"] = time.monotonic() - phase
 
         # 5. unmask (the aggregator asks; members answer) and publish

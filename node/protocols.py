@@ -72,6 +72,13 @@ class RoundContext:
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
 
+    async def deliver(self, peer: str, message: Message) -> None:
+        """To our own inbox when `peer` is this node, else `post` it."""
+        if peer == self.node_id:
+            await self.inbox.put(message)
+        else:
+            self.post(peer, message)
+
     @property
     def my_cluster(self) -> int:
         for index, members in enumerate(self.clusters):
