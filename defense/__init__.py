@@ -16,7 +16,11 @@ from defense.client_dp import participation_rate as participation_rate
 from defense.distributed_dp import MECHANISMS as MECHANISMS
 from defense.distributed_dp import DistributedDPGuarantee as DistributedDPGuarantee
 from defense.distributed_dp import calibrate_distributed_sigma as calibrate_distributed_sigma
+from defense.distributed_dp import (
+    composed_distributed_epsilon as composed_distributed_epsilon,
+)
 from defense.distributed_dp import distributed_dp_guarantee as distributed_dp_guarantee
+from defense.distributed_dp import distributed_dp_round_rdp as distributed_dp_round_rdp
 from defense.distributed_dp import distributed_noise_share as distributed_noise_share
 from defense.distributed_dp import integer_l2_sensitivity as integer_l2_sensitivity
 from defense.distributed_dp import sample_discrete_gaussian as sample_discrete_gaussian
@@ -58,8 +62,10 @@ __all__ = [
     "calibrate_forward_noising",
     "client_level_epsilon",
     "clip_l2",
+    "composed_distributed_epsilon",
     "denoise_forward",
     "distributed_dp_guarantee",
+    "distributed_dp_round_rdp",
     "distributed_noise_share",
     "dp_train_local",
     "dpsgd_sample_rate",

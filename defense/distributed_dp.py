@@ -36,6 +36,7 @@ conservative.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -227,6 +228,60 @@ class DistributedDPGuarantee:
     best_order: float
 
 
+def _default_l1(l2: float, dim: int, l1: float | None) -> float:
+    if l1 is None:
+        return min(math.sqrt(dim) * l2, l2**2)
+    return require_positive("l1_sensitivity_int", l1)
+
+
+def distributed_dp_round_rdp(
+    mechanism: str,
+    target_sigma_int: float,
+    l2_sensitivity_int: float,
+    dim: int,
+    cluster_size: int,
+    byzantine: int = 0,
+    l1_sensitivity_int: float | None = None,
+) -> list[float]:
+    """RDP curve (at `INTEGER_RDP_ORDERS`) of one cluster sum, each of the ``cluster_size``
+    members adding ``sigma^2 / k``, ``byzantine`` of them adding none.
+
+    RDP composes by addition (Mironov 2017, Prop. 1), so rounds with different cluster sizes are
+    accounted by summing their curves. Returns ``inf`` everywhere when no noise reaches the sum.
+    """
+    if mechanism not in MECHANISMS:
+        raise ValueError(f"mechanism must be one of {', '.join(MECHANISMS)}, got {mechanism!r}")
+    require_non_negative("target_sigma_int", target_sigma_int)
+    require_positive("l2_sensitivity_int", l2_sensitivity_int)
+    require_int_at_least("dim", dim, 1)
+    require_int_at_least("cluster_size", cluster_size, 1)
+    require_int_at_least("byzantine", byzantine, 0)
+    if byzantine > cluster_size:
+        raise ValueError(f"byzantine must be <= cluster_size ({cluster_size}), got {byzantine}")
+    l2 = l2_sensitivity_int
+    l1 = _default_l1(l2, dim, l1_sensitivity_int)
+    honest = cluster_size - byzantine
+    member_variance = target_sigma_int**2 / cluster_size
+    honest_variance = honest * member_variance
+    if honest_variance == 0:
+        return [math.inf] * len(INTEGER_RDP_ORDERS)
+    if mechanism == "dgauss":
+        if member_variance < 0.25:
+            raise ValueError(
+                "dgauss needs each member's std >= 1/2 (Kairouz et al. 2021, Thm 1), got "
+                f"{math.sqrt(member_variance):.3g}: raise target_sigma_int or the encoding scale"
+            )
+        tau = 10 * sum(
+            math.exp(-2 * math.pi**2 * member_variance * j / (j + 1)) for j in range(1, honest)
+        )
+        central_std = math.sqrt(honest_variance)
+        return [
+            _ddg_rdp(order, l2 / central_std, l1 / central_std, tau, dim)
+            for order in INTEGER_RDP_ORDERS
+        ]
+    return [_skellam_rdp(order, l2, l1, honest_variance) for order in INTEGER_RDP_ORDERS]
+
+
 def distributed_dp_guarantee(
     mechanism: str,
     target_sigma_int: float,
@@ -244,51 +299,24 @@ def distributed_dp_guarantee(
     ``min(sqrt(d) D2, D2^2)`` (Cauchy-Schwarz, and ``|x| <= x^2`` on the integers).
     ``byzantine`` members are assumed to add no noise at all.
     """
-    if mechanism not in MECHANISMS:
-        raise ValueError(f"mechanism must be one of {', '.join(MECHANISMS)}, got {mechanism!r}")
-    require_non_negative("target_sigma_int", target_sigma_int)
-    require_positive("l2_sensitivity_int", l2_sensitivity_int)
-    require_int_at_least("dim", dim, 1)
-    require_int_at_least("cluster_size", cluster_size, 1)
     require_int_at_least("rounds", rounds, 1)
     require_delta("delta", delta)
-    require_int_at_least("byzantine", byzantine, 0)
-    if byzantine > cluster_size:
-        raise ValueError(f"byzantine must be <= cluster_size ({cluster_size}), got {byzantine}")
-    l2 = l2_sensitivity_int
-    l1 = (
-        min(math.sqrt(dim) * l2, l2**2)
-        if l1_sensitivity_int is None
-        else require_positive("l1_sensitivity_int", l1_sensitivity_int)
+    one_round = distributed_dp_round_rdp(
+        mechanism,
+        target_sigma_int,
+        l2_sensitivity_int,
+        dim,
+        cluster_size,
+        byzantine,
+        l1_sensitivity_int,
     )
-    honest = cluster_size - byzantine
-    member_variance = target_sigma_int**2 / cluster_size
-    honest_variance = honest * member_variance
-    target_variance = target_sigma_int**2
+    honest_variance = (cluster_size - byzantine) * target_sigma_int**2 / cluster_size
     if honest_variance == 0:
-        return DistributedDPGuarantee(
-            mechanism, math.inf, delta, rounds, cluster_size, byzantine, target_variance, 0.0,
-            0.0, math.nan,
-        )  # fmt: skip
-    if mechanism == "dgauss":
-        if member_variance < 0.25:
-            raise ValueError(
-                "dgauss needs each member's std >= 1/2 (Kairouz et al. 2021, Thm 1), got "
-                f"{math.sqrt(member_variance):.3g}: raise target_sigma_int or the encoding scale"
-            )
-        tau = 10 * sum(
-            math.exp(-2 * math.pi**2 * member_variance * j / (j + 1)) for j in range(1, honest)
-        )
-        central_std = math.sqrt(honest_variance)
-        rdp = [
-            rounds * _ddg_rdp(order, l2 / central_std, l1 / central_std, tau, dim)
-            for order in INTEGER_RDP_ORDERS
-        ]
+        epsilon, best_order = math.inf, math.nan
     else:
-        rdp = [
-            rounds * _skellam_rdp(order, l2, l1, honest_variance) for order in INTEGER_RDP_ORDERS
-        ]
-    epsilon, best_order = epsilon_from_rdp(rdp, INTEGER_RDP_ORDERS, delta)
+        epsilon, best_order = epsilon_from_rdp(
+            [rounds * value for value in one_round], INTEGER_RDP_ORDERS, delta
+        )
     return DistributedDPGuarantee(
         mechanism=mechanism,
         epsilon=epsilon,
@@ -296,11 +324,35 @@ def distributed_dp_guarantee(
         rounds=rounds,
         cluster_size=cluster_size,
         byzantine=byzantine,
-        target_variance=target_variance,
+        target_variance=target_sigma_int**2,
         honest_variance=honest_variance,
-        effective_noise_multiplier=math.sqrt(honest_variance) / l2,
+        effective_noise_multiplier=math.sqrt(honest_variance) / l2_sensitivity_int,
         best_order=best_order,
     )
+
+
+def composed_distributed_epsilon(
+    mechanism: str,
+    target_sigma_int: float,
+    l2_sensitivity_int: float,
+    dim: int,
+    cluster_sizes: Sequence[int],
+    delta: float,
+    byzantine: int = 0,
+) -> float:
+    """eps at `delta` of one release per entry of `cluster_sizes` (that round's k), with
+    ``min(byzantine, k)`` silent members in each; ``inf`` when some round carries no noise."""
+    require_delta("delta", delta)
+    if not cluster_sizes:
+        raise ValueError("cluster_sizes must list at least one round")
+    total = np.zeros(len(INTEGER_RDP_ORDERS))
+    for size in cluster_sizes:
+        total += distributed_dp_round_rdp(
+            mechanism, target_sigma_int, l2_sensitivity_int, dim, size, min(byzantine, size)
+        )
+    if not np.all(np.isfinite(total)):
+        return math.inf
+    return epsilon_from_rdp(total, INTEGER_RDP_ORDERS, delta)[0]
 
 
 def calibrate_distributed_sigma(

@@ -199,7 +199,7 @@ def calibrate_forward_noising(
     clip_norm: float,
     diffusion: str = "cosine",
     num_steps: int = 1000,
-    levels: str = "constant",
+    levels: str = "decreasing",
     span: int = 100,
     sample_rate: float = 1.0,
 ) -> ForwardNoising:

@@ -10,10 +10,14 @@ parameter tensors (flattened together, so clipping sees the norm of the whole up
 - ``clip:clip=C`` (C > 0): ``u * min(1, C / ||u||)``.
 - ``clip-gauss:clip=C,z=Z`` (C > 0, Z >= 0): DP-FedAvg's ``clip(u, C) + N(0, (Z C)^2 I)``.
 - ``prune:ratio=R`` (0 <= R < 1): zero the fraction R of smallest-magnitude entries.
-- ``forward:t=T0[,schedule=cosine|linear][,steps=1000][,levels=constant|decreasing|increasing]
-  [,t_min=0][,rounds=1][,scale=rms|clip|NUMBER][,clip=C]``: diffusion forward noising.
+- ``forward:t=T0[,schedule=cosine|linear][,steps=1000][,levels=decreasing|constant|increasing]
+  [,t_min=T0/2][,rounds=1][,scale=rms|clip|NUMBER][,clip=C]``: diffusion forward noising. The
+  default ``decreasing`` (T0 in round 1 down to t_min in round ``rounds``) is the schedule that
+  ``phalanx bench forward-schedule`` supports (docs/defenses.md); with ``rounds=1`` every
+  schedule keeps T0.
 - ``forward-dp:eps=E,rounds=R[,delta=1e-5][,clip=1][,schedule=cosine][,steps=1000]
-  [,levels=constant][,span=100][,sample_rate=1]``: hybrid forward noising calibrated to (E, delta).
+  [,levels=decreasing][,span=100][,sample_rate=1]``: hybrid forward noising calibrated to
+  (E, delta).
 """
 
 from __future__ import annotations
@@ -172,7 +176,10 @@ _REQUIRED = object()
 
 def _build_forward(v: dict[str, Any]) -> UpdateDefense:
     kind = v["levels"]
-    t_min = v["t"] if kind == "constant" else v["t_min"]
+    # Default span: t down to t/2, the setting measured by bench/forward_schedule.py.
+    t_min = v["t"] // 2 if v["t_min"] is None else v["t_min"]
+    if kind == "constant":
+        t_min = v["t"]
     return ForwardNoising(
         levels=NoiseLevelSchedule(kind=kind, t_max=v["t"], t_min=t_min, rounds=v["rounds"]),
         diffusion=v["schedule"],
@@ -213,8 +220,8 @@ _SPECS: dict[str, tuple[dict[str, _Field], Callable[[dict[str, Any]], UpdateDefe
             "t": (_integer, _REQUIRED),
             "schedule": (_text, "cosine"),
             "steps": (_integer, 1000),
-            "levels": (_text, "constant"),
-            "t_min": (_integer, 0),
+            "levels": (_text, "decreasing"),
+            "t_min": (_integer, None),
             "rounds": (_integer, 1),
             "scale": (_scale, "rms"),
             "clip": (_number, None),
@@ -229,7 +236,7 @@ _SPECS: dict[str, tuple[dict[str, _Field], Callable[[dict[str, Any]], UpdateDefe
             "clip": (_number, 1.0),
             "schedule": (_text, "cosine"),
             "steps": (_integer, 1000),
-            "levels": (_text, "constant"),
+            "levels": (_text, "decreasing"),
             "span": (_integer, 100),
             "sample_rate": (_number, 1.0),
         },

@@ -43,6 +43,7 @@ _BENCHES = (
     "bench.bench_inversion",
     "bench.bench_dpsgd",
     "bench.bench_privacy",
+    "bench.forward_schedule",
 )
 
 

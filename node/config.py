@@ -80,6 +80,50 @@ class ClusteringConfig(_Section):
     )
 
 
+class MembershipConfig(_Section):
+    """SWIM membership (`clustering.membership`) run by every node over its gRPC transport.
+
+    ``protocol = "swim"`` runs failure detection (pings, ping-requests, suspicion with
+    incarnations, piggy-backed dissemination, join through the configured peers, graceful leave);
+    ``"off"`` keeps the configured peer list only. ``view`` chooses what the clusters are drawn
+    from: ``"configured"`` (every configured peer; dead ones are excluded round by round by the
+    phase deadlines, and every honest node has the same view by construction) or ``"swim"`` (the
+    SWIM view frozen at the round's start: removed nodes are left out of the clusters; SWIM is
+    only eventually consistent, see docs/architecture.md).
+    """
+
+    protocol: Literal["swim", "off"] = "swim"
+    view: Literal["configured", "swim"] = "configured"
+    period_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=1.0, description="SWIM protocol period T: one probe per period"
+    )
+    ack_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=0.5, description="wait this long for a direct ACK before ping-requests (< T)"
+    )
+    indirect_probes: Annotated[int, Field(ge=0, le=16)] = 3
+    suspicion_multiplier: Annotated[float, Field(gt=0, le=100)] = Field(
+        default=4.0, description="a suspect is removed after mult * max(1, log10 n) * T"
+    )
+    settle_periods: Annotated[int, Field(ge=0, le=100)] = Field(
+        default=2, description="a member enters a round's view after being alive this long"
+    )
+    open: bool = Field(
+        default=False,
+        description="accept members whose key is not in the configured peers' public keys "
+        "(default: the configured keys are the allow-list)",
+    )
+
+    @model_validator(mode="after")
+    def _ack_inside_period(self) -> MembershipConfig:
+        if self.ack_timeout_s >= self.period_s:
+            raise ValueError(
+                f"ack_timeout_s ({self.ack_timeout_s}) must be below period_s ({self.period_s})"
+            )
+        if self.view == "swim" and self.protocol == "off":
+            raise ValueError('view = "swim" needs protocol = "swim"')
+        return self
+
+
 class AggregationConfig(_Section):
     rule: str = "mean"
     pre: list[str] = Field(default=[], description="pre-aggregators, e.g. ['clip', 'nnm']")
@@ -168,6 +212,7 @@ class Scenario(_Section):
     faults: list[FaultConfig] = []
     byzantine: list[ByzantineConfig] = []
     defense: DefenseConfig = DefenseConfig()
+    membership: MembershipConfig = MembershipConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -213,10 +258,46 @@ class Scenario(_Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _distributed_dp_fits_the_mpc_sum(self) -> Scenario:
+        """Distributed DP hides its noise in the secure sum: refuse it without MPC, and check
+        that the noisy sums of the largest cluster fit the field (`check_distributed_dp`)."""
+        spec = self.defense.distributed_spec
+        if spec is None:
+            return self
+        if self.aggregation.secure == "none":
+            raise ValueError(
+                "defense.distributed needs aggregation.secure = 'shamir' or 'secagg': without "
+                "a secure sum every member's noise share would be seen next to its update"
+            )
+        from clustering.strategies import cluster_sizes
+        from mpc.encoding import FixedPointConfig
+        from node.defenses import check_distributed_dp
+
+        fixed_point = FixedPointConfig(self.aggregation.clip, self.aggregation.frac_bits)
+        for size in sorted(set(cluster_sizes(self.nodes, self.clustering.cluster_size))):
+            check_distributed_dp(spec, fixed_point, size)
+        return self
+
 
 class PeerConfig(_Section):
+    """A configured peer: its name, where it listens, and optionally its Ed25519 public key
+    (64 hex characters, raw 32 bytes). With keys, the peer's cluster outputs, echoes and
+    membership messages must carry its signature, and its SWIM node id
+    (``hex(SHA-256(key))[:16]``) is what the allow-list admits."""
+
     id: str
     address: str
+    public_key: str | None = None
+
+    @model_validator(mode="after")
+    def _key_is_hex(self) -> PeerConfig:
+        key = self.public_key
+        if key is not None and (len(key) != 64 or any(c not in "0123456789abcdef" for c in key)):
+            raise ValueError(
+                f"peer {self.id}: public_key must be 64 lowercase hex characters (raw Ed25519)"
+            )
+        return self
 
 
 class NodeSettings(_Section):
@@ -233,6 +314,11 @@ class NodeSettings(_Section):
     tls_ca: str | None = Field(default=None, description="CA certificate (PEM) of the peers")
     tls_cert: str | None = Field(default=None, description="this node's certificate (PEM)")
     tls_key: str | None = Field(default=None, description="this node's private key (PEM)")
+    identity_key: str | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM) of this node's long-term identity; default "
+        "OUT/keys/<id>.pem, created on first start and reused after a restart",
+    )
     audit_traffic: bool = Field(
         default=False,
         description="privacy audit: save every received tensor and this node's own updates "

@@ -41,6 +41,13 @@ class RoundInbox:
     def __init__(self) -> None:
         self._messages: dict[Key, dict[str, Message]] = {}
         self._changed = asyncio.Condition()
+        self.unreachable: Callable[[], frozenset[str]] = frozenset
+        """Senders not to wait for any longer (the failure detector's removed members)."""
+
+    async def poke(self) -> None:
+        """Wake every waiter to re-check (the set of unreachable senders changed)."""
+        async with self._changed:
+            self._changed.notify_all()
 
     async def put(self, message: Message) -> None:
         key = (message.round, message.kind, message.cluster)
@@ -63,9 +70,13 @@ class RoundInbox:
         expected: Collection[str],
         deadline: float,
     ) -> dict[str, Message]:
-        """Messages from `expected` senders, once all arrived or at `deadline` (monotonic)."""
+        """Messages from `expected` senders, once all arrived (or are `unreachable`) or at
+        `deadline` (monotonic)."""
         wanted = set(expected)
-        await self.wait_until(deadline, lambda: wanted <= self.get(round_, kind, cluster).keys())
+        await self.wait_until(
+            deadline,
+            lambda: wanted - self.unreachable() <= self.get(round_, kind, cluster).keys(),
+        )
         return self.get(round_, kind, cluster)
 
     async def wait_until(self, deadline: float, done: Callable[[], bool]) -> None:

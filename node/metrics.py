@@ -90,6 +90,13 @@ class NodeMetrics:
         self.excluded = Gauge(
             "phalanx_excluded_nodes", "Nodes excluded from the last round.", registry=r
         )
+        self.members = Gauge(
+            "phalanx_members",
+            "Configured peers by SWIM state in this node's view (alive, suspect, dead, left, "
+            "unknown).",
+            ["state"],
+            registry=r,
+        )
         self.actor_restarts = Counter(
             "phalanx_actor_restarts",
             "Actor loops restarted by the supervisor.",

@@ -15,6 +15,11 @@ Phases for member i of cluster c (members M, aggregators P = the first `publishe
 
 No node ever receives another node's update in the clear: holders see single Shamir shares,
 aggregators see partial sums (shares of the cluster sum) and the cluster sum.
+
+Distributed DP (``defense.distributed`` on): in both protocols each member clips its update to L2
+norm C, encodes it and adds its integer noise share of variance ``sigma_int^2 / k`` in GF(p)
+before sharing or masking (`node.defenses.DistributedNoise.encode`; Kairouz et al. 2021), so the
+reconstructed sum carries the whole calibrated noise and no member ever holds it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -54,9 +59,16 @@ from node.protocols import (
 )
 from node.server import Rejection
 
+if TYPE_CHECKING:
+    from mpc.field import FieldVector
+    from node.defenses import DistributedNoise
+
 log = logging.getLogger(__name__)
 
 RejectHook = Callable[[str, str], None]
+NoiseSource = Callable[[], "DistributedNoise | None"]
+"""Returns the node's distributed-DP noiser (None: no noise); looked up each round, since the
+node builds its defenses after its protocol."""
 SHARE_OVERHEAD_BYTES = 64  # AES-GCM nonce and tag, with room to spare
 
 
@@ -75,6 +87,21 @@ def agree_dealer_set(held_by: dict[str, Sequence[str]], threshold: int) -> list[
             counts[dealer] = counts.get(dealer, 0) + 1
     needed = max(threshold, len(held_by) // 2 + 1)
     return sorted(dealer for dealer, count in counts.items() if count >= needed)
+
+
+def encode_member_update(
+    update: np.ndarray,
+    fixed_point: FixedPointConfig,
+    noise: NoiseSource | None,
+    cluster_size: int,
+    round_: int,
+) -> FieldVector:
+    """The field vector a member shares: its fixed-point update, plus its distributed-DP noise
+    share when the node has one."""
+    noiser = noise() if noise is not None else None
+    if noiser is None:
+        return encode(update, fixed_point)
+    return noiser.encode(update, fixed_point, cluster_size, round_)
 
 
 def accept_shares(
@@ -123,11 +150,13 @@ class ShamirClusterProtocol:
         threshold: int,
         publishers: int,
         on_reject: RejectHook,
+        noise: NoiseSource | None = None,
     ) -> None:
         self.fixed_point = fixed_point
         self.threshold = threshold
         self.publishers: int | None = publishers
         self._on_reject = on_reject
+        self._noise = noise
         self.last_outcomes: dict[int, str] = {}
 
     def threshold_for(self, size: int) -> int:
@@ -223,7 +252,7 @@ class ShamirClusterProtocol:
 
         # 2. share
         phase = time.monotonic()
-        encoded = encode(update, self.fixed_point)
+        encoded = encode_member_update(update, self.fixed_point, self._noise, len(members), r)
         shares = member.deal(encoded, adverts)
         for recipient, share in sorted(shares.items()):
             context.post(
@@ -349,11 +378,16 @@ class SecAggClusterProtocol:
     publishers: int | None = 1  # the cluster's one aggregator (Bonawitz's server role)
 
     def __init__(
-        self, fixed_point: FixedPointConfig, threshold: int, on_reject: RejectHook
+        self,
+        fixed_point: FixedPointConfig,
+        threshold: int,
+        on_reject: RejectHook,
+        noise: NoiseSource | None = None,
     ) -> None:
         self.fixed_point = fixed_point
         self.threshold = threshold
         self._on_reject = on_reject
+        self._noise = noise
 
     def threshold_for(self, size: int) -> int:
         return self.threshold or default_threshold("secagg", size)
@@ -511,7 +545,8 @@ class SecAggClusterProtocol:
         phase = time.monotonic()
         mask_set = _names(decision[aggregator].meta["dealers"]) if aggregator in decision else []
         if me in mask_set:
-            masked = member.masked_input(encode(update, self.fixed_point), mask_set)
+            encoded = encode_member_update(update, self.fixed_point, self._noise, len(members), r)
+            masked = member.masked_input(encoded, mask_set)
             message = Message(
                 me,
                 r,

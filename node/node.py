@@ -31,6 +31,7 @@ from adversary.behaviours import (
     parse_behaviour,
     poison_training_data,
 )
+from clustering.identity import NodeIdentity
 from clustering.strategies import ClusterAssignment, compute_assignment
 from learning.data import Dataset, label_histogram, load_dataset, partition
 from learning.models import build_model
@@ -45,6 +46,7 @@ from node.actors import Actor, FunctionActor, Supervisor
 from node.codec import Message, kind_name
 from node.config import (
     ByzantineConfig,
+    ConfigError,
     NodeConfig,
     Scenario,
     byzantine_nodes,
@@ -64,6 +66,8 @@ from node.protocols import (
     parse_echo,
 )
 from node.server import PhalanxServicer, Rejection
+from node.signing import SIGNED_KINDS, SignatureError, SigningTransport, verify_envelope
+from node.swim_service import MEMBERSHIP_KINDS, MembershipService
 from node.transport import GrpcTransport, Transport
 
 log = logging.getLogger(__name__)
@@ -172,7 +176,15 @@ class Node:
         self.view = sorted({self.id, *self.addresses})
         self.index = self.view.index(self.id)
         self.out_dir = Path(config.node.out_dir)
+        self.identity = self._load_identity()
+        self.peer_keys = {
+            peer.id: bytes.fromhex(peer.public_key)
+            for peer in config.peers
+            if peer.public_key and peer.id != self.id
+        }
         self.metrics = NodeMetrics(self.id)
+        self.swim: MembershipService | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.inbox = RoundInbox()
         self.protocol: ClusterProtocol = self._cluster_protocol()
         self.current_round = 1
@@ -213,13 +225,17 @@ class Node:
         self.train_config = TrainConfig(**scenario.training.model_dump())
         self.defense = NodeDefense(scenario.defense, self.index, scenario.seed, len(self.view))
 
-        self.transport: Transport = GrpcTransport(
-            self.addresses,
-            deadline_s=scenario.timeouts.rpc_s,
-            chunk_bytes=scenario.limits.chunk_bytes,
-            observer=self._observe_send,
-            credentials=self._client_credentials(),
-            seed=round_seed(scenario.seed, self.index, 0),
+        self.transport: Transport = SigningTransport(
+            GrpcTransport(
+                self.addresses,
+                deadline_s=scenario.timeouts.rpc_s,
+                chunk_bytes=scenario.limits.chunk_bytes,
+                observer=self._observe_send,
+                credentials=self._client_credentials(),
+                seed=round_seed(scenario.seed, self.index, 0),
+            ),
+            self.identity,
+            SIGNED_KINDS,
         )
         size = scenario.limits.mailbox_size
         self.learner: Actor[TrainJob] = FunctionActor("learner", self._train, size)
@@ -240,6 +256,20 @@ class Node:
         )
         if self.id in self.byzantine:
             self._turn_byzantine(self.byzantine[self.id])
+
+    def _load_identity(self) -> NodeIdentity:
+        """This node's long-term Ed25519 key: the configured file, or OUT/keys/<id>.pem created
+        on first start and reused after a restart (so a restarted node keeps its SWIM id)."""
+        path = Path(self.config.node.identity_key or self.out_dir / "keys" / f"{self.id}.pem")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        identity = NodeIdentity.load_or_generate(path)
+        own = next((p.public_key for p in self.config.peers if p.id == self.id), None)
+        if own is not None and own != identity.public_key_bytes.hex():
+            raise ConfigError(
+                f"node {self.id}: the key in {path} does not match this node's public_key in "
+                "the peers list"
+            )
+        return identity
 
     def _turn_byzantine(self, entry: ByzantineConfig) -> None:
         """Wrap this node's roles with its configured deviation (the honest code is unchanged)."""
@@ -324,19 +354,25 @@ class Node:
         if aggregation.secure == "none":
             return PlaintextClusterProtocol()
         from mpc import FixedPointConfig
+        from node.defenses import DistributedNoise
         from node.mpc_protocol import ShamirClusterProtocol
 
         fixed_point = FixedPointConfig(aggregation.clip, aggregation.frac_bits)
+
+        def noise() -> DistributedNoise | None:  # self.defense is built after the protocol
+            return self.defense.distributed
+
         if aggregation.secure == "shamir":
             return ShamirClusterProtocol(
                 fixed_point,
                 aggregation.threshold,
                 self.scenario.clustering.publishers,
                 self._rejected,
+                noise,
             )
         from node.mpc_protocol import SecAggClusterProtocol
 
-        return SecAggClusterProtocol(fixed_point, aggregation.threshold, self._rejected)
+        return SecAggClusterProtocol(fixed_point, aggregation.threshold, self._rejected, noise)
 
     # ----------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -380,6 +416,8 @@ class Node:
             self.metrics_port = self.metrics.serve(
                 self.config.node.metrics_port, self.config.node.host
             )
+        if self.scenario.membership.protocol == "swim":
+            self._start_membership()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("phalanx.v1.PhalanxNode", health_pb2.HealthCheckResponse.SERVING)
         self.results.write(
@@ -396,14 +434,43 @@ class Node:
                 "byzantine": self.byzantine[self.id].behaviour
                 if self.id in self.byzantine
                 else None,
+                "identity": self.identity.node_id,
                 "time": time.time(),
             }
         )
         log.info("%s serving on port %d (metrics %s)", self.id, self.port, self.metrics_port)
 
+    def _start_membership(self) -> None:
+        own = next((p.address for p in self.config.peers if p.id == self.id), None)
+        address = own or f"{self.config.node.host}:{self.port}"
+        self.swim = MembershipService(
+            self.id,
+            self.identity,
+            address,
+            self.addresses,
+            self.peer_keys,
+            self.scenario.membership,
+            self.transport,
+            round_seed(self.scenario.seed, self.index, 20_000),
+            self._rejected,
+            lambda record: self.results.write({**record, "during_round": self.current_round}),
+        )
+        swim = self.swim
+        self.inbox.unreachable = lambda: swim.unreachable
+        swim.on_unreachable_change = self._poke_inbox
+        swim.start()
+
+    def _poke_inbox(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.inbox.poke())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Graceful stop: NOT_SERVING first, let in-flight calls finish, then close."""
+        """Graceful stop: leave the membership (SWIM LEAVE), NOT_SERVING, let in-flight calls
+        finish, then close."""
         self.phase = "stopping"
+        if self.swim is not None:
+            await self.swim.stop(leave=True)
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace_s)
@@ -429,8 +496,11 @@ class Node:
     def assignment(self, round_: int) -> ClusterAssignment:
         if round_ not in self._assignments:
             clustering = self.scenario.clustering
+            view = self.view
+            if self.swim is not None and self.scenario.membership.view == "swim":
+                view = self.swim.round_view(round_)
             self._assignments[round_] = compute_assignment(
-                self.view,
+                view,
                 round_,
                 public_seed(self.scenario.seed),
                 clustering.strategy,
@@ -454,6 +524,24 @@ class Node:
                 "wrong_recipient",
                 f"message is addressed to {message.recipient!r}",
             )
+        if message.kind in MEMBERSHIP_KINDS:
+            # SWIM has its own incarnations and replay windows; rounds do not apply to it.
+            if self.swim is None:
+                raise Rejection(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "unsupported_kind",
+                    f"{message.kind_name}: membership.protocol is off on {self.id}",
+                )
+            self.membership.tell(message)
+            self.metrics.messages_received.labels(message.kind_name).inc()
+            return
+        if message.kind in SIGNED_KINDS and message.sender in self.peer_keys:
+            try:
+                verify_envelope(message, self.peer_keys[message.sender])
+            except SignatureError as error:
+                raise Rejection(
+                    grpc.StatusCode.UNAUTHENTICATED, "bad_signature", str(error)
+                ) from None
         if not self.current_round <= message.round <= self.current_round + 1:
             if message.round > self.current_round + 1:
                 self.peers_ahead[message.sender] = int(message.round)
@@ -486,14 +574,6 @@ class Node:
                     f"{message.round} already received",
                 )
             target = self.aggregator
-        elif kind in (
-            pb.MESSAGE_KIND_PING,
-            pb.MESSAGE_KIND_PING_REQ,
-            pb.MESSAGE_KIND_ACK,
-            pb.MESSAGE_KIND_JOIN,
-            pb.MESSAGE_KIND_LEAVE,
-        ):
-            target = self.membership
         else:
             raise Rejection(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -526,8 +606,8 @@ class Node:
             self._rejected(reason, message.sender)
 
     async def _membership(self, message: Message) -> None:
-        # Membership is a static peer list in this version; SWIM traffic is counted and dropped.
-        log.debug("%s: membership message %s from %s", self.id, message.kind_name, message.sender)
+        if self.swim is not None:
+            self.swim.handle(message)
 
     def _rejected(self, reason: str, sender: str) -> None:
         self.metrics.messages_rejected.labels(reason).inc()
@@ -806,6 +886,7 @@ class Node:
             "equivocating_publishers": sorted(inconsistent),
             "diverged": diverged,
             "privacy": self.defense.privacy_report(),
+            "membership": self._membership_report(),
             "time": time.time(),
         }
         self.results.write(record)
@@ -833,6 +914,15 @@ class Node:
             ",".join(excluded) or "none",
         )
         return record
+
+    def _membership_report(self) -> dict[str, Any] | None:
+        """SWIM's view at the end of the round: who is suspected and who was removed."""
+        if self.swim is None:
+            return None
+        states = self.swim.states()
+        for state in ("alive", "suspect", "dead", "left", "unknown"):
+            self.metrics.members.labels(state).set(sum(1 for s in states.values() if s == state))
+        return {"suspected": self.swim.suspected(), "removed": self.swim.removed()}
 
     async def run(self) -> None:
         """All rounds of the scenario; a node that starts late or falls out of step first joins

@@ -166,7 +166,12 @@ class Testbed:
         self.ports = dict(zip(self.ids, ports[:n], strict=True))
         if self.metrics:
             self.metrics_ports = dict(zip(self.ids, ports[n:], strict=True))
-        peers = [PeerConfig(id=i, address=f"{self.host}:{self.ports[i]}") for i in self.ids]
+        peers = [
+            PeerConfig(
+                id=i, address=f"{self.host}:{self.ports[i]}", public_key=self.identity_key(i)
+            )
+            for i in self.ids
+        ]
         (self.out_dir / "config").mkdir(parents=True, exist_ok=True)
         (self.out_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.out_dir / "nodes").mkdir(parents=True, exist_ok=True)
@@ -230,6 +235,15 @@ class Testbed:
             preexec_fn=_die_with_parent,
         )
         handle.close()
+
+    def identity_key(self, node_id: str) -> str:
+        """Create (or reuse) the node's Ed25519 identity under OUT/keys and return its public key
+        in hex, so every node knows every peer's key and signatures are checked from round 1."""
+        from clustering.identity import NodeIdentity
+
+        keys = self.out_dir / "keys"
+        keys.mkdir(parents=True, exist_ok=True)
+        return NodeIdentity.load_or_generate(keys / f"{node_id}.pem").public_key_bytes.hex()
 
     def tls_settings(self, node_id: str) -> dict[str, Any]:
         """Mutual TLS with certificates made by `phalanx certs` for this run, or the explicit
@@ -330,6 +344,41 @@ def read_node_records(out_dir: Path) -> tuple[dict[str, dict[str, Any]], NodeRou
     return starts, rounds
 
 
+def read_membership_events(out_dir: Path) -> list[dict[str, Any]]:
+    """Every SWIM state change any node recorded (``OUT/nodes/*.jsonl``), oldest first."""
+    events = []
+    for path in sorted((out_dir / "nodes").glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("event") == "membership":
+                events.append(record)
+    return sorted(events, key=lambda e: (e["time"], e["node"], e["member"]))
+
+
+def membership_timeline(
+    events: list[dict[str, Any]], observers: list[str]
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Per member and SWIM state change (``suspected``, ``removed``, ``left``, ``rejoined``),
+    the rounds in which honest observers recorded it and who did, oldest first. A refuted
+    suspicion (the member answered again before it was removed) shows as ``suspected`` alone."""
+    labels = {"suspect": "suspected", "dead": "removed", "left": "left", "rejoined": "rejoined"}
+    timeline: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for event in events:
+        label = labels.get(event["state"])
+        if label is None or event["node"] not in observers or event["node"] == event["member"]:
+            continue
+        episodes = timeline.setdefault(event["member"], {}).setdefault(label, [])
+        round_ = event.get("during_round")
+        if not episodes or episodes[-1]["round"] != round_:
+            episodes.append({"round": round_, "observers": []})
+        if event["node"] not in episodes[-1]["observers"]:
+            episodes[-1]["observers"].append(event["node"])
+    return dict(sorted(timeline.items()))
+
+
 def _sum_by_key(mappings: Iterable[Mapping[str, float]]) -> dict[str, float]:
     total: dict[str, float] = {}
     for mapping in mappings:
@@ -345,6 +394,11 @@ def _max_by_key(mappings: Iterable[Mapping[str, float]]) -> dict[str, float]:
         for key, value in mapping.items():
             worst[key] = max(worst.get(key, 0.0), value)
     return dict(sorted(worst.items()))
+
+
+def _members(record: dict[str, Any], key: str) -> list[str]:
+    membership = record.get("membership") or {}
+    return list(membership.get(key, []))
 
 
 def build_summary(
@@ -394,6 +448,12 @@ def build_summary(
                 "backdoor_success": first.get("backdoor_success"),
                 "privacy": {n: rec.get("privacy") for n, rec in reports.items()},
                 "excluded": first["excluded"],
+                "suspected": sorted(
+                    {n for rec in honest_reports.values() for n in _members(rec, "suspected")}
+                ),
+                "removed": sorted(
+                    {n for rec in honest_reports.values() for n in _members(rec, "removed")}
+                ),
                 "synced": {
                     n: rec["synced_from"] for n, rec in reports.items() if "synced_from" in rec
                 },
@@ -560,6 +620,13 @@ def run_testbed(testbed: Testbed, timeout_s: float) -> dict[str, Any]:
         honest = testbed.honest_ids()
         summary = build_summary(scenario, starts, rounds, honest, testbed.fault_log, status)
         summary["resources"] = testbed.memory_summary()
+        summary["membership"] = membership_timeline(read_membership_events(out_dir), honest)
+        for member, seen in summary["membership"].items():
+            steps = "; ".join(
+                f"{label} in round {', '.join(str(e['round']) for e in episodes)}"
+                for label, episodes in seen.items()
+            )
+            console.print(f"membership: {member} {steps}")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         if summary["rounds"]:
             write_report(summary, out_dir)

@@ -45,6 +45,8 @@ class Transport(Protocol):
 
     async def send(self, peer: str, message: Message) -> bool: ...
 
+    async def send_once(self, peer: str, message: Message, timeout_s: float) -> bool: ...
+
     async def status(self, peer: str, timeout_s: float = 2.0) -> pb.StatusReply | None: ...
 
     async def serving(self, peer: str, timeout_s: float = 1.0) -> bool: ...
@@ -145,6 +147,22 @@ class GrpcTransport:
                 backoff = min(self.retry.max_s, self.retry.base_s * 2**attempt)
                 await asyncio.sleep(self._jitter.uniform(0, backoff))
         return False
+
+    async def send_once(self, peer: str, message: Message, timeout_s: float) -> bool:
+        """One unary attempt within `timeout_s`, no retry: for failure-detector traffic (SWIM),
+        where a late message is a lost message and the protocol does its own retrying."""
+        if peer not in self.addresses:
+            raise KeyError(f"unknown peer {peer!r}")
+        envelope = encode_envelope(message)
+        started = time.perf_counter()
+        try:
+            ack = await self._stub(peer).Send(envelope, timeout=timeout_s)
+        except grpc.aio.AioRpcError as error:
+            log.debug("%s to %s failed: %s", kind_name(message.kind), peer, error.code().name)
+            self._observe(peer, message, 0, time.perf_counter() - started, False)
+            return False
+        self._observe(peer, message, envelope.ByteSize(), time.perf_counter() - started, True)
+        return bool(ack.accepted)
 
     async def status(self, peer: str, timeout_s: float = 2.0) -> pb.StatusReply | None:
         try:

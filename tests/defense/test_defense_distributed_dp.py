@@ -11,6 +11,7 @@ from opacus.accountants.analysis import rdp as opacus_rdp
 
 from defense import (
     calibrate_distributed_sigma,
+    composed_distributed_epsilon,
     distributed_dp_guarantee,
     distributed_noise_share,
     epsilon_from_rdp,
@@ -116,3 +117,17 @@ def test_calibration_meets_target_tightly() -> None:
 def test_bad_settings_refused(call, field) -> None:
     with pytest.raises(ValueError, match=field):
         call()
+
+
+@pytest.mark.parametrize("mechanism", ["dgauss", "skellam"])
+def test_composition_over_rounds_of_different_cluster_sizes(mechanism: str) -> None:
+    """Equal sizes reproduce `distributed_dp_guarantee`; mixing sizes lands between the two."""
+    l2 = integer_l2_sensitivity(1.0, 2.0**10, 1000)
+    sigma = 2 * l2
+    same = composed_distributed_epsilon(mechanism, sigma, l2, 1000, [4, 4, 4], 1e-5, byzantine=1)
+    reference = distributed_dp_guarantee(mechanism, sigma, l2, 1000, 4, 3, 1e-5, byzantine=1)
+    assert same == pytest.approx(reference.epsilon, rel=1e-9)
+    small = composed_distributed_epsilon(mechanism, sigma, l2, 1000, [2, 2, 2], 1e-5, byzantine=1)
+    mixed = composed_distributed_epsilon(mechanism, sigma, l2, 1000, [2, 4, 4], 1e-5, byzantine=1)
+    assert same < mixed < small  # one silent member of 2 leaves half the noise, of 4 three quarters
+    assert composed_distributed_epsilon(mechanism, sigma, l2, 1000, [2], 1e-5, 2) == math.inf

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import defense
-from defense import DEFENSES, apply_to_parameters, parse_defense, prune_top_k
+from defense import DEFENSES, ForwardNoising, apply_to_parameters, parse_defense, prune_top_k
 
 
 def test_prune_keeps_the_largest_entries() -> None:
@@ -92,3 +92,17 @@ def test_public_api_is_what_all_lists() -> None:
     submodules = {"accounting", "client_dp", "distributed_dp", "dpsgd", "forward_noise",
                   "pruning", "registry"}  # fmt: skip
     assert public - submodules == set(defense.__all__)
+
+
+def test_forward_defaults_to_the_measured_decreasing_schedule() -> None:
+    """docs/defenses.md (bench forward-schedule): decreasing from t to t/2 unless told otherwise."""
+    defense = parse_defense("forward:t=800,rounds=10")
+    assert isinstance(defense, ForwardNoising)
+    assert [defense.levels.level(r) for r in (0, 9)] == [800, 400]
+    single = parse_defense("forward:t=800")
+    assert isinstance(single, ForwardNoising) and single.levels.level(5) == 800  # t throughout
+    constant = parse_defense("forward:t=800,rounds=10,levels=constant")
+    assert isinstance(constant, ForwardNoising) and constant.levels.level(9) == 800
+    calibrated = parse_defense("forward-dp:eps=8,rounds=10")
+    assert isinstance(calibrated, ForwardNoising) and calibrated.levels.kind == "decreasing"
+    assert calibrated.levels.level(0) > calibrated.levels.level(9)

@@ -157,7 +157,7 @@ def test_ctrl_c_stops_every_node_and_keeps_partial_results(tmp_path: Path) -> No
         stderr=subprocess.STDOUT,
     )
     node_log = out / "nodes" / "node-00.jsonl"
-    assert _wait_for(lambda: node_log.exists() and '"round": 1,' in node_log.read_text(), 300)
+    assert _wait_for(lambda: node_log.exists() and '"event": "round"' in node_log.read_text(), 300)
     children = psutil.Process(testbed.pid).children(recursive=True)
     assert len(children) == 3
     testbed.send_signal(signal.SIGINT)
@@ -237,9 +237,24 @@ def test_nodes_speak_mutual_tls_and_refuse_plaintext_clients(tmp_path: Path, pha
     from node.codec import Message, encode_envelope
 
     out = tmp_path / "tls"
-    result = phalanx("testbed", "run", "--nodes", "3", "--rounds", "2", "--cluster-size", "3",
-                     "--model", "mlp", "--dataset", "digits", "--tls", "--out", str(out),
-                     timeout=600)
+    result = phalanx(
+        "testbed",
+        "run",
+        "--nodes",
+        "3",
+        "--rounds",
+        "2",
+        "--cluster-size",
+        "3",
+        "--model",
+        "mlp",
+        "--dataset",
+        "digits",
+        "--tls",
+        "--out",
+        str(out),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = _summary(out)
     assert summary["all_digests_identical"] and len(summary["rounds"]) == 2
@@ -248,7 +263,11 @@ def test_nodes_speak_mutual_tls_and_refuse_plaintext_clients(tmp_path: Path, pha
     # A node daemon without certificates and without --insecure refuses to start.
     refused = subprocess.run(
         [sys.executable, "-m", "node", "node", "--id", "lonely", "--out", str(tmp_path)],
-        env=phalanx_env(), cwd=REPO, capture_output=True, text=True, timeout=120,
+        env=phalanx_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert refused.returncode == 2 and "mutual TLS needs" in refused.stderr
 
@@ -258,11 +277,30 @@ def test_nodes_speak_mutual_tls_and_refuse_plaintext_clients(tmp_path: Path, pha
     port = free_ports(1)[0]
     certs = out / "certs"
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "node", "node", "--id", "solo", "--port", str(port),
-         "--tls-ca", str(certs / "ca.pem"), "--tls-cert", str(certs / "node-0.pem"),
-         "--tls-key", str(certs / "node-0.key"), "--peer", f"ghost=127.0.0.1:{port + 1}",
-         "--out", str(tmp_path / "solo")],
-        env=phalanx_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "node",
+            "node",
+            "--id",
+            "solo",
+            "--port",
+            str(port),
+            "--tls-ca",
+            str(certs / "ca.pem"),
+            "--tls-cert",
+            str(certs / "node-0.pem"),
+            "--tls-key",
+            str(certs / "node-0.key"),
+            "--peer",
+            f"ghost=127.0.0.1:{port + 1}",
+            "--out",
+            str(tmp_path / "solo"),
+        ],
+        env=phalanx_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         log = tmp_path / "solo" / "nodes" / "solo.jsonl"
