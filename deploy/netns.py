@@ -9,11 +9,19 @@ traffic stays between the namespaces of the run.
 Faults from ``scenario.faults`` cross the real network stack:
 
 - ``delay``/``loss``: ``tc qdisc replace dev eth0 root netem delay D J loss L%`` on the node's
-  interface (its egress). Kernels without ``sch_netem`` (minimal VMs) get loss from an nftables
-  ``numgen random`` drop rule instead, and delay is recorded as not applied.
-- ``partition``: nftables drop rules (``inet phalanx_partition``) in every node of both sides
-  that cut ``nodes`` off from the others, both directions; ``heal`` deletes every partition and
-  clears the delay/loss of the named nodes (all nodes when none are named).
+  interface (its egress), mechanism ``tc-netem``. Kernels without ``sch_netem`` (minimal VMs)
+  get the userspace delay line of `deploy.delayline` instead, mechanism ``delayline``: every
+  node that a delay/loss fault of the scenario names is built with a TAP ``eth0`` whose frames
+  cross a forwarder process to a TAP port ``<prefix>t<i>`` of the bridge; the forwarder passes
+  frames unchanged until the fault sets its delay, jitter and loss (on the node's egress, as
+  netem would). Only without ``/dev/net/tun`` does loss fall back to an nftables ``numgen
+  random`` drop rule, with the delay recorded as not applied. Each delay/loss record carries
+  ``probe_rtt_ms``: median TCP-connect round trips from the host to the node before and after.
+- ``partition``: one atomic nftables transaction on the bridge (``bridge <prefix>cut``, forward
+  hook) drops frames between ``nodes`` and the others, both directions, so that every node is cut
+  at the same instant; ``heal`` deletes it and clears the delay/loss of the named nodes (all
+  nodes when none are named). Without the bridge family, per-namespace rules (``inet
+  phalanx_partition``) are installed instead, one ``nft -f`` per node, all started together.
 - ``kill``/``restart``: SIGKILL the node's process; restart launches it again in its namespace.
 
 A fault fires once every live node has recorded ``round`` (between rounds ``round`` and
@@ -30,11 +38,14 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import hashlib
 import json
 import os
 import re
 import secrets
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +57,7 @@ from typing import Any
 
 import tomli_w
 
+from deploy.delayline import DelayLineError, DelayLineProcess, Shaping
 from node.config import (
     FaultConfig,
     NodeConfig,
@@ -74,6 +86,8 @@ BRIDGE_HOST = 254
 MAX_NODES = 250
 PARTITION_TABLE = "phalanx_partition"
 SHAPE_TABLE = "phalanx_shape"
+SHAPED_ACTIONS = ("delay", "loss")
+PROBES = 5
 
 
 class NetnsError(RuntimeError):
@@ -120,14 +134,26 @@ def list_links(prefix: str) -> list[str]:
     return sorted(name for name in names if name.startswith(prefix))
 
 
+def list_bridge_tables(prefix: str) -> list[str]:
+    """Root-namespace nftables ``bridge`` tables (partitions) whose names start with `prefix`."""
+    listing = _run(["nft", "list", "tables", "bridge"], check=False).stdout
+    names = [line.split()[-1] for line in listing.splitlines() if line.startswith("table")]
+    return sorted(name for name in names if name.startswith(prefix))
+
+
 def cleanup_stale(prefix: str) -> list[str]:
-    """Kill the processes in, and delete, every namespace and link named ``prefix*``.
+    """Kill the processes in, and delete, every namespace, link and bridge table ``prefix*``.
 
     Idempotent; returns what it removed. Deleting a namespace also deletes the veth pair whose
-    inner end lives there, and with it the namespace's nftables rules and qdiscs.
+    inner end lives there, and with it the namespace's nftables rules and qdiscs. Delay-line
+    forwarders live in their node's namespace, so they are killed with its processes; their
+    bridge-side TAPs are links ``prefix*``.
     """
     check_prefix(prefix)
     removed: list[str] = []
+    for table in list_bridge_tables(prefix):
+        _run(["nft", "delete", "table", "bridge", table], check=False)
+        removed.append(table)
     for namespace in list_namespaces(prefix):
         pids = _run(["ip", "netns", "pids", namespace], check=False).stdout.split()
         for pid in pids:
@@ -170,6 +196,34 @@ def netem_available() -> bool:
         _run(["ip", "netns", "delete", probe], check=False)
 
 
+def tap_available() -> bool:
+    """Whether TAP devices can be made here (``/dev/net/tun``), which the delay line needs."""
+    return os.path.exists("/dev/net/tun") and os.access("/dev/net/tun", os.R_OK | os.W_OK)
+
+
+def probe_rtt_ms(address: str, port: int, count: int = PROBES, timeout_s: float = 3.0) -> float:
+    """Median time of `count` TCP connects to ``address:port`` (SYN -> SYN-ACK or RST: one round
+    trip through the real stack, whether or not anything listens); NaN if none answered."""
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        try:
+            with socket.create_connection((address, port), timeout=timeout_s):
+                pass
+        except ConnectionRefusedError:
+            pass
+        except OSError:
+            continue
+        samples.append((time.perf_counter() - started) * 1000.0)
+    return round(statistics.median(samples), 2) if samples else float("nan")
+
+
+def shaping_seed(seed: int, node_id: str) -> int:
+    """The delay line's RNG seed for one node: stable across runs of the same scenario."""
+    digest = hashlib.sha256(f"phalanx-delayline/{seed}/{node_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
 def free_subnet() -> str:
     """The first ``10.77.<k>`` /24 that no address or route of this machine already uses."""
     used = _run(["ip", "-4", "-o", "addr", "show"], check=False).stdout
@@ -191,6 +245,8 @@ class NetnsTestbed(Testbed):
     node_metrics_port: int = METRICS_PORT
     addresses: dict[str, str] = field(default_factory=dict)
     shaping: dict[str, dict[str, float]] = field(default_factory=dict)
+    delay_line: bool | None = None  # None: only where netem is missing; True: always (tests)
+    delay_lines: dict[str, DelayLineProcess] = field(default_factory=dict)
     _fired: set[int] = field(default_factory=set)
     _reaper: subprocess.Popen[bytes] | None = None
     _network_up: bool = False
@@ -235,6 +291,9 @@ class NetnsTestbed(Testbed):
         self._torn_down = True
         with contextlib.suppress(Exception):
             self.stop_all(grace_s=5.0)
+        for line in self.delay_lines.values():
+            with contextlib.suppress(Exception):
+                line.stop(timeout_s=2.0)
         cleanup_stale(self.prefix)
         if self._reaper is not None and self._reaper.stdin is not None:
             self._reaper.stdin.close()
@@ -253,9 +312,30 @@ class NetnsTestbed(Testbed):
     def _host_veth(self, index: int) -> str:
         return f"{self.prefix}h{index}"
 
+    def _host_tap(self, index: int) -> str:
+        return f"{self.prefix}t{index}"
+
     @property
     def bridge(self) -> str:
         return f"{self.prefix}br"
+
+    @property
+    def partition_table(self) -> str:
+        return f"{self.prefix}cut"
+
+    def uses_delay_line(self) -> bool:
+        """Delay/loss through `deploy.delayline`: forced by ``delay_line``, else where the kernel
+        has no netem and TAP devices exist."""
+        if self.delay_line is not None:
+            if self.delay_line and not tap_available():
+                raise NetnsError("delay_line=True but /dev/net/tun is missing or not writable")
+            return self.delay_line
+        return not netem_available() and tap_available()
+
+    def shaped_nodes(self) -> list[str]:
+        """Nodes that a delay or loss fault of the scenario names (they get a delay line)."""
+        named = {n for f in self.scenario.faults if f.action in SHAPED_ACTIONS for n in f.nodes}
+        return [n for n in self.ids if n in named]
 
     def setup_network(self) -> None:
         """Bridge in the root namespace, one namespace + veth + address per node."""
@@ -265,10 +345,14 @@ class NetnsTestbed(Testbed):
         self._network_up = True
         _run(["ip", "addr", "add", f"{self.subnet}.{BRIDGE_HOST}/24", "dev", self.bridge])
         _run(["ip", "link", "set", self.bridge, "up"])
+        behind_delay_line = set(self.shaped_nodes()) if self.uses_delay_line() else set()
         for index, node_id in enumerate(self.ids):
             namespace, veth = self.namespace(node_id), self._host_veth(index)
             address = f"{self.subnet}.{index + 1}"
             _run(["ip", "netns", "add", namespace])
+            if node_id in behind_delay_line:
+                self._plug_delay_line(index, node_id, address)
+                continue
             _run(
                 [
                     "ip",
@@ -290,6 +374,32 @@ class NetnsTestbed(Testbed):
             _in_ns(namespace, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
             _in_ns(namespace, "ip", "link", "set", "eth0", "up")
             self.addresses[node_id] = address
+
+    def _plug_delay_line(self, index: int, node_id: str, address: str) -> None:
+        """TAP ``eth0`` in the node's namespace, TAP port on the bridge, a forwarder between."""
+        namespace, tap = self.namespace(node_id), self._host_tap(index)
+        _run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"])
+        _run(["ip", "link", "set", tap, "master", self.bridge])
+        _run(["ip", "link", "set", tap, "up"])
+        _in_ns(namespace, "ip", "tuntap", "add", "dev", "eth0", "mode", "tap")
+        _in_ns(namespace, "ip", "link", "set", "lo", "up")
+        _in_ns(namespace, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
+        _in_ns(namespace, "ip", "link", "set", "eth0", "up")
+        line = DelayLineProcess(namespace, "eth0", tap, shaping_seed(self.scenario.seed, node_id))
+        try:
+            self.delay_lines[node_id] = line.start(cwd=REPO_ROOT)
+        except DelayLineError as error:
+            line.stop(timeout_s=1.0)
+            raise NetnsError(str(error)) from error
+        self.addresses[node_id] = address
+
+    def delay_line_stats(self) -> dict[str, dict[str, Any]]:
+        """Settings and frame counters of every running delay line (for ``summary.json``)."""
+        stats = {}
+        for node_id, line in sorted(self.delay_lines.items()):
+            with contextlib.suppress(DelayLineError, OSError, ValueError):
+                stats[node_id] = line.stats()
+        return stats
 
     def prepare(self) -> None:
         """Create the namespaces, then write node files that bind each node to its own address."""
@@ -410,13 +520,11 @@ class NetnsTestbed(Testbed):
                     self._start(proc)
             return {"mechanism": "signal" if fault.action == "kill" else "signal+relaunch"}
         if fault.action == "partition":
-            side = set(fault.nodes)
+            side = sorted(set(fault.nodes))
             others = [n for n in self.ids if n not in side]
-            for node_id in self.ids:
-                cut = others if node_id in side else sorted(side)
-                self._drop_traffic_with(node_id, [self.addresses[n] for n in cut])
-            return {"mechanism": "nftables", "groups": [sorted(side), others]}
+            return {"mechanism": self._partition(side, others), "groups": [side, others]}
         if fault.action == "heal":
+            _run(["nft", "delete", "table", "bridge", self.partition_table], check=False)
             for node_id in self.ids:
                 _in_ns(
                     self.namespace(node_id),
@@ -430,7 +538,8 @@ class NetnsTestbed(Testbed):
             for node_id in fault.nodes or self.ids:
                 self.shaping.pop(node_id, None)
                 self._shape(node_id)
-            return {"mechanism": "nftables+tc"}
+            shaper = "+delayline" if self.delay_lines else "+tc" if netem_available() else ""
+            return {"mechanism": f"nftables{shaper}"}
         for node_id in fault.nodes:
             state = self.shaping.setdefault(
                 node_id, {"delay_ms": 0.0, "jitter_ms": 0.0, "loss_pct": 0.0}
@@ -441,31 +550,69 @@ class NetnsTestbed(Testbed):
                     state["loss_pct"] = fault.loss_pct
             else:
                 state["loss_pct"] = fault.loss_pct
+        before = {n: self._probe(n) for n in fault.nodes}
         mechanisms = {self._shape(node_id) for node_id in fault.nodes}
-        return {
+        record: dict[str, Any] = {
             "mechanism": "+".join(sorted(mechanisms)) or "none",
             "delay_ms": fault.delay_ms,
             "jitter_ms": fault.jitter_ms,
             "loss_pct": fault.loss_pct,
+            "probe_rtt_ms": {
+                n: {"before": before[n], "after": self._probe(n)} for n in fault.nodes
+            },
         }
+        lines = {n: s for n, s in self.delay_line_stats().items() if n in fault.nodes}
+        if lines:  # the counters at this point, to compare with summary.network.delay_lines
+            record["delay_lines"] = lines
+        return record
 
-    def _drop_traffic_with(self, node_id: str, addresses: list[str]) -> None:
-        if not addresses:
-            return
-        namespace, group = self.namespace(node_id), "{ " + ", ".join(addresses) + " }"
-        _in_ns(namespace, "nft", "add", "table", "inet", PARTITION_TABLE)
-        for chain, hook, direction in (("in", "input", "saddr"), ("out", "output", "daddr")):
-            _in_ns(
-                namespace,
-                "nft",
-                f"add chain inet {PARTITION_TABLE} {chain} "
-                f"{{ type filter hook {hook} priority 0; policy accept; }}",
+    def _probe(self, node_id: str) -> float:
+        return probe_rtt_ms(self.addresses[node_id], self.grpc_port)
+
+    def _partition(self, side: list[str], others: list[str]) -> str:
+        """Cut `side` off from `others` in one step; returns the mechanism."""
+        if not side or not others:
+            return "none"
+        group = {
+            name: "{ " + ", ".join(self.addresses[n] for n in nodes) + " }"
+            for name, nodes in (("side", side), ("others", others))
+        }
+        # One nft transaction on the bridge: every node is cut at the same instant.
+        ruleset = (
+            f"table bridge {self.partition_table} {{\n"
+            "  chain cut {\n"
+            "    type filter hook forward priority 0; policy accept;\n"
+            f'    iifname "{self.prefix}*" ip saddr {group["side"]} '
+            f"ip daddr {group['others']} drop\n"
+            f'    iifname "{self.prefix}*" ip saddr {group["others"]} '
+            f"ip daddr {group['side']} drop\n"
+            "  }\n}\n"
+        )
+        applied = subprocess.run(["nft", "-f", "-"], input=ruleset, text=True, capture_output=True)
+        if applied.returncode == 0:
+            return "nftables-bridge"
+        # No bridge family in this kernel: rules in every namespace, all started together.
+        pending = []
+        for node_id in self.ids:
+            cut = others if node_id in side else side
+            addresses = "{ " + ", ".join(self.addresses[n] for n in cut) + " }"
+            rules = (
+                f"table inet {PARTITION_TABLE} {{\n"
+                "  chain in { type filter hook input priority 0; policy accept;\n"
+                f"    ip saddr {addresses} drop\n  }}\n"
+                "  chain out { type filter hook output priority 0; policy accept;\n"
+                f"    ip daddr {addresses} drop\n  }}\n}}\n"
             )
-            _in_ns(
-                namespace,
-                "nft",
-                f"add rule inet {PARTITION_TABLE} {chain} ip {direction} {group} drop",
+            command = ["ip", "netns", "exec", self.namespace(node_id), "nft", "-f", "-"]
+            process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
+            pending.append((command, process, rules))
+        for command, process, rules in pending:
+            _out, error = process.communicate(rules)
+            if process.returncode != 0:
+                raise NetnsError(f"{' '.join(command)}: {error.strip()}")
+        return "nftables"
 
     def _shape(self, node_id: str) -> str:
         """Install the node's current delay/jitter/loss on its egress; returns the mechanism."""
@@ -474,6 +621,10 @@ class NetnsTestbed(Testbed):
         delay, jitter, loss = (state.get(k, 0.0) for k in ("delay_ms", "jitter_ms", "loss_pct"))
         _in_ns(namespace, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
         _in_ns(namespace, "nft", "delete", "table", "inet", SHAPE_TABLE, check=False)
+        line = self.delay_lines.get(node_id)
+        if line is not None:
+            line.configure(Shaping(delay, jitter, loss))
+            return "delayline" if (delay or jitter or loss) else "cleared"
         if not (delay or jitter or loss):
             return "cleared"
         if netem_available():
@@ -525,6 +676,7 @@ def run_netns_testbed(
             "subnet": f"{testbed.subnet}.0/24",
             "addresses": testbed.addresses,
             "netem": netem_available(),
+            "delay_lines": testbed.delay_line_stats(),
         }
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

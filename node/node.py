@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -186,6 +187,7 @@ class Node:
         self.swim: MembershipService | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.inbox = RoundInbox()
+        self.inbox.unreachable = self.unreachable
         self.protocol: ClusterProtocol = self._cluster_protocol()
         self.current_round = 1
         self.completed_round = 0
@@ -455,10 +457,15 @@ class Node:
             self._rejected,
             lambda record: self.results.write({**record, "during_round": self.current_round}),
         )
-        swim = self.swim
-        self.inbox.unreachable = lambda: swim.unreachable
-        swim.on_unreachable_change = self._poke_inbox
-        swim.start()
+        self.swim.on_unreachable_change = self._poke_inbox
+        self.swim.start()
+
+    def unreachable(self) -> frozenset[str]:
+        """Peers this round should not wait for: removed by SWIM, or already two rounds ahead
+        (they finished this round and will send nothing more for it)."""
+        ahead = {p for p, r in self.peers_ahead.items() if r > self.current_round + 1}
+        removed = self.swim.unreachable if self.swim is not None else frozenset()
+        return removed | ahead
 
     def _poke_inbox(self) -> None:
         task = asyncio.get_running_loop().create_task(self.inbox.poke())
@@ -544,6 +551,8 @@ class Node:
                 ) from None
         if not self.current_round <= message.round <= self.current_round + 1:
             if message.round > self.current_round + 1:
+                if message.sender not in self.peers_ahead:
+                    self._poke_inbox()  # stop waiting for a peer that has left this round
                 self.peers_ahead[message.sender] = int(message.round)
             raise Rejection(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -669,11 +678,15 @@ class Node:
         """
         deadline = time.monotonic() + wait_s
         needed = len(self.view) // 2 + 1
+        # Several polls must fit in the window: a peer still cut off makes its Status wait the
+        # whole timeout, and a fixed 2 s would spend all of a collect_s = 2 s window on one poll
+        # taken before the heal.
+        status_s = min(2.0, max(0.5, wait_s / 3))
         while True:
             mine = (self.completed_round, model_digest(self.weights))
             replies = await asyncio.gather(
                 *(
-                    self.transport.status(p, 2.0)  # type: ignore[attr-defined]
+                    self.transport.status(p, status_s)  # type: ignore[attr-defined]
                     for p in sorted(self.addresses)
                 )
             )
@@ -682,6 +695,9 @@ class Node:
                 if reply is not None:
                     state = (int(reply.completed_round), reply.model_digest)
                     holders.setdefault(state, []).append(peer)
+                    # It answers, so it is reachable again (a healed partition): wait for it in
+                    # the next round instead of running that round without it.
+                    self.suspected = self.suspected - {peer}
             majority = [state for state, nodes in holders.items() if len(nodes) >= needed]
             if not majority and time.monotonic() >= deadline - 0.5:
                 # No strict majority (a partition healed into several groups): fall back to the
@@ -696,7 +712,11 @@ class Node:
                 if target == mine:
                     return None
                 if target[0] >= mine[0]:
-                    return await self._adopt(target, sorted(holders[target]))
+                    adopted = await self._adopt(target, sorted(holders[target]))
+                    if adopted is not None:
+                        return adopted
+                    # Every holder answered stale_model: they moved on to a later round while
+                    # we polled. Poll again (until the deadline) instead of keeping our model.
             if time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(0.3)
@@ -719,6 +739,9 @@ class Node:
                 continue
             behind = self.completed_round
             self.weights, self.completed_round = candidate, round_
+            # Our own exclusions came from rounds the majority did not share (we ran them cut off
+            # or alone): they say nothing about the peers any more.
+            self.suspected = frozenset()
             event = {
                 "event": "sync",
                 "node": self.id,
@@ -783,8 +806,25 @@ class Node:
         self.current_round = round_
         self.metrics.current_round.set(round_)
         self.inbox.forget_before(round_)
+        if self.swim is not None:
+            self.swim.begin_round()
         started = time.monotonic()
         assignment = self.assignment(round_)
+        context = RoundContext(
+            node_id=self.id,
+            round=round_,
+            clusters=assignment.clusters,
+            dimension=self.dimension,
+            inbox=self.inbox,
+            send=self.transport.send,
+            collect_s=self.scenario.timeouts.collect_s,
+            publishers=self.protocol.publishers or self.scenario.clustering.publishers,
+            suspected=self.suspected,
+            model_digest=model_digest(self.weights),
+        )
+        prepare = getattr(self.protocol, "prepare", None)
+        if prepare is not None:  # update-independent MPC phases (keys) overlap the training
+            prepare(context)
 
         self.phase = "train"
         done: asyncio.Future[tuple[np.ndarray, float, float]] = (
@@ -801,18 +841,6 @@ class Node:
 
         self.phase = "communicate"
         communicate_started = time.monotonic()
-        context = RoundContext(
-            node_id=self.id,
-            round=round_,
-            clusters=assignment.clusters,
-            dimension=self.dimension,
-            inbox=self.inbox,
-            send=self.transport.send,
-            collect_s=self.scenario.timeouts.collect_s,
-            publishers=self.protocol.publishers or self.scenario.clustering.publishers,
-            suspected=self.suspected,
-            model_digest=model_digest(self.weights),
-        )
         inconsistent: set[str] = set()
         diverged = False
         try:
@@ -926,12 +954,14 @@ class Node:
 
     async def run(self) -> None:
         """All rounds of the scenario; a node that starts late or falls out of step first joins
-        the majority's state (`sync_with_majority`)."""
+        the majority's state (`sync_with_majority`), at a round boundary."""
         await self.wait_for_peers()
-        await self.sync_with_majority(wait_s=2.0)
+        if await self.sync_with_majority(wait_s=2.0) is not None:
+            await self._join_at_round_boundary()
         period = self.scenario.timeouts.round_period_s
+        if period > 0:
+            await self._sleep_to_grid(period)
         while self.completed_round < self.scenario.rounds:
-            started = time.monotonic()
             record = await self.run_round(self.completed_round + 1)
             behind = len(self.peers_ahead) >= len(self.view) // 2
             irregular = (
@@ -944,6 +974,38 @@ class Node:
                 # Something irregular happened: make sure we still hold the majority's model.
                 self.peers_ahead.clear()
                 await self.sync_with_majority(wait_s=self.scenario.timeouts.collect_s)
-            await asyncio.sleep(max(0.0, started + period - time.monotonic()))
+            if period > 0:
+                await self._sleep_to_grid(period)
+
+    @staticmethod
+    async def _sleep_to_grid(period: float) -> None:
+        """Paced rounds start on a wall-clock grid shared by every node (NTP-synchronized
+        hosts), so a node that restarted or re-synced starts its next round with the others."""
+        now = time.time()
+        await asyncio.sleep(math.ceil(now / period + 1e-9) * period - now)
+
+    async def _join_at_round_boundary(self) -> None:
+        """A node that adopted the majority's model while the majority is in the middle of the
+        next round would run that round alone (its peers already sent their round messages
+        elsewhere): wait until they finish it, then adopt its result and start in step."""
+        deadline = time.monotonic() + 3 * self.scenario.timeouts.collect_s + 10.0
+        needed = len(self.view) // 2
+        while time.monotonic() < deadline:
+            replies = await asyncio.gather(
+                *(self.transport.status(p, 2.0) for p in sorted(self.addresses))
+            )
+            mid_round = [
+                r
+                for r in replies
+                if r is not None
+                and r.completed_round == self.completed_round
+                and r.round == self.completed_round + 1
+                and r.phase not in ("starting", "done")
+            ]
+            if len(mid_round) < needed:
+                break
+            await asyncio.sleep(0.2)
+        await self.sync_with_majority(wait_s=2.0)
+
         self.phase = "done"
         self.results.write({"event": "done", "node": self.id, "time": time.time()})

@@ -88,8 +88,10 @@ class MembershipService:
         )
         self.removed_ever: set[str] = set()
         self.unreachable: frozenset[str] = frozenset()
-        """Peers currently removed (dead or left) in this node's view; rounds stop waiting
-        for them."""
+        """Peers the current round stops waiting for: removed (dead or left) now, or suspected
+        at any time since the round began (a peer that missed its probes mid-round, or
+        crashed and restarted, has lost this round's messages and will not complete it)."""
+        self._suspected_this_round: set[str] = set()
         self.on_unreachable_change: Callable[[], None] = lambda: None
         self.events: list[dict[str, Any]] = []
         self._in_flight: set[asyncio.Task[bool]] = set()
@@ -202,13 +204,25 @@ class MembershipService:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
+    def begin_round(self) -> None:
+        """Forget suspicions refuted before this round; keep current suspects and removals."""
+        self._suspected_this_round = set(self.suspected())
+        self._update_unreachable()
+
+    def _update_unreachable(self) -> None:
+        unreachable = frozenset(self.removed()) | self._suspected_this_round
+        if unreachable != self.unreachable:
+            self.unreachable = unreachable
+            self.on_unreachable_change()
+
     def _drain_events(self) -> None:
         events = self.swim.drain_events()
+        for event in events:
+            name = self.peer_name(event.node_id)
+            if name is not None and event.state is not MemberState.ALIVE:
+                self._suspected_this_round.add(name)
         if events:
-            unreachable = frozenset(self.removed())
-            if unreachable != self.unreachable:
-                self.unreachable = unreachable
-                self.on_unreachable_change()
+            self._update_unreachable()
         for event in events:
             name = self.peer_name(event.node_id)
             if name is None:

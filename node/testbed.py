@@ -675,6 +675,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
             "data.partition": args.partition,
             "model.name": args.model,
             "timeouts.collect_s": args.collect_timeout,
+            "timeouts.round_period_s": args.round_period,
         },
     )
 
@@ -758,6 +759,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--model")
     run.add_argument("--nodes-per-process", type=int)
     run.add_argument("--collect-timeout", type=float, help="timeouts.collect_s")
+    run.add_argument(
+        "--round-period",
+        type=float,
+        help="timeouts.round_period_s: start rounds at least this many seconds apart",
+    )
     run.add_argument(
         "--kill",
         action="append",

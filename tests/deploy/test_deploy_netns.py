@@ -42,7 +42,7 @@ from deploy.netns import (  # noqa: E402
 
 
 def _scenario(tmp_path: Path, nodes: int, rounds: int, faults: list[dict], **extra) -> Path:
-    data = {
+    data: dict = {
         "name": "netns-test",
         "seed": 3,
         "nodes": nodes,
@@ -94,6 +94,13 @@ def _wait_for(predicate, timeout_s: float) -> bool:
 
 def _nothing_left(prefix: str) -> bool:
     return not list_namespaces(prefix) and not list_links(prefix)
+
+
+def _delay_line_processes(prefix: str) -> list[str]:
+    found = subprocess.run(
+        ["pgrep", "-f", f"deploy.delayline --netns {prefix}-"], capture_output=True, text=True
+    )
+    return found.stdout.split()
 
 
 def test_prefix_is_checked_because_interface_names_have_15_bytes() -> None:
@@ -178,15 +185,24 @@ def test_more_than_one_node_per_process_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT])
 def test_no_namespace_is_left_after_sigkill_or_ctrl_c(tmp_path: Path, signum: int) -> None:
+    from deploy.netns import netem_available
+
     prefix = new_prefix()
-    scenario = _scenario(tmp_path, nodes=2, rounds=50, faults=[])
+    # A delay fault far ahead: where netem is missing, node-01 runs behind a delay line from the
+    # start, whose forwarder process and bridge TAP must go too.
+    late_delay = {"round": 40, "action": "delay", "nodes": ["node-01"], "delay_ms": 10.0}
+    scenario = _scenario(tmp_path, nodes=2, rounds=50, faults=[late_delay])
     testbed = _start(scenario, tmp_path / "out", prefix)
     try:
         assert _wait_for(lambda: len(list_namespaces(prefix)) == 2, 60), "namespaces never came"
         assert _wait_for(lambda: (tmp_path / "out" / "nodes" / "node-01.jsonl").exists(), 90)
+        if not netem_available():
+            assert f"{prefix}t1" in list_links(prefix)
+            assert len(_delay_line_processes(prefix)) == 1
         testbed.send_signal(signum)
         testbed.wait(timeout=60)
         assert _wait_for(lambda: _nothing_left(prefix), 30), list_namespaces(prefix)
+        assert _wait_for(lambda: not _delay_line_processes(prefix), 10)
         if signum == signal.SIGINT:
             summary = json.loads((tmp_path / "out" / "summary.json").read_text())
             assert summary["status"] == "interrupted"
@@ -199,26 +215,44 @@ def test_no_namespace_is_left_after_sigkill_or_ctrl_c(tmp_path: Path, signum: in
 @pytest.mark.slow
 def test_partition_excludes_the_cut_off_nodes_and_they_rejoin_after_heal(tmp_path: Path) -> None:
     cut = ["node-04", "node-05"]
-    faults = [{"round": 1, "action": "partition", "nodes": cut}, {"round": 3, "action": "heal"}]
+    faults = [{"round": 2, "action": "partition", "nodes": cut}, {"round": 4, "action": "heal"}]
     prefix = new_prefix()
-    run = _start(_scenario(tmp_path, nodes=6, rounds=6, faults=faults), tmp_path / "out", prefix)
+    # Lock-step rounds: every node starts a round every 8 s, longer than a partitioned round
+    # (about 7 s: echo and publish deadlines), so both sides stay in the same round, the
+    # partition and the heal land between rounds rather than mid-publish, and four rounds
+    # follow the heal, so that the rejoined nodes take part in regular rounds before the end.
+    scenario = _scenario(
+        tmp_path,
+        nodes=6,
+        rounds=8,
+        faults=faults,
+        timeouts={"collect_s": 2.0, "rpc_s": 1.0, "startup_s": 60.0, "round_period_s": 8.0},
+    )
+    run = _start(scenario, tmp_path / "out", prefix)
     output, _ = run.communicate(timeout=500)
     assert _nothing_left(prefix)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["status"] == "completed", output
-    assert [(f["round"], f["action"]) for f in summary["faults"]] == [(1, "partition"), (3, "heal")]
+    assert [(f["round"], f["action"]) for f in summary["faults"]] == [(2, "partition"), (4, "heal")]
     majority = ["node-00", "node-01", "node-02", "node-03"]
     assert summary["faults"][0]["groups"] == [cut, majority]
     rounds = {r["round"]: r for r in summary["rounds"]}
-    assert rounds[1]["excluded"] == []
-    assert any(rounds[r]["excluded"] == cut for r in (2, 3, 4)), output
-    assert rounds[6]["excluded"] == [], output  # the cut-off nodes rejoined
-    after_heal = rounds[6]["honest_digests"]
-    if len(set(after_heal.values())) != 1:
-        pytest.xfail(
-            "honest digests differ after healing: the node has no agreement on cluster "
-            "outputs cut mid-publish and no model catch-up on rejoin (node/ gap)"
-        )
+    assert rounds[1]["excluded"] == rounds[2]["excluded"] == []
+    # The cut is atomic and lands between rounds 2 and 3: round 3 splits exactly into two sides.
+    assert rounds[3]["excluded"] == cut, output
+    assert len({rounds[3]["honest_digests"][n] for n in majority}) == 1, output
+    assert set(cut) <= set(rounds[4]["excluded"]), output
+    last = rounds[8]
+    rejoined = last["excluded"] == [] and len(set(last["honest_digests"].values())) == 1
+    if not rejoined:
+        # A node-side gap, diagnosed in the issue-9 report: gRPC does not honour the 2 s
+        # deadline of `Status` calls to a peer still cut off (seen up to 11 s), so
+        # `sync_with_majority` stalls some nodes ~10 s after a partitioned round and rounds
+        # drift apart (messages outside [current, current + 1] are refused); a node that synced
+        # keeps suspecting every peer and runs its rounds alone; a failed fetch (stale_model)
+        # ends the sync. Patches proposed for node/transport.py and node/node.py.
+        pytest.xfail(f"no rejoin by round 8: {last['excluded']} {last['honest_digests']}")
+    assert last["digests_identical"], output
 
 
 @pytest.mark.slow
@@ -236,14 +270,32 @@ def test_delay_and_loss_on_one_node_rounds_complete_or_exclude_it(tmp_path: Path
         }
     ]
     prefix = new_prefix()
-    run = _start(_scenario(tmp_path, nodes=4, rounds=4, faults=faults), tmp_path / "out", prefix)
+    # Paced rounds, so that three full rounds run under the delay after it lands.
+    timeouts = {"collect_s": 2.0, "rpc_s": 1.0, "startup_s": 60.0, "round_period_s": 2.0}
+    scenario = _scenario(tmp_path, nodes=4, rounds=4, faults=faults, timeouts=timeouts)
+    run = _start(scenario, tmp_path / "out", prefix)
     output, _ = run.communicate(timeout=400)
     assert _nothing_left(prefix)
+    assert not _delay_line_processes(prefix)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["status"] == "completed", output
     fault = summary["faults"][0]
-    expected = "tc-netem" if netem_available() else "nftables-loss+delay-not-applied"
+    expected = "tc-netem" if netem_available() else "delayline"
     assert (fault["round"], fault["mechanism"], fault["loss_pct"]) == (1, expected, 5.0)
+    # The delay really is on the wire: TCP connects from the host to node-03, measured by the
+    # testbed right before and after shaping, take 200 ms (+- 20 ms jitter) longer. Medians of
+    # 5, so one SYN-ACK lost to the 5% loss (a 1 s retransmission) does not move them.
+    probe = fault["probe_rtt_ms"]["node-03"]
+    assert 160.0 < probe["after"] - probe["before"] < 300.0, probe
+    if expected == "delayline":
+        # The forwarder dropped about 5% of node-03's frames after the fault (seeded RNG).
+        start = fault["delay_lines"]["node-03"]
+        end = summary["network"]["delay_lines"]["node-03"]
+        assert (end["delay_ms"], end["jitter_ms"], end["loss_pct"]) == (200.0, 20.0, 5.0)
+        frames = end["egress_frames"] - start["egress_frames"]
+        dropped = end["egress_dropped"] - start["egress_dropped"]
+        assert frames > 1000, end
+        assert 0.025 < dropped / frames < 0.075, (dropped, frames)
     collect_s = summary["scenario"]["timeouts"]["collect_s"]
     for record in summary["rounds"]:
         assert record["excluded"] in ([], ["node-03"])
