@@ -269,11 +269,19 @@ class Testbed:
         return next(p for p in self.processes if node_id in p.node_ids)
 
     def apply_faults(self, records: dict[str, dict[int, dict[str, Any]]]) -> None:
-        """Kill a node's process once that node has recorded the fault's round."""
+        """Kill a node's process once that node has recorded the fault's round; restart a node
+        already killed once any node has recorded the restart's round (``--kill N@a
+        --restart N@b`` keeps it down from round a to round b)."""
         for fault in self.faults:
-            if fault.done or fault.round not in records.get(fault.node, {}):
+            if fault.done:
                 continue
             proc = self.process_of(fault.node)
+            down = proc.process is not None and proc.returncode is not None
+            if fault.action == "restart" and down:
+                if not any(fault.round in recorded for recorded in records.values()):
+                    continue
+            elif fault.round not in records.get(fault.node, {}):
+                continue
             if proc.process is not None and proc.returncode is None:
                 proc.killed_by_testbed = True
                 proc.process.kill()
