@@ -511,7 +511,7 @@ class Node:
                 round_,
                 public_seed(self.scenario.seed),
                 clustering.strategy,
-                clustering.cluster_size,
+                min(clustering.cluster_size, len(view)),
             )
             for old in [r for r in self._assignments if r < round_ - 2]:
                 del self._assignments[old]
@@ -955,7 +955,9 @@ class Node:
     async def run(self) -> None:
         """All rounds of the scenario; a node that starts late or falls out of step first joins
         the majority's state (`sync_with_majority`), at a round boundary."""
-        await self.wait_for_peers()
+        missing = await self.wait_for_peers()
+        if self.swim is not None and self.scenario.membership.view == "swim":
+            await self._wait_for_settled_membership(len(self.view) - len(missing))
         if await self.sync_with_majority(wait_s=2.0) is not None:
             await self._join_at_round_boundary()
         period = self.scenario.timeouts.round_period_s
@@ -983,6 +985,17 @@ class Node:
         hosts), so a node that restarted or re-synced starts its next round with the others."""
         now = time.time()
         await asyncio.sleep(math.ceil(now / period + 1e-9) * period - now)
+
+    async def _wait_for_settled_membership(self, expected: int) -> None:
+        """With ``membership.view = "swim"``, round 1's view is SWIM's: wait (up to
+        timeouts.startup_s) until every serving peer is alive in it, then for the settle time,
+        so that every node freezes the same first view."""
+        assert self.swim is not None
+        membership = self.scenario.membership
+        deadline = time.monotonic() + self.scenario.timeouts.startup_s
+        while len(self.swim.swim.view()) < expected and time.monotonic() < deadline:
+            await asyncio.sleep(membership.period_s / 4)
+        await asyncio.sleep((membership.settle_periods + 1) * membership.period_s)
 
     async def _join_at_round_boundary(self) -> None:
         """A node that adopted the majority's model while the majority is in the middle of the

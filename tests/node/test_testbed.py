@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.conftest import REPO, phalanx_env
 
@@ -334,3 +335,40 @@ def test_nodes_speak_mutual_tls_and_refuse_plaintext_clients(tmp_path: Path, pha
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_swim_view_leaves_a_removed_node_out_of_the_clusters(tmp_path: Path, phalanx) -> None:
+    out = tmp_path / "swim-view"
+    scenario = tmp_path / "swim.toml"
+    scenario.write_text(
+        'nodes = 8\nrounds = 12\n[data]\ndataset = "digits"\n[model]\nname = "mlp"\n'
+        '[clustering]\ncluster_size = 3\nstrategy = "random"\n[membership]\nview = "swim"\n'
+        "[timeouts]\ncollect_s = 3\nround_period_s = 2.5\n"
+    )
+    result = phalanx(
+        "testbed",
+        "run",
+        str(scenario),
+        "--kill",
+        "node-05@2",
+        "--restart",
+        "node-05@6",
+        "--out",
+        str(out),
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rounds = {r["round"]: r for r in _summary(out)["rounds"]}
+    without = [
+        r
+        for r in rounds.values()
+        if "node-05" in r["removed"] and r["clusters_identical"] and r["digests_identical"]
+    ]
+    assert without, {r: (rounds[r]["removed"], rounds[r]["clusters"]) for r in rounds}
+    for record in without:
+        members = sorted(n for cluster in record["clusters"] for n in cluster)
+        assert "node-05" not in members and len(members) == 7
+    last = rounds[12]
+    assert sorted(n for c in last["clusters"] for n in c) == [f"node-0{i}" for i in range(8)]
+    assert last["clusters_identical"] and last["digests_identical"] and last["excluded"] == []
