@@ -33,7 +33,12 @@ from adversary.behaviours import (
     poison_training_data,
 )
 from clustering.identity import NodeIdentity
-from clustering.strategies import ClusterAssignment, compute_assignment
+from clustering.strategies import (
+    DEFAULT_SUSPICION_THRESHOLD,
+    ClusterAssignment,
+    compute_assignment,
+)
+from clustering.trust import SuspicionTracker
 from learning.data import Dataset, label_histogram, load_dataset, partition
 from learning.models import build_model
 from learning.train import (
@@ -198,6 +203,8 @@ class Node:
         self._bytes_by_kind: dict[int, dict[str, int]] = {}
         self._bytes_received: dict[int, int] = {}
         self._assignments: dict[int, ClusterAssignment] = {}
+        self.trust = SuspicionTracker()
+        self._trust_after: dict[int, dict[str, float]] = {0: {}}
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self.port = config.node.port
@@ -512,10 +519,19 @@ class Node:
                 public_seed(self.scenario.seed),
                 clustering.strategy,
                 min(clustering.cluster_size, len(view)),
+                trust=self._trust_for(round_),
             )
             for old in [r for r in self._assignments if r < round_ - 2]:
                 del self._assignments[old]
         return self._assignments[round_]
+
+    def _trust_for(self, round_: int) -> dict[str, float]:
+        """Suspicion scores that round `round_`'s clusters are drawn with: those after round
+        ``round_ - 2``, which every node has finished before any message of `round_` can reach
+        it (messages of round r are accepted from round r - 1 on), so early validation and the
+        round itself use the same scores."""
+        known = [r for r in self._trust_after if r <= round_ - 2]
+        return self._trust_after[max(known)] if known else {}
 
     async def accept(self, message: Message) -> None:
         """Validate an incoming message and hand it to the actor of its role."""
@@ -868,6 +884,10 @@ class Node:
         self.phase = "aggregate"
         aggregate_started = time.monotonic()
         flagged: list[int] = []
+        quarantined = set(assignment.quarantined) & set(outputs)
+        if quarantined and len(quarantined) < len(outputs):
+            # `isolate`: the quarantine clusters' outputs are dropped from the global step.
+            outputs = {c: o for c, o in outputs.items() if c not in quarantined}
         if outputs:
             delta, flagged = combine_cluster_outputs(
                 outputs,
@@ -877,6 +897,13 @@ class Node:
             )
             self.weights = self.weights + torch.from_numpy(delta)
         self.completed_round = round_
+        # Group testing across reshuffled clusters: every member of a flagged or quarantined
+        # cluster becomes more suspected (`clustering.trust`).
+        if round_ > (self.trust.last_round or 0):
+            self.trust.update(round_, assignment.clusters, sorted({*flagged, *quarantined}))
+            self._trust_after[round_] = self.trust.scores
+            for old in [r for r in self._trust_after if r < round_ - 3]:
+                del self._trust_after[old]
         aggregate_s = time.monotonic() - aggregate_started
 
         self.phase = "evaluate"
@@ -915,6 +942,11 @@ class Node:
             "diverged": diverged,
             "privacy": self.defense.privacy_report(),
             "membership": self._membership_report(),
+            "trust": {
+                "suspected": sorted(self.trust.suspected(DEFAULT_SUSPICION_THRESHOLD)),
+                "scores": {n: round(v, 4) for n, v in self.trust.scores.items()},
+            },
+            "quarantined_clusters": sorted(quarantined),
             "time": time.time(),
         }
         self.results.write(record)

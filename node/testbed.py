@@ -404,6 +404,12 @@ def _max_by_key(mappings: Iterable[Mapping[str, float]]) -> dict[str, float]:
     return dict(sorted(worst.items()))
 
 
+def _detection(quality: Any) -> dict[str, float]:
+    """Precision and recall of the trust scores' suspected set against the true Byzantine set
+    (known to the testbed only)."""
+    return {"precision": quality.precision, "recall": quality.recall}
+
+
 def _members(record: dict[str, Any], key: str) -> list[str]:
     membership = record.get("membership") or {}
     return list(membership.get(key, []))
@@ -418,7 +424,10 @@ def build_summary(
     status: str,
 ) -> dict[str, Any]:
     """Merge per-node records into the run summary (schema in ARCHITECTURE.md)."""
+    from clustering.trust import detection_quality
+
     all_rounds = sorted({r for per_node in rounds.values() for r in per_node})
+    byzantine_ids = sorted(byzantine_nodes(scenario, node_ids(scenario.nodes)))
     per_round = []
     for r in all_rounds:
         reports = {node: recs[r] for node, recs in sorted(rounds.items()) if r in recs}
@@ -456,6 +465,13 @@ def build_summary(
                 "backdoor_success": first.get("backdoor_success"),
                 "privacy": {n: rec.get("privacy") for n, rec in reports.items()},
                 "excluded": first["excluded"],
+                "quarantined_clusters": first.get("quarantined_clusters", []),
+                "trust_suspected": (first.get("trust") or {}).get("suspected", []),
+                "detection": _detection(
+                    detection_quality(
+                        (first.get("trust") or {}).get("suspected", []), byzantine_ids
+                    )
+                ),
                 "suspected": sorted(
                     {n for rec in honest_reports.values() for n in _members(rec, "suspected")}
                 ),
