@@ -120,3 +120,40 @@ def test_attacks_hurt_fedavg_and_a_robust_rule_resists(tmp_path: Path, phalanx) 
             "trimmed-mean",
         )["final_accuracy"]
         assert robust >= clean - 0.03, (name, robust, clean)
+
+
+def test_trust_singles_out_the_attacker_and_isolate_quarantines_it(tmp_path: Path, phalanx) -> None:
+    summary = _run(
+        tmp_path,
+        phalanx,
+        "isolate",
+        "--cluster-size",
+        "1",
+        "--strategy",
+        "isolate",
+        "--rounds",
+        "5",
+        "--byzantine",
+        "1:sign-flip:factor=5",
+        "--rule",
+        "trimmed-mean",
+    )
+    (attacker,) = summary["byzantine"]
+    rounds = {r["round"]: r for r in summary["rounds"]}
+    last = rounds[5]
+    assert attacker in last["trust_suspected"] and last["detection"]["recall"] == 1.0, last
+    # Scores of round r-2 place the suspected attacker in a quarantine cluster, dropped.
+    quarantined = {node for c in last["quarantined_clusters"] for node in last["clusters"][c]}
+    assert attacker in quarantined, last
+    # Every honest node holds the same scores (they come from agreed outputs only).
+    out = tmp_path / "isolate" / "nodes"
+    scores = {
+        path.stem: [
+            json.loads(line)["trust"]["scores"]
+            for line in path.read_text().splitlines()
+            if '"event": "round"' in line
+        ]
+        for path in out.glob("*.jsonl")
+        if path.stem != attacker
+    }
+    assert len({json.dumps(s, sort_keys=True) for s in scores.values()}) == 1
