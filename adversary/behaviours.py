@@ -49,6 +49,7 @@ PROTOCOL_BEHAVIOURS = (
     "replay",
 )
 DATA_BEHAVIOURS = ("label-flip", "backdoor")
+CLUSTER_AWARE_ATTACKS = frozenset({"alie", "ipm"})
 PHASE_KINDS: dict[str, frozenset[int]] = {
     "train": frozenset({pb.MESSAGE_KIND_UPDATE, pb.MESSAGE_KIND_MPC_KEYS}),
     "share": frozenset({pb.MESSAGE_KIND_SHARE}),
@@ -274,7 +275,9 @@ class UpdatePoisoner:
 
     `colluder_view` yields the honest statistics the attack may use: by default the benign
     updates of all colluders, exchanged over the side channel; with ``omniscient`` every honest
-    node's update.
+    node's update. ``cluster_size`` (the scenario's, public) is handed to the attacks in
+    `CLUSTER_AWARE_ATTACKS`, which then aim at the cluster means the robust rule aggregates;
+    an explicit ``cluster_size`` in the behaviour spec wins.
     """
 
     def __init__(
@@ -284,13 +287,18 @@ class UpdatePoisoner:
         f: int,
         colluder_view: Any,
         seed: int,
+        cluster_size: int = 1,
     ) -> None:
         from adversary.poisoning import parse_attack
 
         self.spec = spec
+        params = dict(spec.params)
+        attack_name = parse_attack(spec.name).name
+        if attack_name in CLUSTER_AWARE_ATTACKS and cluster_size > 1:
+            # The rule aggregates cluster means: aim there unless the spec says otherwise.
+            params.setdefault("cluster_size", cluster_size)
         self.attack = parse_attack(
-            spec.name
-            + (":" + ",".join(f"{k}={v}" for k, v in spec.params.items()) if spec.params else "")
+            spec.name + (":" + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")
         )
         self.n, self.f = n, f
         self.colluder_view = colluder_view
@@ -304,6 +312,19 @@ class UpdatePoisoner:
         view = None
         if self.attack.attack.needs_honest_view:
             rows = await self.colluder_view(round_, update)
+            if len(rows) < self.attack.attack.min_honest:
+                # Colluders' updates missed the deadline: without the statistics the attack
+                # needs, send the benign update this round rather than crash the node.
+                log.warning(
+                    "%s round %d: only %d honest update(s) in view, %s needs %d; sending the "
+                    "benign update",
+                    self.spec.name,
+                    round_,
+                    len(rows),
+                    self.spec.name,
+                    self.attack.attack.min_honest,
+                )
+                return update
             view = torch.from_numpy(np.stack(rows).astype(np.float32))
         generator = torch.Generator().manual_seed(self.seed + round_)
         poisoned = self.attack.apply(torch.from_numpy(update), view, self.n, self.f, generator)

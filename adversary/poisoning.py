@@ -42,6 +42,7 @@ __all__ = [
     "PoisoningAttack",
     "ScalingParams",
     "SignFlipParams",
+    "aggregated_inputs",
     "alie",
     "alie_z",
     "gaussian_noise",
@@ -110,27 +111,43 @@ class GaussianParams:
             raise ValueError(f"gaussian: parameter 'std' must be >= 0, got {self.std}")
 
 
+def _check_cluster_size(owner: str, cluster_size: int) -> None:
+    if isinstance(cluster_size, bool) or not isinstance(cluster_size, int) or cluster_size < 1:
+        raise ValueError(f"{owner}: parameter 'cluster_size' must be an integer >= 1")
+
+
 @dataclass(frozen=True)
 class AlieParams:
-    """z: overrides the paper's z_max (computed from n and f when None)."""
+    """z: overrides z_max (computed from n and f when None).
+
+    cluster_size: k of the clusters whose means the robust rule aggregates; 1 attacks the
+    individual updates as in the paper, k > 1 the cluster means (see :func:`alie`).
+    """
 
     z: float | None = None
+    cluster_size: int = 1
 
     def __post_init__(self) -> None:
         if self.z is not None:
             _finite("alie", "z", self.z)
+        _check_cluster_size("alie", self.cluster_size)
 
 
 @dataclass(frozen=True)
 class IpmParams:
-    """epsilon: the sent update is ``-epsilon * mean(honest)`` (epsilon > 0)."""
+    """epsilon: the aggregated input becomes ``-epsilon * mean(honest)`` (epsilon > 0).
+
+    cluster_size: k > 1 aims that at the cluster mean the rule sees (see :func:`ipm`).
+    """
 
     epsilon: float = 0.1
+    cluster_size: int = 1
 
     def __post_init__(self) -> None:
         _finite("ipm", "epsilon", self.epsilon)
         if self.epsilon <= 0:
             raise ValueError(f"ipm: parameter 'epsilon' must be > 0, got {self.epsilon}")
+        _check_cluster_size("ipm", self.cluster_size)
 
 
 @dataclass(frozen=True)
@@ -285,6 +302,32 @@ def alie_z(n: int, f: int) -> float:
     return NormalDist().inv_cdf((n - supporters) / n)
 
 
+def aggregated_inputs(n: int, f: int, cluster_size: int) -> tuple[int, int]:
+    """What the robust rule aggregates when n nodes form clusters of about cluster_size.
+
+    ``clustering.strategies`` makes ``max(1, n // k)`` clusters; in the worst case for the
+    honest nodes every Byzantine node sits in its own cluster, so ``min(f, clusters)`` of the
+    rule's inputs carry an attacker. Returns ``(inputs, byzantine_inputs)``.
+    """
+    if cluster_size < 1:
+        raise ValueError(f"cluster_size must be >= 1, got {cluster_size}")
+    inputs = max(1, n // cluster_size)
+    return inputs, min(f, inputs)
+
+
+def _cluster_level_z(inputs: int, byzantine_inputs: int) -> float:
+    """alie_z over cluster means; when the attacked clusters already are a majority (no s >= 1
+    exists) use the largest defined value, s = 1."""
+    return alie_z(inputs, min(byzantine_inputs, inputs // 2))
+
+
+def _through_cluster(target: torch.Tensor, honest_mean: torch.Tensor, k: int) -> torch.Tensor:
+    """The update that moves a k-member cluster mean to ``target``, its k - 1 honest members
+    estimated at the honest mean: ``(u + (k - 1) mu) / k = target``, so
+    ``u = k * target - (k - 1) * mu``."""
+    return k * target - (k - 1) * honest_mean
+
+
 def alie(
     own_update: torch.Tensor,
     honest_view: torch.Tensor | None,
@@ -297,13 +340,28 @@ def alie(
 
     mu and sigma are the coordinate-wise mean and (unbiased) standard deviation of honest_view;
     z_max comes from :func:`alie_z` unless ``params.z`` overrides it.
+
+    The paper places the attack among the inputs of the aggregation rule. With clusters of
+    ``k = params.cluster_size`` those inputs are cluster means: there are ``n' = n // k`` of
+    them, ``f' = min(f, n')`` hold an attacker, and their spread is ``sigma / sqrt(k)``
+    (means of k independent updates). So z_max is ``alie_z(n', f')``, the cluster mean is aimed
+    at ``mu - z_max * sigma / sqrt(k)``, and since the attacker is one of k members the update
+    it sends is ``k`` times that deviation: ``mu - sqrt(k) * z_max * sigma``. k = 1 is the paper.
+    If f' is already a majority of n' (z_max undefined), the largest defined z_max (s = 1) is used.
     """
     params = params or AlieParams()
     view = _check_inputs("alie", own_update, honest_view, n, f, min_honest=2)
     assert view is not None
-    z = alie_z(n, f) if params.z is None else params.z
-    sent = view.mean(dim=0) - z * view.std(dim=0, correction=1)
-    return _like(sent, own_update)
+    k = params.cluster_size
+    if params.z is not None:
+        z = params.z
+    elif k == 1:
+        z = alie_z(n, f)
+    else:
+        z = _cluster_level_z(*aggregated_inputs(n, f, k))
+    mean = view.mean(dim=0)
+    cluster_target = mean - z * view.std(dim=0, correction=1) / math.sqrt(k)
+    return _like(_through_cluster(cluster_target, mean, k), own_update)
 
 
 def ipm(
@@ -317,11 +375,15 @@ def ipm(
     """Inner-product manipulation (Xie et al. 2020, "Fall of Empires"): ``-epsilon * mean``.
 
     Small epsilon (0.1) targets Krum-like rules, large epsilon (10) coordinate-wise ones.
+    With clusters of ``k = params.cluster_size`` the attack is aimed at the cluster mean the rule
+    sees: the update sent is ``-k * epsilon * mu - (k - 1) * mu``, so that the mean of it and
+    k - 1 honest updates (estimated at mu) is ``-epsilon * mu``. k = 1 is the paper.
     """
     params = params or IpmParams()
     view = _check_inputs("ipm", own_update, honest_view, n, f, min_honest=1)
     assert view is not None
-    return _like(-params.epsilon * view.mean(dim=0), own_update)
+    mean = view.mean(dim=0)
+    return _like(_through_cluster(-params.epsilon * mean, mean, params.cluster_size), own_update)
 
 
 def _perturbation(view: torch.Tensor, mean: torch.Tensor, kind: str) -> torch.Tensor:
@@ -467,13 +529,15 @@ AttackFunction = Callable[..., torch.Tensor]
 
 @dataclass(frozen=True)
 class PoisoningAttack:
-    """A named attack: its function, parameter dataclass and whether it needs honest_view."""
+    """A named attack: its function, parameter dataclass, whether it needs honest_view and the
+    fewest honest rows it can work from (``min_honest``)."""
 
     name: str
     function: AttackFunction
     params_type: type[Any]
     needs_honest_view: bool
     needs_generator: bool = False
+    min_honest: int = 0
 
     def __call__(
         self,
@@ -504,11 +568,11 @@ POISONING_ATTACKS: dict[str, PoisoningAttack] = {
             needs_honest_view=False,
             needs_generator=True,
         ),
-        PoisoningAttack("alie", alie, AlieParams, needs_honest_view=True),
-        PoisoningAttack("ipm", ipm, IpmParams, needs_honest_view=True),
-        PoisoningAttack("min-max", min_max, MinMaxParams, needs_honest_view=True),
-        PoisoningAttack("min-sum", min_sum, MinMaxParams, needs_honest_view=True),
-        PoisoningAttack("mimic", mimic, MimicParams, needs_honest_view=True),
+        PoisoningAttack("alie", alie, AlieParams, needs_honest_view=True, min_honest=2),
+        PoisoningAttack("ipm", ipm, IpmParams, needs_honest_view=True, min_honest=1),
+        PoisoningAttack("min-max", min_max, MinMaxParams, needs_honest_view=True, min_honest=2),
+        PoisoningAttack("min-sum", min_sum, MinMaxParams, needs_honest_view=True, min_honest=2),
+        PoisoningAttack("mimic", mimic, MimicParams, needs_honest_view=True, min_honest=1),
     )
 }
 

@@ -102,7 +102,7 @@ class MembershipConfig(_Section):
     )
     indirect_probes: Annotated[int, Field(ge=0, le=16)] = 3
     suspicion_multiplier: Annotated[float, Field(gt=0, le=100)] = Field(
-        default=4.0, description="a suspect is removed after mult * max(1, log10 n) * T"
+        default=6.0, description="a suspect is removed after mult * max(1, log10 n) * T"
     )
     settle_periods: Annotated[int, Field(ge=0, le=100)] = Field(
         default=2, description="a member enters a round's view after being alive this long"

@@ -2,12 +2,15 @@
 
 Phases for member i of cluster c (members M, aggregators P = the first `publishers` of M):
 
-1. *keys*: i advertises a fresh per-round X25519 key to M.
+1. *keys*: i advertises a fresh per-round X25519 key to M. The node calls `prepare` as soon as
+   the round's clusters are known, so this exchange overlaps the local training.
 2. *share*: i encodes its update in fixed point, Shamir-shares it t-out-of-|M| (Shamir 1979)
    and sends each holder its share, AES-GCM-encrypted end to end (`mpc.ShamirMember.deal`).
 3. *agree*: each holder tells P which dealers it holds valid shares of; each aggregator fixes
    the dealer set D (dealers held by at least t holders and by a majority of those reporting)
-   and asks every holder for its partial sum over D.
+   and asks every holder for its partial sum over D. A holder answers one dealer set per round
+   (the first aggregator's in rank order, and whoever asks for the same set): partial sums over
+   D and D - {x} would reveal x's update as a difference of two cluster sums.
 4. *reconstruct*: each aggregator decodes the partial sums as a Reed-Solomon codeword
    (Berlekamp-Welch, `mpc.reconstruct_cluster_sum`), which tolerates |M| - t missing and
    floor((received - t) / 2) lying holders, and publishes (sum over D, D) to every node; a
@@ -15,6 +18,10 @@ Phases for member i of cluster c (members M, aggregators P = the first `publishe
 
 No node ever receives another node's update in the clear: holders see single Shamir shares,
 aggregators see partial sums (shares of the cluster sum) and the cluster sum.
+
+CPU work (encoding, sharing, encryption, decryption, partial sums, reconstruction, SecAgg mask
+expansion) runs in worker threads (`asyncio.to_thread`) so the event loop keeps receiving the
+other members' messages meanwhile.
 
 Distributed DP (``defense.distributed`` on): in both protocols each member clips its update to L2
 norm C, encodes it and adds its integer noise share of variance ``sigma_int^2 / k`` in GF(p)
@@ -24,9 +31,10 @@ reconstructed sum carries the whole calibrated noise and no member ever holds it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -40,6 +48,7 @@ from mpc import (
     FixedPointConfig,
     KeyAdvertisement,
     PartialSum,
+    ProtocolViolation,
     ShamirMember,
     ShareRejected,
     decode_sum,
@@ -104,14 +113,12 @@ def encode_member_update(
     return noiser.encode(update, fixed_point, cluster_size, round_)
 
 
-def accept_shares(
-    context: RoundContext,
-    member: Any,
-    received: dict[str, Message],
-    reject: Callable[[RoundContext, str, Exception], None],
-) -> None:
-    """Decrypt and keep each received share (Shamir update shares or SecAgg seed shares); a share
-    that fails its checks is logged and counted, never fatal."""
+def decrypt_shares(
+    context: RoundContext, member: Any, received: dict[str, Message]
+) -> list[tuple[str, ShareRejected]]:
+    """Decrypt and keep each received share (Shamir update shares or SecAgg seed shares); returns
+    the shares that failed their checks. Pure CPU work: the protocols run it in a worker thread."""
+    rejected = []
     for sender, msg in sorted(received.items()):
         try:
             member.receive_share(
@@ -125,7 +132,61 @@ def accept_shares(
                 )
             )
         except ShareRejected as error:
-            reject(context, sender, error)
+            rejected.append((sender, error))
+    return rejected
+
+
+def accept_shares(
+    context: RoundContext,
+    member: Any,
+    received: dict[str, Message],
+    reject: Callable[[RoundContext, str, Exception], None],
+) -> None:
+    """`decrypt_shares`, with each rejected share logged and counted, never fatal."""
+    for sender, error in decrypt_shares(context, member, received):
+        reject(context, sender, error)
+
+
+EarlyTasks = dict[int, "asyncio.Task[Any]"]
+
+
+def _start_early(
+    tasks: EarlyTasks, context: RoundContext, phases: Coroutine[Any, Any, Any]
+) -> None:
+    """Run a protocol's update-independent phases for `context.round` in the background (they
+    overlap the local training); tasks of older rounds are cancelled."""
+    for old in [r for r in tasks if r < context.round]:
+        tasks.pop(old).cancel()
+    if context.round in tasks:
+        phases.close()
+        return
+    tasks[context.round] = asyncio.ensure_future(phases)
+
+
+async def _take_early(
+    tasks: EarlyTasks,
+    context: RoundContext,
+    phases: Callable[[RoundContext], Coroutine[Any, Any, Any]],
+) -> Any:
+    """The result of the round's early phases, started now if `prepare` was not called."""
+    if context.round not in tasks:
+        _start_early(tasks, context, phases(context))
+    return await tasks.pop(context.round)
+
+
+def _partial_message(
+    sender: str, cluster: int, partial: PartialSum, dealers: Sequence[str], recipient: str
+) -> Message:
+    """A holder's partial sum for one aggregator, labelled with the dealer set it covers."""
+    return Message(
+        sender,
+        partial.round,
+        pb.MESSAGE_KIND_PARTIAL_SUM,
+        cluster,
+        {"value": np.frombuffer(partial.value, np.uint8)},
+        meta={"dealers": ",".join(dealers)},
+        recipient=recipient,
+    )
 
 
 class ShamirClusterProtocol:
@@ -158,6 +219,7 @@ class ShamirClusterProtocol:
         self._on_reject = on_reject
         self._noise = noise
         self.last_outcomes: dict[int, str] = {}
+        self._early: EarlyTasks = {}
 
     def threshold_for(self, size: int) -> int:
         return self.threshold or default_threshold("shamir", size)
@@ -191,6 +253,9 @@ class ShamirClusterProtocol:
             value = message.tensors.get("value")
             if value is None or value.dtype != np.uint8 or value.shape != (4 * dimension,):
                 raise _invalid(f"partial sum needs a uint8[{4 * dimension}] 'value'")
+            names = _names(message.meta.get("dealers", ""))
+            if not names or len(set(names)) != len(names) or not set(names) <= set(members):
+                raise _invalid(f"partial sum must name its dealers, members of {message.cluster}")
         elif kind in (pb.MESSAGE_KIND_HELD_DEALERS, pb.MESSAGE_KIND_DEALER_SET):
             field = "held" if kind == pb.MESSAGE_KIND_HELD_DEALERS else "dealers"
             names = _names(message.meta.get(field, ""))
@@ -213,47 +278,80 @@ class ShamirClusterProtocol:
         )
         self._on_reject("mpc", sender)
 
-    async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
+    def prepare(self, context: RoundContext) -> None:
+        """Start the update-independent phase (per-round key advertisement and collection) as
+        soon as the round's clusters are known, so it overlaps the local training."""
+        _start_early(self._early, context, self._keys(context))
+
+    async def _keys(self, context: RoundContext) -> tuple[ShamirMember, dict[str, Any]]:
+        """Phase 1: advertise a fresh X25519 key to the cluster and collect the members' keys."""
         me, r, mine = context.node_id, context.round, context.my_cluster
         members = sorted(context.clusters[mine])
-        publishers = context.publishers_of(mine)
         live = [m for m in members if m not in context.suspected or m == me]
         session = ClusterSession(
             tuple(members), r, str(mine), self.threshold_for(len(members)), context.dimension
         )
         member = ShamirMember(session, me, Csprng(None))
-        inbox, collect = context.inbox, context.collect_s
-
-        def message(kind: int, **fields: object) -> Message:
-            return Message(me, r, kind, mine, **fields)  # type: ignore[arg-type]
-
-        # 1. keys
         started = time.monotonic()
         advert = member.advertise_keys()
         await broadcast(
             context,
-            message(
+            Message(
+                me,
+                r,
                 pb.MESSAGE_KIND_MPC_KEYS,
-                tensors={"encryption_public": np.frombuffer(advert.encryption_public, np.uint8)},
+                mine,
+                {"encryption_public": np.frombuffer(advert.encryption_public, np.uint8)},
             ),
             members,
         )
-        keys = await inbox.wait_for(r, pb.MESSAGE_KIND_MPC_KEYS, mine, live, started + collect)
+        keys = await context.inbox.wait_for(
+            r, pb.MESSAGE_KIND_MPC_KEYS, mine, live, started + context.collect_s
+        )
         adverts = {
             sender: KeyAdvertisement(
                 r, str(mine), sender, msg.tensors["encryption_public"].tobytes()
             )
             for sender, msg in keys.items()
         }
+        return member, adverts
+
+    def _deal(
+        self, member: ShamirMember, update: np.ndarray, adverts: dict[str, Any], size: int, r: int
+    ) -> dict[str, EncryptedShare]:
+        encoded = encode_member_update(update, self.fixed_point, self._noise, size, r)
+        return member.deal(encoded, adverts)
+
+    async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
+        me, r, mine = context.node_id, context.round, context.my_cluster
+        members = sorted(context.clusters[mine])
+        publishers = context.publishers_of(mine)
+        inbox, collect = context.inbox, context.collect_s
+        started = time.monotonic()
+
+        # 1. keys (sent by `prepare` before training; what is left of the wait is spent here)
+        member, adverts = await _take_early(self._early, context, self._keys)
+        live = [m for m in members if m not in context.suspected or m == me]
+        if set(live) - set(adverts) - inbox.unreachable():
+            # A key still missing gets the deadline it had when keys followed the training.
+            keys = await inbox.wait_for(r, pb.MESSAGE_KIND_MPC_KEYS, mine, live, started + collect)
+            adverts |= {
+                sender: KeyAdvertisement(
+                    r, str(mine), sender, msg.tensors["encryption_public"].tobytes()
+                )
+                for sender, msg in keys.items()
+                if sender not in adverts
+            }
         context.phase_seconds["keys"] = time.monotonic() - started
+        session = member.session
         # A member that advertised no key this round is gone for the round: later phases do not
         # wait for it, so one dead member costs one deadline, not one per phase.
         live = sorted(adverts)
 
-        # 2. share
+        # 2. share: encoding, Shamir sharing and encryption run in a worker thread, so the event
+        # loop keeps receiving the other dealers' shares meanwhile.
         phase = time.monotonic()
-        encoded = encode_member_update(update, self.fixed_point, self._noise, len(members), r)
-        shares = member.deal(encoded, adverts)
+        shares = await asyncio.to_thread(self._deal, member, update, adverts, len(members), r)
         for recipient, share in sorted(shares.items()):
             context.post(
                 recipient,
@@ -269,12 +367,19 @@ class ShamirClusterProtocol:
             )
         dealers = [d for d in adverts if d != me]
         received = await inbox.wait_for(r, pb.MESSAGE_KIND_SHARE, mine, dealers, phase + collect)
-        accept_shares(context, member, received, self._reject)
+        for sender, error in await asyncio.to_thread(decrypt_shares, context, member, received):
+            self._reject(context, sender, error)
         context.phase_seconds["share"] = time.monotonic() - phase
 
-        # 3. agree on the dealer set
+        # 3. agree on the dealer set, then answer the aggregators with partial sums
         phase = time.monotonic()
-        held = message(pb.MESSAGE_KIND_HELD_DEALERS, meta={"held": ",".join(member.held_dealers())})
+        held = Message(
+            me,
+            r,
+            pb.MESSAGE_KIND_HELD_DEALERS,
+            mine,
+            meta={"held": ",".join(member.held_dealers())},
+        )
         await broadcast(context, held, publishers)
         if me in publishers:
             reports = await inbox.wait_for(
@@ -283,67 +388,84 @@ class ShamirClusterProtocol:
             agreed = agree_dealer_set(
                 {s: _names(m.meta["held"]) for s, m in reports.items()}, session.threshold
             )
-            await broadcast(
-                context,
-                message(pb.MESSAGE_KIND_DEALER_SET, meta={"dealers": ",".join(agreed)}),
-                members,
+            decision = Message(
+                me, r, pb.MESSAGE_KIND_DEALER_SET, mine, meta={"dealers": ",".join(agreed)}
             )
-        waiting = [p for p in publishers if p in adverts]
-        requests = await inbox.wait_for(
-            r, pb.MESSAGE_KIND_DEALER_SET, mine, waiting, phase + 2 * collect
-        )
-        for publisher, request in sorted(requests.items()):
+            await broadcast(context, decision, members)
+        # In aggregator rank order, each answered as soon as its request arrives: a holder
+        # answers one dealer set per round (the first aggregator's), and any other aggregator
+        # that asked for the same set.
+        requests: dict[str, Message] = {}
+        for publisher in [p for p in publishers if p in adverts]:
+            got = await inbox.wait_for(
+                r, pb.MESSAGE_KIND_DEALER_SET, mine, [publisher], phase + 2 * collect
+            )
+            if publisher not in got:
+                continue
+            requests[publisher] = got[publisher]
+            dealer_set = _names(got[publisher].meta["dealers"])
             try:
-                partial = member.partial_sum(_names(request.meta["dealers"]))
+                partial = await asyncio.to_thread(member.partial_sum, dealer_set)
             except ValueError as error:
                 log.info("%s round %d: no partial sum for %s: %s", me, r, publisher, error)
                 continue
-            reply = Message(
-                me,
-                r,
-                pb.MESSAGE_KIND_PARTIAL_SUM,
-                mine,
-                {"value": np.frombuffer(partial.value, np.uint8)},
-                recipient=publisher,
+            await context.deliver(
+                publisher, _partial_message(me, mine, partial, dealer_set, publisher)
             )
-            await context.deliver(publisher, reply)
         context.phase_seconds["agree"] = time.monotonic() - phase
 
         # 4. reconstruct and publish
         phase = time.monotonic()
         if me in publishers and me in requests:
             agreed = _names(requests[me].meta["dealers"])
-            partials = await inbox.wait_for(
-                r, pb.MESSAGE_KIND_PARTIAL_SUM, mine, live, phase + collect
-            )
-            outcome = reconstruct_cluster_sum(
-                session,
-                [
-                    PartialSum(r, str(mine), sender, msg.tensors["value"].tobytes())
-                    for sender, msg in sorted(partials.items())
-                ],
-            )
-            for sender, reason in outcome.rejections.items():
-                self._reject(context, sender, ValueError(reason))
-            if outcome.failed or outcome.field_sum is None or not agreed:
-                self.last_outcomes[mine] = f"failed: {outcome.reason}"
-                log.warning(
-                    "%s round %d: cluster %d reconstruction failed: %s", me, r, mine, outcome.reason
-                )
-            else:
-                if outcome.suspects:
-                    log.warning(
-                        "%s round %d: corrected lying holders %s", me, r, ",".join(outcome.suspects)
-                    )
-                self.last_outcomes[mine] = "ok"
-                total = decode_sum(outcome.field_sum, self.fixed_point, len(agreed))
-                await broadcast(
-                    context,
-                    publish_output(context, total.astype(np.float32), agreed),
-                    context.everyone,
-                )
+            await self._reconstruct_and_publish(context, session, agreed, live, phase)
         context.phase_seconds["reconstruct"] = time.monotonic() - phase
         return await await_cluster_outputs(context, phase, (self.phases + 1) * collect)
+
+    async def _reconstruct_and_publish(
+        self,
+        context: RoundContext,
+        session: ClusterSession,
+        agreed: list[str],
+        live: list[str],
+        since: float,
+    ) -> None:
+        """Aggregator: robust reconstruction (Berlekamp-Welch) from the partial sums over D, in a
+        worker thread; publish (sum, D) to every node or mark the cluster failed."""
+        me, r, mine = context.node_id, context.round, context.my_cluster
+        wanted = ",".join(agreed)
+        # Only holders that reported a share of every agreed dealer can answer: a holder that
+        # lacks one stays silent, and waiting for it would only run into the deadline.
+        reports = context.inbox.get(r, pb.MESSAGE_KIND_HELD_DEALERS, mine)
+        able = [
+            s for s in live if s in reports and set(agreed) <= set(_names(reports[s].meta["held"]))
+        ]
+        arrived = await context.inbox.wait_for(
+            r, pb.MESSAGE_KIND_PARTIAL_SUM, mine, able, since + context.collect_s
+        )
+        partials = [
+            PartialSum(r, str(mine), sender, msg.tensors["value"].tobytes())
+            for sender, msg in sorted(arrived.items())
+            if msg.meta.get("dealers") == wanted
+        ]
+        outcome = await asyncio.to_thread(reconstruct_cluster_sum, session, partials)
+        for sender, reason in outcome.rejections.items():
+            self._reject(context, sender, ValueError(reason))
+        if outcome.failed or outcome.field_sum is None or not agreed:
+            self.last_outcomes[mine] = f"failed: {outcome.reason}"
+            log.warning(
+                "%s round %d: cluster %d reconstruction failed: %s", me, r, mine, outcome.reason
+            )
+            return
+        if outcome.suspects:
+            log.warning(
+                "%s round %d: corrected lying holders %s", me, r, ",".join(outcome.suspects)
+            )
+        self.last_outcomes[mine] = "ok"
+        total = decode_sum(outcome.field_sum, self.fixed_point, len(agreed))
+        await broadcast(
+            context, publish_output(context, total.astype(np.float32), agreed), context.everyone
+        )
 
 
 class SecAggClusterProtocol:
@@ -356,6 +478,7 @@ class SecAggClusterProtocol:
     2. *seed shares*: each member Shamir-shares its self-mask seed b_i and masking key among the
        advertisers, encrypted end to end.
     3. *agree*: members report whose seed shares they hold; the aggregator fixes the mask set U2.
+       Phases 1-3 do not depend on the update: `prepare` starts them before the local training.
     4. *masked input*: y_i = x_i + PRG(b_i) + sum_j +-PRG(s_ij) over U2, sent to the aggregator
        (about one vector per member per round).
     5. *unmask*: the aggregator asks the members for shares of b_j of survivors and of the
@@ -388,6 +511,7 @@ class SecAggClusterProtocol:
         self.threshold = threshold
         self._on_reject = on_reject
         self._noise = noise
+        self._early: EarlyTasks = {}
 
     def threshold_for(self, size: int) -> int:
         return self.threshold or default_threshold("secagg", size)
@@ -445,8 +569,15 @@ class SecAggClusterProtocol:
         )
         self._on_reject("mpc", sender)
 
-    async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
-        from mpc import MaskedInput, SecAggAggregator, SecAggMember, UnmaskingRequest
+    def prepare(self, context: RoundContext) -> None:
+        """Start the update-independent phases (keys, seed shares, mask-set agreement) as soon as
+        the round's clusters are known, so they overlap the local training. A member that drops
+        during training is then a dropped member of U2, recovered as in Bonawitz et al."""
+        _start_early(self._early, context, self._setup(context))
+
+    async def _setup(self, context: RoundContext) -> tuple[Any, dict[str, Any], list[str]]:
+        """Phases 1-3: keys, seed shares and the mask set U2; returns (member, adverts, U2)."""
+        from mpc import SecAggMember
 
         me, r, mine = context.node_id, context.round, context.my_cluster
         members = sorted(context.clusters[mine])
@@ -486,7 +617,7 @@ class SecAggClusterProtocol:
             )
             for s, m in keys.items()
         }
-        context.phase_seconds["keys"] = time.monotonic() - started
+        context.phase_seconds["keys_early"] = time.monotonic() - started
         # A member that advertised no key this round is gone for the round: later phases do not
         # wait for it, so one dead member costs one deadline, not one per phase.
         live = sorted(adverts)
@@ -511,8 +642,9 @@ class SecAggClusterProtocol:
             got = await inbox.wait_for(
                 r, pb.MESSAGE_KIND_MPC_SEED_SHARES, mine, others, phase + collect
             )
-            accept_shares(context, member, got, self._reject)
-        context.phase_seconds["share"] = time.monotonic() - phase
+            for sender, error in await asyncio.to_thread(decrypt_shares, context, member, got):
+                self._reject(context, sender, error)
+        context.phase_seconds["share_early"] = time.monotonic() - phase
 
         # 3. agree on the mask set U2
         phase = time.monotonic()
@@ -539,14 +671,32 @@ class SecAggClusterProtocol:
         decision = await inbox.wait_for(
             r, pb.MESSAGE_KIND_DEALER_SET, mine, [aggregator], phase + 2 * collect
         )
-        context.phase_seconds["agree"] = time.monotonic() - phase
-
-        # 4. masked input to the aggregator
-        phase = time.monotonic()
+        context.phase_seconds["agree_early"] = time.monotonic() - phase
         mask_set = _names(decision[aggregator].meta["dealers"]) if aggregator in decision else []
+        return member, adverts, mask_set
+
+    async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
+        from mpc import MaskedInput, SecAggAggregator, UnmaskingRequest
+
+        me, r, mine = context.node_id, context.round, context.my_cluster
+        aggregator = context.publishers_of(mine)[0]
+        inbox, collect = context.inbox, context.collect_s
+        # 1-3. keys, seed shares, mask set (started by `prepare` before training)
+        waited = time.monotonic()
+        member, adverts, mask_set = await _take_early(self._early, context, self._setup)
+        context.phase_seconds["keys"] = time.monotonic() - waited
+        session = member.session
+
+        # 4. masked input to the aggregator (encoding and mask expansion in a worker thread)
+        phase = time.monotonic()
         if me in mask_set:
-            encoded = encode_member_update(update, self.fixed_point, self._noise, len(members), r)
-            masked = member.masked_input(encoded, mask_set)
+
+            def mask() -> Any:
+                size = len(session.members)
+                encoded = encode_member_update(update, self.fixed_point, self._noise, size, r)
+                return member.masked_input(encoded, mask_set)
+
+            masked = await asyncio.to_thread(mask)
             message = Message(
                 me,
                 r,
@@ -590,7 +740,10 @@ class SecAggClusterProtocol:
             parsed = [
                 _unmask_response(r, mine, s, m) for s, m in sorted(responses.items()) if s != me
             ]
-            parsed.append(member.unmask(request))
+            try:  # the aggregator answers like any member, unless it is outside the mask set
+                parsed.append(member.unmask(request))
+            except ProtocolViolation as error:
+                log.info("%s round %d: no own unmasking shares: %s", me, r, error)
             outcome = server.finalize(parsed)
             if outcome.failed or outcome.field_sum is None:
                 log.warning(

@@ -298,7 +298,16 @@ class Node:
         else:
             colluders = sorted(self.byzantine)
             view = self._omniscient_view if entry.omniscient else self._colluder_view
-            self.transform_update = UpdatePoisoner(spec, len(self.view), len(colluders), view, seed)
+            # Attacks that need honest statistics aim at what the outer rule aggregates: cluster
+            # means when clusters are on (adversary.poisoning, ``cluster_size``).
+            self.transform_update = UpdatePoisoner(
+                spec,
+                len(self.view),
+                len(colluders),
+                view,
+                seed,
+                cluster_size=self.scenario.clustering.cluster_size,
+            )
             self.side_channels[pb.MESSAGE_KIND_COLLUDE] = self.aggregator
 
     async def _colluder_view(self, round_: int, benign: np.ndarray) -> list[np.ndarray]:

@@ -88,10 +88,11 @@ class MembershipService:
         )
         self.removed_ever: set[str] = set()
         self.unreachable: frozenset[str] = frozenset()
-        """Peers the current round stops waiting for: removed (dead or left) now, or suspected
-        at any time since the round began (a peer that missed its probes mid-round, or
-        crashed and restarted, has lost this round's messages and will not complete it)."""
-        self._suspected_this_round: set[str] = set()
+        """Peers the current round stops waiting for: removed (dead or left) now, or at any time
+        since the round began (a peer that crashed and restarted mid-round has lost this round's
+        messages and will not complete it). Mere suspicion is not enough: under CPU load live
+        nodes miss probes, and not waiting for them would split the honest nodes' dealer sets."""
+        self._removed_this_round: set[str] = set()
         self.on_unreachable_change: Callable[[], None] = lambda: None
         self.events: list[dict[str, Any]] = []
         self._in_flight: set[asyncio.Task[bool]] = set()
@@ -205,12 +206,12 @@ class MembershipService:
             task.add_done_callback(self._in_flight.discard)
 
     def begin_round(self) -> None:
-        """Forget suspicions refuted before this round; keep current suspects and removals."""
-        self._suspected_this_round = set(self.suspected())
+        """Forget removals undone before this round (rejoined members are waited for again)."""
+        self._removed_this_round = set(self.removed())
         self._update_unreachable()
 
     def _update_unreachable(self) -> None:
-        unreachable = frozenset(self.removed()) | self._suspected_this_round
+        unreachable = frozenset(self.removed()) | self._removed_this_round
         if unreachable != self.unreachable:
             self.unreachable = unreachable
             self.on_unreachable_change()
@@ -219,8 +220,8 @@ class MembershipService:
         events = self.swim.drain_events()
         for event in events:
             name = self.peer_name(event.node_id)
-            if name is not None and event.state is not MemberState.ALIVE:
-                self._suspected_this_round.add(name)
+            if name is not None and event.state in (MemberState.DEAD, MemberState.LEFT):
+                self._removed_this_round.add(name)
         if events:
             self._update_unreachable()
         for event in events:
