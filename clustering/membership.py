@@ -1136,6 +1136,24 @@ class SwimMember:
         member = self._members[self._rng.choice(dead)]
         return [self._outgoing(MessageKind.PING, member.node_id, member.address)]
 
+    def introduce(self, addresses: Sequence[str]) -> list[Outgoing]:
+        """JOIN messages to `addresses` of nodes this one has not heard of yet.
+
+        SWIM's dissemination is bounded (each update rides on ``lambda log n`` messages), so a
+        node that joined through a seed before another node did may never hear of it, and two
+        nodes that do not know each other never probe each other. An owner with a configured
+        peer list calls this now and then for the peers still unknown: the JOIN carries our
+        signed Alive claim, and the reply carries the peer's view.
+        """
+        if self._left:
+            return []
+        known = {m.address for m in self._members.values()}
+        return [
+            self._outgoing(MessageKind.JOIN, "", address)
+            for address in addresses
+            if address != self.address and address not in known
+        ]
+
     def _maybe_join(self, now: float) -> list[Outgoing]:
         if not self.seeds or self._alive_peers() or now < self._next_join_at:
             return []

@@ -1019,6 +1019,8 @@ class Node:
                 await self.sync_with_majority(wait_s=self.scenario.timeouts.collect_s)
             if period > 0:
                 await self._sleep_to_grid(period)
+        self.phase = "done"
+        self.results.write({"event": "done", "node": self.id, "time": time.time()})
 
     @staticmethod
     async def _sleep_to_grid(period: float) -> None:
@@ -1039,27 +1041,21 @@ class Node:
         await asyncio.sleep((membership.settle_periods + 1) * membership.period_s)
 
     async def _join_at_round_boundary(self) -> None:
-        """A node that adopted the majority's model while the majority is in the middle of the
-        next round would run that round alone (its peers already sent their round messages
-        elsewhere): wait until they finish it, then adopt its result and start in step."""
-        deadline = time.monotonic() + 3 * self.scenario.timeouts.collect_s + 10.0
+        """A restarted or late node that just adopted the majority's model of round R sits out
+        round R + 1 and adopts its result: the majority started R + 1 without it (its peers
+        still count it removed, and their round messages to it were lost), so taking part would
+        give it a model of its own. It joins in step from round R + 2, by when SWIM has spread
+        its return."""
+        adopted = self.completed_round
+        deadline = time.monotonic() + 4 * self.scenario.timeouts.collect_s + 10.0
         needed = len(self.view) // 2
         while time.monotonic() < deadline:
             replies = await asyncio.gather(
                 *(self.transport.status(p, 2.0) for p in sorted(self.addresses))
             )
-            mid_round = [
-                r
-                for r in replies
-                if r is not None
-                and r.completed_round == self.completed_round
-                and r.round == self.completed_round + 1
-                and r.phase not in ("starting", "done")
-            ]
-            if len(mid_round) < needed:
+            done = [r for r in replies if r is not None and r.completed_round > adopted]
+            if len(done) >= needed or self.completed_round >= self.scenario.rounds:
                 break
             await asyncio.sleep(0.2)
         await self.sync_with_majority(wait_s=2.0)
 
-        self.phase = "done"
-        self.results.write({"event": "done", "node": self.id, "time": time.time()})

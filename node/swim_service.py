@@ -45,6 +45,8 @@ MEMBERSHIP_KINDS: frozenset[int] = frozenset(
 )
 _PROTO_KIND = {kind: pb.MessageKind.Value(name) for kind, name in PROTO_KIND_NAMES.items()}
 TICKS_PER_PERIOD = 5
+INTRODUCE_EVERY_PERIODS = 2
+"""How often JOINs go to configured peers SWIM has not heard of yet (`SwimMember.introduce`)."""
 
 
 class MembershipService:
@@ -114,7 +116,11 @@ class MembershipService:
             name = self.peer_name(swim_id)
             if name is not None:
                 known[name] = info.state.value
-        return {peer: known.get(peer, "unknown") for peer in sorted(self.peers)}
+        # A removed member whose tombstone expired is still gone until it rejoins.
+        return {
+            peer: known.get(peer, "dead" if peer in self.removed_ever else "unknown")
+            for peer in sorted(self.peers)
+        }
 
     def suspected(self) -> list[str]:
         return [p for p, s in self.states().items() if s == MemberState.SUSPECT.value]
@@ -145,9 +151,14 @@ class MembershipService:
 
     async def _run(self) -> None:
         step = self.config.period_s / TICKS_PER_PERIOD
+        ticks = 0
         while True:
             try:
                 self._send_all(self.swim.tick(time.monotonic()))
+                if ticks % (INTRODUCE_EVERY_PERIODS * TICKS_PER_PERIOD) == 0:
+                    unknown = [self.peers[p] for p, s in self.states().items() if s == "unknown"]
+                    self._send_all(self.swim.introduce(unknown))
+                ticks += 1
                 self._drain_events()
             except Exception:  # a bug here must not stop failure detection for good
                 log.exception("%s: SWIM tick failed", self.name)

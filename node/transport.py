@@ -36,6 +36,12 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.enable_retries", 0),  # retries are ours: they span a whole streamed message
+    # A peer that was down (crashed, partitioned) must be reachable again within a round of its
+    # return: gRPC's default reconnect backoff grows to 120 s, during which every send fails
+    # fast with UNAVAILABLE. Cap it at 1 s.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
 
