@@ -191,7 +191,14 @@ def test_no_namespace_is_left_after_sigkill_or_ctrl_c(tmp_path: Path, signum: in
     # A delay fault far ahead: where netem is missing, node-01 runs behind a delay line from the
     # start, whose forwarder process and bridge TAP must go too.
     late_delay = {"round": 40, "action": "delay", "nodes": ["node-01"], "delay_ms": 10.0}
-    scenario = _scenario(tmp_path, nodes=2, rounds=50, faults=[late_delay])
+    # Paced, so that the interrupt lands mid-run even when 50 rounds of this model take seconds.
+    scenario = _scenario(
+        tmp_path,
+        nodes=2,
+        rounds=50,
+        faults=[late_delay],
+        timeouts={"collect_s": 2.0, "rpc_s": 1.0, "startup_s": 60.0, "round_period_s": 0.5},
+    )
     testbed = _start(scenario, tmp_path / "out", prefix)
     try:
         assert _wait_for(lambda: len(list_namespaces(prefix)) == 2, 60), "namespaces never came"

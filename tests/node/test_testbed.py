@@ -149,6 +149,10 @@ def test_ctrl_c_stops_every_node_and_keeps_partial_results(tmp_path: Path) -> No
             "mlp",
             "--dataset",
             "digits",
+            # Paced: unpaced rounds of this tiny model take 40 ms, so all 50 could end before
+            # the interrupt lands on a loaded machine.
+            "--round-period",
+            "0.5",
             "--out",
             str(out),
         ],
