@@ -586,6 +586,10 @@ COLUMNS = ("round", "accuracy", "loss", "round s", "MB sent", "excluded", "diges
 def run_testbed(testbed: Testbed, timeout_s: float) -> dict[str, Any]:
     """Run to completion (or interruption); returns the summary, also written to disk."""
     scenario, out_dir = testbed.scenario, testbed.out_dir
+    # Ctrl-C (SIGINT) stops the run and keeps partial results even when we were started with
+    # SIGINT ignored (a background job of a non-interactive shell inherits SIG_IGN).
+    with contextlib.suppress(ValueError):  # not the main thread: the caller handles signals
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     testbed.prepare()
     console.print(
         f"[bold]phalanx testbed[/]: {scenario.nodes} nodes in "

@@ -167,7 +167,7 @@ def test_ctrl_c_stops_every_node_and_keeps_partial_results(tmp_path: Path) -> No
     assert len(children) == 3
     testbed.send_signal(signal.SIGINT)
     output, _ = testbed.communicate(timeout=60)
-    assert b"interrupted" in output
+    assert b"interrupted: stopping every node" in output
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
     summary = _summary(out)
