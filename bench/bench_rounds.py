@@ -2,8 +2,10 @@
 
 `phalanx bench rounds` runs `phalanx testbed run` for each (n, model) and reports per-round medians
 (round 1 excluded: it includes process warm-up) and the ratio (communicate + aggregate) / train,
-all measured in the same run. `phalanx bench scale` runs many nodes per process and reports the
-peak resident memory per node.
+all measured in the same run. With several ``--secure`` modes (``none,shamir,secagg``) the modes
+run back to back for each (n, model) and each secure row also reports its median round time
+divided by the plaintext row's (``secure_over_plaintext``). `phalanx bench scale` runs many
+nodes per process and reports the peak resident memory per node.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
+SECURE_MODES = ("none", "shamir", "secagg")
 
 
 def run_testbed(out: Path, *args: str, timeout: float = 1800) -> dict[str, Any]:
@@ -76,35 +79,50 @@ def run_rounds_bench(
     models: list[str],
     rounds: int,
     cluster_size: int,
-    secure: str = "none",
+    secure: str | list[str] = "none",
     per_process: int = 1,
 ) -> list[dict[str, Any]]:
+    modes = [secure] if isinstance(secure, str) else list(secure)
+    unknown = sorted(set(modes) - set(SECURE_MODES))
+    if unknown or not modes:
+        raise ValueError(f"secure modes must be among {SECURE_MODES}, got {modes}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             for n in nodes:
-                out = Path(tmp) / f"{model}-{n}"
-                summary = run_testbed(
-                    out,
-                    "--nodes",
-                    str(n),
-                    "--rounds",
-                    str(rounds),
-                    "--model",
-                    model,
-                    "--cluster-size",
-                    str(min(cluster_size, n)),
-                    "--partition",
-                    "iid",
-                    "--secure",
-                    secure,
-                    "--nodes-per-process",
-                    str(per_process),
-                )
-                rows.append(
-                    {"nodes": n, "model": model, "secure": secure, **round_breakdown(summary)}
-                )
+                baseline: float | None = None
+                for mode in modes:
+                    row = _one_testbed(Path(tmp), model, n, rounds, cluster_size, mode, per_process)
+                    if mode == "none":
+                        baseline = row["round_s"]
+                    elif baseline:
+                        row["secure_over_plaintext"] = row["round_s"] / baseline
+                    rows.append(row)
     return rows
+
+
+def _one_testbed(
+    tmp: Path, model: str, n: int, rounds: int, cluster_size: int, secure: str, per_process: int
+) -> dict[str, Any]:
+    out = tmp / f"{model}-{n}-{secure}"
+    summary = run_testbed(
+        out,
+        "--nodes",
+        str(n),
+        "--rounds",
+        str(rounds),
+        "--model",
+        model,
+        "--cluster-size",
+        str(min(cluster_size, n)),
+        "--partition",
+        "iid",
+        "--secure",
+        secure,
+        "--nodes-per-process",
+        str(per_process),
+    )
+    return {"nodes": n, "model": model, "secure": secure, **round_breakdown(summary)}
 
 
 def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -124,6 +142,7 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
         "MB/node",
         "accuracy",
         "identical",
+        "secure/plain",
     )
     for r in rows:
         table.add_row(
@@ -139,11 +158,16 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
             f"{r['mb_sent_per_node']:.1f}",
             f"{r['final_accuracy']:.3f}",
             str(r["digests_identical"]),
+            f"{r['secure_over_plaintext']:.2f}" if "secure_over_plaintext" in r else "",
         )
     Console().print(table)
 
 
 def _cmd_rounds(args: argparse.Namespace) -> int:
+    unknown = sorted(set(args.secure) - set(SECURE_MODES))
+    if unknown:
+        print(f"--secure: unknown modes {unknown}; choose among {','.join(SECURE_MODES)}")
+        return 2
     rows = run_rounds_bench(
         args.nodes, args.models, args.rounds, args.cluster_size, args.secure, args.nodes_per_process
     )
@@ -199,7 +223,13 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:
     rounds.add_argument("--models", type=lambda t: t.split(","), default=["mlp", "mlp-wide"])
     rounds.add_argument("--rounds", type=int, default=3)
     rounds.add_argument("--cluster-size", type=int, default=4)
-    rounds.add_argument("--secure", default="none", choices=("none", "shamir"))
+    rounds.add_argument(
+        "--secure",
+        type=lambda t: t.split(","),
+        default=["none"],
+        help="comma-separated modes among none,shamir,secagg; with none first, each secure row "
+        "reports its round time over the plaintext one of the same run",
+    )
     rounds.add_argument("--nodes-per-process", type=int, default=1)
     rounds.add_argument("--json", action="store_true")
     rounds.set_defaults(func=_cmd_rounds)

@@ -63,11 +63,39 @@ def share_vector(
     if threshold == 1:
         return [secret.copy() for _ in range(num_shares)]
     coefficients = rng.field_elements((threshold - 1) * length).reshape(threshold - 1, length)
-    terms = [secret, *coefficients]
-    return [
-        gf.linear_combination([pow(point, k, PRIME) for k in range(threshold)], terms)
-        for point in range(1, num_shares + 1)
+    return evaluate_at_points([secret, *coefficients], num_shares)
+
+
+def evaluate_at_points(terms: Sequence[FieldVector], num_points: int) -> list[FieldVector]:
+    """f(1), ..., f(m) for f(x) = sum_k terms[k] x^k, coordinate-wise.
+
+    The first t = len(terms) points are Vandermonde rows times the coefficients; the others
+    follow by Newton's forward differences (Delta^t f = 0 for degree t - 1): f(j+1) = f(j) +
+    Delta f(j), Delta^k f(j+1) = Delta^k f(j) + Delta^(k+1) f(j), i.e. t - 1 modular additions
+    per point instead of a t-term multiply-and-reduce.
+    """
+    degree_plus_one = len(terms)
+    first = min(degree_plus_one, num_points)
+    values = [
+        gf.linear_combination([pow(point, k, PRIME) for k in range(degree_plus_one)], terms)
+        for point in range(1, first + 1)
     ]
+    if num_points <= degree_plus_one:
+        return values
+    # Newton's forward-difference table at x = 1: state[k] = Delta^k f(1).
+    state = [values[0].copy()]
+    row = values
+    for _ in range(1, degree_plus_one):
+        row = [gf.sub(row[i + 1], row[i]) for i in range(len(row) - 1)]
+        state.append(row[0].copy())
+    shares = list(values)
+    # Advance from x = 1 to x = m, emitting f(x) for x > t.
+    for point in range(2, num_points + 1):
+        for k in range(degree_plus_one - 1):
+            gf.add_into(state[k], state[k + 1])
+        if point > degree_plus_one:
+            shares.append(state[0].copy())
+    return shares
 
 
 def partial_sum(shares: Sequence[FieldVector]) -> FieldVector:

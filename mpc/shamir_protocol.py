@@ -48,6 +48,7 @@ class ShamirMember:
         self._encryption = KeyPair.generate(rng)
         self._advertisements: dict[str, KeyAdvertisement] = {}
         self._held: dict[str, FieldVector] = {}
+        self._released: tuple[str, ...] | None = None
 
     def advertise_keys(self) -> KeyAdvertisement:
         """Phase 0: the per-round public encryption key."""
@@ -141,11 +142,24 @@ class ShamirMember:
 
         Raises ValueError when a share of an agreed dealer is missing: this holder must then
         stay silent (count as dropped) rather than send an inconsistent sum.
+
+        A holder releases partial sums over one dealer set per round only (repeats of that set
+        are fine): partial sums over D and D - {x} from t holders would let whoever collects them
+        reconstruct x's update as the difference of two cluster sums.
         """
+        chosen = tuple(sorted(set(dealers)))
+        if len(chosen) != len(dealers):
+            raise ValueError(f"dealer set {list(dealers)} lists a dealer twice")
+        if self._released is not None and chosen != self._released:
+            raise ValueError(
+                f"{self.member!r} already released a partial sum over {list(self._released)} "
+                f"this round; refusing a second dealer set {list(chosen)}"
+            )
         missing = sorted(set(dealers) - set(self._held))
         if missing:
             raise ValueError(f"{self.member!r} holds no share from agreed dealers {missing}")
-        total = sum_shares([self._held[name] for name in sorted(dealers)])
+        self._released = chosen
+        total = sum_shares([self._held[name] for name in chosen])
         session = self.session
         return PartialSum(session.round, session.cluster, self.member, gf.to_bytes(total))
 

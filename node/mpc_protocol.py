@@ -136,17 +136,6 @@ def decrypt_shares(
     return rejected
 
 
-def accept_shares(
-    context: RoundContext,
-    member: Any,
-    received: dict[str, Message],
-    reject: Callable[[RoundContext, str, Exception], None],
-) -> None:
-    """`decrypt_shares`, with each rejected share logged and counted, never fatal."""
-    for sender, error in decrypt_shares(context, member, received):
-        reject(context, sender, error)
-
-
 EarlyTasks = dict[int, "asyncio.Task[Any]"]
 
 
@@ -332,9 +321,13 @@ class ShamirClusterProtocol:
         # 1. keys (sent by `prepare` before training; what is left of the wait is spent here)
         member, adverts = await _take_early(self._early, context, self._keys)
         live = [m for m in members if m not in context.suspected or m == me]
-        if set(live) - set(adverts) - inbox.unreachable():
-            # A key still missing gets the deadline it had when keys followed the training.
+        # Keys that arrived during the training count, and a key still missing gets the deadline
+        # it had when keys followed the training (the early wait may have given up on a member
+        # the failure detector doubted while every process was still starting).
+        keys = inbox.get(r, pb.MESSAGE_KIND_MPC_KEYS, mine)
+        if set(live) - keys.keys() - inbox.unreachable():
             keys = await inbox.wait_for(r, pb.MESSAGE_KIND_MPC_KEYS, mine, live, started + collect)
+        if keys.keys() - adverts.keys():
             adverts |= {
                 sender: KeyAdvertisement(
                     r, str(mine), sender, msg.tensors["encryption_public"].tobytes()

@@ -216,3 +216,27 @@ def test_public_api_exports_resolve_to_mpc_objects() -> None:
         assert name in mpc.__all__
     for name in set(mpc.__all__) - {"MODES", "PRIME"}:
         assert getattr(mpc, name).__module__.startswith("mpc.")
+
+
+def test_shamir_holder_releases_partial_sums_over_one_dealer_set_per_round() -> None:
+    """Partial sums over D and D - {x} from t holders would reveal x's update as a difference."""
+    session = ClusterSession(NAMES, 2, "c0", 2, 4)
+    rng = Csprng(5)
+    members = {name: ShamirMember(session, name, rng.child(name)) for name in NAMES}
+    adverts = {name: member.advertise_keys() for name, member in members.items()}
+    inputs = {name: rng.field_elements(4) for name in NAMES}
+    dealt = [s for name, m in members.items() for s in m.deal(inputs[name], adverts).values()]
+    for share in dealt:
+        members[share.recipient].receive_share(share)
+    first = members["a"].partial_sum(NAMES)
+    assert members["a"].partial_sum(list(reversed(NAMES))).value == first.value  # same set again
+    with pytest.raises(ValueError, match="already released a partial sum"):
+        members["a"].partial_sum(NAMES[:-1])
+    with pytest.raises(ValueError, match="twice"):
+        members["b"].partial_sum(["a", "a"])
+    smaller = {name: members[name].partial_sum(NAMES[:-1]) for name in ("b", "c")}
+    outcome = reconstruct_cluster_sum(session, list(smaller.values()))
+    expected = gf.add(gf.add(inputs["a"], inputs["b"]), gf.add(inputs["c"], inputs["d"]))
+    assert outcome.field_sum is not None and np.array_equal(outcome.field_sum, expected)
+    with pytest.raises(ValueError, match="already released"):
+        members["b"].partial_sum(NAMES)

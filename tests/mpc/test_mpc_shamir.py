@@ -184,3 +184,21 @@ def test_any_t_minus_1_shares_identically_distributed() -> None:
     for value, (s2, s5) in ((0, joint(0, 2)), (7, joint(7, 2))):
         recovered = gf.scale(gf.sub(gf.scale(s2, 5), gf.scale(s5, 2)), inverse_three)
         assert np.all(recovered == value)
+
+
+@given(st.integers(1, 6), st.integers(1, 14), st.integers(0, 2**32 - 1))
+@settings(max_examples=40, deadline=None)
+def test_forward_difference_shares_equal_direct_polynomial_evaluation(
+    degree_plus_one: int, points: int, seed: int
+) -> None:
+    from mpc.shamir import evaluate_at_points
+
+    rng = Csprng(seed)
+    terms = [rng.field_elements(50) for _ in range(degree_plus_one)]
+    direct = [
+        gf.linear_combination([pow(x, k, gf.PRIME) for k in range(degree_plus_one)], terms)
+        for x in range(1, points + 1)
+    ]
+    fast = evaluate_at_points(terms, points)
+    assert len(fast) == points
+    assert all(np.array_equal(a, b) for a, b in zip(direct, fast, strict=True))

@@ -1,0 +1,191 @@
+"""The MPC cluster protocols run by several nodes in one event loop, messages delivered between
+their real inboxes after the protocol's own validation: key exchange overlapping the training,
+one dealer set per holder and round (against an aggregator asking for two), a dealer whose
+shares reach only some holders, a dead member, and SecAgg with its setup overlapping the
+training."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import numpy as np
+from phalanx.v1 import node_pb2 as pb
+
+from mpc import FixedPointConfig
+from node.codec import Message
+from node.inbox import RoundInbox
+from node.mpc_protocol import SecAggClusterProtocol, ShamirClusterProtocol
+from node.protocols import ClusterOutput, RoundContext
+from node.server import Rejection
+
+NAMES = ["a", "b", "c", "d", "e"]
+DIMENSION = 257
+FIXED_POINT = FixedPointConfig()
+Drop = Callable[[str, str, Message], bool]
+Tamper = Callable[[str, str, Message], Message]
+PHASES: dict[str, dict[str, float]] = {}
+"""Per-node phase seconds of the last `_run_cluster`."""
+
+
+def _updates() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(11)
+    return {n: rng.normal(scale=0.2, size=DIMENSION).astype(np.float32) for n in NAMES}
+
+
+def _run_cluster(
+    protocols: dict[str, ShamirClusterProtocol | SecAggClusterProtocol],
+    updates: dict[str, np.ndarray],
+    drop: Drop = lambda sender, peer, message: False,
+    tamper: Tamper = lambda sender, peer, message: message,
+    suspected: frozenset[str] = frozenset(),
+    train_s: float = 0.0,
+) -> tuple[dict[str, dict[int, ClusterOutput]], list[tuple[str, str, Message]], list[str]]:
+    """Every node in `protocols` runs one round; returns outputs, wire messages, rejections."""
+    wire: list[tuple[str, str, Message]] = []
+    rejected: list[str] = []
+    PHASES.clear()
+    inboxes = {name: RoundInbox() for name in NAMES}
+
+    def sender_of(name: str):  # type: ignore[no-untyped-def]
+        async def send(peer: str, message: Message) -> bool:
+            if peer not in protocols or drop(name, peer, message):
+                return False
+            message = tamper(name, peer, message)
+            try:
+                protocols[peer].validate(message, [NAMES], DIMENSION)
+            except Rejection as error:
+                rejected.append(f"{peer}<-{name}: {error}")
+                return False
+            wire.append((name, peer, message))
+            await inboxes[peer].put(message)
+            return True
+
+        return send
+
+    async def one(name: str) -> dict[int, ClusterOutput]:
+        publishers = protocols[name].publishers or 2  # as the node does
+        context = RoundContext(
+            name, 1, [NAMES], DIMENSION, inboxes[name], sender_of(name), 3.0, publishers, suspected
+        )
+        protocols[name].prepare(context)
+        await asyncio.sleep(train_s)  # the local training the early phases overlap
+        outputs = await protocols[name].run(context, updates[name])
+        PHASES[name] = context.phase_seconds
+        await asyncio.gather(*context.in_flight, return_exceptions=True)
+        return outputs
+
+    async def everyone() -> list[dict[int, ClusterOutput]]:
+        return await asyncio.gather(*(one(name) for name in protocols))
+
+    results = asyncio.run(everyone())
+    return dict(zip(protocols, results, strict=True)), wire, rejected
+
+
+def _shamir(names: list[str]) -> dict[str, ShamirClusterProtocol | SecAggClusterProtocol]:
+    return {n: ShamirClusterProtocol(FIXED_POINT, 2, 2, lambda *_: None) for n in names}
+
+
+def _assert_sum(output: ClusterOutput, updates: dict[str, np.ndarray], dealers: list[str]) -> None:
+    assert list(output.included) == dealers
+    expected = np.sum([updates[d] for d in dealers], axis=0)
+    assert np.max(np.abs(output.total - expected)) <= len(dealers) * 2.0**-FIXED_POINT.frac_bits
+
+
+def _dealer_sets(wire: list[tuple[str, str, Message]]) -> dict[str, set[str]]:
+    """Per holder, the dealer sets its partial sums on the wire cover."""
+    sets: dict[str, set[str]] = {}
+    for sender, _, message in wire:
+        if message.kind == pb.MESSAGE_KIND_PARTIAL_SUM:
+            sets.setdefault(sender, set()).add(message.meta["dealers"])
+    return sets
+
+
+def test_full_cluster_sums_exactly_with_labelled_partial_sums() -> None:
+    updates = _updates()
+    outputs, wire, rejected = _run_cluster(_shamir(NAMES), updates)
+    assert rejected == []
+    for name in NAMES:
+        _assert_sum(outputs[name][0], updates, NAMES)
+    sets = _dealer_sets(wire)
+    assert set(sets) == set(NAMES)  # every holder answered, and over one set only
+    assert all(covered == {",".join(NAMES)} for covered in sets.values())
+    assert {peer for _, peer, m in wire if m.kind == pb.MESSAGE_KIND_PARTIAL_SUM} <= {"a", "b"}
+
+
+def test_holders_answer_one_dealer_set_when_an_aggregator_asks_for_a_smaller_one() -> None:
+    """Aggregator b asks for the sum without e: with answers to both a's and b's requests, b
+    could subtract the two cluster sums and read e's update. Each holder answers a (the first
+    aggregator) only, so b gets no partial sum over its set and a's output is the full sum."""
+    updates = _updates()
+
+    def drop_e(sender: str, peer: str, message: Message) -> Message:
+        if sender == "b" and message.kind == pb.MESSAGE_KIND_DEALER_SET:
+            return Message("b", 1, message.kind, 0, meta={"dealers": ",".join(NAMES[:-1])})
+        return message
+
+    outputs, wire, _ = _run_cluster(_shamir(NAMES), updates, tamper=drop_e)
+    sets = _dealer_sets(wire)
+    assert sets and all(covered == {",".join(NAMES)} for covered in sets.values())
+    assert not [m for _, peer, m in wire if m.kind == pb.MESSAGE_KIND_PARTIAL_SUM and peer == "b"]
+    for name in NAMES:
+        assert outputs[name][0].publisher == "a"
+        _assert_sum(outputs[name][0], updates, NAMES)
+
+
+def test_keys_are_exchanged_while_training() -> None:
+    updates = _updates()
+    protocols = _shamir(NAMES)
+    started = time.monotonic()
+    outputs, wire, _ = _run_cluster(protocols, updates, train_s=0.3)
+    assert time.monotonic() - started < 3.0  # no phase ran into its 3 s deadline
+    _assert_sum(outputs["c"][0], updates, NAMES)
+    assert sum(m.kind == pb.MESSAGE_KIND_MPC_KEYS for _, _, m in wire) == 5 * 4
+    # The keys arrived during the 0.3 s of training: the round waited (almost) nothing for them.
+    assert max(PHASES[name]["keys"] for name in NAMES) < 0.1
+
+
+def test_partially_dealt_update_is_summed_by_the_holders_that_hold_it() -> None:
+    """'e' reaches only c and d (it crashed while dealing): e is still held by 3 of 5 reporters,
+    so the agreed set keeps it; a and b, who lack e's share, stay silent, and the partial sums
+    of c, d and e (3 >= t = 2) give the full sum without waiting for a and b."""
+    updates = _updates()
+
+    def lose_e_shares(sender: str, peer: str, message: Message) -> bool:
+        return sender == "e" and message.kind == pb.MESSAGE_KIND_SHARE and peer in ("a", "b")
+
+    started = time.monotonic()
+    outputs, wire, _ = _run_cluster(_shamir(NAMES), updates, drop=lose_e_shares)
+    sets = _dealer_sets(wire)
+    assert set(sets) == {"c", "d", "e"}
+    assert all(covered == {",".join(NAMES)} for covered in sets.values())
+    for name in NAMES:
+        _assert_sum(outputs[name][0], updates, NAMES)
+    # One deadline (a and b waiting for e's share), not a second one for their partial sums.
+    assert time.monotonic() - started < 2 * 3.0
+
+
+def test_dead_member_falls_back_to_the_dealer_set_agreement() -> None:
+    updates = _updates()
+    alive = NAMES[:-1]
+    outputs, wire, rejected = _run_cluster(_shamir(alive), updates, suspected=frozenset({"e"}))
+    assert rejected == []
+    assert any(m.kind == pb.MESSAGE_KIND_DEALER_SET for _, _, m in wire)
+    for name in alive:
+        _assert_sum(outputs[name][0], updates, alive)
+
+
+def test_secagg_setup_overlaps_training_and_sums_exactly() -> None:
+    updates = _updates()
+    protocols: dict[str, ShamirClusterProtocol | SecAggClusterProtocol] = {
+        n: SecAggClusterProtocol(FIXED_POINT, 0, lambda *_: None) for n in NAMES
+    }
+    started = time.monotonic()
+    outputs, wire, rejected = _run_cluster(protocols, updates, train_s=0.2)
+    assert time.monotonic() - started < 3.0  # no phase ran into its 3 s deadline
+    assert rejected == []
+    for name in NAMES:
+        _assert_sum(outputs[name][0], updates, NAMES)
+    masked = [m for _, _, m in wire if m.kind == pb.MESSAGE_KIND_MASKED_INPUT]
+    assert len(masked) == 4  # one masked vector per member; the aggregator keeps its own
