@@ -278,7 +278,8 @@ def test_delay_and_loss_on_one_node_rounds_complete_or_exclude_it(tmp_path: Path
     ]
     prefix = new_prefix()
     # Paced rounds, so that three full rounds run under the delay after it lands.
-    timeouts = {"collect_s": 2.0, "rpc_s": 1.0, "startup_s": 60.0, "round_period_s": 2.0}
+    # collect_s well above the added 200 ms: under CPU load an unshaped node must not miss it.
+    timeouts = {"collect_s": 4.0, "rpc_s": 2.0, "startup_s": 60.0, "round_period_s": 5.0}
     scenario = _scenario(tmp_path, nodes=4, rounds=4, faults=faults, timeouts=timeouts)
     run = _start(scenario, tmp_path / "out", prefix)
     output, _ = run.communicate(timeout=400)
