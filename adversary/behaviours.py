@@ -34,7 +34,7 @@ import numpy as np
 from phalanx.v1 import node_pb2 as pb
 
 from node.codec import Message
-from node.transport import Transport
+from node.transport import DelegatingTransport, Transport
 
 log = logging.getLogger(__name__)
 
@@ -140,35 +140,18 @@ def _stable_bit(text: str) -> int:
     return hashlib.sha256(text.encode()).digest()[0] & 1
 
 
-class ByzantineTransport:
+class ByzantineTransport(DelegatingTransport):
     """Wraps an honest transport and deviates on outgoing messages from `start_round` on."""
 
     def __init__(
         self, inner: Transport, spec: BehaviourSpec, node_id: str, deadline_s: float, seed: int
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.spec = spec
         self.node_id = node_id
         self.deadline_s = deadline_s
         self.rng = np.random.default_rng(seed)
         self._previous: dict[tuple[str, int], Message] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def status(self, peer: str, timeout_s: float = 2.0) -> Any:
-        return await self.inner.status(peer, timeout_s)
-
-    async def serving(self, peer: str, timeout_s: float = 1.0) -> bool:
-        return await self.inner.serving(peer, timeout_s)
-
-    async def fetch_model(
-        self, peer: str, round_: int, digest: str, requester: str, max_bytes: int
-    ) -> Message | None:
-        return await self.inner.fetch_model(peer, round_, digest, requester, max_bytes)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
     async def send(self, peer: str, message: Message) -> bool:
         if message.round < self.spec.start_round or message.kind == pb.MESSAGE_KIND_COLLUDE:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
@@ -22,7 +21,7 @@ from phalanx.v1 import node_pb2 as pb
 
 from clustering.identity import NodeIdentity, signing_payload
 from node.codec import Message, kind_name
-from node.transport import Transport
+from node.transport import DelegatingTransport, Transport
 
 SIGNED_KINDS: frozenset[int] = frozenset({pb.MESSAGE_KIND_CLUSTER_OUTPUT, pb.MESSAGE_KIND_ECHO})
 """Envelope kinds every node signs and, when the sender's key is configured, verifies."""
@@ -77,36 +76,16 @@ def verify_envelope(message: Message, public_key: bytes) -> None:
         ) from None
 
 
-class SigningTransport:
+class SigningTransport(DelegatingTransport):
     """Signs the envelopes of `kinds` with this node's identity, below any Byzantine wrapper (a
     Byzantine node holds its own key and signs whatever it chooses to send)."""
 
     def __init__(self, inner: Transport, identity: NodeIdentity, kinds: frozenset[int]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.identity = identity
         self.kinds = kinds
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     async def send(self, peer: str, message: Message) -> bool:
         if message.kind in self.kinds:
             message = sign_envelope(message, self.identity)
         return await self.inner.send(peer, message)
-
-    async def send_once(self, peer: str, message: Message, timeout_s: float) -> bool:
-        return await self.inner.send_once(peer, message, timeout_s)
-
-    async def status(self, peer: str, timeout_s: float = 2.0) -> pb.StatusReply | None:
-        return await self.inner.status(peer, timeout_s)
-
-    async def serving(self, peer: str, timeout_s: float = 1.0) -> bool:
-        return await self.inner.serving(peer, timeout_s)
-
-    async def fetch_model(
-        self, peer: str, round_: int, digest: str, requester: str, max_bytes: int
-    ) -> Message | None:
-        return await self.inner.fetch_model(peer, round_, digest, requester, max_bytes)
-
-    async def close(self) -> None:
-        await self.inner.close()

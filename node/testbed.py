@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -322,6 +322,17 @@ class Testbed:
 NodeRounds = dict[str, dict[int, dict[str, Any]]]
 
 
+def _node_records(out_dir: Path) -> Iterator[dict[str, Any]]:
+    """Every record of ``OUT/nodes/*.jsonl``; a torn last line (a node killed mid-write) is
+    skipped."""
+    for path in sorted((out_dir / "nodes").glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
 def read_node_records(out_dir: Path) -> tuple[dict[str, dict[str, Any]], NodeRounds]:
     """Parse ``OUT/nodes/*.jsonl``: (start records by node, round records by node and round).
 
@@ -330,39 +341,26 @@ def read_node_records(out_dir: Path) -> tuple[dict[str, dict[str, Any]], NodeRou
     starts: dict[str, dict[str, Any]] = {}
     rounds: dict[str, dict[int, dict[str, Any]]] = {}
     syncs: list[dict[str, Any]] = []
-    for path in sorted((out_dir / "nodes").glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("event") == "start":
-                starts[record["node"]] = record
-            elif record.get("event") == "round":
-                rounds.setdefault(record["node"], {})[record["round"]] = record
-            elif record.get("event") == "sync":
-                syncs.append(record)
+    for record in _node_records(out_dir):
+        if record.get("event") == "start":
+            starts[record["node"]] = record
+        elif record.get("event") == "round":
+            rounds.setdefault(record["node"], {})[record["round"]] = record
+        elif record.get("event") == "sync":
+            syncs.append(record)
     # A node that adopted the majority's model after round r ended round r with that model.
     for sync in syncs:
-        record = rounds.get(sync["node"], {}).get(sync["round"])
-        if record is not None:
-            record["digest_before_sync"] = record["digest"]
-            record["digest"] = sync["digest"]
-            record["synced_from"] = sync["source"]
+        synced = rounds.get(sync["node"], {}).get(sync["round"])
+        if synced is not None:
+            synced["digest_before_sync"] = synced["digest"]
+            synced["digest"] = sync["digest"]
+            synced["synced_from"] = sync["source"]
     return starts, rounds
 
 
 def read_membership_events(out_dir: Path) -> list[dict[str, Any]]:
     """Every SWIM state change any node recorded (``OUT/nodes/*.jsonl``), oldest first."""
-    events = []
-    for path in sorted((out_dir / "nodes").glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("event") == "membership":
-                events.append(record)
+    events = [r for r in _node_records(out_dir) if r.get("event") == "membership"]
     return sorted(events, key=lambda e: (e["time"], e["node"], e["member"]))
 
 

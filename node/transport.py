@@ -64,6 +64,34 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
+class DelegatingTransport:
+    """A transport that hands every call to `inner`; wrappers (signing, Byzantine behaviours)
+    subclass it and override only what they change."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+
+    async def send(self, peer: str, message: Message) -> bool:
+        return await self.inner.send(peer, message)
+
+    async def send_once(self, peer: str, message: Message, timeout_s: float) -> bool:
+        return await self.inner.send_once(peer, message, timeout_s)
+
+    async def status(self, peer: str, timeout_s: float = 2.0) -> pb.StatusReply | None:
+        return await self.inner.status(peer, timeout_s)
+
+    async def serving(self, peer: str, timeout_s: float = 1.0) -> bool:
+        return await self.inner.serving(peer, timeout_s)
+
+    async def fetch_model(
+        self, peer: str, round_: int, digest: str, requester: str, max_bytes: int
+    ) -> Message | None:
+        return await self.inner.fetch_model(peer, round_, digest, requester, max_bytes)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with full jitter (AWS architecture blog, 2015): sleep U(0, b*2^i)."""
