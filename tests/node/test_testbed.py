@@ -346,7 +346,7 @@ def test_swim_view_leaves_a_removed_node_out_of_the_clusters(tmp_path: Path, pha
     out = tmp_path / "swim-view"
     scenario = tmp_path / "swim.toml"
     scenario.write_text(
-        'nodes = 8\nrounds = 12\n[data]\ndataset = "digits"\n[model]\nname = "mlp"\n'
+        'nodes = 8\nrounds = 16\n[data]\ndataset = "digits"\n[model]\nname = "mlp"\n'
         '[clustering]\ncluster_size = 3\nstrategy = "random"\n[membership]\nview = "swim"\n'
         "[timeouts]\ncollect_s = 3\nround_period_s = 2.5\n"
     )
@@ -375,6 +375,9 @@ def test_swim_view_leaves_a_removed_node_out_of_the_clusters(tmp_path: Path, pha
     assert without, {r: (rounds[r]["removed"], rounds[r]["clusters"]) for r in rounds}
     for record in without:
         assert len([n for cluster in record["clusters"] for n in cluster]) == 7
-    last = rounds[12]
+    # The restarted node first sits out a round (it adopts the majority model), then takes part.
+    # A restart on a loaded 2-core CI machine can take several rounds (process start, torch
+    # import, SWIM join), hence the 10 rounds of margin after the restart at round 6.
+    last = rounds[16]
     assert sorted(n for c in last["clusters"] for n in c) == [f"node-0{i}" for i in range(8)]
     assert last["clusters_identical"] and last["digests_identical"] and last["excluded"] == []
