@@ -81,24 +81,60 @@ def run_rounds_bench(
     cluster_size: int,
     secure: str | list[str] = "none",
     per_process: int = 1,
+    repeats: int = 1,
 ) -> list[dict[str, Any]]:
+    """One row per (model, n, mode). With ``repeats`` > 1 the modes are interleaved
+    (none, shamir, secagg, none, shamir, ...), so that load drifting on a shared machine hits
+    every mode alike; each row holds the medians over the repeats, and a secure row's
+    ``secure_over_plaintext`` is the median of the per-repeat ratios (each secure testbed over
+    the plaintext testbed that ran just before it)."""
     modes = [secure] if isinstance(secure, str) else list(secure)
     unknown = sorted(set(modes) - set(SECURE_MODES))
     if unknown or not modes:
         raise ValueError(f"secure modes must be among {SECURE_MODES}, got {modes}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             for n in nodes:
-                baseline: float | None = None
+                runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+                ratios: dict[str, list[float]] = {mode: [] for mode in modes}
+                for repeat in range(repeats):
+                    baseline: float | None = None
+                    for mode in modes:
+                        row = _one_testbed(
+                            Path(tmp) / f"r{repeat}",
+                            model,
+                            n,
+                            rounds,
+                            cluster_size,
+                            mode,
+                            per_process,
+                        )
+                        runs[mode].append(row)
+                        if mode == "none":
+                            baseline = row["round_s"]
+                        elif baseline:
+                            ratios[mode].append(row["round_s"] / baseline)
                 for mode in modes:
-                    row = _one_testbed(Path(tmp), model, n, rounds, cluster_size, mode, per_process)
-                    if mode == "none":
-                        baseline = row["round_s"]
-                    elif baseline:
-                        row["secure_over_plaintext"] = row["round_s"] / baseline
-                    rows.append(row)
+                    rows.append(_median_row(runs[mode], ratios[mode]))
     return rows
+
+
+def _median_row(runs: list[dict[str, Any]], ratios: list[float]) -> dict[str, Any]:
+    """The medians of one mode's repeats (numbers), with the per-repeat values kept."""
+    row = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            row[key] = statistics.median(r[key] for r in runs)
+    row["digests_identical"] = all(r["digests_identical"] for r in runs)
+    row["repeats"] = len(runs)
+    row["round_s_runs"] = [r["round_s"] for r in runs]
+    if ratios:
+        row["secure_over_plaintext"] = statistics.median(ratios)
+        row["secure_over_plaintext_runs"] = ratios
+    return row
 
 
 def _one_testbed(
@@ -165,11 +201,20 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 def _cmd_rounds(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.secure) - set(SECURE_MODES))
+    if args.repeats < 1:
+        print(f"--repeats must be >= 1, got {args.repeats}")
+        return 2
     if unknown:
         print(f"--secure: unknown modes {unknown}; choose among {','.join(SECURE_MODES)}")
         return 2
     rows = run_rounds_bench(
-        args.nodes, args.models, args.rounds, args.cluster_size, args.secure, args.nodes_per_process
+        args.nodes,
+        args.models,
+        args.rounds,
+        args.cluster_size,
+        args.secure,
+        args.nodes_per_process,
+        args.repeats,
     )
     _print(rows, args.json)
     return 0
@@ -231,6 +276,12 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:
         "reports its round time over the plaintext one of the same run",
     )
     rounds.add_argument("--nodes-per-process", type=int, default=1)
+    rounds.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="testbeds per mode, interleaved across modes; rows report medians",
+    )
     rounds.add_argument("--json", action="store_true")
     rounds.set_defaults(func=_cmd_rounds)
     scale = subparsers.add_parser("scale", help="many nodes per process: memory per node")
