@@ -26,11 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from adversary.inversion.experiment import ExperimentSpec, run_experiment
+from adversary.inversion.experiment import ExperimentSpec, load_prior_for, run_experiment
 from defense import gaussian_epsilon
 from defense.dpsgd import dpsgd_sample_rate
 from learning.data import Dataset, load_dataset
@@ -222,7 +224,12 @@ def attack_psnr(
     iterations: int | None,
     lr: float,
     seed: int,
+    prior_cache: str | None = None,
+    prior_steps: int | None = None,
 ) -> float:
+    prior = None
+    if method in ("gan", "diffusion"):
+        prior, _, _ = load_prior_for(method, dataset, prior_steps, prior_cache, seed=seed)
     spec = ExperimentSpec(
         method=method,
         model=model,
@@ -233,8 +240,28 @@ def attack_psnr(
         iterations=iterations,
         seed=seed,
         lr=lr,
+        prior_steps=prior_steps,
     )
-    return float(run_experiment(spec, dataset).median_psnr)
+    return float(run_experiment(spec, dataset, prior=prior).median_psnr)
+
+
+def _attack_job(
+    setting: Setting,
+    method: str,
+    model: str,
+    images: int,
+    iterations: int | None,
+    lr: float,
+    seed: int,
+    prior_cache: str | None,
+    prior_steps: int | None,
+) -> float:
+    """One attack cell in a worker process (spawned: it loads mnist5k and the prior itself)."""
+    torch.set_num_threads(1)
+    dataset = load_dataset("mnist5k")
+    return attack_psnr(
+        setting, method, dataset, model, images, iterations, lr, seed, prior_cache, prior_steps
+    )
 
 
 # ------------------------------------------------------------------------------- report
@@ -346,6 +373,9 @@ def run_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     console = Console()
     started = time.perf_counter()
+    if args.jobs < 1:
+        console.print(f"--jobs must be >= 1, got {args.jobs}")
+        return 2
     base = tomllib.loads(Path(args.base).read_text())
     quick = args.quick
     nodes = args.nodes or (4 if quick else 8)
@@ -353,84 +383,141 @@ def run_bench(args: argparse.Namespace) -> int:
     alphas = args.alphas or ([1.0] if quick else [0.1, 1.0])
     cluster_sizes = args.cluster_sizes or ([4] if quick else [1, 4, 8])
     images = args.images or (4 if quick else 8)
-    methods = ["idlg"] + (["ig"] if args.ig else [])
+    methods = ["idlg"] + (["ig"] if args.ig else []) + (["diffusion"] if args.diffusion else [])
     training = base.get("training", {})
     lr = float(training.get("lr", 0.05))
     settings = default_settings(rounds)
     if args.only:
         settings = [s for s in settings if s.label in args.only]
-    dataset = load_dataset("mnist5k")
+    docs = Path(args.docs)
+    docs.mkdir(parents=True, exist_ok=True)
+    if "diffusion" in methods:
+        # Trained (or read from the cache) once, before the workers start, so that they all
+        # find it in the cache.
+        _, prior_path, cached = load_prior_for(
+            "diffusion", load_dataset("mnist5k"), args.prior_steps, args.prior_cache, seed=args.seed
+        )
+        console.print(f"diffusion prior {'read from' if cached else 'trained into'} {prior_path}")
+
+    # Results land in a journal as they come, so an interrupted map keeps what it measured.
+    journal = docs / "privacy_utility.partial.jsonl"
+    journal.write_text("")
+
+    def record(entry: dict[str, Any]) -> None:
+        with journal.open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    cells = [
+        (setting, alpha, k)
+        for setting in settings
+        for alpha in alphas
+        for k in cluster_sizes
+        if k <= nodes
+    ]
+    psnr: dict[tuple[str, str], float | None] = {}
+    summaries: dict[tuple[int, bool], dict[str, Any] | str] = {}
+    spawn = multiprocessing.get_context("spawn")
+    with (
+        tempfile.TemporaryDirectory(prefix="phalanx-privacy-") as scratch,
+        ProcessPoolExecutor(args.jobs, mp_context=spawn) as attack_pool,
+        ThreadPoolExecutor(args.jobs) as testbed_pool,
+    ):
+        pending: dict[Future[Any], tuple[str, Any]] = {}
+        if not args.skip_attacks:
+            for setting in settings:
+                for method in methods:
+                    attack: Future[Any] = attack_pool.submit(
+                        _attack_job,
+                        setting,
+                        method,
+                        args.model,
+                        images,
+                        args.ig_iterations if method == "ig" else None,
+                        lr,
+                        args.seed,
+                        args.prior_cache,
+                        args.prior_steps,
+                    )
+                    pending[attack] = ("attack", (setting.label, method))
+        if not args.skip_testbed:
+            for index, (setting, alpha, k) in enumerate(cells):
+                for byzantine in (False, True):
+                    scenario = scenario_for(
+                        base,
+                        setting,
+                        nodes=nodes,
+                        rounds=rounds,
+                        model=args.model,
+                        alpha=alpha,
+                        cluster_size=k,
+                        eval_samples=args.eval_samples,
+                        byzantine=byzantine,
+                    )
+                    work = Path(scratch) / f"{index}-{int(byzantine)}"
+                    testbed: Future[Any] = testbed_pool.submit(
+                        run_testbed, scenario, work, args.timeout
+                    )
+                    pending[testbed] = ("testbed", (index, byzantine))
+        total = len(pending)
+        for done, future in enumerate(as_completed(pending), 1):
+            kind, key = pending[future]
+            error = future.exception()
+            elapsed = time.perf_counter() - started
+            if kind == "attack":
+                psnr[key] = None if error else float(future.result())
+                record({"attack": list(key), "psnr": psnr[key], "error": _error(error)})
+                shown = "failed" if error else f"{psnr[key]:.1f} dB"
+                console.print(f"[{done}/{total} {elapsed:.0f} s] {key[1]} on {key[0]}: {shown}")
+            else:
+                summaries[key] = _error(error) or dict(future.result())
+                setting, alpha, k = cells[key[0]]
+                outcome = summaries[key]
+                record(
+                    {
+                        "testbed": [setting.label, alpha, k, key[1]],
+                        "accuracy": None if isinstance(outcome, str) else outcome["final_accuracy"],
+                        "error": _error(error),
+                    }
+                )
+                shown = outcome if isinstance(outcome, str) else f"{outcome['final_accuracy']:.3f}"
+                console.print(
+                    f"[{done}/{total} {elapsed:.0f} s] {setting.label} alpha={alpha} k={k}"
+                    f"{' sign-flip' if key[1] else ''}: {shown}"
+                )
 
     rows: list[dict[str, Any]] = []
-    psnr_cache: dict[tuple[str, str], float] = {}
-    with tempfile.TemporaryDirectory(prefix="phalanx-privacy-") as scratch:
-        for setting in settings:
-            for method in methods:
-                if args.skip_attacks:
-                    continue
-                psnr_cache[(setting.label, method)] = attack_psnr(
-                    setting,
-                    method,
-                    dataset,
-                    args.model,
-                    images,
-                    args.ig_iterations if method == "ig" else None,
-                    lr,
-                    args.seed,
-                )
-            for alpha in alphas:
-                for k in cluster_sizes:
-                    if k > nodes:
-                        continue
-                    row: dict[str, Any] = {
-                        "label": setting.label,
-                        "defense": setting.defense,
-                        "alpha": alpha,
-                        "cluster_size": k,
-                        "nodes": nodes,
-                        "rounds": rounds,
-                    }
-                    for method in methods:
-                        row[f"psnr_{method}"] = psnr_cache.get((setting.label, method))
-                    for byzantine in [False] if args.skip_testbed else [False, True]:
-                        if args.skip_testbed:
-                            break
-                        scenario = scenario_for(
-                            base,
-                            setting,
-                            nodes=nodes,
-                            rounds=rounds,
-                            model=args.model,
-                            alpha=alpha,
-                            cluster_size=k,
-                            eval_samples=args.eval_samples,
-                            byzantine=byzantine,
-                        )
-                        tag = f"{len(rows)}-{int(byzantine)}"
-                        summary = run_testbed(scenario, Path(scratch) / tag, args.timeout)
-                        key = "accuracy_byzantine" if byzantine else "accuracy"
-                        row[key] = summary["final_accuracy"]
-                        if not byzantine:
-                            row["epsilon"] = spent_epsilon(
-                                setting,
-                                summary,
-                                rounds,
-                                int(training.get("epochs", 1)),
-                                int(training.get("batch_size", 32)),
-                                nodes,
-                            )
-                            row["epsilon_reported_by_nodes"] = bool(summary["node_privacy"])
-                    row.setdefault("accuracy", None)
-                    row.setdefault("epsilon", None)
-                    rows.append(row)
-                    console.print(
-                        f"{setting.label} alpha={alpha} k={k}: acc {_fmt(row['accuracy'])} "
-                        f"(sign-flip {_fmt(row.get('accuracy_byzantine'))}), eps "
-                        f"{_fmt(row['epsilon'], 2)}, iDLG {_fmt(row.get('psnr_idlg'), 1)} dB "
-                        f"[{time.perf_counter() - started:.0f} s]"
-                    )
+    epochs, batch_size = int(training.get("epochs", 1)), int(training.get("batch_size", 32))
+    for index, (setting, alpha, k) in enumerate(cells):
+        row: dict[str, Any] = {
+            "label": setting.label,
+            "defense": setting.defense,
+            "alpha": alpha,
+            "cluster_size": k,
+            "nodes": nodes,
+            "rounds": rounds,
+            "accuracy": None,
+            "epsilon": None,
+        }
+        for method in methods:
+            row[f"psnr_{method}"] = psnr.get((setting.label, method))
+        honest, attacked = summaries.get((index, False)), summaries.get((index, True))
+        if isinstance(honest, dict):
+            row["accuracy"] = honest["final_accuracy"]
+            row["epsilon"] = spent_epsilon(setting, honest, rounds, epochs, batch_size, nodes)
+            row["epsilon_reported_by_nodes"] = bool(honest["node_privacy"])
+        elif isinstance(honest, str):
+            row["error"] = honest
+        if isinstance(attacked, dict):
+            row["accuracy_byzantine"] = attacked["final_accuracy"]
+        rows.append(row)
 
-    command = "phalanx bench privacy" + (" --quick" if quick else "") + (" --ig" if args.ig else "")
+    command = (
+        "phalanx bench privacy"
+        + (" --quick" if quick else "")
+        + (" --ig" if args.ig else "")
+        + (" --diffusion" if args.diffusion else "")
+        + (f" --jobs {args.jobs}" if args.jobs > 1 else "")
+    )
     description = (
         f"mnist5k, model `{args.model}`, {nodes} nodes, {rounds} rounds, Dirichlet non-IID "
         f"(alpha as listed), static clusters of k, mean aggregation, no MPC; base scenario "
@@ -438,8 +525,16 @@ def run_bench(args: argparse.Namespace) -> int:
         f'testbed run, and of a second one with `[[byzantine]] behaviour="sign-flip" count=1`. '
         f"eps: the largest any node spent (delta = 1e-5; `—` = no DP guarantee). PSNR: median "
         f"over {images} victim images of the attack on the defended FedAvg delta of one image "
-        f"after one SGD step at lr={lr} (a cluster of one: the worst case); DP-SGD's column "
-        f"attacks its exact one-image release `clip(-lr g, lr C) + N(0, (z lr C)^2)`."
+        f"after one SGD step at lr={lr} (a cluster of one: the worst case, the same for every k "
+        f"and alpha); DP-SGD's column attacks its exact one-image release "
+        f"`clip(-lr g, lr C) + N(0, (z lr C)^2)`."
+        + (f" IG: {args.ig_iterations} iterations." if args.ig else "")
+        + (
+            " diffusion: the diffusion-prior attack, prior trained on the attacker's auxiliary "
+            "split of mnist5k."
+            if args.diffusion
+            else ""
+        )
     )
     report = {
         "command": command,
@@ -448,8 +543,6 @@ def run_bench(args: argparse.Namespace) -> int:
         "rows": rows,
         "total_seconds": time.perf_counter() - started,
     }
-    docs = Path(args.docs)
-    docs.mkdir(parents=True, exist_ok=True)
     (docs / "privacy_utility.json").write_text(json.dumps(report, indent=2) + "\n")
     (docs / "privacy_utility.md").write_text(_markdown(report))
     if any(r.get("accuracy") is not None and r.get("psnr_idlg") is not None for r in rows):
@@ -458,6 +551,7 @@ def run_bench(args: argparse.Namespace) -> int:
             docs / "privacy_utility.png",
             f"mnist5k/{args.model}, {nodes} nodes, {rounds} rounds: accuracy vs iDLG PSNR",
         )
+    journal.unlink()
 
     table = Table(title="privacy–utility map")
     for column in ("setting", "k", "alpha", "eps", "acc", "acc sign-flip", *methods):
@@ -477,6 +571,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
     return 0
+
+
+def _error(error: BaseException | None) -> str | None:
+    return None if error is None else f"{type(error).__name__}: {str(error)[-300:]}"
 
 
 def _float_list(text: str) -> list[float]:
@@ -517,6 +615,19 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", type=int, default=None, help="victim images per attack")
     parser.add_argument("--ig", action="store_true", help="also run Inverting Gradients")
     parser.add_argument("--ig-iterations", type=int, default=300)
+    parser.add_argument(
+        "--diffusion",
+        action="store_true",
+        help="also run the diffusion-prior attack (trains the prior once if not cached)",
+    )
+    parser.add_argument("--prior-steps", type=int, default=None, help="diffusion prior steps")
+    parser.add_argument("--prior-cache", default=None, help="prior cache directory")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="testbeds and attack processes run at once (each pool); size to the cores",
+    )
     parser.add_argument("--eval-samples", type=int, default=1000)
     parser.add_argument("--only", nargs="*", default=None, help="labels of settings to run")
     parser.add_argument("--skip-testbed", action="store_true", help="attacks only")
