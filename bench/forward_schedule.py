@@ -22,7 +22,16 @@ plus an undefended row. For each it measures
   Wiener shrinkage; cf. Mjölnir, AAAI 2025) before running iDLG, at round 1's and the last
   round's level.
 
+With ``--matched-eps E`` the rows are instead the hybrid ``forward-dp:eps=E,rounds=R,clip=C,
+levels=L`` (clip to L2 norm ``C``, ``s = C``: the Gaussian mechanism with
+``z_t = sqrt((1 - abar_t) / abar_t)``), each shape calibrated by `defense.calibrate_forward_noising`
+to the same (E, delta) over the R rounds, so the comparison is at matched privacy. Each row also
+reports the eps its nodes actually spent (`NodeDefense.privacy_report`, RDP composition of the
+rounds released) and the per-round noise std ``sqrt(1 - abar_t) C`` measured on a released zero
+update.
+
     phalanx bench forward-schedule [--rounds 10] [--t-high 800] [--t-low 400] [--json]
+    phalanx bench forward-schedule --matched-eps 500 [--clip 1.0]
     python -m bench.forward_schedule               # standalone
 """
 
@@ -54,6 +63,8 @@ from learning.train import (
 from node.defenses import DefenseConfig, NodeDefense
 
 SCHEDULES = ("decreasing", "increasing", "constant")
+DELTA = DefenseConfig().delta
+"""The delta at which the nodes report eps; the matched-eps specs are calibrated at the same."""
 
 
 @dataclass(frozen=True)
@@ -101,9 +112,54 @@ def schedule_rows(
     return [ScheduleRow("none", "none"), decreasing, increasing, constant]
 
 
+def default_clip() -> float:
+    """The L2 clipping bound ``C`` that ``forward-dp`` uses when the spec gives none."""
+    defense = parse_defense("forward-dp:eps=1,rounds=1")
+    assert isinstance(defense, ForwardNoising) and defense.clip_norm is not None
+    return defense.clip_norm
+
+
+def matched_eps_rows(epsilon: float, rounds: int, clip: float | None = None) -> list[ScheduleRow]:
+    """The undefended baseline and ``forward-dp`` with each level shape, all calibrated to
+    (`epsilon`, `DELTA`) over `rounds` (the least noise with ``eps <= epsilon``)."""
+    clip = default_clip() if clip is None else clip
+    rows = [ScheduleRow("none", "none")]
+    for levels in SCHEDULES:
+        spec = f"forward-dp:eps={epsilon:g},rounds={rounds},clip={clip:g},delta={DELTA:g}"
+        rows.append(ScheduleRow(levels, f"{spec},levels={levels}"))
+    parse_defense(rows[1].spec)  # an unreachable eps raises here, before any training
+    return rows
+
+
+def released_noise_std(
+    row: ScheduleRow, rounds: int, dim: int = 4096, seed: int = 0
+) -> list[float]:
+    """Per round, the empirical std of node 0's release of a zero update of size `dim`
+    (`NodeDefense.protect`): ``sqrt(1 - abar_t) s``, i.e. ``sqrt(1 - abar_t) C`` in hybrid mode
+    (with ``scale=rms`` the RMS of a zero update is 0, so this is only informative for hybrid)."""
+    node = NodeDefense(DefenseConfig(update=row.spec), node_index=0, seed=seed, num_nodes=1)
+    zero = np.zeros(dim, dtype=np.float32)
+    return [float(np.std(node.protect(zero, round_))) for round_ in range(1, rounds + 1)]
+
+
 def _seed(*parts: object) -> int:
     digest = hashlib.sha256("/".join(map(str, ("forward-schedule", *parts))).encode()).digest()
     return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class FederatedRun:
+    """One FedAvg run: test accuracy after each round and each node's final
+    `NodeDefense.privacy_report`."""
+
+    accuracies: list[float]
+    privacy: list[dict[str, Any]]
+
+    @property
+    def update_epsilon(self) -> float | None:
+        """The largest client-level eps any node spent (None without a DP guarantee)."""
+        spent = [report["update_epsilon"] for report in self.privacy]
+        return None if None in spent else max(spent)
 
 
 def federated_accuracy(
@@ -114,9 +170,10 @@ def federated_accuracy(
     model_name: str,
     train_config: TrainConfig,
     seed: int,
-) -> list[float]:
+) -> FederatedRun:
     """Test accuracy after each round of in-process FedAvg with every update defended by
-    `NodeDefense.protect` (seeded by scenario seed, node index and round, as in the node)."""
+    `NodeDefense.protect` (seeded by scenario seed, node index and round, as in the node), and
+    the eps each node's ledger spent."""
     parts = partition(dataset.train_y, nodes, "iid", seed=seed)
     torch.manual_seed(seed)
     model = build_model(model_name, dataset.input_shape, dataset.num_classes)
@@ -134,7 +191,7 @@ def federated_accuracy(
         weights = weights + torch.from_numpy(np.mean(released, axis=0, dtype=np.float32))
         load_flat_parameters(model, weights)
         accuracies.append(evaluate(model, dataset.test_x, dataset.test_y)[0])
-    return accuracies
+    return FederatedRun(accuracies, [defense.privacy_report() for defense in defenses])
 
 
 def _defended(row: ScheduleRow, round_: int, adaptive: bool, seed: int) -> Any:
@@ -146,12 +203,14 @@ def _defended(row: ScheduleRow, round_: int, adaptive: bool, seed: int) -> Any:
     forward = node.update_defense
     assert isinstance(forward, ForwardNoising)
     alpha_bar = forward.alpha_bar(round_ - 1)
+    # In hybrid mode the noise scale is the public clipping bound C, which the attacker knows.
+    noise_scale = forward.clip_norm if forward.scale == "clip" else None
 
     def defend(update: list[torch.Tensor]) -> list[torch.Tensor]:
         flat = np.concatenate([t.detach().double().reshape(-1).numpy() for t in update])
         released = torch.from_numpy(node.protect(flat.astype(np.float32), round_))
         if adaptive:
-            released = denoise_forward(released, alpha_bar)
+            released = denoise_forward(released, alpha_bar, noise_scale)
         out, offset = [], 0
         for tensor in update:
             piece = released[offset : offset + tensor.numel()]
@@ -187,6 +246,16 @@ def idlg_psnr(
     return float(run_experiment(spec, dataset).median_psnr)
 
 
+PSNR_COLUMNS = (
+    ("psnr_early", 1, False, False),
+    ("psnr_late", -1, False, False),
+    ("psnr_early_adaptive", 1, False, True),
+    ("psnr_late_adaptive", -1, False, True),
+    ("psnr_late_trained", -1, True, False),
+)
+"""(key, round with -1 = the last, trained model, adaptive attacker) of each iDLG column."""
+
+
 def run_forward_schedule_bench(
     rounds: int = 10,
     t_high: int = 800,
@@ -197,18 +266,28 @@ def run_forward_schedule_bench(
     dataset_name: str = "mnist5k",
     model_name: str = "mlp",
     seed: int = 0,
+    matched_eps: float | None = None,
+    clip: float | None = None,
+    psnr: bool = True,
 ) -> dict[str, Any]:
-    """Measure every row; returns the table as JSON-safe data."""
+    """Measure every row; returns the table as JSON-safe data. With `matched_eps` the rows are
+    `matched_eps_rows` (then `t_high`/`t_low` are unused); `psnr=False` skips the attacks."""
     torch.set_num_threads(1)
     dataset = load_dataset(dataset_name, seed=seed)
     train_config = TrainConfig(epochs=1, batch_size=32, lr=0.05, momentum=0.9)
+    if matched_eps is None:
+        schedule = schedule_rows(rounds, t_high, t_low)
+    else:
+        clip = default_clip() if clip is None else clip
+        schedule = matched_eps_rows(matched_eps, rounds, clip)
     rows = []
-    for row in schedule_rows(rounds, t_high, t_low):
+    for row in schedule:
         started = time.perf_counter()
-        runs = [
+        fed_runs = [
             federated_accuracy(row, dataset, nodes, rounds, model_name, train_config, seed + s)
             for s in range(seeds)
         ]
+        runs = [run.accuracies for run in fed_runs]
         finals = [run[-1] for run in runs]
         result: dict[str, Any] = {
             "label": row.label,
@@ -221,15 +300,15 @@ def run_forward_schedule_bench(
                 statistics.median(run[r] for run in runs) for r in range(rounds)
             ],
         }
-        for key, round_, trained, adaptive in (
-            ("psnr_early", 1, False, False),
-            ("psnr_late", rounds, False, False),
-            ("psnr_early_adaptive", 1, False, True),
-            ("psnr_late_adaptive", rounds, False, True),
-            ("psnr_late_trained", rounds, True, False),
-        ):
+        if matched_eps is not None:
+            spent = [run.update_epsilon for run in fed_runs]
+            known = [e for e in spent if e is not None]
+            result["epsilon_spent"] = max(known) if len(known) == len(spent) else None
+            result["noise_std_by_round"] = released_noise_std(row, rounds, seed=seed)
+        for key, round_, trained, adaptive in PSNR_COLUMNS if psnr else ():
+            attacked_round = rounds if round_ == -1 else round_
             result[key] = idlg_psnr(
-                row, dataset, model_name, round_, trained, adaptive, images, 0.05, seed
+                row, dataset, model_name, attacked_round, trained, adaptive, images, 0.05, seed
             )
         result["seconds"] = time.perf_counter() - started
         rows.append(result)
@@ -245,26 +324,38 @@ def run_forward_schedule_bench(
             "model": model_name,
             "diffusion": "cosine",
             "steps": 1000,
+            "matched_eps": matched_eps,
+            "clip": clip,
+            "delta": DELTA,
         },
         "rows": rows,
     }
 
 
+def _cell(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
-    lines = [
-        "| schedule | levels t (round 1 → last) | mean 1-abar | final acc (median) "
-        "| iDLG PSNR early | late level | adaptive early | adaptive late level "
-        "| late, trained model |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    """The rows as a Markdown table; matched-eps reports add eps spent and the noise std."""
+    matched = report["settings"].get("matched_eps") is not None
+    header = "| schedule | levels t (round 1 → last) | mean 1-abar "
+    if matched:
+        header += "| eps spent | noise std (round 1 → last) "
+    header += (
+        "| final acc (median) | iDLG PSNR early | late level | adaptive early "
+        "| adaptive late level | late, trained model |"
+    )
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for row in report["rows"]:
         levels = row["levels"]
-        lines.append(
-            f"| {row['label']} | {levels[0]} → {levels[-1]} | {row['mean_noise_fraction']:.3f} "
-            f"| {row['final_accuracy_median']:.3f} | {row['psnr_early']:.1f} "
-            f"| {row['psnr_late']:.1f} | {row['psnr_early_adaptive']:.1f} "
-            f"| {row['psnr_late_adaptive']:.1f} | {row['psnr_late_trained']:.1f} |"
-        )
+        line = f"| {row['label']} | {levels[0]} → {levels[-1]} | {row['mean_noise_fraction']:.3f} "
+        if matched:
+            noise = row["noise_std_by_round"]
+            line += f"| {_cell(row['epsilon_spent'], 1)} | {noise[0]:.3f} → {noise[-1]:.3f} "
+        line += f"| {row['final_accuracy_median']:.3f} "
+        line += "".join(f"| {_cell(row.get(key), 1)} " for key, *_ in PSNR_COLUMNS) + "|"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -279,6 +370,9 @@ def run_bench(args: argparse.Namespace) -> int:
         dataset_name=args.dataset,
         model_name=args.model,
         seed=args.seed,
+        matched_eps=args.matched_eps,
+        clip=args.clip,
+        psnr=not args.no_attacks,
     )
     print(json.dumps(report, indent=2) if args.json else markdown_table(report))
     return 0
@@ -287,7 +381,8 @@ def run_bench(args: argparse.Namespace) -> int:
 def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     """Add ``phalanx bench forward-schedule``."""
     parser = bench_subparsers.add_parser(
-        "forward-schedule", help="forward-noising schedules at matched noise: accuracy and iDLG"
+        "forward-schedule",
+        help="forward-noising schedules at matched noise or matched eps: accuracy and iDLG",
     )
     _add_arguments(parser)
 
@@ -302,6 +397,21 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="mnist5k", choices=["mnist5k", "digits"])
     parser.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--matched-eps",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help="compare forward-dp:eps=EPS,rounds=R,clip=C with each levels shape instead "
+        "(matched (eps, delta); --t-high/--t-low unused)",
+    )
+    parser.add_argument(
+        "--clip",
+        type=float,
+        default=None,
+        help="L2 clipping bound C of --matched-eps (default: forward-dp's default)",
+    )
+    parser.add_argument("--no-attacks", action="store_true", help="skip the iDLG columns")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(func=run_bench)
 
