@@ -417,16 +417,19 @@ class Node:
         self._server.add_generic_rpc_handlers((servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         address = f"{self.config.node.host}:{self.config.node.port}"
-        if self.config.node.insecure:
-            self.port = self._server.add_insecure_port(address)
-        else:
-            ca, cert, key = (
-                Path(str(p)).read_bytes() for p in tls_files(self.config.node).values()
-            )
-            credentials = grpc.ssl_server_credentials(
-                [(key, cert)], root_certificates=ca, require_client_auth=True
-            )
-            self.port = self._server.add_secure_port(address, credentials)
+        try:
+            if self.config.node.insecure:
+                self.port = self._server.add_insecure_port(address)
+            else:
+                ca, cert, key = (
+                    Path(str(p)).read_bytes() for p in tls_files(self.config.node).values()
+                )
+                credentials = grpc.ssl_server_credentials(
+                    [(key, cert)], root_certificates=ca, require_client_auth=True
+                )
+                self.port = self._server.add_secure_port(address, credentials)
+        except RuntimeError as error:  # grpcio >= 1.60 raises instead of returning 0
+            raise OSError(f"{self.id}: cannot bind {address}: {error}") from error
         if self.port == 0:
             raise OSError(f"{self.id}: cannot bind {address}")
         await self._server.start()
@@ -897,14 +900,23 @@ class Node:
         if quarantined and len(quarantined) < len(outputs):
             # `isolate`: the quarantine clusters' outputs are dropped from the global step.
             outputs = {c: o for c, o in outputs.items() if c not in quarantined}
+        step_skipped: str | None = None
         if outputs:
-            delta, flagged = combine_cluster_outputs(
-                outputs,
-                self.scenario.aggregation.rule,
-                tolerated_faults(self.scenario),
-                self.scenario.aggregation.pre,
-            )
-            self.weights = self.weights + torch.from_numpy(delta)
+            try:
+                delta, flagged = combine_cluster_outputs(
+                    outputs,
+                    self.scenario.aggregation.rule,
+                    tolerated_faults(self.scenario),
+                    self.scenario.aggregation.pre,
+                )
+            except ValueError as error:
+                # Too few cluster outputs arrived for the rule (e.g. Krum needs m > 2f + 2):
+                # no global step this round rather than a crash; the round is irregular, so
+                # the node re-syncs with the majority afterwards.
+                step_skipped = str(error)
+                log.warning("%s round %d: no global step: %s", self.id, round_, error)
+            else:
+                self.weights = self.weights + torch.from_numpy(delta)
         self.completed_round = round_
         # Group testing across reshuffled clusters: every member of a flagged or quarantined
         # cluster becomes more suspected (`clustering.trust`).
@@ -944,6 +956,7 @@ class Node:
                 for c, o in sorted(outputs.items())
             },
             "failed_clusters": sorted(set(range(len(assignment.clusters))) - set(outputs)),
+            "step_skipped": step_skipped,
             "flagged_clusters": flagged,
             "backdoor_success": backdoor,
             "excluded": excluded,
@@ -1008,7 +1021,8 @@ class Node:
             record = await self.run_round(self.completed_round + 1)
             behind = len(self.peers_ahead) >= len(self.view) // 2
             irregular = (
-                record["excluded"]
+                record["step_skipped"]
+                or record["excluded"]
                 or record["failed_clusters"]
                 or record["equivocating_publishers"]
                 or record["diverged"]
@@ -1058,4 +1072,3 @@ class Node:
                 break
             await asyncio.sleep(0.2)
         await self.sync_with_majority(wait_s=2.0)
-

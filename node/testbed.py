@@ -47,33 +47,81 @@ console = Console(highlight=False)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+PORT_LEASES = Path(os.environ.get("PHALANX_PORT_LEASES", "/tmp/phalanx-port-leases"))
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct ports that were free a moment ago.
+    """`count` distinct ports that were free a moment ago, each leased to this process.
 
     They are drawn below the kernel's ephemeral range (which outgoing connections use, so a port
     picked there can be taken by a client socket before the node binds it), and bound all at
-    once before being released.
+    once before being released. A probe alone cannot see a port that another testbed picked but
+    whose node has not bound it yet (seconds later, after its imports), so concurrent testbeds
+    (``phalanx experiment run --jobs J``) used to collide. Each port is therefore also leased:
+    a file ``PORT_LEASES/<port>`` created exclusively and holding this process's pid, released
+    by `release_ports` and reclaimable once that process is gone.
     """
     low, _high = _ephemeral_range()
     candidates = random.SystemRandom().sample(
         range(10_000, max(low, 10_000 + 4 * count)), 8 * count + 64
     )
     sockets: list[socket.socket] = []
+    leased: list[int] = []
     try:
         for port in candidates:
+            if not _lease(port):
+                continue
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.bind((host, port))
             except OSError:
                 sock.close()
+                release_ports([port])
                 continue
             sockets.append(sock)
+            leased.append(port)
             if len(sockets) == count:
+                leased = []
                 return [s.getsockname()[1] for s in sockets]
         raise OSError(f"could not find {count} free ports on {host}")
     finally:
+        release_ports(leased)  # only on failure: the returned ports stay leased
         for sock in sockets:
             sock.close()
+
+
+def release_ports(ports: Iterable[int]) -> None:
+    """Give back leases taken by `free_ports` in this process."""
+    for port in ports:
+        path = PORT_LEASES / str(port)
+        with contextlib.suppress(OSError, ValueError):
+            if int(path.read_text() or 0) == os.getpid():
+                path.unlink()
+
+
+def _lease(port: int) -> bool:
+    """Take the lease on `port`; a lease whose holder process has exited is taken over."""
+    PORT_LEASES.mkdir(parents=True, exist_ok=True)
+    path = PORT_LEASES / str(port)
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = int(path.read_text() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and psutil.pid_exists(holder):
+                return False
+            with contextlib.suppress(OSError):
+                path.unlink()
+            continue
+        except OSError:
+            return True  # no writable lease directory: fall back to the probe alone
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    return False
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -642,6 +690,7 @@ def run_testbed(testbed: Testbed, timeout_s: float) -> dict[str, Any]:
         console.print("[yellow]interrupted: stopping every node, keeping partial results[/]")
     finally:
         testbed.stop_all()
+        release_ports([*testbed.ports.values(), *testbed.metrics_ports.values()])
         starts, rounds = read_node_records(out_dir)
         honest = testbed.honest_ids()
         summary = build_summary(scenario, starts, rounds, honest, testbed.fault_log, status)

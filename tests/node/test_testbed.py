@@ -381,3 +381,34 @@ def test_swim_view_leaves_a_removed_node_out_of_the_clusters(tmp_path: Path, pha
     last = rounds[16]
     assert sorted(n for c in last["clusters"] for n in c) == [f"node-0{i}" for i in range(8)]
     assert last["clusters_identical"] and last["digests_identical"] and last["excluded"] == []
+
+
+def test_too_few_cluster_outputs_for_the_rule_skip_the_step_instead_of_crashing(
+    tmp_path: Path, phalanx
+) -> None:
+    # Krum needs m > 2f + 2 rows: 3 singleton clusters are enough, the 2 left after a crash are
+    # not. The survivors must log a skipped global step and carry on, not exit.
+    out = tmp_path / "krum"
+    scenario = tmp_path / "krum.toml"
+    scenario.write_text(
+        'nodes = 3\nrounds = 4\n[data]\ndataset = "digits"\n[model]\nname = "mlp"\n'
+        '[clustering]\ncluster_size = 1\n[aggregation]\nrule = "krum"\n'
+        "[timeouts]\ncollect_s = 3\nround_period_s = 2.5\n"
+    )
+    result = phalanx(
+        "testbed", "run", str(scenario), "--kill", "node-02@2", "--out", str(out), timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = _summary(out)
+    assert summary["status"] == "completed", result.stdout
+    records = [
+        json.loads(line)
+        for name in ("node-00", "node-01")
+        for line in (out / "nodes" / f"{name}.jsonl").read_text().splitlines()
+    ]
+    rounds = [r for r in records if r.get("event") == "round"]
+    assert {r["node"] for r in rounds if r["round"] == 4} == {"node-00", "node-01"}
+    skipped = [r for r in rounds if r.get("step_skipped")]
+    assert skipped, rounds
+    assert all("krum" in r.get("step_skipped") for r in skipped)
+    assert summary["rounds"][-1]["digests_identical"]
