@@ -5,8 +5,9 @@ For each defense setting (a `node.defenses.DefenseConfig`) it measures, in one r
 - utility: a real testbed run (``python -m node testbed run SCENARIO --no-metrics``) of the base
   scenario with a ``[defense]`` table, reading ``final_accuracy`` from ``summary.json``; once
   without and once with one Byzantine ``sign-flip`` node (robustness);
-- privacy against attacks: iDLG (and IG with ``--ig``) against the defended update of one victim
-  image, through `adversary.inversion.run_experiment` with a defense callable built from
+- privacy against attacks: iDLG (and IG with ``--ig``, the diffusion-prior attack with
+  ``--diffusion``) against the defended update of one victim image, through
+  `adversary.inversion.run_experiment` with a defense callable built from
   `NodeDefense.protect`; the median PSNR over the victims;
 - the (eps, delta) spent per node, from the nodes' ``privacy`` records when the node reports them,
   else from the same accountants (`NodeDefense.privacy_report`, DP-SGD by `gaussian_epsilon` at
@@ -17,8 +18,11 @@ SGD step on one image (``--target fedavg:1`` at the scenario's learning rate), i
 cluster of one), defended exactly as the node releases it. DP-SGD on a single image for one step is
 ``clip(-lr g, lr C) + N(0, (z lr C)^2 I)``, so its attack column uses ``clip-gauss:clip=lr*C,z=z``.
 
-It writes ``docs/privacy_utility.md`` (table and command), ``docs/privacy_utility.png`` (accuracy
-against PSNR, eps annotated) and ``docs/privacy_utility.json``.
+``--jobs J`` runs J testbeds (threads around subprocesses) and J attack processes at once; each
+finished measurement is appended to ``privacy_utility.partial.jsonl`` first, so an interrupted
+map keeps what it measured. It writes ``docs/privacy_utility.md`` (table and command),
+``docs/privacy_utility.png`` (accuracy against PSNR, eps annotated) and
+``docs/privacy_utility.json``.
 """
 
 from __future__ import annotations
