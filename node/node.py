@@ -144,13 +144,18 @@ class ResultsWriter:
         self._handle.close()
 
 
+class TooFewOutputs(ValueError):
+    """Fewer cluster outputs arrived than the aggregation rule can run on."""
+
+
 def combine_cluster_outputs(
     outputs: Mapping[int, ClusterOutput], rule: str, f: int, pre: list[str] | None = None
 ) -> tuple[np.ndarray, list[int]]:
     """The global step from cluster outputs, in ascending cluster order (bit-reproducible).
 
     ``mean``: FedAvg over dealers, sum_c S_c / sum_c |c|. Other rules: the registered robust
-    rule over the cluster means S_c/|c|. Returns (delta, clusters flagged by the rule).
+    rule over the cluster means S_c/|c|. Returns (delta, clusters flagged by the rule); raises
+    `TooFewOutputs` when the rule cannot run on that many rows even at f = 0 (Krum: m > 2).
     """
     order = sorted(outputs)
     if rule == "mean" and not pre:
@@ -163,6 +168,11 @@ def combine_cluster_outputs(
 
     means = torch.from_numpy(np.stack([outputs[c].mean for c in order]))
     robust = get_rule(rule, pre=pre or None)
+    if robust.max_f(len(order)) < 0:
+        raise TooFewOutputs(
+            f"aggregation rule {rule!r} cannot run on {len(order)} cluster outputs "
+            f"({robust.breakdown})"
+        )
     # Declare no more faulty rows than the rule's breakdown point allows with the clusters that
     # delivered this round, so a round with fewer outputs still aggregates.
     f = min(f, max(robust.max_f(len(order)), 0))
@@ -909,9 +919,8 @@ class Node:
                     tolerated_faults(self.scenario),
                     self.scenario.aggregation.pre,
                 )
-            except ValueError as error:
-                # Too few cluster outputs arrived for the rule (e.g. Krum needs m > 2f + 2):
-                # no global step this round rather than a crash; the round is irregular, so
+            except TooFewOutputs as error:
+                # No global step this round rather than a crash; the round is irregular, so
                 # the node re-syncs with the majority afterwards.
                 step_skipped = str(error)
                 log.warning("%s round %d: no global step: %s", self.id, round_, error)

@@ -66,7 +66,6 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         range(10_000, max(low, 10_000 + 4 * count)), 8 * count + 64
     )
     sockets: list[socket.socket] = []
-    leased: list[int] = []
     try:
         for port in candidates:
             if not _lease(port):
@@ -79,13 +78,11 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
                 release_ports([port])
                 continue
             sockets.append(sock)
-            leased.append(port)
             if len(sockets) == count:
-                leased = []
-                return [s.getsockname()[1] for s in sockets]
+                return [s.getsockname()[1] for s in sockets]  # they stay leased
+        release_ports(s.getsockname()[1] for s in sockets)
         raise OSError(f"could not find {count} free ports on {host}")
     finally:
-        release_ports(leased)  # only on failure: the returned ports stay leased
         for sock in sockets:
             sock.close()
 

@@ -12,7 +12,7 @@ import pytest
 
 import node.testbed as testbed
 from node.runner import EXIT_BIND
-from tests.conftest import REPO, phalanx_env
+from tests.conftest import REPO, phalanx_env, run_phalanx
 
 CHILD_LEASE = (
     "import sys, node.testbed as t; print('taken' if t._lease(int(sys.argv[1])) else 'refused')"
@@ -68,24 +68,15 @@ def test_a_node_whose_port_is_taken_exits_with_the_bind_code_and_a_clear_message
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "node",
-                "node",
-                "--id",
-                "node-a",
-                "--insecure",
-                "--port",
-                str(port),
-                "--out",
-                str(tmp_path),
-            ],
-            env=phalanx_env(),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
+        result = run_phalanx(
+            "node",
+            "--id",
+            "node-a",
+            "--insecure",
+            "--port",
+            str(port),
+            "--out",
+            str(tmp_path),
             timeout=120,
         )
     output = result.stdout + result.stderr
