@@ -16,8 +16,12 @@ import numpy as np
 from mpc.secure_sum import MODES, PHASES, secure_sum
 
 
-def run_mpc_bench(dim: int, cluster_size: int, mode: str, repeats: int = 3) -> dict[str, object]:
+def run_mpc_bench(
+    dim: int, cluster_size: int, mode: str, repeats: int = 3, packing: int = 1
+) -> dict[str, object]:
     """Median-of-repeats per-node compute seconds (per phase and total), bytes ratio, error.
+
+    ``packing`` > 1 (shamir) packs that many coordinates per sharing polynomial.
 
     ``compute_s["reconstruct"]`` is the aggregator's work (one node per cluster in this
     protocol run); ``compute_s["member_total"]`` excludes it and ``compute_s["total"]`` is what
@@ -31,7 +35,10 @@ def run_mpc_bench(dim: int, cluster_size: int, mode: str, repeats: int = 3) -> d
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     updates = np.random.default_rng(0).normal(scale=0.1, size=(cluster_size, dim))
     updates = updates.astype(np.float32)
-    runs = [secure_sum(updates, mode, seed=repeat) for repeat in range(repeats)]  # type: ignore[arg-type]
+    runs = [
+        secure_sum(updates, mode, seed=repeat, packing=packing)  # type: ignore[arg-type]
+        for repeat in range(repeats)
+    ]
     compute = {phase: statistics.median(run.compute_s[phase] for run in runs) for phase in PHASES}
     compute["member_total"] = compute["encode_share"] + compute["sum"]
     compute["total"] = compute["member_total"] + compute["reconstruct"]
@@ -42,6 +49,7 @@ def run_mpc_bench(dim: int, cluster_size: int, mode: str, repeats: int = 3) -> d
         "cluster_size": cluster_size,
         "repeats": repeats,
         "threshold": runs[0].threshold,
+        "packing": packing,
         "compute_s": compute,
         "bytes_sent_per_node": bytes_per_node,
         "bytes_ratio": bytes_per_node / (4 * dim),
@@ -52,7 +60,7 @@ def run_mpc_bench(dim: int, cluster_size: int, mode: str, repeats: int = 3) -> d
 
 def _handle(args: argparse.Namespace) -> int:
     try:
-        result = run_mpc_bench(args.dim, args.cluster_size, args.mode, args.repeats)
+        result = run_mpc_bench(args.dim, args.cluster_size, args.mode, args.repeats, args.packing)
     except ValueError as error:
         print(f"error: {error}")
         return 2
@@ -74,6 +82,7 @@ def _handle(args: argparse.Namespace) -> int:
     table.add_row("bytes sent / float32 update", f"{result['bytes_ratio']:.3f}")
     table.add_row("max abs error", f"{result['max_abs_error']:.3g}")
     table.add_row("threshold", str(result["threshold"]))
+    table.add_row("packing", str(result["packing"]))
     Console().print(table)
     return 0
 
@@ -85,6 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cluster-size", type=int, default=10, help="cluster size K")
     parser.add_argument("--mode", choices=MODES, default="secagg")
     parser.add_argument("--repeats", type=int, default=3, help="median over this many runs")
+    parser.add_argument(
+        "--packing", type=int, default=1, help="shamir: coordinates per sharing polynomial"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=_handle)
 

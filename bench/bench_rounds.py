@@ -89,9 +89,10 @@ def run_rounds_bench(
     ``secure_over_plaintext`` is the median of the per-repeat ratios (each secure testbed over
     the plaintext testbed that ran just before it)."""
     modes = [secure] if isinstance(secure, str) else list(secure)
-    unknown = sorted(set(modes) - set(SECURE_MODES))
-    if unknown or not modes:
-        raise ValueError(f"secure modes must be among {SECURE_MODES}, got {modes}")
+    if not modes:
+        raise ValueError(f"secure modes must be among {SECURE_MODES}, got none")
+    for mode in modes:
+        parse_mode(mode)
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     rows = []
@@ -113,7 +114,7 @@ def run_rounds_bench(
                             per_process,
                         )
                         runs[mode].append(row)
-                        if mode == "none":
+                        if parse_mode(mode)[0] == "none":
                             baseline = row["round_s"]
                         elif baseline:
                             ratios[mode].append(row["round_s"] / baseline)
@@ -137,10 +138,24 @@ def _median_row(runs: list[dict[str, Any]], ratios: list[float]) -> dict[str, An
     return row
 
 
+def parse_mode(token: str) -> tuple[str, int]:
+    """``none``, ``secagg``, ``shamir`` or ``shamir:packing=L`` -> (mode, packing)."""
+    name, _, option = token.partition(":")
+    if name not in SECURE_MODES:
+        raise ValueError(f"secure modes must be among {SECURE_MODES}, got {token!r}")
+    if not option:
+        return name, 1
+    key, _, value = option.partition("=")
+    if name != "shamir" or key != "packing" or not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{token!r}: the only mode option is shamir:packing=L with L >= 1")
+    return name, int(value)
+
+
 def _one_testbed(
     tmp: Path, model: str, n: int, rounds: int, cluster_size: int, secure: str, per_process: int
 ) -> dict[str, Any]:
-    out = tmp / f"{model}-{n}-{secure}"
+    mode, packing = parse_mode(secure)
+    out = tmp / f"{model}-{n}-{secure.replace(':', '-').replace('=', '')}"
     summary = run_testbed(
         out,
         "--nodes",
@@ -154,7 +169,9 @@ def _one_testbed(
         "--partition",
         "iid",
         "--secure",
-        secure,
+        mode,
+        "--packing",
+        str(packing),
         "--nodes-per-process",
         str(per_process),
     )
@@ -200,12 +217,14 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 
 def _cmd_rounds(args: argparse.Namespace) -> int:
-    unknown = sorted(set(args.secure) - set(SECURE_MODES))
     if args.repeats < 1:
         print(f"--repeats must be >= 1, got {args.repeats}")
         return 2
-    if unknown:
-        print(f"--secure: unknown modes {unknown}; choose among {','.join(SECURE_MODES)}")
+    try:
+        for mode in args.secure:
+            parse_mode(mode)
+    except ValueError as error:
+        print(f"--secure: {error}")
         return 2
     rows = run_rounds_bench(
         args.nodes,
@@ -272,8 +291,9 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:
         "--secure",
         type=lambda t: t.split(","),
         default=["none"],
-        help="comma-separated modes among none,shamir,secagg; with none first, each secure row "
-        "reports its round time over the plaintext one of the same run",
+        help="comma-separated modes among none,shamir,secagg, or shamir:packing=L (packed "
+        "sharing); with none first, each secure row reports its round time over the plaintext "
+        "one of the same run",
     )
     rounds.add_argument("--nodes-per-process", type=int, default=1)
     rounds.add_argument(

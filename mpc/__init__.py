@@ -42,9 +42,12 @@ from mpc.session import ClusterSession as ClusterSession
 from mpc.session import default_threshold as default_threshold
 from mpc.shamir import ReconstructionResult as ReconstructionResult
 from mpc.shamir import berlekamp_welch as berlekamp_welch
+from mpc.shamir import packed_length as packed_length
 from mpc.shamir import partial_sum as partial_sum
 from mpc.shamir import reconstruct as reconstruct
 from mpc.shamir import reconstruct_robust as reconstruct_robust
+from mpc.shamir import secret_points as secret_points
+from mpc.shamir import share_packed as share_packed
 from mpc.shamir import share_vector as share_vector
 from mpc.shamir_protocol import ShamirMember as ShamirMember
 from mpc.shamir_protocol import ShamirOutcome as ShamirOutcome
@@ -83,12 +86,15 @@ __all__ = [
     "default_threshold",
     "encode",
     "encrypt_share",
+    "packed_length",
     "partial_sum",
     "prg_field_vector",
     "reconstruct",
     "reconstruct_cluster_sum",
     "reconstruct_robust",
+    "secret_points",
     "secure_sum",
     "share_key",
+    "share_packed",
     "share_vector",
 ]

@@ -132,12 +132,18 @@ def secure_sum(
     max_errors: int | None = None,
     round_number: int = 0,
     cluster: str = "c0",
+    packing: int = 1,
 ) -> SecureSumResult:
     """Sum the rows of ``updates`` (k, d) with the chosen secure-aggregation protocol.
 
-    ``threshold`` defaults to :func:`mpc.session.default_threshold`. The config is checked so
-    that a sum of k clipped values cannot wrap. Same inputs and seed give bit-identical output.
+    ``threshold`` defaults to :func:`mpc.session.default_threshold`. ``packing`` (shamir only)
+    puts that many coordinates in each sharing polynomial (Franklin & Yung 1992): shares and
+    partial sums are ``packing`` times shorter, reconstruction needs t + packing - 1 holders.
+    The config is checked so that a sum of k clipped values cannot wrap. Same inputs and seed
+    give bit-identical output.
     """
+    if packing != 1 and mode != "shamir":
+        raise ValueError(f"packing applies to mode 'shamir' only, got mode={mode!r}")
     array, drop_set, lie_set = _validate(updates, mode, drop, lie)
     config = config or FixedPointConfig()
     k, d = array.shape
@@ -162,6 +168,7 @@ def secure_sum(
         cluster,
         threshold if threshold is not None else default_threshold(mode, k),
         d,
+        packing,
     )
     master = Csprng(seed)
     rngs = [master.child(member_name(i)) for i in range(k)]
@@ -249,7 +256,7 @@ def _run_shamir(
             continue
         partial = clock.run("sum", i, member.partial_sum, dealers)
         if i in lie_set:
-            garbage = rngs[i].field_elements(session.dimension)
+            garbage = rngs[i].field_elements(session.share_length)
             partial = PartialSum(
                 partial.round, partial.cluster, partial.sender, gf.to_bytes(garbage)
             )

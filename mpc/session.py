@@ -12,6 +12,9 @@ class ClusterSession:
     """Members (canonical sorted order), round, cluster id, Shamir threshold and vector length.
 
     Member ``members[k]`` holds Shamir point k + 1, so every party derives the same points.
+    ``packing`` secrets share one polynomial (Franklin & Yung 1992; 1 = plain Shamir): privacy
+    still holds against ``threshold - 1`` colluders, reconstruction needs
+    :attr:`reconstruction_threshold` = t + l - 1 holders, and shares have :attr:`share_length`.
     """
 
     members: tuple[str, ...]
@@ -19,6 +22,7 @@ class ClusterSession:
     cluster: str
     threshold: int
     dimension: int
+    packing: int = 1
 
     def __post_init__(self) -> None:
         if len(set(self.members)) != len(self.members):
@@ -33,6 +37,14 @@ class ClusterSession:
             raise ValueError(
                 f"threshold must be in [1, cluster size {len(self.members)}], got {self.threshold}"
             )
+        if self.packing < 1:
+            raise ValueError(f"packing must be >= 1, got {self.packing}")
+        if self.reconstruction_threshold > len(self.members):
+            raise ValueError(
+                f"packing {self.packing} with threshold {self.threshold} needs t + l - 1 = "
+                f"{self.reconstruction_threshold} holders to reconstruct, more than the cluster "
+                f"size {len(self.members)}"
+            )
         if self.dimension < 1:
             raise ValueError(f"dimension must be >= 1, got {self.dimension}")
         if self.round < 0:
@@ -41,6 +53,16 @@ class ClusterSession:
     @property
     def size(self) -> int:
         return len(self.members)
+
+    @property
+    def reconstruction_threshold(self) -> int:
+        """Partial sums needed to reconstruct: t + l - 1 (t when unpacked)."""
+        return self.threshold + self.packing - 1
+
+    @property
+    def share_length(self) -> int:
+        """Field elements per share and per partial sum: ceil(dimension / packing)."""
+        return -(-self.dimension // self.packing)
 
     def point(self, member: str) -> int:
         """Shamir evaluation point of ``member`` (1-based rank in the sorted member list)."""

@@ -66,6 +66,85 @@ def share_vector(
     return evaluate_at_points([secret, *coefficients], num_shares)
 
 
+def secret_points(packing: int) -> tuple[int, ...]:
+    """Where a packed polynomial holds its secrets: 0, -1, ..., -(packing - 1) mod p.
+
+    Holders sit at 1..m, so the two sets never meet, and together with the random values at
+    1..t-1 they form one run of consecutive integers (see :func:`share_packed`).
+    """
+    if packing < 1:
+        raise ValueError(f"packing must be >= 1, got {packing}")
+    return tuple((-index) % PRIME for index in range(packing))
+
+
+def packed_length(dimension: int, packing: int) -> int:
+    """Length of each share when ``dimension`` secrets are packed ``packing`` per polynomial."""
+    if packing < 1:
+        raise ValueError(f"packing must be >= 1, got {packing}")
+    return -(-dimension // packing)
+
+
+def share_packed(
+    secret: FieldVector, threshold: int, num_shares: int, packing: int, rng: Csprng
+) -> list[FieldVector]:
+    """Packed Shamir sharing (Franklin & Yung, STOC 1992): ``packing`` secrets per polynomial.
+
+    The secret (d,) is zero-padded to l * L (L = ceil(d / l)) and cut into l blocks; block i is
+    the value of the sharing polynomials at x = -i. Holders 1..t-1 get fresh uniform vectors
+    f(1..t-1), which fixes f of degree t + l - 2 through the l + t - 1 consecutive points
+    -(l-1)..t-1; shares f(t..m) follow by Newton forward differences (d modular additions of
+    length L per point, no multiplication). Each share has length L, so bytes drop by l.
+
+    Privacy: any t - 1 shares are uniform whatever the secrets (the polynomials that vanish on
+    the l secret points are Z(x) g(x) with deg g <= t - 2, and g is fixed by t - 1 values).
+    Reconstruction needs t + l - 1 shares, so at the same cluster size l - 1 fewer holders may
+    be missing, and the Reed-Solomon code corrects floor((n - t - l + 1) / 2) wrong ones.
+    """
+    _check_threshold(threshold, num_shares)
+    if packing == 1:
+        return share_vector(secret, threshold, num_shares, rng)
+    reconstruction = threshold + packing - 1
+    if packing < 1 or reconstruction > num_shares:
+        raise ValueError(
+            f"packing {packing} with threshold {threshold} needs t + l - 1 = {reconstruction} "
+            f"shares to reconstruct, more than the {num_shares} holders"
+        )
+    secret = gf.as_field_vector(secret, "secret")
+    length = packed_length(secret.size, packing)
+    padded = np.zeros(packing * length, dtype=np.uint32)
+    padded[: secret.size] = secret
+    blocks = padded.reshape(packing, length)
+    randoms = rng.field_elements((threshold - 1) * length).reshape(threshold - 1, length)
+    # f at the consecutive points -(l-1), ..., -1, 0, 1, ..., t-1
+    known = [blocks[index] for index in reversed(range(packing))] + list(randoms)
+    return _extend_by_differences(known, 1 - packing, num_shares)
+
+
+def _extend_by_differences(
+    known: Sequence[FieldVector], first_point: int, last_point: int
+) -> list[FieldVector]:
+    """f(1), ..., f(last_point) for deg f < len(known), given f at first_point, first_point + 1,
+    ... (first_point <= 1): walk Newton's forward-difference table from ``first_point``."""
+    state = [known[0].copy()]
+    row = list(known)
+    for _ in range(1, len(known)):
+        row = [gf.sub(row[i + 1], row[i]) for i in range(len(row) - 1)]
+        state.append(row[0].copy())
+    values: list[FieldVector] = []
+    for point in range(first_point, last_point + 1):
+        if point >= 1:
+            values.append(state[0].copy())
+        if point < last_point:
+            for k in range(len(state) - 1):
+                gf.add_into(state[k], state[k + 1])
+    return values
+
+
+def unpack(blocks: FieldVector, dimension: int) -> FieldVector:
+    """The packed secrets in their original order: blocks at 0, -1, ... concatenated, unpadded."""
+    return blocks[:dimension]
+
+
 def evaluate_at_points(terms: Sequence[FieldVector], num_points: int) -> list[FieldVector]:
     """f(1), ..., f(m) for f(x) = sum_k terms[k] x^k, coordinate-wise.
 
@@ -252,12 +331,17 @@ def reconstruct_robust(
     threshold: int,
     max_errors: int | None = None,
     locator_samples: int = 3,
+    at: Sequence[int] = (0,),
 ) -> ReconstructionResult:
     """Reconstruct f(0) from received shares, correcting up to ``max_errors`` wrong ones.
 
     ``max_errors`` defaults to floor((n - t) / 2), the Reed-Solomon unique-decoding radius; a
-    smaller value trades correction for guaranteed detection (see module docstring).
+    smaller value trades correction for guaranteed detection (see module docstring). For packed
+    shares, ``threshold`` is the code dimension t + l - 1 and ``at`` the secret points
+    (:func:`secret_points`); the value is f at each of them, concatenated.
     """
+    if not at:
+        raise ValueError("at must name at least one evaluation point")
     if threshold < 1:
         raise ValueError(f"threshold must be >= 1, got {threshold}")
     points = sorted(shares)
@@ -285,7 +369,8 @@ def reconstruct_robust(
         inconsistent = _inconsistent_coordinates(shares, trusted, threshold)
         bad = np.flatnonzero(inconsistent)
         if bad.size == 0:
-            value = interpolate_at({x: shares[x] for x in trusted[:threshold]}, 0)
+            basis = {x: shares[x] for x in trusted[:threshold]}
+            value = np.concatenate([interpolate_at(basis, point) for point in at])
             return ReconstructionResult(
                 value,
                 False,

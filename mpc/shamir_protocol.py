@@ -5,7 +5,10 @@ share AES-GCM-encrypted end to end to its holder under a per-round X25519/HKDF k
 (round, cluster, sender, recipient). A holder sums the shares of the agreed dealer set (its
 partial sum is a share of the cluster sum), and the aggregator decodes the partial sums as a
 Reed-Solomon codeword (Berlekamp-Welch), tolerating m - t missing holders and
-floor((received - t)/2) wrong partial sums (see :mod:`mpc.shamir`).
+floor((received - t)/2) wrong partial sums (see :mod:`mpc.shamir`). With packing l > 1
+(Franklin & Yung 1992) each polynomial carries l coordinates: shares and partial sums are l
+times shorter, privacy still holds against t - 1 colluders, and t is replaced by t + l - 1 in
+both tolerances (:attr:`mpc.session.ClusterSession.reconstruction_threshold`).
 
 Phases a node drives: ``advertise_keys -> deal -> receive_share* -> partial_sum`` (members) and
 ``reconstruct`` (aggregator). A dealer who sends an inconsistent share to some holder makes that
@@ -31,7 +34,13 @@ from mpc.crypto import (
 from mpc.field import FieldVector
 from mpc.messages import EncryptedShare, KeyAdvertisement, PartialSum, ShareRejected
 from mpc.session import ClusterSession
-from mpc.shamir import ReconstructionResult, reconstruct_robust, share_vector
+from mpc.shamir import (
+    ReconstructionResult,
+    reconstruct_robust,
+    secret_points,
+    share_packed,
+    unpack,
+)
 from mpc.shamir import partial_sum as sum_shares
 
 UPDATE_PURPOSE = "shamir-update"
@@ -76,7 +85,9 @@ class ShamirMember:
             if name != advertisement.sender or len(advertisement.encryption_public) != 32:
                 raise ShareRejected(f"malformed key advertisement from {name!r}")
         self._advertisements = dict(advertisements)
-        shares = share_vector(encoded_update, session.threshold, session.size, self._rng)
+        shares = share_packed(
+            encoded_update, session.threshold, session.size, session.packing, self._rng
+        )
         messages = {}
         for recipient in session.members:
             share = shares[session.point(recipient) - 1]
@@ -128,7 +139,7 @@ class ShamirMember:
         )
         try:
             plaintext = decrypt_share(key, context, message.ciphertext)
-            share = gf.from_bytes(plaintext, session.dimension, f"share from {message.sender!r}")
+            share = gf.from_bytes(plaintext, session.share_length, f"share from {message.sender!r}")
         except (ShareAuthenticationError, ValueError) as error:
             raise ShareRejected(str(error)) from error
         self._held[message.sender] = share
@@ -195,14 +206,19 @@ def reconstruct_cluster_sum(
             if point in shares:
                 raise ShareRejected(f"duplicate partial sum from {message.sender!r}")
             shares[point] = gf.from_bytes(
-                message.value, session.dimension, f"partial sum of {message.sender!r}"
+                message.value, session.share_length, f"partial sum of {message.sender!r}"
             )
         except (ShareRejected, ValueError) as error:
             rejections[message.sender] = str(error)
-    result: ReconstructionResult = reconstruct_robust(shares, session.threshold, max_errors)
+    result: ReconstructionResult = reconstruct_robust(
+        shares,
+        session.reconstruction_threshold,
+        max_errors,
+        at=secret_points(session.packing),
+    )
     names = session.members
     return ShamirOutcome(
-        result.value,
+        None if result.value is None else unpack(result.value, session.dimension),
         result.failed,
         result.reason,
         tuple(names[x - 1] for x in result.suspects),

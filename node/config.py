@@ -134,6 +134,12 @@ class AggregationConfig(_Section):
     threshold: Annotated[int, Field(ge=0)] = Field(
         default=0, description="Shamir threshold t (0 = the mode's default for the cluster size)"
     )
+    packing: Annotated[int, Field(ge=1)] = Field(
+        default=1,
+        description="shamir: coordinates per sharing polynomial (Franklin-Yung packed sharing); "
+        "l > 1 cuts share bytes l-fold, keeps privacy against t - 1 colluders, and needs "
+        "t + l - 1 holders to reconstruct",
+    )
     clip: Annotated[float, Field(gt=0)] = Field(
         default=4.0, description="fixed-point clipping bound per coordinate (MPC modes)"
     )
@@ -256,6 +262,26 @@ class Scenario(_Section):
                     f"aggregation.threshold ({aggregation.threshold}) exceeds the smallest "
                     f"cluster ({min(sizes)} members)"
                 )
+            if aggregation.packing > 1:
+                if aggregation.secure != "shamir":
+                    raise ValueError(
+                        f"aggregation.packing = {aggregation.packing} needs aggregation.secure = "
+                        f"'shamir' (secagg masks, it does not share the update)"
+                    )
+                from mpc.session import default_threshold
+
+                for size in sorted(set(sizes)):
+                    t = aggregation.threshold or default_threshold("shamir", size)
+                    if t + aggregation.packing - 1 > size:
+                        raise ValueError(
+                            f"aggregation.packing = {aggregation.packing} with threshold t = {t} "
+                            f"needs t + packing - 1 = {t + aggregation.packing - 1} holders to "
+                            f"reconstruct, more than a cluster of {size}"
+                        )
+        elif aggregation.packing > 1:
+            raise ValueError(
+                f"aggregation.packing = {aggregation.packing} needs aggregation.secure = 'shamir'"
+            )
         return self
 
     @model_validator(mode="after")

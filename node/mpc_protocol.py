@@ -54,6 +54,7 @@ from mpc import (
     decode_sum,
     default_threshold,
     encode,
+    packed_length,
     reconstruct_cluster_sum,
 )
 from node.codec import Message
@@ -201,9 +202,13 @@ class ShamirClusterProtocol:
         publishers: int,
         on_reject: RejectHook,
         noise: NoiseSource | None = None,
+        packing: int = 1,
     ) -> None:
+        if packing < 1:
+            raise ValueError(f"packing must be >= 1, got {packing}")
         self.fixed_point = fixed_point
         self.threshold = threshold
+        self.packing = packing
         self.publishers: int | None = publishers
         self._on_reject = on_reject
         self._noise = noise
@@ -240,8 +245,9 @@ class ShamirClusterProtocol:
                 raise _invalid(f"share needs a uint8 'ciphertext' of at most {limit} bytes")
         elif kind == pb.MESSAGE_KIND_PARTIAL_SUM:
             value = message.tensors.get("value")
-            if value is None or value.dtype != np.uint8 or value.shape != (4 * dimension,):
-                raise _invalid(f"partial sum needs a uint8[{4 * dimension}] 'value'")
+            size = 4 * packed_length(dimension, self.packing)
+            if value is None or value.dtype != np.uint8 or value.shape != (size,):
+                raise _invalid(f"partial sum needs a uint8[{size}] 'value'")
             names = _names(message.meta.get("dealers", ""))
             if not names or len(set(names)) != len(names) or not set(names) <= set(members):
                 raise _invalid(f"partial sum must name its dealers, members of {message.cluster}")
@@ -278,7 +284,12 @@ class ShamirClusterProtocol:
         members = sorted(context.clusters[mine])
         live = [m for m in members if m not in context.suspected or m == me]
         session = ClusterSession(
-            tuple(members), r, str(mine), self.threshold_for(len(members)), context.dimension
+            tuple(members),
+            r,
+            str(mine),
+            self.threshold_for(len(members)),
+            context.dimension,
+            self.packing,
         )
         member = ShamirMember(session, me, Csprng(None))
         started = time.monotonic()
@@ -379,7 +390,8 @@ class ShamirClusterProtocol:
                 r, pb.MESSAGE_KIND_HELD_DEALERS, mine, live, phase + collect
             )
             agreed = agree_dealer_set(
-                {s: _names(m.meta["held"]) for s, m in reports.items()}, session.threshold
+                {s: _names(m.meta["held"]) for s, m in reports.items()},
+                session.reconstruction_threshold,
             )
             decision = Message(
                 me, r, pb.MESSAGE_KIND_DEALER_SET, mine, meta={"dealers": ",".join(agreed)}

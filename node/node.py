@@ -397,6 +397,7 @@ class Node:
                 self.scenario.clustering.publishers,
                 self._rejected,
                 noise,
+                packing=aggregation.packing,
             )
         from node.mpc_protocol import SecAggClusterProtocol
 

@@ -742,6 +742,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
             "clustering.cluster_size": args.cluster_size,
             "clustering.strategy": args.strategy,
             "aggregation.secure": args.secure,
+            "aggregation.packing": args.packing,
             "aggregation.rule": args.rule,
             "data.dataset": args.dataset,
             "data.partition": args.partition,
@@ -816,6 +817,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--cluster-size", type=int)
     run.add_argument("--strategy")
     run.add_argument("--secure", choices=("none", "secagg", "shamir"))
+    run.add_argument(
+        "--packing",
+        type=int,
+        help="shamir: coordinates per sharing polynomial (packed sharing; needs t + l - 1 "
+        "holders to reconstruct)",
+    )
     run.add_argument("--rule", help="aggregation rule over cluster outputs")
     run.add_argument("--f", type=int, help="Byzantine cluster outputs the rule tolerates")
     run.add_argument(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.bench_rounds import _median_row, run_rounds_bench
+from bench.bench_rounds import _median_row, parse_mode, run_rounds_bench
 
 
 def _run(round_s: float, identical: bool = True) -> dict[str, object]:
@@ -36,9 +36,24 @@ def test_median_row_reports_a_divergent_repeat() -> None:
     assert "secure_over_plaintext" not in row
 
 
-@pytest.mark.parametrize(("secure", "repeats"), [(["none", "bogus"], 1), (["none"], 0)])
+@pytest.mark.parametrize(
+    ("secure", "repeats"),
+    [
+        (["none", "bogus"], 1),
+        (["none"], 0),
+        (["none", "shamir:packing=0"], 1),
+        (["none", "secagg:packing=2"], 1),
+        (["none", "shamir:threshold=2"], 1),
+    ],
+)
 def test_bad_arguments_are_refused_before_any_testbed_starts(
     secure: list[str], repeats: int
 ) -> None:
     with pytest.raises(ValueError):
         run_rounds_bench([2], ["mlp"], 2, 2, secure, repeats=repeats)
+
+
+def test_mode_tokens_name_the_packing() -> None:
+    assert parse_mode("none") == ("none", 1)
+    assert parse_mode("shamir") == ("shamir", 1)
+    assert parse_mode("shamir:packing=2") == ("shamir", 2)

@@ -35,6 +35,20 @@ def test_default_scenario_is_valid_and_matches_make_run_promises() -> None:
             "cluster of one",
         ),
         ({"model": {"name": "transformer"}}, "unknown model 'transformer'"),
+        (
+            {
+                "nodes": 8,
+                "aggregation": {"secure": "shamir", "packing": 4},
+                "clustering": {"cluster_size": 4},
+            },
+            "needs t + packing - 1 = 5 holders to reconstruct, more than a cluster of 4",
+        ),
+        (
+            {"aggregation": {"secure": "secagg", "packing": 2}},
+            "needs aggregation.secure = 'shamir'",
+        ),
+        ({"aggregation": {"packing": 2}}, "needs aggregation.secure = 'shamir'"),
+        ({"aggregation": {"packing": 0}}, "aggregation.packing: Input should be greater than"),
     ],
 )
 def test_bad_scenarios_get_a_one_line_error_naming_the_field(data: dict, expected: str) -> None:

@@ -189,3 +189,55 @@ def test_secagg_setup_overlaps_training_and_sums_exactly() -> None:
         _assert_sum(outputs[name][0], updates, NAMES)
     masked = [m for _, _, m in wire if m.kind == pb.MESSAGE_KIND_MASKED_INPUT]
     assert len(masked) == 4  # one masked vector per member; the aggregator keeps its own
+
+
+def _packed(names: list[str]) -> dict[str, ShamirClusterProtocol | SecAggClusterProtocol]:
+    """t = 2, two coordinates per polynomial: t + l - 1 = 3 of the 5 holders reconstruct."""
+    return {n: ShamirClusterProtocol(FIXED_POINT, 2, 2, lambda *_: None, packing=2) for n in names}
+
+
+def test_packed_sharing_halves_the_share_bytes_and_corrects_a_lying_holder() -> None:
+    """Packing two coordinates per polynomial: shares and partial sums on the wire carry
+    ceil(257 / 2) = 129 field elements; the sum is exact, and a holder sending a garbage
+    partial sum (1 <= floor((5 - 3) / 2)) is corrected."""
+    updates = _updates()
+    packed_bytes = 4 * ((DIMENSION + 1) // 2)
+
+    def lie_c(sender: str, peer: str, message: Message) -> Message:
+        if sender == "c" and message.kind == pb.MESSAGE_KIND_PARTIAL_SUM:
+            garbage = np.random.default_rng(5).integers(0, 2**31 - 1, packed_bytes // 4)
+            tensors = {"value": garbage.astype("<u4").view(np.uint8)}
+            return Message(
+                "c", 1, message.kind, 0, tensors, meta=message.meta, recipient=message.recipient
+            )
+        return message
+
+    outputs, wire, rejected = _run_cluster(_packed(NAMES), updates, tamper=lie_c)
+    assert rejected == []
+    for name in NAMES:
+        _assert_sum(outputs[name][0], updates, NAMES)
+    partials = [m for _, _, m in wire if m.kind == pb.MESSAGE_KIND_PARTIAL_SUM]
+    assert partials and all(m.tensors["value"].size == packed_bytes for m in partials)
+    shares = [m for _, _, m in wire if m.kind == pb.MESSAGE_KIND_SHARE]
+    # AES-GCM adds a nonce and a tag: far less than the other half of an unpacked share
+    assert all(packed_bytes <= m.tensors["ciphertext"].size < packed_bytes + 64 for m in shares)
+
+
+def test_packed_partial_sum_of_the_unpacked_length_is_rejected() -> None:
+    """A node running packing 2 refuses a partial sum sized for unpacked shares (a peer with
+    another configuration, or a forged message): a logged rejection, and the round still sums
+    from the other holders."""
+    updates = _updates()
+
+    def unpacked_from_d(sender: str, peer: str, message: Message) -> Message:
+        if sender == "d" and message.kind == pb.MESSAGE_KIND_PARTIAL_SUM:
+            tensors = {"value": np.zeros(4 * DIMENSION, np.uint8)}
+            return Message(
+                "d", 1, message.kind, 0, tensors, meta=message.meta, recipient=message.recipient
+            )
+        return message
+
+    outputs, _, rejected = _run_cluster(_packed(NAMES), updates, tamper=unpacked_from_d)
+    assert rejected and all("<-d" in line and "partial sum needs" in line for line in rejected)
+    for name in NAMES:
+        _assert_sum(outputs[name][0], updates, NAMES)

@@ -20,7 +20,7 @@ def test_shamir_round_matches_plaintext_and_no_node_sees_another_update(
     tmp_path: Path, phalanx
 ) -> None:
     runs = {}
-    for mode in ("none", "shamir"):
+    for mode in ("none", "shamir", "shamir-packed"):
         out = tmp_path / mode
         args = [
             "testbed",
@@ -38,12 +38,14 @@ def test_shamir_round_matches_plaintext_and_no_node_sees_another_update(
             "--partition",
             "iid",
             "--secure",
-            mode,
+            mode.split("-")[0],
             "--out",
             str(out),
         ]
         if mode == "shamir":
             args.append("--audit-traffic")
+        if mode == "shamir-packed":
+            args += ["--packing", "2"]
         result = phalanx(*args, timeout=600)
         assert result.returncode == 0, result.stdout + result.stderr
         runs[mode] = _summary(out)
@@ -55,6 +57,14 @@ def test_shamir_round_matches_plaintext_and_no_node_sees_another_update(
         assert {"keys", "share", "agree", "reconstruct", "publish"} <= set(record["phase_s"])
         assert record["bytes_by_kind"]["share"] > 0 and record["bytes_by_kind"]["partial_sum"] > 0
         assert "update" not in record["bytes_by_kind"]
+    # Packed sharing (two coordinates per polynomial): same model, half the share bytes.
+    packed = runs["shamir-packed"]
+    assert packed["all_digests_identical"]
+    assert abs(packed["final_accuracy"] - plain["final_accuracy"]) <= 0.01
+    for unpacked_round, packed_round in zip(secure["rounds"], packed["rounds"], strict=True):
+        for kind in ("share", "partial_sum"):
+            ratio = packed_round["bytes_by_kind"][kind] / unpacked_round["bytes_by_kind"][kind]
+            assert 0.45 < ratio < 0.55, (kind, ratio)
 
     audit = tmp_path / "shamir" / "audit"
     fixed_point = FixedPointConfig()
