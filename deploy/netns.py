@@ -196,6 +196,17 @@ def netem_available() -> bool:
         _run(["ip", "netns", "delete", probe], check=False)
 
 
+def netem_arguments(delay_ms: float, jitter_ms: float, loss_pct: float) -> list[str]:
+    """The ``tc qdisc ... root`` arguments for netem's delay, uniform jitter and random loss
+    (``tc-netem(8)``); times in milliseconds, loss in percent."""
+    for name, value in (("delay_ms", delay_ms), ("jitter_ms", jitter_ms), ("loss_pct", loss_pct)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if loss_pct > 100:
+        raise ValueError(f"loss_pct must be at most 100, got {loss_pct}")
+    return ["netem", "delay", f"{delay_ms:g}ms", f"{jitter_ms:g}ms", "loss", f"{loss_pct:g}%"]
+
+
 def tap_available() -> bool:
     """Whether TAP devices can be made here (``/dev/net/tun``), which the delay line needs."""
     return os.path.exists("/dev/net/tun") and os.access("/dev/net/tun", os.R_OK | os.W_OK)
@@ -628,7 +639,7 @@ class NetnsTestbed(Testbed):
         if not (delay or jitter or loss):
             return "cleared"
         if netem_available():
-            netem = ["netem", "delay", f"{delay}ms", f"{jitter}ms", "loss", f"{loss}%"]
+            netem = netem_arguments(delay, jitter, loss)
             _in_ns(namespace, "tc", "qdisc", "replace", "dev", "eth0", "root", *netem)
             return "tc-netem"
         mechanism = "netem-unavailable"

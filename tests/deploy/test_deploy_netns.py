@@ -305,3 +305,49 @@ def test_delay_and_loss_on_one_node_rounds_complete_or_exclude_it(tmp_path: Path
         # Deadlines: a cluster waits collect_s, outputs wait 2*collect_s, plus RPC retries.
         assert record["duration_s"] < 3 * collect_s + 4 * 1.0 + 15, record
     assert [r["round"] for r in summary["rounds"]] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("delay", "jitter", "loss"), [(80.0, 20.0, 5.0), (3.0, 0.0, 0.0)])
+def test_netem_arguments_pass_tc_and_install_where_the_kernel_has_netem(
+    delay: float, jitter: float, loss: float
+) -> None:
+    """The netem branch of the shaping: tc parses netem's arguments itself before asking the
+    kernel, so on a kernel without ``sch_netem`` the command must fail with the kernel's
+    "qdisc kind is unknown" (exit 2), never with tc's argument errors (exit 1); where the
+    kernel has netem, the qdisc must be installed with the delay we asked for."""
+    from deploy.netns import netem_arguments
+
+    namespace = f"{new_prefix()}-tc"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+
+        def tc(*args: str) -> subprocess.CompletedProcess[str]:
+            command = ["ip", "netns", "exec", namespace, "tc", "qdisc", "add", "dev", "lo"]
+            return subprocess.run([*command, "root", *args], capture_output=True, text=True)
+
+        subprocess.run(["ip", "netns", "exec", namespace, "ip", "link", "set", "lo", "up"])
+        installed = tc(*netem_arguments(delay, jitter, loss))
+        if installed.returncode == 0:
+            shown = subprocess.run(
+                ["ip", "netns", "exec", namespace, "tc", "qdisc", "show", "dev", "lo"],
+                capture_output=True,
+                text=True,
+            ).stdout
+            assert "netem" in shown and f"delay {delay:g}ms" in shown
+        else:
+            assert installed.returncode == 2 and "qdisc kind is unknown" in installed.stderr
+        # Control: an argument tc cannot parse is refused by tc itself, whatever the kernel.
+        malformed = tc("netem", "delay", f"{delay:g}ms", "loss", "500%")
+        assert malformed.returncode == 1 and "Illegal" in malformed.stderr
+    finally:
+        subprocess.run(["ip", "netns", "delete", namespace], check=False)
+
+
+def test_netem_arguments_refuse_impossible_values() -> None:
+    from deploy.netns import netem_arguments
+
+    assert netem_arguments(80, 20, 5) == ["netem", "delay", "80ms", "20ms", "loss", "5%"]
+    with pytest.raises(ValueError, match="loss_pct must be at most 100"):
+        netem_arguments(1, 0, 150)
+    with pytest.raises(ValueError, match="delay_ms must be >= 0"):
+        netem_arguments(-1, 0, 0)
