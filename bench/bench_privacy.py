@@ -18,6 +18,19 @@ SGD step on one image (``--target fedavg:1`` at the scenario's learning rate), i
 cluster of one), defended exactly as the node releases it. DP-SGD on a single image for one step is
 ``clip(-lr g, lr C) + N(0, (z lr C)^2 I)``, so its attack column uses ``clip-gauss:clip=lr*C,z=z``.
 
+Attack columns "as the aggregator sees it" (``psnr_<method>_cluster_sum``, iDLG and, with
+``--ig``/``--diffusion``, IG and the diffusion prior): for k > 1 the aggregator of a k-member
+cluster sees under MPC only the cluster sum ``S = sum_i D_i(delta_i)`` of the k members' defended
+FedAvg deltas, each from a different victim image, each defended by its own `NodeDefense`
+(node index i, so independent noise), summed by ``mpc.secure_sum`` in ``shamir`` mode with the
+nodes' default fixed point (clip 4, 16 fractional bits) through
+`adversary.inversion.targets.observed_cluster_sum`. The attacker knows k and inverts ``S / k`` as
+one FedAvg delta of one image (the rule of ``--target cluster-sum:K`` in docs/inversion.md). Its
+score is its best case: for each cluster ``max_j PSNR(x_j, x_hat)`` over the k victims x_j, and
+the column is the median of that over the clusters. For k = 1 there is no sum (MPC refuses a
+cluster of one): the column is the member column, copied. ``--merge PATH`` adds only these
+columns to an existing map (no testbed, no member attack) and rewrites the .json, .md and .png.
+
 ``--jobs J`` runs J testbeds (threads around subprocesses) and J attack processes at once; each
 finished measurement is appended to ``privacy_utility.partial.jsonl`` first, so an interrupted
 map keeps what it measured. It writes ``docs/privacy_utility.md`` (table and command),
@@ -47,7 +60,17 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from adversary.inversion.experiment import ExperimentSpec, load_prior_for, run_experiment
+from adversary.inversion.attacks import invert
+from adversary.inversion.experiment import (
+    ExperimentSpec,
+    load_prior_for,
+    run_experiment,
+    victim_model,
+)
+from adversary.inversion.knowledge import AttackerKnowledge, Defense, InversionConfig
+from adversary.inversion.metrics import psnr
+from adversary.inversion.priors import auxiliary_split
+from adversary.inversion.targets import fedavg_update, flatten, observed_cluster_sum, unflatten
 from defense import gaussian_epsilon
 from defense.dpsgd import dpsgd_sample_rate
 from learning.data import Dataset, load_dataset
@@ -55,6 +78,9 @@ from node.defenses import DefenseConfig, NodeDefense
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BASE = REPO / "node" / "scenarios" / "default.toml"
+CLUSTER_MPC_MODE = "shamir"
+"""Mode of the cluster sum the new columns attack: Shamir, the nodes' MPC default; the map's
+testbeds run ``secure = "none"``, where the aggregator would see each member in the clear."""
 
 
 @dataclass(frozen=True)
@@ -192,8 +218,11 @@ def spent_epsilon(
 # ------------------------------------------------------------------------------- attacks
 
 
-def attack_defense(setting: Setting, lr: float, seed: int) -> Any:
-    """The defense callable the attack sees: `NodeDefense.protect` on the flattened update."""
+def attack_defense(
+    setting: Setting, lr: float, seed: int, node_index: int = 0, num_nodes: int = 1
+) -> Defense | None:
+    """The defense callable the attack sees: `NodeDefense.protect` of node `node_index` on the
+    flattened update (each call is the next round, so repeated calls draw fresh noise)."""
     config = setting.config
     if config.dpsgd:
         dp_spec = f"clip-gauss:clip={lr * config.max_grad_norm!r},z={config.noise_multiplier!r}"
@@ -201,7 +230,7 @@ def attack_defense(setting: Setting, lr: float, seed: int) -> Any:
         config = DefenseConfig(update="+".join(stages), delta=config.delta)
     if config.update.strip() == "none":
         return None
-    node = NodeDefense(config, node_index=0, seed=seed, num_nodes=1)
+    node = NodeDefense(config, node_index=node_index, seed=seed, num_nodes=num_nodes)
     calls = [0]
 
     def defend(update: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -268,6 +297,173 @@ def _attack_job(
     )
 
 
+# ------------------------------------------------------------------------------- cluster sum
+
+
+@dataclass(frozen=True)
+class ClusterObservation:
+    """What the aggregator of one cluster sees: ``summed``, the decoded MPC sum of the rows of
+    ``defended`` (each member's defended FedAvg delta, kept for the checks)."""
+
+    defended: np.ndarray
+    summed: np.ndarray
+
+
+def member_defenses(setting: Setting, lr: float, seed: int, k: int) -> list[Defense | None]:
+    """One defense per member of a k-cluster: node indices 0..k-1, so their noise is independent."""
+    return [attack_defense(setting, lr, seed, node_index=i, num_nodes=k) for i in range(k)]
+
+
+def observe_cluster_sum(
+    model: torch.nn.Module,
+    members: list[tuple[np.ndarray, np.ndarray]],
+    defenses: list[Defense | None],
+    lr: float,
+    mode: str = CLUSTER_MPC_MODE,
+) -> ClusterObservation:
+    """``S = sum_i D_i(w_1^i - w_0)``: each member's one-step FedAvg delta on its own batch,
+    defended by its own `D_i`, summed by ``mpc.secure_sum`` (fixed point, so S is within
+    ``k 2^-(f+1)`` of the float sum of the clipped rows)."""
+    if len(members) < 2:
+        raise ValueError(f"a cluster sum needs k >= 2 members, got {len(members)}")
+    if len(defenses) != len(members):
+        raise ValueError(f"{len(members)} members but {len(defenses)} defenses")
+    rows = []
+    for (images, labels), defend in zip(members, defenses, strict=True):
+        delta = fedavg_update(model, images, labels, 1, lr)
+        rows.append(flatten(delta if defend is None else defend(delta)))
+    defended = np.stack(rows)
+    observed = observed_cluster_sum(defended, mode)
+    if not observed.used_secure_sum:
+        raise RuntimeError(
+            "mpc.secure_sum is not importable: the cluster sum would be in the clear"
+        )
+    return ClusterObservation(defended, observed.value)
+
+
+def cluster_victims(
+    dataset: Dataset, k: int, clusters: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Victim images of each cluster, ``(images (k, C, H, W), labels (k,))``.
+
+    Member 0 of cluster c is the c-th victim of the member column (`run_experiment`'s seeded
+    permutation of the victim split); the other k - 1 follow the first ``clusters`` images, as
+    ``--target cluster-sum:K`` draws them."""
+    if k < 2 or clusters < 1:
+        raise ValueError(f"need k >= 2 and clusters >= 1, got k={k}, clusters={clusters}")
+    _, victim_index = auxiliary_split(len(dataset.train_x))
+    pool = victim_index[np.random.default_rng(seed).permutation(len(victim_index))]
+    if clusters * k > len(pool):
+        raise ValueError(
+            f"{clusters} clusters of {k} need {clusters * k} victims, have {len(pool)}"
+        )
+    out = []
+    for c in range(clusters):
+        start = clusters + c * (k - 1)
+        chosen = np.concatenate([pool[c : c + 1], pool[start : start + k - 1]])
+        out.append((dataset.train_x[chosen], dataset.train_y[chosen]))
+    return out
+
+
+def best_match_psnr(victims: np.ndarray, reconstruction: np.ndarray) -> tuple[float, int]:
+    """The attacker's best case over a cluster: ``max_j PSNR(x_j, x_hat)`` and its member j."""
+    scores = [psnr(victim, reconstruction) for victim in victims]
+    best = int(np.argmax(scores))
+    return float(scores[best]), best
+
+
+def cluster_sum_attack(
+    setting: Setting,
+    method: str,
+    dataset: Dataset,
+    model_name: str,
+    k: int,
+    clusters: int,
+    iterations: int | None,
+    lr: float,
+    seed: int,
+    prior: torch.nn.Module | None = None,
+) -> dict[str, Any]:
+    """Invert the defended MPC sum of `clusters` k-clusters; median of the best-match PSNRs.
+
+    The attacker knows k, lr and the one-step FedAvg target, divides S by k and reconstructs one
+    image (batch 1) with `method`, seeded as `run_experiment` seeds its batches. Returns the
+    median, per cluster the best PSNR and its member, the attacked sums S and the images."""
+    aux_index, _ = auxiliary_split(len(dataset.train_x))
+    model = victim_model(model_name, dataset, seed, False, aux_index)
+    like = [p.detach() for p in model.parameters()]
+    knowledge = AttackerKnowledge(
+        batch_size=1,
+        input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes,
+        target_kind="fedavg",
+        local_steps=1,
+        lr=lr,
+    )
+    config = InversionConfig(iterations=iterations, prior=prior)
+    defenses = member_defenses(setting, lr, seed, k)
+    best: list[float] = []
+    matched: list[int] = []
+    attacked: list[np.ndarray] = []
+    reconstructions: list[np.ndarray] = []
+    for c, (images, labels) in enumerate(cluster_victims(dataset, k, clusters, seed)):
+        members = [(images[i : i + 1], labels[i : i + 1]) for i in range(k)]
+        observation = observe_cluster_sum(model, members, defenses, lr)
+        mean = unflatten(observation.summed / k, like)
+        generator = torch.Generator().manual_seed(seed * 100_003 + c)
+        reconstruction = invert(method, model, mean, knowledge, config, generator)
+        image = reconstruction.images.numpy()[0]
+        score, member = best_match_psnr(images, image)
+        best.append(score)
+        matched.append(member)
+        attacked.append(observation.summed)
+        reconstructions.append(image)
+    return {
+        "median_psnr": float(np.median(best)),
+        "best_psnr": best,
+        "matched_member": matched,
+        "attacked_sums": attacked,
+        "reconstructions": reconstructions,
+    }
+
+
+def blank_image_reference(dataset: Dataset, k: int, clusters: int, seed: int) -> float:
+    """Median best-of-k PSNR of an all-black "reconstruction": what the max over k victims gives
+    without any attack (mnist's black background), the floor to read the columns against."""
+    if k == 1:
+        _, victim_index = auxiliary_split(len(dataset.train_x))
+        pool = victim_index[np.random.default_rng(seed).permutation(len(victim_index))]
+        victims = [dataset.train_x[pool[c : c + 1]] for c in range(clusters)]
+    else:
+        victims = [images for images, _ in cluster_victims(dataset, k, clusters, seed)]
+    blank = np.zeros_like(victims[0][0])
+    return float(np.median([best_match_psnr(v, blank)[0] for v in victims]))
+
+
+def _cluster_attack_job(
+    setting: Setting,
+    method: str,
+    model: str,
+    k: int,
+    clusters: int,
+    iterations: int | None,
+    lr: float,
+    seed: int,
+    prior_cache: str | None,
+    prior_steps: int | None,
+) -> float:
+    """One cluster-sum cell in a worker process (or inline with ``--jobs 1``)."""
+    torch.set_num_threads(1)
+    dataset = load_dataset("mnist5k")
+    prior = None
+    if method in ("gan", "diffusion"):
+        prior, _, _ = load_prior_for(method, dataset, prior_steps, prior_cache, seed=seed)
+    result = cluster_sum_attack(
+        setting, method, dataset, model, k, clusters, iterations, lr, seed, prior
+    )
+    return float(result["median_psnr"])
+
+
 # ------------------------------------------------------------------------------- report
 
 
@@ -291,6 +487,22 @@ def _chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
                 eps = row["epsilon"]
                 note = row["label"] + ("" if eps is None else f"\neps={eps:.3g}")
                 axis.annotate(note, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    cluster_points = [
+        (r["psnr_idlg_cluster_sum"], r["accuracy"])
+        for r in rows
+        if r["cluster_size"] > 1
+        and r.get("accuracy") is not None
+        and r.get("psnr_idlg_cluster_sum") is not None
+    ]
+    if cluster_points:
+        axis.scatter(
+            [p[0] for p in cluster_points],
+            [p[1] for p in cluster_points],
+            marker="s",
+            facecolors="none",
+            edgecolors="tab:green",
+            label="honest, iDLG on the MPC cluster sum (k > 1)",
+        )
     frontier = sorted(
         (r["psnr_idlg"], r["accuracy"]) for r in rows if r.get("accuracy") is not None
     )
@@ -304,7 +516,7 @@ def _chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
             [p[0] for p in pareto], [p[1] for p in pareto], "--", alpha=0.5, label="Pareto front"
         )
     axis.axvline(15, color="grey", lw=0.8, ls=":")
-    axis.set_xlabel("iDLG median PSNR (dB, lower = more private)")
+    axis.set_xlabel("iDLG median PSNR (dB, lower = more private; front: member column)")
     axis.set_ylabel("final test accuracy")
     axis.set_title(title, fontsize=8)
     axis.grid(True, alpha=0.3)
@@ -325,6 +537,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def _markdown(report: dict[str, Any]) -> str:
     methods = report["methods"]
+    cluster_methods = report.get("cluster_methods", [])
     head = [
         "setting",
         "defense table",
@@ -333,18 +546,23 @@ def _markdown(report: dict[str, Any]) -> str:
         "eps (delta=1e-5)",
         "accuracy",
         "accuracy w/ sign-flip",
-    ] + [f"{m} PSNR (dB)" for m in methods]
+    ] + [f"{m} PSNR member (dB)" for m in methods]
+    head += [f"{m} PSNR cluster sum (dB)" for m in cluster_methods]
+    commands = ["```", report["command"], *report.get("merge_commands", []), "```"]
     lines = [
         "# Privacy–utility–robustness map (issue 7)",
         "",
-        "Regenerate with:",
+        "Regenerate with (the first command runs the map; each further one adds cluster-sum "
+        "columns to the JSON the previous one wrote):",
         "",
-        "```",
-        report["command"],
-        "```",
+        *commands,
         "",
         f"{report['description']}",
         "",
+    ]
+    if cluster_methods:
+        lines += [str(report["cluster_description"]), ""]
+    lines += [
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
@@ -359,15 +577,240 @@ def _markdown(report: dict[str, Any]) -> str:
             _fmt(row.get("accuracy_byzantine")),
         ]
         cells += [_fmt(row.get(f"psnr_{m}"), 1) for m in methods]
+        cells += [_fmt(row.get(f"psnr_{m}_cluster_sum"), 1) for m in cluster_methods]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "![accuracy against iDLG PSNR](privacy_utility.png)",
-        "",
-        f"Total {report['total_seconds']:.0f} s on this machine.",
-        "",
-    ]
+    lines += ["", "![accuracy against iDLG PSNR](privacy_utility.png)", ""]
+    references = report.get("blank_image_psnr", {})
+    if references:
+        shown = ", ".join(f"k={k}: {value:.1f} dB" for k, value in references.items())
+        lines += [
+            "Floor to read the PSNR columns against: the same score for an all-black "
+            f'"reconstruction" (no attack; best of the k victims for k > 1): {shown}.',
+            "",
+        ]
+    if report.get("notes"):  # hand-written reading of the numbers, kept by --merge
+        lines += ["## Reading the cluster-sum columns", "", str(report["notes"]), ""]
+    lines += [f"Total {report['total_seconds']:.0f} s on this machine.", ""]
+    if report.get("merge_seconds"):
+        lines += [
+            f"Cluster-sum columns: {report['merge_seconds']:.0f} s more (all --merge runs).",
+            "",
+        ]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- merge
+
+REQUIRED_ROW_FIELDS = ("label", "defense", "alpha", "cluster_size", "accuracy", "psnr_idlg")
+
+
+class MergeError(ValueError):
+    """An existing map that ``--merge`` cannot extend (missing file, bad JSON, missing rows)."""
+
+
+def load_map(path: str | Path) -> dict[str, Any]:
+    """Read and check a ``privacy_utility.json``: a dict with ``methods`` and a non-empty ``rows``
+    list whose rows carry `REQUIRED_ROW_FIELDS`; anything else raises `MergeError`."""
+    file = Path(path)
+    if not file.is_file():
+        raise MergeError(f"--merge {path}: no such file (expected a privacy_utility.json)")
+    try:
+        report = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise MergeError(f"--merge {path}: not valid JSON ({error})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("methods"), list):
+        raise MergeError(f"--merge {path}: not a privacy map (no 'methods' list)")
+    rows = report.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise MergeError(f"--merge {path}: no 'rows' to add columns to")
+    for index, row in enumerate(rows):
+        missing = [f for f in REQUIRED_ROW_FIELDS if not isinstance(row, dict) or f not in row]
+        if missing:
+            raise MergeError(f"--merge {path}: row {index} lacks {', '.join(missing)}")
+        if not isinstance(row["cluster_size"], int) or row["cluster_size"] < 1:
+            raise MergeError(
+                f"--merge {path}: row {index} has cluster_size {row['cluster_size']!r}"
+            )
+    return report
+
+
+def merge_cluster_columns(
+    report: dict[str, Any],
+    values: dict[tuple[str, str, int], float | None],
+    methods: list[str],
+) -> dict[str, Any]:
+    """A copy of `report` whose rows gain ``psnr_<m>_cluster_sum`` for each method in `methods`.
+
+    `values` maps (label, method, k) to the median PSNR of that cell. A k = 1 row copies its
+    member column ``psnr_<m>`` (no sum exists). Columns already present and not recomputed are
+    kept, and every other field is left as it was."""
+    merged = json.loads(json.dumps(report))
+    for row in merged["rows"]:
+        for method in methods:
+            column = f"psnr_{method}_cluster_sum"
+            if row["cluster_size"] == 1:
+                row[column] = row.get(f"psnr_{method}")
+            elif (row["label"], method, row["cluster_size"]) in values:
+                row[column] = values[(row["label"], method, row["cluster_size"])]
+            else:
+                row.setdefault(column, None)
+    known = list(merged.get("cluster_methods", []))
+    merged["cluster_methods"] = known + [m for m in methods if m not in known]
+    return merged
+
+
+def cluster_description(images: int, lr: float, iterations: dict[str, int | None]) -> str:
+    """The text the .md prints above the table for the cluster-sum columns."""
+    text = (
+        "Cluster-sum columns (what the aggregator of a k-member cluster sees under MPC): for k > 1 "
+        f"each of {images} clusters holds k victims, one image each; every member's one-step "
+        f"FedAvg delta (lr={lr}) is defended by its own node defense (independent noise), the k "
+        f"defended deltas are summed by `mpc.secure_sum` in `{CLUSTER_MPC_MODE}` mode (clip 4, "
+        "16 fractional bits, the nodes' defaults), and the attacker inverts the sum divided by k "
+        "as one image. Score, the attacker's best case: per cluster the PSNR of the "
+        "reconstruction against the closest of its k victims (max over j), median over the "
+        "clusters. The attack does not depend on alpha (untrained model, victims from the "
+        "attacker-free split), so both alphas show the same value. k = 1: no sum exists (MPC "
+        "refuses a cluster of one), so the column repeats the member column. `—`: not measured."
+    )
+    for method, count in iterations.items():
+        if count is not None:
+            text += f" {method}: {count} iterations."
+    return text
+
+
+def run_merge(args: argparse.Namespace, console: Console) -> int:
+    """``--merge PATH``: add the cluster-sum columns to an existing map, no testbed re-run."""
+    started = time.perf_counter()
+    try:
+        report = load_map(args.merge)
+    except MergeError as error:
+        console.print(str(error))
+        return 2
+    methods = args.cluster_methods or (
+        ["idlg"] + (["ig"] if args.ig else []) + (["diffusion"] if args.diffusion else [])
+    )
+    base = tomllib.loads(Path(args.base).read_text())
+    lr = float(base.get("training", {}).get("lr", 0.05))
+    images = args.images or (4 if args.quick else 8)
+    settings = {row["label"]: Setting(row["label"], row["defense"]) for row in report["rows"]}
+    if args.only:
+        unknown = sorted(set(args.only) - set(settings))
+        if unknown:
+            console.print(f"--only: {', '.join(unknown)} not in {args.merge}")
+            return 2
+    sizes = sorted({row["cluster_size"] for row in report["rows"] if row["cluster_size"] > 1})
+    if args.cluster_sizes:
+        sizes = [k for k in sizes if k in args.cluster_sizes]
+    cells = [
+        (settings[label], method, k)
+        for label in settings
+        if not args.only or label in args.only
+        for method in methods
+        for k in sizes
+    ]
+    iterations = {m: (args.ig_iterations if m == "ig" else None) for m in methods}
+    if "diffusion" in methods:
+        load_prior_for(
+            "diffusion", load_dataset("mnist5k"), args.prior_steps, args.prior_cache, seed=args.seed
+        )
+    docs = Path(args.docs)
+    docs.mkdir(parents=True, exist_ok=True)
+    journal = docs / "privacy_utility.cluster.partial.jsonl"
+    journal.write_text("")
+    values: dict[tuple[str, str, int], float | None] = {}
+
+    def job(setting: Setting, method: str, k: int) -> tuple[Any, ...]:
+        return (
+            _cluster_attack_job,
+            setting,
+            method,
+            args.model,
+            k,
+            images,
+            iterations[method],
+            lr,
+            args.seed,
+            args.prior_cache,
+            args.prior_steps,
+        )
+
+    def finish(key: tuple[str, str, int], value: float | None, error: BaseException | None) -> None:
+        values[key] = value
+        with journal.open("a") as handle:
+            handle.write(json.dumps({"cluster": list(key), "psnr": value, "error": _error(error)}))
+            handle.write("\n")
+        shown = _error(error) if error else f"{value:.1f} dB"
+        elapsed = time.perf_counter() - started
+        console.print(f"[{len(values)}/{len(cells)} {elapsed:.0f} s] {key}: {shown}")
+
+    if args.jobs == 1:
+        for setting, method, k in cells:
+            function, *arguments = job(setting, method, k)
+            try:
+                finish((setting.label, method, k), float(function(*arguments)), None)
+            except Exception as error:  # one failed cell must not lose the others
+                finish((setting.label, method, k), None, error)
+    else:
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
+            futures = {pool.submit(*job(s, m, k)): (s.label, m, k) for s, m, k in cells}
+            for future in as_completed(futures):
+                failure = future.exception()
+                finish(futures[future], None if failure else float(future.result()), failure)
+
+    merged = merge_cluster_columns(report, values, methods)
+    dataset = load_dataset("mnist5k")
+    all_sizes = sorted({row["cluster_size"] for row in merged["rows"]})
+    merged["blank_image_psnr"] = {
+        str(k): blank_image_reference(dataset, k, images, args.seed) for k in all_sizes
+    }
+    merged["cluster_iterations"] = {**merged.get("cluster_iterations", {}), **iterations}
+    merged["cluster_description"] = cluster_description(images, lr, merged["cluster_iterations"])
+    command = "phalanx bench privacy --merge docs/privacy_utility.json" + _merge_flags(
+        args, methods
+    )
+    merged["merge_commands"] = [*merged.get("merge_commands", []), command]
+    merged["merge_seconds"] = float(merged.get("merge_seconds", 0.0)) + (
+        time.perf_counter() - started
+    )
+    write_report(merged, docs, args.model)
+    journal.unlink()
+    console.print(f"merged {len(values)} cluster-sum cells into {docs / 'privacy_utility.json'}")
+    return 0 if all(v is not None for v in values.values()) else 1
+
+
+def _merge_flags(args: argparse.Namespace, methods: list[str]) -> str:
+    flags = ""
+    if args.cluster_methods:
+        flags += " --cluster-methods " + ",".join(args.cluster_methods)
+    else:
+        flags += (" --ig" if args.ig else "") + (" --diffusion" if args.diffusion else "")
+    if "ig" in methods:
+        flags += f" --ig-iterations {args.ig_iterations}"
+    if args.cluster_sizes:
+        flags += " --cluster-sizes " + ",".join(map(str, args.cluster_sizes))
+    if args.only:
+        flags += " --only " + " ".join(f"'{label}'" for label in args.only)
+    if args.images:
+        flags += f" --images {args.images}"
+    if args.jobs > 1:
+        flags += f" --jobs {args.jobs}"
+    return flags
+
+
+def write_report(report: dict[str, Any], docs: Path, model: str) -> None:
+    """Write ``privacy_utility.{json,md,png}`` of `report` into `docs`."""
+    rows = report["rows"]
+    (docs / "privacy_utility.json").write_text(json.dumps(report, indent=2) + "\n")
+    (docs / "privacy_utility.md").write_text(_markdown(report))
+    if any(r.get("accuracy") is not None and r.get("psnr_idlg") is not None for r in rows):
+        nodes, rounds = rows[0].get("nodes"), rows[0].get("rounds")
+        _chart(
+            rows,
+            docs / "privacy_utility.png",
+            f"mnist5k/{model}, {nodes} nodes, {rounds} rounds: accuracy vs iDLG PSNR",
+        )
 
 
 # ------------------------------------------------------------------------------- driver
@@ -380,6 +823,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         console.print(f"--jobs must be >= 1, got {args.jobs}")
         return 2
+    if args.merge is not None:
+        return run_merge(args, console)
     base = tomllib.loads(Path(args.base).read_text())
     quick = args.quick
     nodes = args.nodes or (4 if quick else 8)
@@ -419,6 +864,7 @@ def run_bench(args: argparse.Namespace) -> int:
         if k <= nodes
     ]
     psnr: dict[tuple[str, str], float | None] = {}
+    cluster_psnr: dict[tuple[str, str, int], float | None] = {}
     summaries: dict[tuple[int, bool], dict[str, Any] | str] = {}
     spawn = multiprocessing.get_context("spawn")
     with (
@@ -443,6 +889,21 @@ def run_bench(args: argparse.Namespace) -> int:
                         args.prior_steps,
                     )
                     pending[attack] = ("attack", (setting.label, method))
+                    for k in sorted({k for k in cluster_sizes if 1 < k <= nodes}):
+                        cluster: Future[Any] = attack_pool.submit(
+                            _cluster_attack_job,
+                            setting,
+                            method,
+                            args.model,
+                            k,
+                            images,
+                            args.ig_iterations if method == "ig" else None,
+                            lr,
+                            args.seed,
+                            args.prior_cache,
+                            args.prior_steps,
+                        )
+                        pending[cluster] = ("cluster", (setting.label, method, k))
         if not args.skip_testbed:
             for index, (setting, alpha, k) in enumerate(cells):
                 for byzantine in (False, True):
@@ -467,7 +928,12 @@ def run_bench(args: argparse.Namespace) -> int:
             kind, key = pending[future]
             error = future.exception()
             elapsed = time.perf_counter() - started
-            if kind == "attack":
+            if kind == "cluster":
+                cluster_psnr[key] = None if error else float(future.result())
+                record({"cluster": list(key), "psnr": cluster_psnr[key], "error": _error(error)})
+                shown = "failed" if error else f"{cluster_psnr[key]:.1f} dB"
+                console.print(f"[{done}/{total} {elapsed:.0f} s] cluster sum {key}: {shown}")
+            elif kind == "attack":
                 psnr[key] = None if error else float(future.result())
                 record({"attack": list(key), "psnr": psnr[key], "error": _error(error)})
                 shown = "failed" if error else f"{psnr[key]:.1f} dB"
@@ -540,21 +1006,25 @@ def run_bench(args: argparse.Namespace) -> int:
             else ""
         )
     )
-    report = {
+    report: dict[str, Any] = {
         "command": command,
         "description": description,
         "methods": methods,
         "rows": rows,
         "total_seconds": time.perf_counter() - started,
     }
-    (docs / "privacy_utility.json").write_text(json.dumps(report, indent=2) + "\n")
-    (docs / "privacy_utility.md").write_text(_markdown(report))
-    if any(r.get("accuracy") is not None and r.get("psnr_idlg") is not None for r in rows):
-        _chart(
-            rows,
-            docs / "privacy_utility.png",
-            f"mnist5k/{args.model}, {nodes} nodes, {rounds} rounds: accuracy vs iDLG PSNR",
-        )
+    if not args.skip_attacks:
+        report = merge_cluster_columns(report, cluster_psnr, methods)
+        iterations = {m: (args.ig_iterations if m == "ig" else None) for m in methods}
+        report["cluster_iterations"] = iterations
+        report["cluster_description"] = cluster_description(images, lr, iterations)
+        dataset = load_dataset("mnist5k")
+        report["blank_image_psnr"] = {
+            str(k): blank_image_reference(dataset, k, images, args.seed)
+            for k in sorted({row["cluster_size"] for row in rows})
+        }
+    rows = report["rows"]
+    write_report(report, docs, args.model)
     journal.unlink()
 
     table = Table(title="privacy–utility map")
@@ -602,6 +1072,14 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _method_list(text: str) -> list[str]:
+    methods = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [m for m in methods if m not in ("idlg", "ig", "diffusion")]
+    if not methods or unknown:
+        raise argparse.ArgumentTypeError(f"expected methods among idlg,ig,diffusion, got {text!r}")
+    return methods
+
+
 def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     """Add ``phalanx bench privacy``."""
     parser = bench_subparsers.add_parser("privacy", help="privacy–utility–robustness map")
@@ -634,6 +1112,20 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--eval-samples", type=int, default=1000)
     parser.add_argument("--only", nargs="*", default=None, help="labels of settings to run")
+    parser.add_argument(
+        "--merge",
+        default=None,
+        metavar="PATH",
+        help="add the cluster-sum attack columns to the map in PATH (a privacy_utility.json): "
+        "no testbed, no member attack; writes the merged .json/.md/.png into --docs",
+    )
+    parser.add_argument(
+        "--cluster-methods",
+        type=_method_list,
+        default=None,
+        help="with --merge: the cluster-sum columns to compute, e.g. idlg,ig "
+        "(default: idlg, plus ig with --ig and diffusion with --diffusion)",
+    )
     parser.add_argument("--skip-testbed", action="store_true", help="attacks only")
     parser.add_argument("--skip-attacks", action="store_true", help="testbeds only")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per testbed run")

@@ -388,9 +388,10 @@ def aggregator_view(
     lie: Iterable[int] = frozenset(),
     seed: int = 0,
     config: FixedPointConfig | None = None,
+    packing: int = 1,
 ) -> AggregatorView:
     """The exact object an aggregator sees, for privacy attacks (runs :func:`secure_sum`)."""
-    result = secure_sum(updates, mode, threshold, drop, lie, seed, config)
+    result = secure_sum(updates, mode, threshold, drop, lie, seed, config, packing=packing)
     individual = None
     if mode == "none":
         individual = np.asarray(updates, dtype=np.float64)[list(result.included)]
