@@ -21,6 +21,12 @@ Guarantee: with ``max_errors = e`` and e_c actual liars, the output is exact whe
 is "failed" (never wrong) when e_c <= n - t - e. Between those (only possible when e > 0 and
 liars collude), no decoder can tell the truth apart, as in any bounded-distance RS decoder.
 With n = t nothing can be checked, which :attr:`ReconstructionResult.redundancy` reports.
+
+Packed sharing (Franklin & Yung, "Communication complexity of secure computation", STOC 1992;
+:func:`share_packed`): l secrets sit at the points 0, -1, ..., -(l-1) of one polynomial of degree
+t + l - 2, so each share carries l coordinates. Any t - 1 shares stay uniform; reconstruction
+and the decoder above work unchanged with t replaced by the code dimension t + l - 1, and the
+secrets are read at the l secret points instead of at 0.
 """
 
 from __future__ import annotations
