@@ -96,7 +96,10 @@ def test_shamir_rides_through_a_dead_and_a_lying_holder_per_cluster(
         "nodes = 10\nrounds = 3\nnodes_per_process = 2\n"
         '[data]\ndataset = "mnist5k"\npartition = "iid"\n[model]\nname = "mlp"\n'
         '[clustering]\ncluster_size = 5\n[aggregation]\nsecure = "shamir"\nthreshold = 2\n'
-        "[timeouts]\ncollect_s = 4\n"
+        # Paced rounds: the testbed kills a process once its node has recorded round 1 (it polls
+        # every 0.25 s); unpaced plaintext rounds of this size take ~0.3 s, so the kill could land
+        # after the last round's updates were sent and the dead nodes would never be excluded.
+        "[timeouts]\ncollect_s = 4\nround_period_s = 2.0\n"
         '[[byzantine]]\nbehaviour = "corrupt-partial"\nnodes = ["node-03", "node-08"]\n'
     )
     finals = {}
