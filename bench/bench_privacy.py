@@ -876,32 +876,20 @@ def run_bench(args: argparse.Namespace) -> int:
         if not args.skip_attacks:
             for setting in settings:
                 for method in methods:
-                    attack: Future[Any] = attack_pool.submit(
-                        _attack_job,
-                        setting,
-                        method,
-                        args.model,
-                        images,
+                    options = (
                         args.ig_iterations if method == "ig" else None,
                         lr,
                         args.seed,
                         args.prior_cache,
                         args.prior_steps,
                     )
+                    attack: Future[Any] = attack_pool.submit(
+                        _attack_job, setting, method, args.model, images, *options
+                    )
                     pending[attack] = ("attack", (setting.label, method))
                     for k in sorted({k for k in cluster_sizes if 1 < k <= nodes}):
                         cluster: Future[Any] = attack_pool.submit(
-                            _cluster_attack_job,
-                            setting,
-                            method,
-                            args.model,
-                            k,
-                            images,
-                            args.ig_iterations if method == "ig" else None,
-                            lr,
-                            args.seed,
-                            args.prior_cache,
-                            args.prior_steps,
+                            _cluster_attack_job, setting, method, args.model, k, images, *options
                         )
                         pending[cluster] = ("cluster", (setting.label, method, k))
         if not args.skip_testbed:

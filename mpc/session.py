@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mpc.messages import ShareRejected
+from mpc.shamir import packed_length
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class ClusterSession:
     @property
     def share_length(self) -> int:
         """Field elements per share and per partial sum: ceil(dimension / packing)."""
-        return -(-self.dimension // self.packing)
+        return packed_length(self.dimension, self.packing)
 
     def point(self, member: str) -> int:
         """Shamir evaluation point of ``member`` (1-based rank in the sorted member list)."""

@@ -127,10 +127,12 @@ def share_packed(
 
 
 def _extend_by_differences(
-    known: Sequence[FieldVector], first_point: int, last_point: int
+    known: Sequence[FieldVector], first_point: int, last_point: int, emit_from: int = 1
 ) -> list[FieldVector]:
-    """f(1), ..., f(last_point) for deg f < len(known), given f at first_point, first_point + 1,
-    ... (first_point <= 1): walk Newton's forward-difference table from ``first_point``."""
+    """f(emit_from), ..., f(last_point) for deg f < len(known), given f at the consecutive
+    points first_point, first_point + 1, ...: Newton's forward-difference table at
+    ``first_point`` (state[k] = Delta^k f), advanced by Delta^k f(x+1) = Delta^k f(x) +
+    Delta^(k+1) f(x), i.e. deg f modular additions per point."""
     state = [known[0].copy()]
     row = list(known)
     for _ in range(1, len(known)):
@@ -138,7 +140,7 @@ def _extend_by_differences(
         state.append(row[0].copy())
     values: list[FieldVector] = []
     for point in range(first_point, last_point + 1):
-        if point >= 1:
+        if point >= emit_from:
             values.append(state[0].copy())
         if point < last_point:
             for k in range(len(state) - 1):
@@ -167,20 +169,7 @@ def evaluate_at_points(terms: Sequence[FieldVector], num_points: int) -> list[Fi
     ]
     if num_points <= degree_plus_one:
         return values
-    # Newton's forward-difference table at x = 1: state[k] = Delta^k f(1).
-    state = [values[0].copy()]
-    row = values
-    for _ in range(1, degree_plus_one):
-        row = [gf.sub(row[i + 1], row[i]) for i in range(len(row) - 1)]
-        state.append(row[0].copy())
-    shares = list(values)
-    # Advance from x = 1 to x = m, emitting f(x) for x > t.
-    for point in range(2, num_points + 1):
-        for k in range(degree_plus_one - 1):
-            gf.add_into(state[k], state[k + 1])
-        if point > degree_plus_one:
-            shares.append(state[0].copy())
-    return shares
+    return values + _extend_by_differences(values, 1, num_points, emit_from=degree_plus_one + 1)
 
 
 def partial_sum(shares: Sequence[FieldVector]) -> FieldVector:
