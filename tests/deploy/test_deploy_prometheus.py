@@ -141,6 +141,9 @@ def _wait(predicate, timeout_s: float, what: str):
 def test_live_prometheus_scrapes_a_four_node_testbed(tmp_path: Path) -> None:
     binary = _prometheus()
     out = tmp_path / "testbed"
+    # Rounds start on a 4 s grid, so the run outlasts Prometheus's start and first scrapes: an
+    # unpaced run on a 2-core CI runner finished before the counter was first read, and then
+    # the counter can never be seen to advance.
     testbed = subprocess.Popen(
         [
             sys.executable,
@@ -151,7 +154,9 @@ def test_live_prometheus_scrapes_a_four_node_testbed(tmp_path: Path) -> None:
             "--nodes",
             "4",
             "--rounds",
-            "6",
+            "8",
+            "--round-period",
+            "4",
             "--model",
             "mlp",
             "--cluster-size",
