@@ -32,13 +32,8 @@ from mpc.crypto import (
     SEED_BYTES,
     Csprng,
     KeyPair,
-    ShareAuthenticationError,
-    ShareContext,
     agree,
-    decrypt_share,
-    encrypt_share,
     prg_field_vector,
-    share_key,
 )
 from mpc.field import PRIME, FieldVector
 from mpc.messages import (
@@ -166,48 +161,28 @@ class SecAggMember:
             if recipient == self.member:
                 self._held_shares[self.member] = (self_mask_shares[index], key_shares[index])
                 continue
-            context = ShareContext(
-                SEED_PURPOSE, session.round, session.cluster, self.member, recipient
-            )
-            key = share_key(
-                self._encryption.private, advertisements[recipient].encryption_public, context
-            )
-            messages[recipient] = EncryptedShare(
-                session.round,
-                session.cluster,
+            messages[recipient] = session.seal_share(
                 self.member,
                 recipient,
                 SEED_PURPOSE,
-                encrypt_share(key, context, plaintext, self._rng),
+                self._encryption.private,
+                advertisements[recipient].encryption_public,
+                plaintext,
+                self._rng,
             )
         return messages
 
     def receive_share(self, message: EncryptedShare) -> None:
         """Decrypt and keep one seed share (after :meth:`share_keys`); raises ShareRejected."""
-        session = self.session
-        session.check(message.round, message.cluster, message.sender)
-        if message.recipient != self.member or message.purpose != SEED_PURPOSE:
-            raise ShareRejected(
-                f"share from {message.sender!r} is addressed to {message.recipient!r} "
-                f"for {message.purpose!r}, expected {self.member!r} for {SEED_PURPOSE!r}"
-            )
-        if message.sender not in self._advertisements:
-            raise ShareRejected(f"share from {message.sender!r}, who advertised no keys")
-        if message.sender in self._held_shares:
-            raise ShareRejected(f"duplicate share from {message.sender!r}")
-        context = ShareContext(
-            SEED_PURPOSE, session.round, session.cluster, message.sender, self.member
-        )
-        key = share_key(
+        elements = self.session.open_share(
+            message,
+            self.member,
+            SEED_PURPOSE,
             self._encryption.private,
-            self._advertisements[message.sender].encryption_public,
-            context,
+            self._advertisements,
+            self._held_shares,
+            2 * SEED_ELEMENTS,
         )
-        try:
-            plaintext = decrypt_share(key, context, message.ciphertext)
-            elements = gf.from_bytes(plaintext, 2 * SEED_ELEMENTS, "seed share")
-        except (ShareAuthenticationError, ValueError) as error:
-            raise ShareRejected(str(error)) from error
         self._held_shares[message.sender] = (elements[:SEED_ELEMENTS], elements[SEED_ELEMENTS:])
 
     def held_seed_shares(self) -> tuple[str, ...]:
@@ -375,30 +350,27 @@ class SecAggAggregator:
             except ShareRejected as error:
                 self.rejections[response.sender] = str(error)
         survivors, dropped = request.survivors, request.dropped
-        if len(survivors) < session.threshold:
+        suspects: set[str] = set()
+
+        def outcome(field_sum: FieldVector | None, reason: str = "") -> SecAggOutcome:
             return SecAggOutcome(
-                None,
-                True,
+                field_sum,
+                field_sum is None,
                 survivors,
                 dropped,
-                f"only {len(survivors)} survivors, threshold {session.threshold}",
-                rejections=dict(self.rejections),
+                reason,
+                tuple(sorted(suspects)),
+                dict(self.rejections),
             )
-        suspects: set[str] = set()
+
+        if len(survivors) < session.threshold:
+            return outcome(None, f"only {len(survivors)} survivors, threshold {session.threshold}")
         self_seeds = []
         for name in survivors:
             seed, reason, found = self._reconstruct_seed(name, valid, "self")
             suspects.update(found)
             if seed is None:
-                return SecAggOutcome(
-                    None,
-                    True,
-                    survivors,
-                    dropped,
-                    reason,
-                    tuple(sorted(suspects)),
-                    dict(self.rejections),
-                )
+                return outcome(None, reason)
             self_seeds.append(seed)
         plus_seeds: list[bytes] = []
         minus_seeds: list[bytes] = []
@@ -406,26 +378,10 @@ class SecAggAggregator:
             raw, reason, found = self._reconstruct_seed(name, valid, "key")
             suspects.update(found)
             if raw is None:
-                return SecAggOutcome(
-                    None,
-                    True,
-                    survivors,
-                    dropped,
-                    reason,
-                    tuple(sorted(suspects)),
-                    dict(self.rejections),
-                )
+                return outcome(None, reason)
             masking = KeyPair.from_private_bytes(raw)
             if masking.public != self._advertisements[name].masking_public:
-                return SecAggOutcome(
-                    None,
-                    True,
-                    survivors,
-                    dropped,
-                    f"reconstructed key of {name!r} does not match its public key",
-                    tuple(sorted(suspects)),
-                    dict(self.rejections),
-                )
+                return outcome(None, f"reconstructed key of {name!r} does not match its public key")
             for survivor in survivors:
                 seed = pairwise_seed(
                     masking, self._advertisements[survivor].masking_public, session, name, survivor
@@ -436,6 +392,4 @@ class SecAggAggregator:
         field_sum = _seal_masks(
             masked_vectors, plus_seeds, [*self_seeds, *minus_seeds], session.dimension
         )
-        return SecAggOutcome(
-            field_sum, False, survivors, dropped, "", tuple(sorted(suspects)), dict(self.rejections)
-        )
+        return outcome(field_sum)

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
-from mpc.messages import ShareRejected
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from mpc import field as gf
+from mpc.crypto import (
+    Csprng,
+    ShareAuthenticationError,
+    ShareContext,
+    decrypt_share,
+    encrypt_share,
+    share_key,
+)
+from mpc.field import FieldVector
+from mpc.messages import EncryptedShare, KeyAdvertisement, ShareRejected
 from mpc.shamir import packed_length
 
 
@@ -84,6 +97,61 @@ class ClusterSession:
                 f"expected {self.cluster!r}"
             )
         self.point(sender)
+
+    def seal_share(
+        self,
+        sender: str,
+        recipient: str,
+        purpose: str,
+        private: X25519PrivateKey,
+        recipient_public: bytes,
+        plaintext: bytes,
+        rng: Csprng,
+    ) -> EncryptedShare:
+        """AES-GCM-encrypt one share under the X25519 key of (purpose, round, cluster, sender,
+        recipient): only that recipient can open it, and only in this session."""
+        context = ShareContext(purpose, self.round, self.cluster, sender, recipient)
+        key = share_key(private, recipient_public, context)
+        return EncryptedShare(
+            self.round,
+            self.cluster,
+            sender,
+            recipient,
+            purpose,
+            encrypt_share(key, context, plaintext, rng),
+        )
+
+    def open_share(
+        self,
+        message: EncryptedShare,
+        recipient: str,
+        purpose: str,
+        private: X25519PrivateKey,
+        advertisements: Mapping[str, KeyAdvertisement],
+        already_held: Container[str],
+        length: int,
+    ) -> FieldVector:
+        """Check, decrypt and parse one share sealed by :meth:`seal_share` as ``length`` field
+        elements. Raises :class:`ShareRejected` (the node logs it) on a share for another round,
+        cluster, recipient or purpose, from a sender without keys, a duplicate (replay), failed
+        authentication or a wrong length."""
+        self.check(message.round, message.cluster, message.sender)
+        if message.recipient != recipient or message.purpose != purpose:
+            raise ShareRejected(
+                f"share from {message.sender!r} is addressed to {message.recipient!r} "
+                f"for {message.purpose!r}, expected {recipient!r} for {purpose!r}"
+            )
+        if message.sender not in advertisements:
+            raise ShareRejected(f"share from {message.sender!r}, who advertised no keys")
+        if message.sender in already_held:
+            raise ShareRejected(f"duplicate share from {message.sender!r} (replay?)")
+        context = ShareContext(purpose, self.round, self.cluster, message.sender, recipient)
+        key = share_key(private, advertisements[message.sender].encryption_public, context)
+        try:
+            plaintext = decrypt_share(key, context, message.ciphertext)
+            return gf.from_bytes(plaintext, length, f"share from {message.sender!r}")
+        except (ShareAuthenticationError, ValueError) as error:
+            raise ShareRejected(str(error)) from error
 
 
 def default_threshold(mode: str, cluster_size: int) -> int:

@@ -25,11 +25,6 @@ from mpc import field as gf
 from mpc.crypto import (
     Csprng,
     KeyPair,
-    ShareAuthenticationError,
-    ShareContext,
-    decrypt_share,
-    encrypt_share,
-    share_key,
 )
 from mpc.field import FieldVector
 from mpc.messages import EncryptedShare, KeyAdvertisement, PartialSum, ShareRejected
@@ -96,19 +91,14 @@ class ShamirMember:
                 continue
             if recipient not in advertisements:
                 continue
-            context = ShareContext(
-                UPDATE_PURPOSE, session.round, session.cluster, self.member, recipient
-            )
-            key = share_key(
-                self._encryption.private, advertisements[recipient].encryption_public, context
-            )
-            messages[recipient] = EncryptedShare(
-                session.round,
-                session.cluster,
+            messages[recipient] = session.seal_share(
                 self.member,
                 recipient,
                 UPDATE_PURPOSE,
-                encrypt_share(key, context, gf.to_bytes(share), self._rng),
+                self._encryption.private,
+                advertisements[recipient].encryption_public,
+                gf.to_bytes(share),
+                self._rng,
             )
         return messages
 
@@ -118,31 +108,15 @@ class ShamirMember:
         Raises :class:`ShareRejected` (for the node to log) on a share for another round or
         cluster or recipient, a duplicate, failed authentication or a wrong length.
         """
-        session = self.session
-        session.check(message.round, message.cluster, message.sender)
-        if message.recipient != self.member or message.purpose != UPDATE_PURPOSE:
-            raise ShareRejected(
-                f"share from {message.sender!r} is addressed to {message.recipient!r} "
-                f"for {message.purpose!r}, expected {self.member!r} for {UPDATE_PURPOSE!r}"
-            )
-        if message.sender not in self._advertisements:
-            raise ShareRejected(f"share from {message.sender!r}, who advertised no key")
-        if message.sender in self._held:
-            raise ShareRejected(f"duplicate share from {message.sender!r} (replay?)")
-        context = ShareContext(
-            UPDATE_PURPOSE, session.round, session.cluster, message.sender, self.member
-        )
-        key = share_key(
+        self._held[message.sender] = self.session.open_share(
+            message,
+            self.member,
+            UPDATE_PURPOSE,
             self._encryption.private,
-            self._advertisements[message.sender].encryption_public,
-            context,
+            self._advertisements,
+            self._held,
+            self.session.share_length,
         )
-        try:
-            plaintext = decrypt_share(key, context, message.ciphertext)
-            share = gf.from_bytes(plaintext, session.share_length, f"share from {message.sender!r}")
-        except (ShareAuthenticationError, ValueError) as error:
-            raise ShareRejected(str(error)) from error
-        self._held[message.sender] = share
 
     def held_dealers(self) -> tuple[str, ...]:
         """Dealers whose valid share this member holds (input to the dealer-set agreement)."""
