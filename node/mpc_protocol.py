@@ -65,6 +65,7 @@ from node.protocols import (
     await_cluster_outputs,
     broadcast,
     publish_output,
+    sender_cluster_members,
     validate_cluster_output,
 )
 from node.server import Rejection
@@ -219,11 +220,7 @@ class ShamirClusterProtocol:
         return self.threshold or default_threshold("shamir", size)
 
     def validate(self, message: Message, clusters: Sequence[Sequence[str]], dimension: int) -> None:
-        if not 0 <= message.cluster < len(clusters):
-            raise _invalid(f"cluster {message.cluster} does not exist in round {message.round}")
-        members = sorted(clusters[message.cluster])
-        if message.sender not in members:
-            raise _invalid(f"{message.sender} is not a member of cluster {message.cluster}")
+        members = sender_cluster_members(message, clusters)
         publishers = members  # which members publish depends on suspicion; checked on use
         kind = message.kind
         if kind == pb.MESSAGE_KIND_CLUSTER_OUTPUT:
@@ -522,11 +519,7 @@ class SecAggClusterProtocol:
         return self.threshold or default_threshold("secagg", size)
 
     def validate(self, message: Message, clusters: Sequence[Sequence[str]], dimension: int) -> None:
-        if not 0 <= message.cluster < len(clusters):
-            raise _invalid(f"cluster {message.cluster} does not exist in round {message.round}")
-        members = sorted(clusters[message.cluster])
-        if message.sender not in members:
-            raise _invalid(f"{message.sender} is not a member of cluster {message.cluster}")
+        members = sender_cluster_members(message, clusters)
         kind = message.kind
         if kind == pb.MESSAGE_KIND_CLUSTER_OUTPUT:
             validate_cluster_output(message, members, dimension)

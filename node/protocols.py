@@ -115,6 +115,17 @@ def _invalid(detail: str) -> Rejection:
     return Rejection(grpc.StatusCode.INVALID_ARGUMENT, "invalid", detail)
 
 
+def sender_cluster_members(message: Message, clusters: Sequence[Sequence[str]]) -> list[str]:
+    """The sorted members of the message's cluster; rejects an unknown cluster or a sender who
+    is not one of them."""
+    if not 0 <= message.cluster < len(clusters):
+        raise _invalid(f"cluster {message.cluster} does not exist in round {message.round}")
+    members = sorted(clusters[message.cluster])
+    if message.sender not in members:
+        raise _invalid(f"{message.sender} is not a member of cluster {message.cluster}")
+    return members
+
+
 def _check_vector(message: Message, name: str, dimension: int) -> np.ndarray:
     vector = message.tensors.get(name)
     if vector is None:
@@ -275,11 +286,7 @@ class PlaintextClusterProtocol:
     publishers: int | None = None
 
     def validate(self, message: Message, clusters: Sequence[Sequence[str]], dimension: int) -> None:
-        if not 0 <= message.cluster < len(clusters):
-            raise _invalid(f"cluster {message.cluster} does not exist in round {message.round}")
-        members = clusters[message.cluster]
-        if message.sender not in members:
-            raise _invalid(f"{message.sender} is not a member of cluster {message.cluster}")
+        members = sender_cluster_members(message, clusters)
         if message.kind == pb.MESSAGE_KIND_UPDATE:
             _check_vector(message, "update", dimension)
             return
