@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from node.config import (
+    ConfigError,
     NodeConfig,
     NodeSettings,
     PeerConfig,
@@ -725,10 +726,14 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     scenario = (
         load_scenario(args.scenario) if args.scenario else load_scenario(default_scenario_path())
     )
+    if args.omniscient and not args.byzantine:
+        raise ConfigError("--omniscient applies to --byzantine entries; none given")
     if args.byzantine:
         start = {"start_round": args.byzantine_from} if args.byzantine_from else {}
+        worst_case = {"omniscient": True} if args.omniscient else {}
         scenario = with_overrides(
-            scenario, {"byzantine": [{**entry, **start} for entry in args.byzantine]}
+            scenario,
+            {"byzantine": [{**entry, **start, **worst_case} for entry in args.byzantine]},
         )
     if args.f is not None:
         scenario = with_overrides(scenario, {"aggregation.f": args.f})
@@ -833,6 +838,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="make COUNT nodes Byzantine, e.g. 2:alie or 1:crash:phase=share",
     )
     run.add_argument("--byzantine-from", type=int, help="round the Byzantine nodes start at")
+    run.add_argument(
+        "--omniscient",
+        action="store_true",
+        help="worst case: the --byzantine attacks see every honest update, not only the "
+        "colluders' own (byzantine[].omniscient)",
+    )
     run.add_argument("--dataset")
     run.add_argument("--partition", choices=("iid", "dirichlet", "shards"))
     run.add_argument("--model")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BASE = [
@@ -157,3 +159,48 @@ def test_trust_singles_out_the_attacker_and_isolate_quarantines_it(tmp_path: Pat
         if path.stem != attacker
     }
     assert len({json.dumps(s, sort_keys=True) for s in scores.values()}) == 1
+
+
+def test_omniscient_attacker_recomputes_the_honest_updates_exactly(tmp_path: Path, phalanx) -> None:
+    # mimic:target=0 sends the first row of the attack's honest view. With --omniscient that view
+    # is recomputed from the public seeds, so the sent update must equal, bit for bit, the update
+    # one honest node really trained (the audit saves every node's own sent update).
+    summary = _run(
+        tmp_path,
+        phalanx,
+        "omniscient",
+        "--rounds",
+        "1",
+        "--byzantine",
+        "1:mimic:target=0",
+        "--omniscient",
+        "--audit-traffic",
+    )
+    (attacker,) = summary["byzantine"]
+    audit = tmp_path / "omniscient" / "audit"
+    own = {path.parent.name: np.load(path) for path in audit.glob("*/own-r1-update.npy")}
+    assert len(own) == 6
+    honest = {name: update for name, update in own.items() if name != attacker}
+    assert all(not np.array_equal(a, b) for a, b in itertools.combinations(honest.values(), 2)), (
+        "honest updates coincide: the check below would prove nothing"
+    )
+    copied = [name for name, update in honest.items() if np.array_equal(update, own[attacker])]
+    assert copied == [min(honest)], (attacker, copied)
+
+
+def test_one_colluder_without_omniscient_and_a_lone_omniscient_flag_are_refused(
+    tmp_path: Path, phalanx
+) -> None:
+    scenario = tmp_path / "one.toml"
+    scenario.write_text("\n".join(BASE) + "\n")
+    alone = phalanx(
+        "testbed", "run", str(scenario), "--byzantine", "1:alie", "--out", str(tmp_path / "a")
+    )
+    assert alone.returncode == 2
+    assert "omniscient" in alone.stderr and "2 colluders" in alone.stderr
+    lone_flag = phalanx(
+        "testbed", "run", str(scenario), "--omniscient", "--out", str(tmp_path / "b")
+    )
+    assert lone_flag.returncode == 2
+    assert "--omniscient applies to --byzantine entries" in lone_flag.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
