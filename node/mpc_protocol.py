@@ -87,6 +87,18 @@ def _names(text: str) -> list[str]:
     return [name for name in text.split(",") if name]
 
 
+def deadline_after(previous_deadline: float, collect_s: float, windows: int = 1) -> float:
+    """Deadline of a wait that follows a phase whose own wait ended at `previous_deadline`:
+    `windows` collect windows after the later of now and that deadline.
+
+    Our previous phase may end early (every message came) while a peer's runs to its deadline
+    (a message it waits for never comes) and only then sends what we wait for now. Anchoring
+    the wait on the previous deadline, not on our own finish, leaves that peer a full window.
+    Waits still end as soon as every expected message is in, so a fault-free round is no
+    slower."""
+    return max(time.monotonic(), previous_deadline) + windows * collect_s
+
+
 def agree_dealer_set(held_by: dict[str, Sequence[str]], threshold: int) -> list[str]:
     """Dealers held by at least `threshold` holders and by a majority of the reporting holders.
 
@@ -367,7 +379,8 @@ class ShamirClusterProtocol:
                 ),
             )
         dealers = [d for d in adverts if d != me]
-        received = await inbox.wait_for(r, pb.MESSAGE_KIND_SHARE, mine, dealers, phase + collect)
+        share_deadline = phase + collect
+        received = await inbox.wait_for(r, pb.MESSAGE_KIND_SHARE, mine, dealers, share_deadline)
         for sender, error in await asyncio.to_thread(decrypt_shares, context, member, received):
             self._reject(context, sender, error)
         context.phase_seconds["share"] = time.monotonic() - phase
@@ -382,9 +395,11 @@ class ShamirClusterProtocol:
             meta={"held": ",".join(member.held_dealers())},
         )
         await broadcast(context, held, publishers)
+        # A holder still waiting for a lost share reports at its share deadline, after ours.
+        held_deadline = deadline_after(share_deadline, collect)
         if me in publishers:
             reports = await inbox.wait_for(
-                r, pb.MESSAGE_KIND_HELD_DEALERS, mine, live, phase + collect
+                r, pb.MESSAGE_KIND_HELD_DEALERS, mine, live, held_deadline
             )
             agreed = agree_dealer_set(
                 {s: _names(m.meta["held"]) for s, m in reports.items()},
@@ -400,7 +415,7 @@ class ShamirClusterProtocol:
         requests: dict[str, Message] = {}
         for publisher in [p for p in publishers if p in adverts]:
             got = await inbox.wait_for(
-                r, pb.MESSAGE_KIND_DEALER_SET, mine, [publisher], phase + 2 * collect
+                r, pb.MESSAGE_KIND_DEALER_SET, mine, [publisher], held_deadline + collect
             )
             if publisher not in got:
                 continue
@@ -622,6 +637,7 @@ class SecAggClusterProtocol:
 
         # 2. seed shares
         phase = time.monotonic()
+        share_deadline = phase + collect
         if len(adverts) >= session.threshold:
             for recipient, share in sorted(member.share_keys(adverts).items()):
                 context.post(
@@ -638,7 +654,7 @@ class SecAggClusterProtocol:
                 )
             others = [d for d in adverts if d != me]
             got = await inbox.wait_for(
-                r, pb.MESSAGE_KIND_MPC_SEED_SHARES, mine, others, phase + collect
+                r, pb.MESSAGE_KIND_MPC_SEED_SHARES, mine, others, share_deadline
             )
             for sender, error in await asyncio.to_thread(decrypt_shares, context, member, got):
                 self._reject(context, sender, error)
@@ -652,9 +668,11 @@ class SecAggClusterProtocol:
             Message(me, r, pb.MESSAGE_KIND_HELD_DEALERS, mine, meta={"held": ",".join(held)}),
             [aggregator],
         )
+        # A member still waiting for a lost seed share reports at its deadline, after ours.
+        held_deadline = deadline_after(share_deadline, collect)
         if me == aggregator:
             reports = await inbox.wait_for(
-                r, pb.MESSAGE_KIND_HELD_DEALERS, mine, live, phase + collect
+                r, pb.MESSAGE_KIND_HELD_DEALERS, mine, live, held_deadline
             )
             mask_set = agree_dealer_set(
                 {s: _names(m.meta["held"]) for s, m in reports.items()}, session.threshold
@@ -667,7 +685,7 @@ class SecAggClusterProtocol:
                 members,
             )
         decision = await inbox.wait_for(
-            r, pb.MESSAGE_KIND_DEALER_SET, mine, [aggregator], phase + 2 * collect
+            r, pb.MESSAGE_KIND_DEALER_SET, mine, [aggregator], held_deadline + collect
         )
         context.phase_seconds["agree_early"] = time.monotonic() - phase
         mask_set = _names(decision[aggregator].meta["dealers"]) if aggregator in decision else []

@@ -1,8 +1,8 @@
 """The MPC cluster protocols run by several nodes in one event loop, messages delivered between
 their real inboxes after the protocol's own validation: key exchange overlapping the training,
 one dealer set per holder and round (against an aggregator asking for two), a dealer whose
-shares reach only some holders, a dead member, and SecAgg with its setup overlapping the
-training."""
+shares reach only some holders, a dead member, a holder whose report comes a deadline late,
+and SecAgg with its setup overlapping the training."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 from phalanx.v1 import node_pb2 as pb
 
 from mpc import FixedPointConfig
@@ -25,6 +26,7 @@ DIMENSION = 257
 FIXED_POINT = FixedPointConfig()
 Drop = Callable[[str, str, Message], bool]
 Tamper = Callable[[str, str, Message], Message]
+Delay = Callable[[str, str, Message], float]
 PHASES: dict[str, dict[str, float]] = {}
 """Per-node phase seconds of the last `_run_cluster`."""
 
@@ -41,8 +43,12 @@ def _run_cluster(
     tamper: Tamper = lambda sender, peer, message: message,
     suspected: frozenset[str] = frozenset(),
     train_s: float = 0.0,
+    delay: Delay = lambda sender, peer, message: 0.0,
+    cluster: list[str] = NAMES,
+    collect_s: float = 3.0,
 ) -> tuple[dict[str, dict[int, ClusterOutput]], list[tuple[str, str, Message]], list[str]]:
-    """Every node in `protocols` runs one round; returns outputs, wire messages, rejections."""
+    """Every node in `protocols` runs one round in one cluster of `cluster`; `delay` is each
+    message's time on the wire. Returns outputs, wire messages, rejections."""
     wire: list[tuple[str, str, Message]] = []
     rejected: list[str] = []
     PHASES.clear()
@@ -53,8 +59,9 @@ def _run_cluster(
             if peer not in protocols or drop(name, peer, message):
                 return False
             message = tamper(name, peer, message)
+            await asyncio.sleep(delay(name, peer, message))
             try:
-                protocols[peer].validate(message, [NAMES], DIMENSION)
+                protocols[peer].validate(message, [cluster], DIMENSION)
             except Rejection as error:
                 rejected.append(f"{peer}<-{name}: {error}")
                 return False
@@ -67,7 +74,15 @@ def _run_cluster(
     async def one(name: str) -> dict[int, ClusterOutput]:
         publishers = protocols[name].publishers or 2  # as the node does
         context = RoundContext(
-            name, 1, [NAMES], DIMENSION, inboxes[name], sender_of(name), 3.0, publishers, suspected
+            name,
+            1,
+            [cluster],
+            DIMENSION,
+            inboxes[name],
+            sender_of(name),
+            collect_s,
+            publishers,
+            suspected,
         )
         protocols[name].prepare(context)
         await asyncio.sleep(train_s)  # the local training the early phases overlap
@@ -174,6 +189,47 @@ def test_dead_member_falls_back_to_the_dealer_set_agreement() -> None:
     assert any(m.kind == pb.MESSAGE_KIND_DEALER_SET for _, _, m in wire)
     for name in alive:
         _assert_sum(outputs[name][0], updates, alive)
+
+
+@pytest.mark.parametrize("protocol", ["shamir", "secagg"])
+def test_aggregator_counts_a_holder_that_waited_out_its_share_deadline(protocol: str) -> None:
+    """Cluster of 3 (t = 2 for Shamir); b dies as the agree phase starts, its share (SecAgg: seed
+    share) to c still in flight, so c waits out its share deadline and its holdings report then
+    spends 0.4 s on the wire. The aggregator's own share phase ended early (it holds every
+    share), so a report wait anchored on its own finish closed before c's report came; agreeing
+    on a's report alone gives no dealer set (each needs 2 holders) and a failed cluster (the CI
+    failure of the crash-at-agree testbed run). The report wait runs one window past the share
+    deadline instead: a and c agree on {a, c}."""
+    updates = _updates()
+    members = ["a", "b", "c"]
+    share_kinds = (pb.MESSAGE_KIND_SHARE, pb.MESSAGE_KIND_MPC_SEED_SHARES)
+
+    def b_dies_at_agree(sender: str, peer: str, message: Message) -> bool:
+        if sender != "b":
+            return False
+        if message.kind in share_kinds:
+            return peer == "c"
+        return message.kind != pb.MESSAGE_KIND_MPC_KEYS
+
+    def slow_report_from_c(sender: str, peer: str, message: Message) -> float:
+        return 0.4 if sender == "c" and message.kind == pb.MESSAGE_KIND_HELD_DEALERS else 0.0
+
+    protocols = (
+        _shamir(members)
+        if protocol == "shamir"
+        else {n: SecAggClusterProtocol(FIXED_POINT, 0, lambda *_: None) for n in members}
+    )
+    outputs, _, rejected = _run_cluster(
+        protocols,
+        updates,
+        drop=b_dies_at_agree,
+        delay=slow_report_from_c,
+        cluster=members,
+        collect_s=1.0,
+    )
+    assert rejected == []
+    for name in ("a", "c"):
+        _assert_sum(outputs[name][0], updates, ["a", "c"])
 
 
 def test_secagg_setup_overlaps_training_and_sums_exactly() -> None:
