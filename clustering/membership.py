@@ -712,13 +712,13 @@ class SwimMember:
         if node_id == self.self_id:
             return self.identity.public_key_bytes
         member = self._members.get(node_id)
-        return member.public_key if member is not None else None
+        return member.public_key if member is not None and member.public_key else None
 
     def address_of(self, node_id: str) -> str | None:
         if node_id == self.self_id:
             return self.address
         member = self._members.get(node_id)
-        return member.address if member is not None else None
+        return member.address if member is not None and member.address else None
 
     @property
     def has_left(self) -> bool:
@@ -976,10 +976,13 @@ class SwimMember:
             member.state, member.incarnation = state, incarnation
             member.suspect_deadline = now + self.config.suspicion_timeout(len(self.view()))
         else:  # DEAD or LEFT
-            if member is None or incarnation < member.incarnation:
-                return
-            if member.state is MemberState.LEFT or (
-                member.state is MemberState.DEAD and state is MemberState.DEAD
+            if member is None:
+                member = self._tombstone_for_stranger(update, now)
+                if member is None:
+                    return
+            elif incarnation < member.incarnation or (
+                member.state is MemberState.LEFT
+                or (member.state is MemberState.DEAD and state is MemberState.DEAD)
             ):
                 return
             member.state, member.incarnation = state, incarnation
@@ -988,6 +991,32 @@ class SwimMember:
                 member.claim = update
         self._record(member, now)
         self._enqueue(update)
+
+    def _tombstone_for_stranger(self, update: MemberUpdate, now: float) -> _Member | None:
+        """A Dead or Left rumour about a member this node never heard alive.
+
+        SWIM (Das et al. 2002) has no use for it: there is no one to probe. With a closed
+        membership (an allow-list) the member is an expected peer, though, and a node that had
+        not met it before it crashed would otherwise never learn that it is gone (the owner
+        waits for expected peers until they are reported gone). So keep it as a tombstone; an
+        Alive claim at a higher incarnation (a restart) replaces it as for any tombstone, and
+        it expires like one. Open membership ignores such rumours, so strangers' names cannot
+        grow the table."""
+        allowed = self.config.allow_list
+        if allowed is None or update.node_id not in allowed:
+            return None
+        member = _Member(
+            update.node_id,
+            update.state,
+            update.incarnation,
+            update.address,
+            update.public_key,
+            update,
+            now,
+            now,
+        )
+        self._members[update.node_id] = member
+        return member
 
     def _about_self(self, update: MemberUpdate) -> None:
         """Refute suspicion or death (SWIM 4.2); after a restart, jump above the old life."""
@@ -1130,7 +1159,11 @@ class SwimMember:
 
     def _reconnect(self) -> list[Outgoing]:
         """Ping one random dead member, telling it so: heals a partition once it is gone."""
-        dead = sorted(m.node_id for m in self._members.values() if m.state is MemberState.DEAD)
+        dead = sorted(
+            m.node_id
+            for m in self._members.values()
+            if m.state is MemberState.DEAD and m.address  # a rumoured stranger has none
+        )
         if not dead:
             return []
         member = self._members[self._rng.choice(dead)]

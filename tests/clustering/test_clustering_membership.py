@@ -139,6 +139,47 @@ def test_restarted_node_rejoins_with_a_higher_incarnation(wait_for_removal: bool
         assert net.nodes[index].members()[net.ids[2]].incarnation == restarted.incarnation  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("closed", [True, False])
+def test_death_of_a_listed_member_never_met_is_kept_and_undone_by_its_restart(
+    sender: NodeIdentity, closed: bool
+) -> None:
+    """A node that had not met member 2 before 2 crashed hears "2 is dead" from member 1. With
+    an allow-list (2 is an expected peer) it keeps the news, as an event its owner sees: the
+    testbed node that waited 20 s for a crashed peer's cluster output in CI was such a node.
+    With open membership a rumour about a stranger is dropped. A restart of 2 (an Alive claim
+    at a higher incarnation) readmits it."""
+    me, stranger = deterministic_identity(SEED, 0), deterministic_identity(SEED, 2)
+    allow = frozenset({me.node_id, sender.node_id, stranger.node_id}) if closed else None
+    receiver = SwimMember(me, "sim://0", config=SwimConfig(allow_list=allow), rng_seed=1)
+    rumour = MemberUpdate(stranger.node_id, MemberState.DEAD, 0)
+    receiver.on_message(
+        make_message(sender, MessageKind.PING, recipient=me.node_id, sequence=1, updates=(rumour,)),
+        0.0,
+    )
+    events = [(e.node_id, e.state) for e in receiver.drain_events()]
+    if not closed:
+        assert stranger.node_id not in receiver.members()
+        assert (stranger.node_id, MemberState.DEAD) not in events
+        return
+    assert receiver.members()[stranger.node_id].state is MemberState.DEAD
+    assert (stranger.node_id, MemberState.DEAD) in events
+    assert stranger.node_id not in receiver.view()
+    assert receiver.address_of(stranger.node_id) is None  # nothing to probe or reconnect to
+    assert receiver.public_key_of(stranger.node_id) is None
+    # A stale Alive claim from before the crash does not undo the death; a restart does.
+    for sequence, incarnation in ((2, 0), (3, 1)):
+        claim = signed_claim(stranger, MemberState.ALIVE, incarnation, "sim://2", 0)
+        receiver.on_message(
+            make_message(
+                sender, MessageKind.PING, recipient=me.node_id, sequence=sequence, updates=(claim,)
+            ),
+            1.0,
+        )
+    assert receiver.members()[stranger.node_id].state is MemberState.ALIVE
+    assert receiver.members()[stranger.node_id].incarnation == 1
+    assert receiver.address_of(stranger.node_id) == "sim://2"
+
+
 def test_graceful_leave_removes_the_node_promptly_without_suspicion() -> None:
     config = SwimConfig()
     net = converged()
