@@ -936,17 +936,7 @@ class SwimMember:
         state, incarnation = update.state, update.incarnation
         if state is MemberState.ALIVE:
             if member is None:
-                member = _Member(
-                    update.node_id,
-                    state,
-                    incarnation,
-                    update.address,
-                    update.public_key,
-                    update,
-                    now,
-                    now,
-                )
-                self._members[update.node_id] = member
+                member = self._admit(update, now)
                 self._insert_probe_target(update.node_id)
             elif incarnation > member.incarnation:
                 if member.state in _GONE:
@@ -1005,6 +995,10 @@ class SwimMember:
         allowed = self.config.allow_list
         if allowed is None or update.node_id not in allowed:
             return None
+        return self._admit(update, now)
+
+    def _admit(self, update: MemberUpdate, now: float) -> _Member:
+        """A new entry for `update`'s member, in the state the update gives."""
         member = _Member(
             update.node_id,
             update.state,
