@@ -143,9 +143,15 @@ async def test_oversized_streamed_payload_is_refused(live_node, caplog) -> None:
     huge = Message(
         "node-01", 1, pb.MESSAGE_KIND_UPDATE, 0, {"update": np.zeros(1_000_000, dtype=np.float32)}
     )
-    stub = pb_grpc.PhalanxNodeStub(channel)
+    first, *rest = encode_chunks(huge, 256 * 1024)
+    assert rest  # the payload is streamed in several chunks
+    # The first chunk's header announces 4 MB, and the node refuses on it, before buffering
+    # anything more. Only that chunk is written: writing the rest would race the refusal inside
+    # gRPC's client, which then reports a failed write (INTERNAL) instead of the node's status.
+    call = pb_grpc.PhalanxNodeStub(channel).Deliver(timeout=10)
+    await call.write(first)
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        await stub.Deliver(iter(list(encode_chunks(huge, 256 * 1024))), timeout=10)
+        await call
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "exceeds the limit of 2000000" in caplog.text
     assert await _still_serving(channel)
