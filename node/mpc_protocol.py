@@ -87,16 +87,16 @@ def _names(text: str) -> list[str]:
     return [name for name in text.split(",") if name]
 
 
-def deadline_after(previous_deadline: float, collect_s: float, windows: int = 1) -> float:
+def deadline_after(previous_deadline: float, collect_s: float) -> float:
     """Deadline of a wait that follows a phase whose own wait ended at `previous_deadline`:
-    `windows` collect windows after the later of now and that deadline.
+    one collect window after the later of now and that deadline.
 
     Our previous phase may end early (every message came) while a peer's runs to its deadline
     (a message it waits for never comes) and only then sends what we wait for now. Anchoring
     the wait on the previous deadline, not on our own finish, leaves that peer a full window.
     Waits still end as soon as every expected message is in, so a fault-free round is no
     slower."""
-    return max(time.monotonic(), previous_deadline) + windows * collect_s
+    return max(time.monotonic(), previous_deadline) + collect_s
 
 
 def agree_dealer_set(held_by: dict[str, Sequence[str]], threshold: int) -> list[str]:
