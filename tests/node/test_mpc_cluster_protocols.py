@@ -102,6 +102,10 @@ def _shamir(names: list[str]) -> dict[str, ShamirClusterProtocol | SecAggCluster
     return {n: ShamirClusterProtocol(FIXED_POINT, 2, 2, lambda *_: None) for n in names}
 
 
+def _secagg(names: list[str]) -> dict[str, ShamirClusterProtocol | SecAggClusterProtocol]:
+    return {n: SecAggClusterProtocol(FIXED_POINT, 0, lambda *_: None) for n in names}
+
+
 def _assert_sum(output: ClusterOutput, updates: dict[str, np.ndarray], dealers: list[str]) -> None:
     assert list(output.included) == dealers
     expected = np.sum([updates[d] for d in dealers], axis=0)
@@ -214,11 +218,7 @@ def test_aggregator_counts_a_holder_that_waited_out_its_share_deadline(protocol:
     def slow_report_from_c(sender: str, peer: str, message: Message) -> float:
         return 0.4 if sender == "c" and message.kind == pb.MESSAGE_KIND_HELD_DEALERS else 0.0
 
-    protocols = (
-        _shamir(members)
-        if protocol == "shamir"
-        else {n: SecAggClusterProtocol(FIXED_POINT, 0, lambda *_: None) for n in members}
-    )
+    protocols = _shamir(members) if protocol == "shamir" else _secagg(members)
     outputs, _, rejected = _run_cluster(
         protocols,
         updates,
@@ -234,11 +234,8 @@ def test_aggregator_counts_a_holder_that_waited_out_its_share_deadline(protocol:
 
 def test_secagg_setup_overlaps_training_and_sums_exactly() -> None:
     updates = _updates()
-    protocols: dict[str, ShamirClusterProtocol | SecAggClusterProtocol] = {
-        n: SecAggClusterProtocol(FIXED_POINT, 0, lambda *_: None) for n in NAMES
-    }
     started = time.monotonic()
-    outputs, wire, rejected = _run_cluster(protocols, updates, train_s=0.2)
+    outputs, wire, rejected = _run_cluster(_secagg(NAMES), updates, train_s=0.2)
     assert time.monotonic() - started < 3.0  # no phase ran into its 3 s deadline
     assert rejected == []
     for name in NAMES:
