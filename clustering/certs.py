@@ -178,19 +178,25 @@ def write_certificates(
     valid_days: int = DEFAULT_VALID_DAYS,
     overwrite: bool = False,
     now: dt.datetime | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Write ``ca.pem``, ``ca.key`` and ``node-<i>.pem``/``node-<i>.key`` for i in [0, nodes).
+    """Write ``ca.pem``, ``ca.key`` and ``<name>.pem``/``<name>.key`` for each node name:
+    `names`, or ``node-<i>`` for i in [0, nodes).
 
-    Each node's SAN lists ``node-<i>`` (its compose/Kubernetes host name) followed by `hosts`.
-    Keys are created with mode 0600. Existing files are refused unless `overwrite`.
-    Returns the written paths in order.
+    Each certificate's subject CN is the node's name, the identity a peer checks every message's
+    sender against (`node.server.tls_identity`); its SAN lists the name (its compose/Kubernetes
+    host name) followed by `hosts`. Keys are created with mode 0600. Existing files are refused
+    unless `overwrite`. Returns the written paths in order.
     """
     if nodes < 1:
         raise ValueError(f"nodes must be >= 1, got {nodes}")
+    stems = list(names) if names is not None else [node_name(i) for i in range(nodes)]
+    if len(stems) != nodes or len(set(stems)) != nodes:
+        raise ValueError(f"need {nodes} distinct node names, got {stems!r}")
     out = Path(out_dir)
     planned = [out / "ca.pem", out / "ca.key"]
-    for index in range(nodes):
-        planned += [out / f"{node_name(index)}.pem", out / f"{node_name(index)}.key"]
+    for stem in stems:
+        planned += [out / f"{stem}.pem", out / f"{stem}.key"]
     if not overwrite:
         existing = [str(path) for path in planned if path.exists()]
         if existing:
@@ -199,8 +205,7 @@ def write_certificates(
     ca = create_ca(valid_days=valid_days, now=now)
     (out / "ca.pem").write_bytes(ca.cert_pem())
     write_private_file(out / "ca.key", ca.key_pem(), overwrite=overwrite)
-    for index in range(nodes):
-        name = node_name(index)
+    for name in stems:
         leaf = issue_node_certificate(ca, name, [name, *hosts], valid_days=valid_days, now=now)
         (out / f"{name}.pem").write_bytes(leaf.cert_pem())
         write_private_file(out / f"{name}.key", leaf.key_pem(), overwrite=overwrite)

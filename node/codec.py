@@ -7,7 +7,8 @@ and refuses an announced size above its limit before buffering anything.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+import math
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,13 +76,23 @@ def _le_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(little).tobytes()
 
 
+MAX_TENSOR_DIMS = 32
+"""NumPy's limit on the number of dimensions of an array."""
+
+
 def _spec_nbytes(spec: pb.TensorSpec) -> int:
+    """Bytes the spec's shape needs, in exact integer arithmetic: a shape such as [2^62, 8] is
+    a size to refuse, never an overflow."""
     dtype = _DTYPES.get(spec.dtype)
     if dtype is None:
         raise CodecError(f"tensor {spec.name!r}: unknown dtype code {spec.dtype}")
+    if len(spec.shape) > MAX_TENSOR_DIMS:
+        raise CodecError(
+            f"tensor {spec.name!r}: {len(spec.shape)} dimensions (at most {MAX_TENSOR_DIMS})"
+        )
     if any(dim < 0 for dim in spec.shape):
         raise CodecError(f"tensor {spec.name!r}: negative dimension in shape {list(spec.shape)}")
-    return int(np.prod(spec.shape, dtype=np.int64)) * dtype.itemsize
+    return math.prod(spec.shape) * dtype.itemsize
 
 
 def decode_tensor(spec: pb.TensorSpec, data: bytes | memoryview) -> np.ndarray:
@@ -142,12 +153,25 @@ def _message(header: pb.Header, tensors: dict[str, np.ndarray]) -> Message:
     )
 
 
-def decode_envelope(envelope: pb.Envelope, max_bytes: int) -> Message:
+HeaderCheck = Callable[[pb.Header], None]
+"""Called with a message's header before its payload is decoded (or, streamed, buffered): the
+receiver's cheap checks (known sender, TLS identity, admission) refuse a message before it costs
+memory."""
+
+
+def decode_envelope(
+    envelope: pb.Envelope, max_bytes: int, on_header: HeaderCheck | None = None
+) -> Message:
     """Decode a unary `Envelope`, checking the header, sizes and shapes."""
     _check_header(envelope.header)
+    if on_header is not None:
+        on_header(envelope.header)
     total = sum(len(t.data) for t in envelope.tensors)
     if total > max_bytes:
         raise PayloadTooLarge(f"payload of {total} bytes exceeds the limit of {max_bytes}")
+    announced = sum(_spec_nbytes(t.spec) for t in envelope.tensors)
+    if announced > max_bytes:
+        raise PayloadTooLarge(f"payload of {announced} bytes exceeds the limit of {max_bytes}")
     tensors: dict[str, np.ndarray] = {}
     for tensor in envelope.tensors:
         if tensor.spec.name in tensors:
@@ -175,7 +199,9 @@ def encode_chunks(message: Message, chunk_bytes: int) -> Iterator[pb.Chunk]:
     # `pending` is an empty continuation chunk here and needs no sending.
 
 
-async def decode_chunks(chunks: AsyncIterator[pb.Chunk], max_bytes: int) -> Message:
+async def decode_chunks(
+    chunks: AsyncIterator[pb.Chunk], max_bytes: int, on_header: HeaderCheck | None = None
+) -> Message:
     """Reassemble a streamed message; refuses oversize before buffering the excess."""
     header: pb.Header | None = None
     specs: Sequence[pb.TensorSpec] = ()
@@ -187,6 +213,8 @@ async def decode_chunks(chunks: AsyncIterator[pb.Chunk], max_bytes: int) -> Mess
                 raise CodecError("first chunk carries no header")
             header = chunk.header
             _check_header(header)
+            if on_header is not None:
+                on_header(header)
             specs = list(chunk.specs)
             expected = sum(_spec_nbytes(spec) for spec in specs)
             if chunk.total_bytes != expected:

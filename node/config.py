@@ -166,6 +166,29 @@ class LimitConfig(_Section):
     chunk_bytes: Annotated[int, Field(ge=1024, le=4 * MiB)] = 1 * MiB
 
 
+class SecurityConfig(_Section):
+    """How a node authenticates and admits its peers' messages (docs/security.md)."""
+
+    sign_messages: bool = Field(
+        default=True,
+        description="Ed25519-sign every envelope and require peers' signatures; false exists "
+        "only to measure what signing costs (it removes the sender binding without TLS)",
+    )
+    peer_rate_per_s: Annotated[float, Field(gt=0)] = Field(
+        default=200.0,
+        description="admission control: messages per second refilled in each peer's token "
+        "bucket (excess is refused with RESOURCE_EXHAUSTED and counted as rate_limited)",
+    )
+    peer_burst: Annotated[int, Field(ge=1)] = Field(
+        default=400, description="admission control: the size of each peer's token bucket"
+    )
+    model_request_skew_s: Annotated[float, Field(gt=0)] = Field(
+        default=60.0,
+        description="how far a signed state-transfer request's timestamp may be from this "
+        "node's clock",
+    )
+
+
 class FaultConfig(_Section):
     """A fault the testbed injects once the named nodes have recorded `round`.
 
@@ -215,6 +238,7 @@ class Scenario(_Section):
     aggregation: AggregationConfig = AggregationConfig()
     timeouts: TimeoutConfig = TimeoutConfig()
     limits: LimitConfig = LimitConfig()
+    security: SecurityConfig = SecurityConfig()
     faults: list[FaultConfig] = []
     byzantine: list[ByzantineConfig] = []
     defense: DefenseConfig = DefenseConfig()
@@ -387,6 +411,26 @@ def check_tls(node: NodeSettings) -> None:
     for name, path in files.items():
         if not Path(str(path)).is_file():
             raise ConfigError(f"node.{name}: {path} is not a file")
+
+
+def check_peer_keys(config: NodeConfig) -> None:
+    """Refuse to start a node that could not attribute its peers' messages: without mutual TLS
+    every peer needs a configured Ed25519 public key (nothing else would bind a message to its
+    sender), and with ``security.sign_messages`` off only TLS can."""
+    if not config.node.insecure:
+        return
+    if not config.scenario.security.sign_messages:
+        raise ConfigError(
+            f"node {config.node.id}: security.sign_messages = false needs mutual TLS "
+            "(without TLS nothing would bind a message to its sender)"
+        )
+    unkeyed = sorted(p.id for p in config.peers if p.id != config.node.id and not p.public_key)
+    if unkeyed:
+        raise ConfigError(
+            f"node {config.node.id}: without TLS every peer needs a public_key (no key for "
+            f"{', '.join(unkeyed[:3])}{' ...' if len(unkeyed) > 3 else ''}); the testbed and "
+            "`phalanx deploy compose` write them"
+        )
 
 
 def tls_files(node: NodeSettings) -> dict[str, str | None]:

@@ -49,6 +49,7 @@ from learning.train import (
     train_local,
 )
 from node.actors import Actor, FunctionActor, Supervisor
+from node.admission import PeerAdmission
 from node.codec import Message, kind_name
 from node.config import (
     ByzantineConfig,
@@ -56,6 +57,7 @@ from node.config import (
     NodeConfig,
     Scenario,
     byzantine_nodes,
+    check_peer_keys,
     tls_files,
     tolerated_faults,
 )
@@ -72,13 +74,21 @@ from node.protocols import (
     parse_echo,
 )
 from node.server import PhalanxServicer, Rejection
-from node.signing import SIGNED_KINDS, SignatureError, SigningTransport, verify_envelope
+from node.signing import (
+    SignatureError,
+    SigningTransport,
+    verify_envelope,
+    verify_model_request,
+)
 from node.swim_service import MEMBERSHIP_KINDS, MembershipService
 from node.transport import GrpcTransport, Transport
 
 log = logging.getLogger(__name__)
 
 UpdateTransform = Callable[[np.ndarray, int], Awaitable[np.ndarray]]
+VERIFY_IN_THREAD_BYTES = 1 << 20
+"""Envelopes with more payload than this are hashed for their signature check in a worker
+thread (hashlib releases the GIL), so the event loop keeps serving meanwhile."""
 
 _DATASETS: dict[tuple[str, str | None, int, float], Dataset] = {}
 
@@ -185,6 +195,7 @@ class Node:
     """A peer daemon: serves gRPC, trains, aggregates, and runs the round driver."""
 
     def __init__(self, config: NodeConfig, dataset: Dataset | None = None) -> None:
+        check_peer_keys(config)
         self.config = config
         self.scenario = config.scenario
         self.id = config.node.id
@@ -244,6 +255,10 @@ class Node:
         self.train_config = TrainConfig(**scenario.training.model_dump())
         self.defense = NodeDefense(scenario.defense, self.index, scenario.seed, len(self.view))
 
+        self.security = scenario.security
+        self.admission = PeerAdmission(
+            set(self.addresses), self.security.peer_rate_per_s, self.security.peer_burst
+        )
         self.transport: Transport = SigningTransport(
             GrpcTransport(
                 self.addresses,
@@ -254,7 +269,7 @@ class Node:
                 seed=round_seed(scenario.seed, self.index, 0),
             ),
             self.identity,
-            SIGNED_KINDS,
+            enabled=self.security.sign_messages,
         )
         size = scenario.limits.mailbox_size
         self.learner: Actor[TrainJob] = FunctionActor("learner", self._train, size)
@@ -424,6 +439,8 @@ class Node:
             self._rejected,
             self.model_message,
             self.scenario.limits.chunk_bytes,
+            admit=self.admit,
+            require_tls_identity=not self.config.node.insecure,
         )
         self._server.add_generic_rpc_handlers((servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -517,17 +534,34 @@ class Node:
         self.results.close()
 
     async def wait_for_peers(self) -> list[str]:
-        """Wait (up to timeouts.startup_s) until every peer reports SERVING; returns the missing."""
+        """Wait (up to timeouts.startup_s) until every peer reports SERVING; returns the missing.
+
+        A node that (re)starts while the others are already running does not wait for the dead:
+        as soon as a strict majority of the view serves and one of them has completed a round,
+        the run is under way without the missing peers, so this node syncs with the majority
+        that answers and joins it."""
         deadline = time.monotonic() + self.scenario.timeouts.startup_s
         missing = sorted(self.addresses)
+        majority = len(self.view) // 2 + 1
         while missing and time.monotonic() < deadline:
             ready = await asyncio.gather(*(self.transport.serving(p) for p in missing))
             missing = [p for p, ok in zip(missing, ready, strict=True) if not ok]
-            if missing:
-                await asyncio.sleep(0.2)
+            if not missing:
+                break
+            serving = sorted(set(self.addresses) - set(missing))
+            if len(serving) + 1 >= majority and await self._run_under_way(serving):
+                log.warning(
+                    "%s: the run is under way; joining without %s", self.id, ", ".join(missing)
+                )
+                return missing
+            await asyncio.sleep(0.2)
         if missing:
             log.warning("%s starting without %s", self.id, ", ".join(missing))
         return missing
+
+    async def _run_under_way(self, peers: list[str]) -> bool:
+        replies = await asyncio.gather(*(self.transport.status(p, 1.0) for p in peers))
+        return any(r is not None and r.completed_round > 0 for r in replies)
 
     # ----------------------------------------------------------------------------- receive
     def assignment(self, round_: int) -> ClusterAssignment:
@@ -556,19 +590,65 @@ class Node:
         known = [r for r in self._trust_after if r <= round_ - 2]
         return self._trust_after[max(known)] if known else {}
 
-    async def accept(self, message: Message) -> None:
-        """Validate an incoming message and hand it to the actor of its role."""
-        if message.sender not in self.addresses:
+    # Acceptance, in order (docs/security.md): who is speaking (allow-list, TLS identity), is it
+    # really them (signature), may they speak now (admission), then what they say (round window,
+    # kind, shape, slot). Nothing before a check that refuses changes any state.
+    def _known_sender(self, sender: str, tls_identity: str | None) -> None:
+        if sender not in self.addresses:
             raise Rejection(
                 grpc.StatusCode.PERMISSION_DENIED,
                 "unknown_sender",
-                f"sender {message.sender!r} is not a peer of {self.id}",
+                f"sender {sender!r} is not a peer of {self.id}",
             )
-        if message.recipient and message.recipient != self.id:
+        if tls_identity is not None and tls_identity != sender:
+            raise Rejection(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "impersonation",
+                f"a caller with the certificate of {tls_identity!r} sent as {sender!r}",
+            )
+
+    def _charge(self, sender: str) -> None:
+        if not self.admission.admit(sender):
+            raise Rejection(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "rate_limited",
+                f"{sender} exceeds {self.security.peer_rate_per_s:g} messages/s "
+                f"(burst {self.security.peer_burst})",
+            )
+
+    def admit(self, header: pb.Header, tls_identity: str | None) -> None:
+        """The checks a header allows before its payload is decoded or buffered: a known sender,
+        the TLS identity it came with, and (with TLS, where the caller is authenticated already)
+        its admission budget."""
+        self._known_sender(header.sender, tls_identity)
+        if tls_identity is not None:
+            self._charge(tls_identity)
+
+    async def _authenticate(self, message: Message) -> None:
+        """The sender's signature over the whole envelope, when signing is on and its key is
+        configured (without TLS, `check_peer_keys` makes sure every peer has one)."""
+        key = self.peer_keys.get(message.sender)
+        if not self.security.sign_messages or key is None:
+            return
+        try:
+            if message.payload_bytes() > VERIFY_IN_THREAD_BYTES:
+                await asyncio.to_thread(verify_envelope, message, key)
+            else:
+                verify_envelope(message, key)
+        except SignatureError as error:
+            raise Rejection(grpc.StatusCode.UNAUTHENTICATED, "bad_signature", str(error)) from None
+
+    async def accept(self, message: Message, tls_identity: str | None = None) -> None:
+        """Validate an incoming message and hand it to the actor of its role."""
+        self._known_sender(message.sender, tls_identity)
+        await self._authenticate(message)
+        if tls_identity is None:
+            self._charge(message.sender)  # authenticated by its signature just now
+        if message.recipient != self.id:
             raise Rejection(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "wrong_recipient",
-                f"message is addressed to {message.recipient!r}",
+                f"message is addressed to {message.recipient!r}, not {self.id!r}",
             )
         if message.kind in MEMBERSHIP_KINDS:
             # SWIM has its own incarnations and replay windows; rounds do not apply to it.
@@ -581,17 +661,11 @@ class Node:
             self.membership.tell(message)
             self.metrics.messages_received.labels(message.kind_name).inc()
             return
-        if message.kind in SIGNED_KINDS and message.sender in self.peer_keys:
-            try:
-                verify_envelope(message, self.peer_keys[message.sender])
-            except SignatureError as error:
-                raise Rejection(
-                    grpc.StatusCode.UNAUTHENTICATED, "bad_signature", str(error)
-                ) from None
         if not self.current_round <= message.round <= self.current_round + 1:
             if message.round > self.current_round + 1:
+                # Authenticated evidence that the sender finished our round: stop waiting for it.
                 if message.sender not in self.peers_ahead:
-                    self._poke_inbox()  # stop waiting for a peer that has left this round
+                    self._poke_inbox()
                 self.peers_ahead[message.sender] = int(message.round)
             raise Rejection(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -687,8 +761,19 @@ class Node:
             completed_round=self.completed_round,
         )
 
-    def model_message(self, request: pb.ModelRequest) -> Message:
-        """The model after the last completed round, for a peer's state transfer."""
+    async def model_message(self, request: pb.ModelRequest, tls_identity: str | None) -> Message:
+        """The model after the last completed round, for an allow-listed peer's state transfer:
+        the requester is named by its TLS certificate or signs the request (`node.signing`)."""
+        self._known_sender(request.requester, tls_identity)
+        key = self.peer_keys.get(request.requester)
+        if self.security.sign_messages and key is not None:
+            try:
+                verify_model_request(request, key, self.id, self.security.model_request_skew_s)
+            except SignatureError as error:
+                raise Rejection(
+                    grpc.StatusCode.UNAUTHENTICATED, "bad_signature", str(error)
+                ) from None
+        self._charge(request.requester)
         digest = model_digest(self.weights)
         if request.round != self.completed_round or request.digest != digest:
             raise Rejection(
@@ -764,7 +849,9 @@ class Node:
         round_, digest = state
         for peer in holders:
             message = await self.transport.fetch_model(
-                peer, round_, digest, self.id, self.scenario.limits.max_message_bytes
+                peer,
+                pb.ModelRequest(requester=self.id, round=round_, digest=digest),
+                self.scenario.limits.max_message_bytes,
             )
             if message is None:
                 continue

@@ -45,12 +45,13 @@ def install_event_loop_policy() -> str:
 async def serve_nodes(configs: Sequence[NodeConfig], linger_s: float = 1.0) -> int:
     """Start every node, run their rounds, and stop them all gracefully; returns an exit code."""
     from learning.data import DatasetError
-    from node.config import ConfigError, check_tls
+    from node.config import ConfigError, check_peer_keys, check_tls
     from node.node import Node
 
     try:
         for config in configs:
             check_tls(config.node)
+            check_peer_keys(config)
     except ConfigError as error:
         log.error("%s", error)
         print(f"phalanx node: {error}", file=sys.stderr)

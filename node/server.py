@@ -6,6 +6,7 @@ servicer never lets an exception escape, so bad input cannot take a node down.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -52,14 +53,31 @@ def _parse(message_type: type[MessageT], raw: bytes) -> MessageT:
         raise CodecError(f"malformed {message_type.__name__} protobuf: {error}") from None
 
 
-Accept = Callable[[Message], Awaitable[None]]
+Accept = Callable[[Message, "str | None"], Awaitable[None]]
+"""The node's acceptance path: (decoded message, the caller's TLS identity or None)."""
+Admit = Callable[[pb.Header, "str | None"], None]
+"""The node's header checks, run before a payload is decoded or buffered."""
 StatusProvider = Callable[[], pb.StatusReply]
-ModelSource = Callable[[pb.ModelRequest], Message]
+ModelSource = Callable[[pb.ModelRequest, "str | None"], Awaitable[Message]]
 RejectHook = Callable[[str, str], None]
+
+TLS_IDENTITY_KEY = "x509_common_name"
+"""The auth-context property that names a mutual-TLS caller: its certificate's subject CN. The
+SAN is not used, since every certificate of a testbed shares host entries such as localhost."""
+
+
+def tls_identity(context: grpc.aio.ServicerContext) -> str | None:
+    """The caller's identity from its verified client certificate, or None without TLS."""
+    auth = context.auth_context() or {}
+    names = auth.get(TLS_IDENTITY_KEY) or []
+    if not names:
+        return None
+    name = names[0]
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
 class PhalanxServicer:
-    """Implements `phalanx.v1.PhalanxNode` on top of a node's `accept` coroutine."""
+    """Implements `phalanx.v1.PhalanxNode` on top of a node's `admit` and `accept` checks."""
 
     def __init__(
         self,
@@ -70,14 +88,18 @@ class PhalanxServicer:
         on_reject: RejectHook,
         model_source: ModelSource,
         chunk_bytes: int,
+        admit: Admit | None = None,
+        require_tls_identity: bool = False,
     ) -> None:
         self.node_id = node_id
         self._model_source = model_source
         self._chunk_bytes = chunk_bytes
         self._accept = accept
+        self._admit = admit
         self._status = status
         self._max_bytes = max_message_bytes
         self._on_reject = on_reject
+        self._require_tls_identity = require_tls_identity
 
     async def _refuse(
         self, context: grpc.aio.ServicerContext, rejection: Rejection, sender: str
@@ -86,14 +108,34 @@ class PhalanxServicer:
         self._on_reject(rejection.reason, sender)
         await context.abort(rejection.code, str(rejection))
 
+    def _identity(self, context: grpc.aio.ServicerContext) -> str | None:
+        identity = tls_identity(context)
+        if identity is None and self._require_tls_identity:
+            raise Rejection(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "impersonation",
+                "the caller presented no client certificate naming a peer",
+            )
+        return identity
+
     async def _process(
-        self, context: grpc.aio.ServicerContext, decode: Callable[[], Awaitable[Message]]
+        self,
+        context: grpc.aio.ServicerContext,
+        decode: Callable[[Callable[[pb.Header], None]], Awaitable[Message]],
     ) -> pb.Ack:
         sender = ""
         try:
-            message = await decode()
+            identity = self._identity(context)
+
+            def on_header(header: pb.Header) -> None:
+                nonlocal sender
+                sender = header.sender
+                if self._admit is not None:
+                    self._admit(header, identity)
+
+            message = await decode(on_header)
             sender = message.sender
-            await self._accept(message)
+            await self._accept(message, identity)
         except Rejection as rejection:
             await self._refuse(context, rejection, sender)
         except PayloadTooLarge as error:
@@ -112,11 +154,20 @@ class PhalanxServicer:
             await self._refuse(
                 context, Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", str(error)), sender
             )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a bug must cost one refused message, never the node
+            log.exception("%s: internal error on a message from %s", self.node_id, sender or "?")
+            await self._refuse(
+                context,
+                Rejection(grpc.StatusCode.INTERNAL, "internal", type(error).__name__),
+                sender,
+            )
         return pb.Ack(accepted=True)
 
     async def Send(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Ack:
-        async def decode() -> Message:
-            return decode_envelope(_parse(pb.Envelope, request), self._max_bytes)
+        async def decode(on_header: Callable[[pb.Header], None]) -> Message:
+            return decode_envelope(_parse(pb.Envelope, request), self._max_bytes, on_header)
 
         return await self._process(context, decode)
 
@@ -127,18 +178,29 @@ class PhalanxServicer:
             async for raw in request_iterator:
                 yield _parse(pb.Chunk, raw)
 
-        async def decode() -> Message:
-            return await decode_chunks(chunks(), self._max_bytes)
+        async def decode(on_header: Callable[[pb.Header], None]) -> Message:
+            return await decode_chunks(chunks(), self._max_bytes, on_header)
 
         return await self._process(context, decode)
 
     async def FetchModel(
-        self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
+        self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Chunk]:
+        request = pb.ModelRequest()
         try:
-            message = self._model_source(request)
+            request = _parse(pb.ModelRequest, raw)
+            message = await self._model_source(request, self._identity(context))
         except Rejection as rejection:
             await self._refuse(context, rejection, request.requester)
+            return
+        except CodecError as error:
+            malformed = Rejection(grpc.StatusCode.INVALID_ARGUMENT, "malformed", str(error))
+            await self._refuse(context, malformed, "")
+            return
+        except Exception as error:  # never let a bug escape as UNKNOWN
+            log.exception("%s: internal error serving a model", self.node_id)
+            internal = Rejection(grpc.StatusCode.INTERNAL, "internal", type(error).__name__)
+            await self._refuse(context, internal, request.requester)
             return
         for chunk in encode_chunks(message, self._chunk_bytes):
             yield chunk
@@ -156,18 +218,16 @@ class PhalanxServicer:
                 ),
                 "FetchModel": grpc.unary_stream_rpc_method_handler(
                     self.FetchModel,
-                    request_deserializer=pb.ModelRequest.FromString,
                     response_serializer=pb.Chunk.SerializeToString,
                 ),
                 "Status": grpc.unary_unary_rpc_method_handler(
                     self.Status,
-                    request_deserializer=pb.StatusRequest.FromString,
                     response_serializer=pb.StatusReply.SerializeToString,
                 ),
             },
         )
 
-    async def Status(
-        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
-    ) -> pb.StatusReply:
+    async def Status(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.StatusReply:
+        """Open to anyone who can connect: round, phase and model digest are not secret (the
+        model itself is, see `FetchModel`). The request carries nothing and is not parsed."""
         return self._status()

@@ -1,17 +1,35 @@
-"""Ed25519 signatures on round envelopes (cluster outputs and echoes).
+"""Ed25519 signatures on every envelope a node sends, and on its state-transfer requests.
 
-The signed bytes are `clustering.identity.signing_payload(kind, sender, round, body)` where
-``body`` is a length-prefixed, injective encoding of everything else the receiver acts on: the
-cluster, the recipient, the sorted metadata and every tensor's name, dtype, shape and
-little-endian bytes. A signature made for one round, kind, cluster or recipient therefore never
-verifies for another, and no field can be changed without breaking it (RFC 8032 signatures over
-a domain-separated message, as `clustering.identity` fixes for every node).
+Every message is bound to its sender (RFC 8032 signatures by the sender's long-term identity key,
+`clustering.identity`). The signed bytes are `clustering.identity.signing_payload(kind, sender,
+round, body)`, where ``body`` is a length-prefixed, injective encoding of everything else the
+receiver acts on: the cluster, the recipient, the sorted metadata, and each tensor's name, dtype
+and shape with the SHA-256 of its little-endian bytes. So:
+
+* a signature made for one round, kind, cluster or recipient never verifies for another (no
+  cross-round, cross-kind or cross-recipient replay; a replay within the same slot is a duplicate
+  for the receiver's inbox, whose first valid message wins);
+* no field can be altered in transit without breaking it;
+* large tensors are hashed once per message, not once per recipient and not per chunk: the
+  digest of a message's tensors is cached, and each recipient costs one Ed25519 signature over a
+  few hundred bytes.
+
+`SigningTransport` sets the recipient of every outgoing envelope to the peer it is sent to before
+signing, below any Byzantine wrapper: a Byzantine node holds its own key and signs whatever it
+chooses to send, but it cannot sign in another node's name.
+
+State transfer requests (`FetchModel`) are signed too (`sign_model_request`), with the time they
+were issued, so that without TLS only an allow-listed peer can read a node's model and a captured
+request cannot be replayed outside the allowed clock skew.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -19,20 +37,60 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from phalanx.v1 import node_pb2 as pb
 
-from clustering.identity import NodeIdentity, signing_payload
+from clustering.identity import SIGNATURE_BYTES, NodeIdentity, signing_payload
 from node.codec import Message, kind_name
 from node.transport import DelegatingTransport, Transport
 
-SIGNED_KINDS: frozenset[int] = frozenset({pb.MESSAGE_KIND_CLUSTER_OUTPUT, pb.MESSAGE_KIND_ECHO})
-"""Envelope kinds every node signs and, when the sender's key is configured, verifies."""
+MODEL_REQUEST_KIND = "model_request"
+"""The `signing_payload` kind of a signed `ModelRequest` (distinct from every envelope kind)."""
+
+_DIGEST_CACHE_SIZE = 64
 
 
 class SignatureError(ValueError):
-    """A round envelope whose signature is missing or does not verify."""
+    """A message whose signature is missing or does not verify."""
 
 
 def _field(data: bytes) -> bytes:
     return struct.pack(">Q", len(data)) + data
+
+
+class _TensorDigests:
+    """SHA-256 per tensor of a message, cached by the identity of its tensor mapping.
+
+    A broadcast sends one `Message` object (or copies made by `dataclasses.replace`, which share
+    the mapping) to many peers; hashing its tensors once keeps signing off the hot path. The
+    cache holds a reference to each mapping it keys, so an id is never reused while cached.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, tuple[Mapping[str, np.ndarray], bytes]] = OrderedDict()
+
+    def __call__(self, tensors: Mapping[str, np.ndarray]) -> bytes:
+        entry = self._entries.get(id(tensors))
+        if entry is not None and entry[0] is tensors:
+            return entry[1]
+        encoded = _encode_tensors(tensors)
+        if tensors:  # an empty mapping may be a shared default: nothing worth caching
+            self._entries[id(tensors)] = (tensors, encoded)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return encoded
+
+
+def _encode_tensors(tensors: Mapping[str, np.ndarray]) -> bytes:
+    parts = [struct.pack(">Q", len(tensors))]
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        little = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
+        digest = hashlib.sha256(little.data).digest()
+        shape = struct.pack(f">{array.ndim + 1}Q", array.ndim, *array.shape)
+        parts += [_field(name.encode()), _field(little.dtype.str.encode()), shape, digest]
+    return b"".join(parts)
+
+
+tensor_digests = _TensorDigests(_DIGEST_CACHE_SIZE)
 
 
 def envelope_body(message: Message) -> bytes:
@@ -41,13 +99,7 @@ def envelope_body(message: Message) -> bytes:
     parts.append(struct.pack(">Q", len(message.meta)))
     for key in sorted(message.meta):
         parts += [_field(key.encode()), _field(message.meta[key].encode())]
-    parts.append(struct.pack(">Q", len(message.tensors)))
-    for name in sorted(message.tensors):
-        array = np.ascontiguousarray(message.tensors[name])
-        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-        digest = hashlib.sha256(np.ascontiguousarray(little).data).digest()
-        shape = struct.pack(f">{array.ndim + 1}Q", array.ndim, *array.shape)
-        parts += [_field(name.encode()), _field(little.dtype.str.encode()), shape, digest]
+    parts.append(tensor_digests(message.tensors))
     return b"".join(parts)
 
 
@@ -62,30 +114,92 @@ def sign_envelope(message: Message, identity: NodeIdentity) -> Message:
     return replace(message, signature=identity.sign(signed_bytes(message)))
 
 
+def _verify(public_key: bytes, signature: bytes, data: bytes, what: str) -> None:
+    if not signature:
+        raise SignatureError(f"{what} is not signed")
+    if len(signature) != SIGNATURE_BYTES:
+        raise SignatureError(f"{what}: the signature has {len(signature)} bytes, not 64")
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
+    except (InvalidSignature, ValueError):
+        raise SignatureError(f"{what}: the signature does not verify") from None
+
+
 def verify_envelope(message: Message, public_key: bytes) -> None:
     """Raise `SignatureError` unless `message.signature` is the key holder's over the envelope."""
-    if not message.signature:
-        raise SignatureError(f"{message.kind_name} from {message.sender} is not signed")
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            message.signature, signed_bytes(message)
+    _verify(
+        public_key,
+        message.signature,
+        signed_bytes(message),
+        f"{message.kind_name} from {message.sender}",
+    )
+
+
+def model_request_bytes(request: pb.ModelRequest) -> bytes:
+    """Canonical bytes of a state-transfer request (everything but its signature)."""
+    body = b"".join(
+        (
+            _field(request.digest.encode()),
+            _field(request.recipient.encode()),
+            struct.pack(">Q", request.issued_at_ms),
         )
-    except (InvalidSignature, ValueError):
-        raise SignatureError(
-            f"{message.kind_name} from {message.sender}: the signature does not verify"
-        ) from None
+    )
+    return signing_payload(MODEL_REQUEST_KIND, request.requester, request.round, body)
+
+
+def sign_model_request(request: pb.ModelRequest, identity: NodeIdentity) -> pb.ModelRequest:
+    """`request` stamped with the current time and signed by the requester's identity."""
+    signed = pb.ModelRequest()
+    signed.CopyFrom(request)
+    signed.issued_at_ms = int(time.time() * 1000)
+    signed.signature = identity.sign(model_request_bytes(signed))
+    return signed
+
+
+def verify_model_request(
+    request: pb.ModelRequest, public_key: bytes, recipient: str, skew_s: float
+) -> None:
+    """Raise `SignatureError` unless `request` is signed by `public_key`, addressed to
+    `recipient`, and issued within `skew_s` of now."""
+    what = f"model request from {request.requester}"
+    if request.recipient != recipient:
+        raise SignatureError(f"{what} is addressed to {request.recipient!r}, not {recipient!r}")
+    age_s = time.time() - request.issued_at_ms / 1000
+    if abs(age_s) > skew_s:
+        raise SignatureError(f"{what} was issued {age_s:.0f} s ago (allowed skew {skew_s:g} s)")
+    _verify(public_key, request.signature, model_request_bytes(request), what)
 
 
 class SigningTransport(DelegatingTransport):
-    """Signs the envelopes of `kinds` with this node's identity, below any Byzantine wrapper (a
-    Byzantine node holds its own key and signs whatever it chooses to send)."""
+    """Addresses and signs every outgoing envelope and model request with this node's identity.
 
-    def __init__(self, inner: Transport, identity: NodeIdentity, kinds: frozenset[int]) -> None:
+    It sits below any Byzantine wrapper: a Byzantine node holds its own key and signs whatever it
+    chooses to send, in its own name only. ``enabled = False`` sends unsigned envelopes; it
+    exists to measure what signing costs and is never a deployment setting.
+    """
+
+    def __init__(self, inner: Transport, identity: NodeIdentity, enabled: bool = True) -> None:
         super().__init__(inner)
         self.identity = identity
-        self.kinds = kinds
+        self.enabled = enabled
+
+    def _sealed(self, peer: str, message: Message) -> Message:
+        if not message.recipient:
+            message = replace(message, recipient=peer)
+        return sign_envelope(message, self.identity) if self.enabled else message
 
     async def send(self, peer: str, message: Message) -> bool:
-        if message.kind in self.kinds:
-            message = sign_envelope(message, self.identity)
-        return await self.inner.send(peer, message)
+        return await self.inner.send(peer, self._sealed(peer, message))
+
+    async def send_once(self, peer: str, message: Message, timeout_s: float) -> bool:
+        return await self.inner.send_once(peer, self._sealed(peer, message), timeout_s)
+
+    async def fetch_model(
+        self, peer: str, request: pb.ModelRequest, max_bytes: int
+    ) -> Message | None:
+        request = pb.ModelRequest(
+            requester=request.requester, round=request.round, digest=request.digest, recipient=peer
+        )
+        return await self.inner.fetch_model(
+            peer, sign_model_request(request, self.identity), max_bytes
+        )

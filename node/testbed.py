@@ -226,7 +226,7 @@ class Testbed:
         if self.tls_dir is not None:
             from clustering.certs import write_certificates
 
-            write_certificates(self.tls_dir, n, overwrite=True)
+            write_certificates(self.tls_dir, n, overwrite=True, names=self.ids)
         paths: dict[str, Path] = {}
         for node_id in self.ids:
             config = NodeConfig(
@@ -296,12 +296,11 @@ class Testbed:
         plaintext opt-out."""
         if self.tls_dir is None:
             return {"insecure": True}
-        index = self.ids.index(node_id)
         return {
             "insecure": False,
             "tls_ca": str(self.tls_dir / "ca.pem"),
-            "tls_cert": str(self.tls_dir / f"node-{index}.pem"),
-            "tls_key": str(self.tls_dir / f"node-{index}.key"),
+            "tls_cert": str(self.tls_dir / f"{node_id}.pem"),
+            "tls_key": str(self.tls_dir / f"{node_id}.key"),
         }
 
     def honest_ids(self) -> list[str]:

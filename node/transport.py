@@ -58,7 +58,7 @@ class Transport(Protocol):
     async def serving(self, peer: str, timeout_s: float = 1.0) -> bool: ...
 
     async def fetch_model(
-        self, peer: str, round_: int, digest: str, requester: str, max_bytes: int
+        self, peer: str, request: pb.ModelRequest, max_bytes: int
     ) -> Message | None: ...
 
     async def close(self) -> None: ...
@@ -84,9 +84,9 @@ class DelegatingTransport:
         return await self.inner.serving(peer, timeout_s)
 
     async def fetch_model(
-        self, peer: str, round_: int, digest: str, requester: str, max_bytes: int
+        self, peer: str, request: pb.ModelRequest, max_bytes: int
     ) -> Message | None:
-        return await self.inner.fetch_model(peer, round_, digest, requester, max_bytes)
+        return await self.inner.fetch_model(peer, request, max_bytes)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -210,10 +210,10 @@ class GrpcTransport:
             return None
 
     async def fetch_model(
-        self, peer: str, round_: int, digest: str, requester: str, max_bytes: int
+        self, peer: str, request: pb.ModelRequest, max_bytes: int
     ) -> Message | None:
-        """The peer's model after `round_`, streamed; None when it does not have that one."""
-        request = pb.ModelRequest(requester=requester, round=round_, digest=digest)
+        """The peer's model after `request.round`, streamed; None when it does not hold it."""
+        round_ = request.round
         try:
             stream = self._stub(peer).FetchModel(request, timeout=self.deadline_s * 6)
             return await decode_chunks(stream.__aiter__(), max_bytes)

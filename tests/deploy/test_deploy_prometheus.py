@@ -22,6 +22,7 @@ from phalanx.v1 import node_pb2 as pb
 from phalanx.v1 import node_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from clustering.identity import NodeIdentity
 from deploy.prometheus import (
     ScrapeTarget,
     dashboard_metric_names,
@@ -66,7 +67,17 @@ async def test_every_dashboard_metric_is_exported_by_a_live_node(tmp_path: Path)
             "timeouts": {"collect_s": 5.0},
         }
     )
-    peers = [PeerConfig(id=f"node-0{i}", address=f"127.0.0.1:{ports[i]}") for i in range(2)]
+    identities = [NodeIdentity.generate() for _ in range(2)]
+    for i, identity in enumerate(identities):
+        identity.save(tmp_path / f"node-0{i}.pem")
+    peers = [
+        PeerConfig(
+            id=f"node-0{i}",
+            address=f"127.0.0.1:{ports[i]}",
+            public_key=identities[i].public_key_bytes.hex(),
+        )
+        for i in range(2)
+    ]
     nodes = [
         Node(
             NodeConfig(
@@ -76,6 +87,7 @@ async def test_every_dashboard_metric_is_exported_by_a_live_node(tmp_path: Path)
                     port=ports[i],
                     metrics_port=ports[2 + i],
                     out_dir=str(tmp_path),
+                    identity_key=str(tmp_path / f"node-0{i}.pem"),
                 ),
                 peers=peers,
                 scenario=scenario,

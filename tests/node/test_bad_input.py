@@ -14,10 +14,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from phalanx.v1 import node_pb2 as pb
 from phalanx.v1 import node_pb2_grpc as pb_grpc
 
+from clustering.identity import NodeIdentity
 from node.codec import Message, encode_chunks, encode_envelope
 from node.config import NodeConfig, NodeSettings, PeerConfig, parse_scenario
 from node.node import Node
 from node.testbed import free_ports
+from tests.security.redteam import signed_as
+
+IDENTITIES = {f"node-0{i}": NodeIdentity.generate() for i in range(3)}
+"""The long-term keys of the live node's configured peers (the node knows their public keys)."""
 
 
 @pytest.fixture
@@ -34,14 +39,23 @@ async def live_node(tmp_path: Path):
             "limits": {"max_message_bytes": 2_000_000},
         }
     )
-    peers = [
-        PeerConfig(id=f"node-0{i}", address=f"127.0.0.1:{free_ports(1)[0]}") for i in range(1, 3)
-    ]
+    key_file = tmp_path / "node-00.pem"
+    IDENTITIES["node-00"].save(key_file, overwrite=True)
+
+    def peer(node_id: str, port: int) -> PeerConfig:
+        public = IDENTITIES[node_id].public_key_bytes.hex()
+        return PeerConfig(id=node_id, address=f"127.0.0.1:{port}", public_key=public)
+
     config = NodeConfig(
         node=NodeSettings(
-            insecure=True, id="node-00", port=port, metrics_port=metrics_port, out_dir=str(tmp_path)
+            insecure=True,
+            id="node-00",
+            port=port,
+            metrics_port=metrics_port,
+            out_dir=str(tmp_path),
+            identity_key=str(key_file),
         ),
-        peers=[PeerConfig(id="node-00", address=f"127.0.0.1:{port}"), *peers],
+        peers=[peer("node-00", port), *(peer(f"node-0{i}", free_ports(1)[0]) for i in (1, 2))],
         scenario=scenario,
     )
     node = Node(config)
@@ -59,8 +73,12 @@ def _update(
     size: int | None = None,
     kind: int = pb.MESSAGE_KIND_UPDATE,
 ) -> Message:
+    """An update from `sender`, addressed to the live node and signed with the sender's key (a
+    random key for a sender the node does not know)."""
     vector = np.ones(size if size is not None else node.dimension, dtype=np.float32)
-    return Message(sender, round_, kind, 0, {"update": vector})
+    message = Message(sender, round_, kind, 0, {"update": vector})
+    identity = IDENTITIES.get(sender) or NodeIdentity.generate()
+    return signed_as(message, identity, node.id)
 
 
 async def _send(channel: grpc.aio.Channel, message: Message) -> grpc.StatusCode:
@@ -138,10 +156,15 @@ async def test_bad_messages_get_a_status_a_log_line_and_a_metric(
 
 
 async def test_oversized_streamed_payload_is_refused(live_node, caplog) -> None:
-    _node, channel = live_node
+    node, channel = live_node
     caplog.set_level(logging.WARNING)
     huge = Message(
-        "node-01", 1, pb.MESSAGE_KIND_UPDATE, 0, {"update": np.zeros(1_000_000, dtype=np.float32)}
+        "node-01",
+        1,
+        pb.MESSAGE_KIND_UPDATE,
+        0,
+        {"update": np.zeros(1_000_000, dtype=np.float32)},
+        recipient=node.id,
     )
     first, *rest = encode_chunks(huge, 256 * 1024)
     assert rest  # the payload is streamed in several chunks
@@ -180,6 +203,8 @@ async def test_duplicate_update_is_refused(live_node) -> None:
 
 async def test_update_with_nan_is_refused(live_node) -> None:
     node, channel = live_node
-    message = _update(node)
-    message.tensors["update"][3] = np.nan
-    assert await _send(channel, message) == grpc.StatusCode.INVALID_ARGUMENT
+    vector = np.ones(node.dimension, dtype=np.float32)
+    vector[3] = np.nan
+    message = Message("node-01", 1, pb.MESSAGE_KIND_UPDATE, 0, {"update": vector})
+    signed = signed_as(message, IDENTITIES["node-01"], node.id)
+    assert await _send(channel, signed) == grpc.StatusCode.INVALID_ARGUMENT

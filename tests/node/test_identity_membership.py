@@ -20,6 +20,7 @@ from node.config import ConfigError, NodeConfig, NodeSettings, PeerConfig, parse
 from node.node import Node
 from node.signing import sign_envelope
 from node.testbed import free_ports
+from tests.security.redteam import signed_as
 
 
 @pytest.fixture
@@ -84,7 +85,14 @@ def _rejected(node: Node, reason: str) -> float:
 
 
 def _echo(sender: str = "node-01") -> Message:
-    return Message(sender, 1, pb.MESSAGE_KIND_ECHO, -1, meta={"outputs": "", "model": "abc"})
+    return Message(
+        sender,
+        1,
+        pb.MESSAGE_KIND_ECHO,
+        -1,
+        meta={"outputs": "", "model": "abc"},
+        recipient="node-00",
+    )
 
 
 async def test_echo_must_carry_the_senders_signature(keyed_node) -> None:
@@ -101,24 +109,29 @@ async def test_a_signed_envelope_cannot_be_altered(keyed_node) -> None:
     signed = sign_envelope(_echo(), keys["node-01"])
     tampered = Message(
         signed.sender, signed.round, signed.kind, signed.cluster,
-        meta={"outputs": "", "model": "def"}, signature=signed.signature,
+        meta={"outputs": "", "model": "def"}, recipient="node-00", signature=signed.signature,
     )  # fmt: skip
     assert await _send(channel, tampered) == grpc.StatusCode.UNAUTHENTICATED
 
 
-def _join(identity: NodeIdentity, own_port: int, node_port: int) -> Message:
+def _join(
+    identity: NodeIdentity, own_port: int, node_port: int, envelope_key: NodeIdentity
+) -> Message:
+    """node-01's JOIN envelope (signed by `envelope_key`) around a SWIM JOIN signed by
+    `identity`: the two differ when a test reaches SWIM's own sender binding."""
     member = SwimMember(identity, f"127.0.0.1:{own_port}", [f"127.0.0.1:{node_port}"])
     outgoing = member.tick(time.monotonic())
     assert outgoing, "a node with seeds sends a JOIN on its first tick"
     payload = np.frombuffer(outgoing[0].payload(), dtype=np.uint8)
-    return Message("node-01", 0, pb.MESSAGE_KIND_JOIN, -1, {"swim": payload})
+    message = Message("node-01", 0, pb.MESSAGE_KIND_JOIN, -1, {"swim": payload})
+    return signed_as(message, envelope_key, "node-00")
 
 
 async def test_join_signed_with_the_configured_key_admits_the_member(keyed_node) -> None:
     node, channel, keys, addresses = keyed_node
     assert node.swim is not None
     assert node.swim.states()["node-01"] == "unknown"
-    join = _join(keys["node-01"], addresses["node-01"], node.port)
+    join = _join(keys["node-01"], addresses["node-01"], node.port, keys["node-01"])
     assert await _send(channel, join) == grpc.StatusCode.OK
     for _ in range(50):
         if node.swim.states()["node-01"] == "alive":
@@ -130,7 +143,9 @@ async def test_join_signed_with_the_configured_key_admits_the_member(keyed_node)
 async def test_membership_message_under_another_nodes_key_is_refused(keyed_node) -> None:
     node, channel, keys, addresses = keyed_node
     assert node.swim is not None
-    impostor = _join(keys["node-02"], addresses["node-01"], node.port)  # sent as node-01
+    # The envelope is node-01's (validly signed), the SWIM message inside is node-02's: SWIM's
+    # own binding of the message to the envelope's sender refuses it.
+    impostor = _join(keys["node-02"], addresses["node-01"], node.port, keys["node-01"])
     assert await _send(channel, impostor) == grpc.StatusCode.OK  # accepted for the actor
     for _ in range(50):
         if _rejected(node, "identity_mismatch"):
@@ -142,15 +157,17 @@ async def test_membership_message_under_another_nodes_key_is_refused(keyed_node)
 
 
 async def test_key_outside_the_allow_list_and_garbage_are_refused(keyed_node) -> None:
-    node, channel, _, addresses = keyed_node
+    node, channel, keys, addresses = keyed_node
     assert node.swim is not None
     stranger = NodeIdentity.generate()
-    message = _join(stranger, addresses["node-01"], node.port)
+    message = _join(stranger, addresses["node-01"], node.port, keys["node-01"])
     # Drop the sender binding so that the allow-list is what refuses it.
     node.swim._swim_id_by_name.pop("node-01")
     assert await _send(channel, message) == grpc.StatusCode.OK
-    garbage = Message(
-        "node-02", 0, pb.MESSAGE_KIND_PING, -1, {"swim": np.arange(50, dtype=np.uint8)}
+    garbage = signed_as(
+        Message("node-02", 0, pb.MESSAGE_KIND_PING, -1, {"swim": np.arange(50, dtype=np.uint8)}),
+        keys["node-02"],
+        "node-00",
     )
     assert await _send(channel, garbage) == grpc.StatusCode.OK
     for _ in range(50):
@@ -174,9 +191,10 @@ def test_restarted_node_keeps_its_identity_and_a_mismatched_key_is_refused(tmp_p
         }
     )
     settings = NodeSettings(insecure=True, id="node-00", out_dir=str(tmp_path))
+    peer_key = NodeIdentity.generate().public_key_bytes.hex()
     peers = [
         PeerConfig(id="node-00", address="127.0.0.1:1"),
-        PeerConfig(id="node-01", address="127.0.0.1:2"),
+        PeerConfig(id="node-01", address="127.0.0.1:2", public_key=peer_key),
     ]
     first = Node(NodeConfig(node=settings, peers=peers, scenario=scenario)).identity
     again = Node(NodeConfig(node=settings, peers=peers, scenario=scenario)).identity
@@ -203,3 +221,15 @@ def test_bad_membership_settings_are_refused(section: dict, message: str) -> Non
 def test_a_malformed_public_key_is_refused() -> None:
     with pytest.raises(ValueError, match="64 lowercase hex"):
         PeerConfig(id="node-01", address="127.0.0.1:1", public_key="xyz")
+
+
+def test_a_plaintext_node_without_its_peers_keys_refuses_to_start(tmp_path: Path) -> None:
+    """Without TLS only a configured key can bind a message to its sender."""
+    settings = NodeSettings(insecure=True, id="node-00", out_dir=str(tmp_path))
+    peers = [
+        PeerConfig(id="node-00", address="127.0.0.1:1"),
+        PeerConfig(id="node-01", address="127.0.0.1:2"),
+    ]
+    with pytest.raises(ConfigError, match="every peer needs a public_key"):
+        scenario = parse_scenario({"nodes": 2, "clustering": {"cluster_size": 2}})
+        Node(NodeConfig(node=settings, peers=peers, scenario=scenario))

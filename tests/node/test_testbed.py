@@ -280,7 +280,7 @@ def test_nodes_speak_mutual_tls_and_refuse_plaintext_clients(tmp_path: Path, pha
     summary = _summary(out)
     assert summary["all_digests_identical"] and len(summary["rounds"]) == 2
     config = (out / "config" / "node-00.toml").read_text()
-    assert "insecure = false" in config and "node-0.pem" in config
+    assert "insecure = false" in config and "node-00.pem" in config
     # A node daemon without certificates and without --insecure refuses to start.
     refused = subprocess.run(
         [sys.executable, "-m", "node", "node", "--id", "lonely", "--out", str(tmp_path)],
@@ -310,9 +310,9 @@ def test_nodes_speak_mutual_tls_and_refuse_plaintext_clients(tmp_path: Path, pha
             "--tls-ca",
             str(certs / "ca.pem"),
             "--tls-cert",
-            str(certs / "node-0.pem"),
+            str(certs / "node-00.pem"),
             "--tls-key",
-            str(certs / "node-0.key"),
+            str(certs / "node-00.key"),
             "--peer",
             f"ghost=127.0.0.1:{port + 1}",
             "--out",

@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -68,32 +66,32 @@ DTYPE_UINT8: DType
 DTYPE_INT32: DType
 
 class TensorSpec(_message.Message):
-    __slots__ = ("dtype", "name", "shape")
+    __slots__ = ("dtype", "shape", "name")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     dtype: DType
     shape: _containers.RepeatedScalarFieldContainer[int]
     name: str
-    def __init__(self, dtype: DType | str | None = ..., shape: _Iterable[int] | None = ..., name: str | None = ...) -> None: ...
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Tensor(_message.Message):
-    __slots__ = ("data", "spec")
+    __slots__ = ("spec", "data")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     spec: TensorSpec
     data: bytes
-    def __init__(self, spec: TensorSpec | _Mapping | None = ..., data: bytes | None = ...) -> None: ...
+    def __init__(self, spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("cluster", "kind", "meta", "protocol_version", "recipient", "round", "sender", "signature")
+    __slots__ = ("protocol_version", "sender", "round", "kind", "cluster", "meta", "signature", "recipient")
     class MetaEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: str
-        def __init__(self, key: str | None = ..., value: str | None = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -110,7 +108,7 @@ class Header(_message.Message):
     meta: _containers.ScalarMap[str, str]
     signature: bytes
     recipient: str
-    def __init__(self, protocol_version: int | None = ..., sender: str | None = ..., round: int | None = ..., kind: MessageKind | str | None = ..., cluster: int | None = ..., meta: _Mapping[str, str] | None = ..., signature: bytes | None = ..., recipient: str | None = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[int] = ..., sender: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[MessageKind, str]] = ..., cluster: _Optional[int] = ..., meta: _Optional[_Mapping[str, str]] = ..., signature: _Optional[bytes] = ..., recipient: _Optional[str] = ...) -> None: ...
 
 class Envelope(_message.Message):
     __slots__ = ("header", "tensors")
@@ -118,10 +116,10 @@ class Envelope(_message.Message):
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     header: Header
     tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, header: Header | _Mapping | None = ..., tensors: _Iterable[Tensor | _Mapping] | None = ...) -> None: ...
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
 
 class Chunk(_message.Message):
-    __slots__ = ("data", "header", "specs", "total_bytes")
+    __slots__ = ("header", "specs", "data", "total_bytes")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     SPECS_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -130,7 +128,7 @@ class Chunk(_message.Message):
     specs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     data: bytes
     total_bytes: int
-    def __init__(self, header: Header | _Mapping | None = ..., specs: _Iterable[TensorSpec | _Mapping] | None = ..., data: bytes | None = ..., total_bytes: int | None = ...) -> None: ...
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., specs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("accepted", "detail")
@@ -138,14 +136,14 @@ class Ack(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     detail: str
-    def __init__(self, accepted: bool | None = ..., detail: str | None = ...) -> None: ...
+    def __init__(self, accepted: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("completed_round", "model_digest", "node_id", "phase", "round")
+    __slots__ = ("node_id", "round", "model_digest", "phase", "completed_round")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -156,14 +154,20 @@ class StatusReply(_message.Message):
     model_digest: str
     phase: str
     completed_round: int
-    def __init__(self, node_id: str | None = ..., round: int | None = ..., model_digest: str | None = ..., phase: str | None = ..., completed_round: int | None = ...) -> None: ...
+    def __init__(self, node_id: _Optional[str] = ..., round: _Optional[int] = ..., model_digest: _Optional[str] = ..., phase: _Optional[str] = ..., completed_round: _Optional[int] = ...) -> None: ...
 
 class ModelRequest(_message.Message):
-    __slots__ = ("digest", "requester", "round")
+    __slots__ = ("requester", "round", "digest", "issued_at_ms", "recipient", "signature")
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     requester: str
     round: int
     digest: str
-    def __init__(self, requester: str | None = ..., round: int | None = ..., digest: str | None = ...) -> None: ...
+    issued_at_ms: int
+    recipient: str
+    signature: bytes
+    def __init__(self, requester: _Optional[str] = ..., round: _Optional[int] = ..., digest: _Optional[str] = ..., issued_at_ms: _Optional[int] = ..., recipient: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
