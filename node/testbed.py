@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import importlib.util
 import json
 import os
 import random
@@ -25,24 +26,15 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import tomli_w
 from rich.console import Console
 from rich.table import Table
 
-from node.config import (
-    ConfigError,
-    NodeConfig,
-    NodeSettings,
-    PeerConfig,
-    Scenario,
-    byzantine_nodes,
-    default_scenario_path,
-    load_scenario,
-    with_overrides,
-)
+if TYPE_CHECKING:  # node.config pulls in torch: imported where used, so `--help` stays fast
+    from node.config import Scenario
 
 console = Console(highlight=False)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +127,39 @@ def node_ids(count: int) -> list[str]:
     return [f"node-{i:0{width}d}" for i in range(count)]
 
 
+def import_roots() -> list[str]:
+    """The folders this process imports Phalanx's packages from (``node`` and the generated
+    ``phalanx`` protobuf package): a source checkout's root and ``proto/``, or site-packages."""
+    roots: list[str] = []
+    for package in ("node", "phalanx"):
+        spec = importlib.util.find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            root = str(Path(location).resolve().parent)
+            if root not in roots:
+                roots.append(root)
+    return roots
+
+
+def child_environment() -> dict[str, str]:
+    """The environment of a node process: ours, with Phalanx importable from any folder."""
+    env = dict(os.environ)
+    parts = [*import_roots(), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def absolute_paths(scenario: Scenario) -> Scenario:
+    """`scenario` with its file paths (``data.dir``) made absolute against this process's
+    folder, so that a node process started elsewhere reads the same files."""
+    directory = scenario.data.dir
+    if directory is None or Path(directory).is_absolute():
+        return scenario
+    from node.config import with_overrides
+
+    return with_overrides(scenario, {"data.dir": str(Path(directory).resolve())})
+
+
 def _die_with_parent() -> None:
     """Run in the child before exec: get SIGTERM when the testbed process dies."""
     with contextlib.suppress(OSError, AttributeError):
@@ -184,6 +209,13 @@ class Testbed:
     fault_log: list[dict[str, Any]] = field(default_factory=list)
     peak_rss: dict[str, int] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Node processes run in another folder: every path they are handed is absolute.
+        self.out_dir = Path(self.out_dir).resolve()
+        if self.tls_dir is not None:
+            self.tls_dir = Path(self.tls_dir).resolve()
+        self.scenario = absolute_paths(self.scenario)
+
     def sample_memory(self) -> None:
         """Track each process's peak resident memory (children included) for the summary."""
         for proc in self.processes:
@@ -206,6 +238,8 @@ class Testbed:
 
     def prepare(self) -> None:
         """Write the node files: ids, ports, peers, the scenario."""
+        from node.config import NodeConfig, NodeSettings, PeerConfig
+
         n = self.scenario.nodes
         self.ids = node_ids(n)
         ports = free_ports(2 * n if self.metrics else n, self.host)
@@ -263,10 +297,6 @@ class Testbed:
             self.start_process(proc)
 
     def start_process(self, proc: NodeProcess) -> None:
-        env = dict(os.environ)
-        path_parts = [str(REPO_ROOT), str(REPO_ROOT / "proto")]
-        env["PYTHONPATH"] = os.pathsep.join([*path_parts, env.get("PYTHONPATH", "")]).rstrip(":")
-        env.setdefault("OMP_NUM_THREADS", "1")
         command = [sys.executable, "-m", "node", "node"]
         for path in proc.config_paths:
             command += ["--config", str(path)]
@@ -275,8 +305,8 @@ class Testbed:
             command,
             stdout=handle,
             stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO_ROOT,
+            env=child_environment(),
+            cwd=self.out_dir,
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
@@ -305,6 +335,8 @@ class Testbed:
 
     def honest_ids(self) -> list[str]:
         """Nodes that are neither Byzantine nor killed by a fault (what the summary vouches for)."""
+        from node.config import byzantine_nodes
+
         byzantine = byzantine_nodes(self.scenario, self.ids)
         return [
             n for n in self.ids if n not in byzantine and not self.process_of(n).killed_by_testbed
@@ -468,6 +500,7 @@ def build_summary(
 ) -> dict[str, Any]:
     """Merge per-node records into the run summary (schema in ARCHITECTURE.md)."""
     from clustering.trust import detection_quality
+    from node.config import byzantine_nodes
 
     all_rounds = sorted({r for per_node in rounds.values() for r in per_node})
     byzantine_ids = sorted(byzantine_nodes(scenario, node_ids(scenario.nodes)))
@@ -722,6 +755,10 @@ def _parse_byzantine(text: str) -> dict[str, Any]:
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
+    """The scenario file (or the built-in one) with the flags applied, validated whole: a bad
+    name or number is a `ConfigError` naming the field, before any node starts."""
+    from node.config import ConfigError, default_scenario_path, load_scenario, with_overrides
+
     scenario = (
         load_scenario(args.scenario) if args.scenario else load_scenario(default_scenario_path())
     )
@@ -782,7 +819,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    out_dir = Path(args.out)
+    out_dir = Path(args.out).resolve()
     timeout = args.timeout or (
         scenario.timeouts.startup_s + scenario.rounds * (8 * scenario.timeouts.collect_s + 120)
     )
@@ -810,25 +847,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary["status"] == "completed" else 1
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from node.cli import float_in, int_in
+
     testbed = subparsers.add_parser("testbed", help="local testbeds of real node processes")
     sub = testbed.add_subparsers(dest="testbed_command", metavar="ACTION", required=True)
-    run = sub.add_parser("run", help="run a scenario on 127.0.0.1 and write summary.json")
+    run = sub.add_parser(
+        "run",
+        help="run a scenario on 127.0.0.1 and write summary.json",
+        description="Run a scenario on real node processes. The flags override the scenario "
+        "file's keys (named in brackets); names and numbers are checked before any node starts.",
+    )
     run.add_argument("scenario", nargs="?", type=Path, help="scenario TOML (default: built-in)")
-    run.add_argument("--nodes", type=int)
-    run.add_argument("--rounds", type=int)
-    run.add_argument("--seed", type=int)
-    run.add_argument("--cluster-size", type=int)
-    run.add_argument("--strategy")
-    run.add_argument("--secure", choices=("none", "secagg", "shamir"))
+    run.add_argument("--nodes", type=int_in(1), help="number of nodes [nodes]")
+    run.add_argument("--rounds", type=int_in(1), help="training rounds [rounds]")
+    run.add_argument("--seed", type=int, help="seed of data, models and clusters [seed]")
+    run.add_argument(
+        "--cluster-size", type=int_in(1), help="members per cluster [clustering.cluster_size]"
+    )
+    run.add_argument(
+        "--strategy",
+        help="cluster assignment strategy, e.g. static, random, balanced [clustering.strategy]",
+    )
+    run.add_argument(
+        "--secure",
+        choices=("none", "secagg", "shamir"),
+        help="secure aggregation inside each cluster [aggregation.secure]",
+    )
     run.add_argument(
         "--packing",
-        type=int,
+        type=int_in(1),
         help="shamir: coordinates per sharing polynomial (packed sharing; needs t + l - 1 "
-        "holders to reconstruct)",
+        "holders to reconstruct) [aggregation.packing]",
     )
-    run.add_argument("--rule", help="aggregation rule over cluster outputs")
-    run.add_argument("--f", type=int, help="Byzantine cluster outputs the rule tolerates")
+    run.add_argument(
+        "--rule", help="aggregation rule over cluster outputs, e.g. mean [aggregation.rule]"
+    )
+    run.add_argument(
+        "--f", type=int_in(0), help="Byzantine cluster outputs the rule tolerates [aggregation.f]"
+    )
     run.add_argument(
         "--byzantine",
         action="append",
@@ -836,22 +893,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="COUNT:BEHAVIOUR[:k=v]",
         help="make COUNT nodes Byzantine, e.g. 2:alie or 1:crash:phase=share",
     )
-    run.add_argument("--byzantine-from", type=int, help="round the Byzantine nodes start at")
+    run.add_argument("--byzantine-from", type=int_in(1), help="round the Byzantine nodes start at")
     run.add_argument(
         "--omniscient",
         action="store_true",
         help="worst case: the --byzantine attacks see every honest update, not only the "
         "colluders' own (byzantine[].omniscient)",
     )
-    run.add_argument("--dataset")
-    run.add_argument("--partition", choices=("iid", "dirichlet", "shards"))
-    run.add_argument("--model")
-    run.add_argument("--nodes-per-process", type=int)
-    run.add_argument("--collect-timeout", type=float, help="timeouts.collect_s")
+    run.add_argument(
+        "--dataset",
+        help="mnist5k, digits, mnist, fashion-mnist or cifar10 [data.dataset]",
+    )
+    run.add_argument(
+        "--partition",
+        choices=("iid", "dirichlet", "shards"),
+        help="how the data is split over nodes [data.partition]",
+    )
+    run.add_argument("--model", help="model architecture, e.g. cnn or mlp [model.name]")
+    run.add_argument(
+        "--nodes-per-process",
+        type=int_in(1),
+        help="nodes sharing one process and event loop [nodes_per_process]",
+    )
+    run.add_argument(
+        "--collect-timeout", type=float_in(above=0), help="seconds [timeouts.collect_s]"
+    )
     run.add_argument(
         "--round-period",
-        type=float,
-        help="timeouts.round_period_s: start rounds at least this many seconds apart",
+        type=float_in(0),
+        help="start rounds at least this many seconds apart [timeouts.round_period_s]",
     )
     run.add_argument(
         "--kill",
@@ -867,7 +937,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NODE@ROUND",
         help="kill NODE's process after ROUND and start it again (repeatable)",
     )
-    run.add_argument("--timeout", type=float, help="overall limit in seconds")
+    run.add_argument(
+        "--timeout",
+        type=float_in(above=0),
+        help="overall limit in seconds (default: from the scenario's timeouts)",
+    )
     run.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
     run.add_argument(
         "--audit-traffic",
