@@ -661,12 +661,17 @@ class Node:
             self.membership.tell(message)
             self.metrics.messages_received.labels(message.kind_name).inc()
             return
-        if not self.current_round <= message.round <= self.current_round + 1:
-            if message.round > self.current_round + 1:
-                # Authenticated evidence that the sender finished our round: stop waiting for it.
-                if message.sender not in self.peers_ahead:
-                    self._poke_inbox()
-                self.peers_ahead[message.sender] = int(message.round)
+        if message.round > self.current_round + 1:
+            # Accepted as a progress report, its content dropped: the (authenticated) sender has
+            # finished our round and will send nothing more for it, so stop waiting for it.
+            if message.sender not in self.peers_ahead:
+                self._poke_inbox()
+            self.peers_ahead[message.sender] = max(
+                int(message.round), self.peers_ahead.get(message.sender, 0)
+            )
+            self.metrics.messages_received.labels(message.kind_name).inc()
+            return
+        if message.round < self.current_round:
             raise Rejection(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "unknown_round",

@@ -122,7 +122,7 @@ async def test_valid_update_is_accepted(live_node) -> None:
             "the model needs float32",
         ),
         (
-            lambda n: _update(n, round_=7),
+            lambda n: _update(n, round_=0),
             grpc.StatusCode.FAILED_PRECONDITION,
             "unknown_round",
             "outside the accepted window",
@@ -140,7 +140,7 @@ async def test_valid_update_is_accepted(live_node) -> None:
             "share is not used",
         ),
     ],
-    ids=["wrong-shape", "unknown-round", "unknown-sender", "mpc-kind-without-mpc"],
+    ids=["wrong-shape", "past-round", "unknown-sender", "mpc-kind-without-mpc"],
 )
 async def test_bad_messages_get_a_status_a_log_line_and_a_metric(
     live_node, caplog, make, code, reason, log_text
@@ -208,3 +208,21 @@ async def test_update_with_nan_is_refused(live_node) -> None:
     message = Message("node-01", 1, pb.MESSAGE_KIND_UPDATE, 0, {"update": vector})
     signed = signed_as(message, IDENTITIES["node-01"], node.id)
     assert await _send(channel, signed) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_only_an_authenticated_message_from_ahead_marks_its_sender_ahead(live_node) -> None:
+    """A message from beyond the round window is a progress report: the node stops waiting for
+    its sender. A forged one is refused and marks nobody."""
+    node, channel = live_node
+    forged = signed_as(
+        Message("node-02", 7, pb.MESSAGE_KIND_ECHO, -1, meta={"outputs": "", "model": ""}),
+        IDENTITIES["node-01"],
+        node.id,
+    )
+    assert await _send(channel, forged) == grpc.StatusCode.UNAUTHENTICATED
+    assert node.peers_ahead == {}
+    assert node.unreachable() == frozenset()
+    assert await _send(channel, _update(node, sender="node-02", round_=7)) == grpc.StatusCode.OK
+    assert node.peers_ahead == {"node-02": 7}
+    assert node.unreachable() == {"node-02"}
+    assert node.inbox.get(7, pb.MESSAGE_KIND_UPDATE, 0) == {}  # the content is dropped
