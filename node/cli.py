@@ -58,6 +58,10 @@ BENCHES: dict[str, tuple[str, str]] = {
         "DP-SGD throughput against plain training, as a ratio in one run",
     ),
     "privacy": ("bench.bench_privacy", "privacy–utility–robustness map"),
+    "signing": (
+        "bench.bench_signing",
+        "round time with every message signed, over the same run unsigned",
+    ),
     "forward-schedule": (
         "bench.forward_schedule",
         "forward-noising schedules at matched noise or matched eps: accuracy and iDLG",

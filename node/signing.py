@@ -44,7 +44,9 @@ from node.transport import DelegatingTransport, Transport
 MODEL_REQUEST_KIND = "model_request"
 """The `signing_payload` kind of a signed `ModelRequest` (distinct from every envelope kind)."""
 
-_DIGEST_CACHE_SIZE = 64
+_DIGEST_CACHE_SIZE = 8
+"""Messages whose tensor digests a sender keeps: a broadcast signs one message for every peer
+within moments, so a few suffice, and the cache never pins more than a few models in memory."""
 
 
 class SignatureError(ValueError):
@@ -66,6 +68,9 @@ class _TensorDigests:
     def __init__(self, size: int) -> None:
         self.size = size
         self._entries: OrderedDict[int, tuple[Mapping[str, np.ndarray], bytes]] = OrderedDict()
+
+    def clear(self) -> None:
+        self._entries.clear()
 
     def __call__(self, tensors: Mapping[str, np.ndarray]) -> bytes:
         entry = self._entries.get(id(tensors))
@@ -93,19 +98,21 @@ def _encode_tensors(tensors: Mapping[str, np.ndarray]) -> bytes:
 tensor_digests = _TensorDigests(_DIGEST_CACHE_SIZE)
 
 
-def envelope_body(message: Message) -> bytes:
-    """Canonical bytes of an envelope's cluster, recipient, metadata and tensors."""
+def envelope_body(message: Message, cached: bool = True) -> bytes:
+    """Canonical bytes of an envelope's cluster, recipient, metadata and tensors (`cached`: reuse
+    the digests of a message signed before; a receiver verifies each message once and does not
+    cache)."""
     parts = [struct.pack(">q", message.cluster), _field(message.recipient.encode())]
     parts.append(struct.pack(">Q", len(message.meta)))
     for key in sorted(message.meta):
         parts += [_field(key.encode()), _field(message.meta[key].encode())]
-    parts.append(tensor_digests(message.tensors))
+    parts.append(tensor_digests(message.tensors) if cached else _encode_tensors(message.tensors))
     return b"".join(parts)
 
 
-def signed_bytes(message: Message) -> bytes:
+def signed_bytes(message: Message, cached: bool = True) -> bytes:
     return signing_payload(
-        kind_name(message.kind), message.sender, message.round, envelope_body(message)
+        kind_name(message.kind), message.sender, message.round, envelope_body(message, cached)
     )
 
 
@@ -130,7 +137,7 @@ def verify_envelope(message: Message, public_key: bytes) -> None:
     _verify(
         public_key,
         message.signature,
-        signed_bytes(message),
+        signed_bytes(message, cached=False),
         f"{message.kind_name} from {message.sender}",
     )
 
