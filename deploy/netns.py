@@ -428,7 +428,12 @@ class NetnsTestbed(Testbed):
         if self.metrics:
             self.metrics_ports = dict.fromkeys(self.ids, self.node_metrics_port)
         peers = [
-            PeerConfig(id=i, address=f"{self.addresses[i]}:{self.grpc_port}") for i in self.ids
+            PeerConfig(
+                id=i,
+                address=f"{self.addresses[i]}:{self.grpc_port}",
+                public_key=self.identity_key(i),
+            )
+            for i in self.ids
         ]
         for folder in ("config", "logs", "nodes"):
             (self.out_dir / folder).mkdir(parents=True, exist_ok=True)

@@ -152,6 +152,7 @@ async def _fuzzed_run(tmp_path: Path, count: int) -> None:
         digests = await _train(nodes, rounds)
         codes = await fuzzing
         refused = count - codes.get("OK", 0)
+        print(f"fuzz: {count} messages to {target.id} while training: statuses {codes}")
         assert codes.get("OK", 0) == 0, codes
         assert codes.get("UNKNOWN", 0) == 0, codes
         assert _rejections(target) - before >= refused

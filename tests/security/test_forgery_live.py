@@ -43,6 +43,7 @@ name = "redteam"
 seed = 5
 nodes = 4
 rounds = 6
+nodes_per_process = 2
 [data]
 dataset = "digits"
 [model]
@@ -163,6 +164,11 @@ async def _attack(out: Path, tls: bool) -> tuple[Battery, dict[str, float], dict
             battery.record(f"{name} unsigned as {VICTIM}", unauthenticated, got, forged_reason)
             got = await client.send(signed_as(claim, insider_key, TARGET))
             battery.record(f"{name} in {VICTIM}'s name", unauthenticated, got, forged_reason)
+            if kind not in MEMBERSHIP:  # SWIM envelopes carry no round: SWIM has its own
+                genuine = signed_as(_sample(kind, INSIDER, round_ - 1), insider_key, TARGET)
+                got = await client.send(replace(genuine, round=round_ + 1))
+                battery.record(f"{name} replayed into another round", unauthenticated, got,
+                               "bad_signature")  # fmt: skip
         own = _sample(pb.MESSAGE_KIND_ECHO, INSIDER, round_)
         signed = signed_as(own, insider_key, VICTIM)  # valid, but for another node
         got = await client.send(signed)
