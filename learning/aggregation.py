@@ -28,6 +28,7 @@ import torch
 __all__ = [
     "AGGREGATION_RULES",
     "PRE_AGGREGATORS",
+    "AdaptiveRobustClipping",
     "AggregationResult",
     "AggregationRule",
     "Bucketing",
@@ -734,12 +735,26 @@ class GeometricMedian(AggregationRule):
 
 
 class CenteredClipping(AggregationRule):
-    """Centered clipping (Karimireddy et al. 2021, "Learning from history ...").
+    """Centered clipping (Karimireddy, He & Jaggi, ICML 2021, "Learning from History for
+    Byzantine Robust Optimization", the CC rule of their Algorithm 2).
 
-    ``v <- v + sum_i a_i (x_i - v) min(1, tau / |x_i - v|)``, repeated ``iterations`` times from
-    ``center`` (the previous aggregate in the paper; zeros when not given). ``radius`` is tau;
-    when None it is the lower median of ``|x_i - center|`` (a scale-free stateless choice, itself
-    robust while m > 2f). Breakdown: bounded influence needs an honest majority, m > 2f.
+    One step: ``v <- v + sum_i a_i (x_i - v) min(1, tau / |x_i - v|)`` with ``a_i`` the per-row
+    weights (1/m in the paper), repeated ``iterations`` times (the paper's l).
+
+    Where the first step starts:
+
+    * ``carry_center=True``, the paper's rule: from the previous round's aggregate. The rule
+      object keeps each output as the centre of its next call, so one object must serve all
+      rounds (``get_rule("centered-clipping:carry_center=true")`` once, then call it every
+      round); ``center`` is the first round's centre (zeros when None) and the attribute
+      ``rule.center`` the current one (set it to None to restart from zero).
+    * ``carry_center=False`` (default): every call starts from ``center`` as given, zeros when
+      None, and no call depends on an earlier one. From zero this is not the paper's rule but a
+      norm-clipped mean of the rows, refined by ``iterations`` re-centred steps.
+
+    ``radius`` is tau; when None it is the lower median of ``|x_i - v_0|`` over the rows (a
+    scale-free choice of this implementation, robust while m > 2f; the paper fixes tau).
+    Breakdown: bounded influence needs an honest majority, m > 2f.
     Report: rows whose final clipping factor is below ``flag_below`` are flagged; ``weights`` are
     the normalised ``a_i * factor_i``.
     """
@@ -753,6 +768,7 @@ class CenteredClipping(AggregationRule):
         radius: float | None = None,
         iterations: int = 3,
         center: torch.Tensor | None = None,
+        carry_center: bool = False,
         flag_below: float = 0.5,
     ) -> None:
         self.radius = None if radius is None else _float_param(self.name, "radius", radius)
@@ -760,6 +776,11 @@ class CenteredClipping(AggregationRule):
         if center is not None and (not isinstance(center, torch.Tensor) or center.ndim != 1):
             raise ValueError(f"{self.name}: center must be a 1-D tensor, got {center!r}")
         self.center = center
+        if not isinstance(carry_center, bool):
+            raise ValueError(
+                f"{self.name}: carry_center must be true or false, got {carry_center!r}"
+            )
+        self.carry_center = carry_center
         self.flag_below = _fraction_param(self.name, "flag_below", flag_below)
 
     def max_f(self, m: int) -> int:
@@ -802,6 +823,8 @@ class CenteredClipping(AggregationRule):
         flagged = _flag_by_relative_weight(
             factors, torch.ones(m, dtype=torch.float64), self.flag_below
         )
+        if self.carry_center:
+            self.center = center.detach().clone()
         return AggregationResult(center, flagged, report_weights)
 
 
@@ -1008,6 +1031,38 @@ class StaticClipping(PreAggregator):
         return PreAggregation(clipped, f, weights, share, [[i] for i in range(m)])
 
 
+class AdaptiveRobustClipping(PreAggregator):
+    """ARC, adaptive robust clipping (Allouah, Guerraoui, Gupta, Jellouli, Rizk & Stephan,
+    "Adaptive Gradient Clipping for Robust Federated Learning", ICLR 2025; arXiv 2405.14432,
+    first titled "Boosting Robustness by Clipping Gradients in Distributed Learning").
+
+    With the rows ordered by norm, ``|x_(1)| >= ... >= |x_(m)|``, clip the
+    ``k = floor(2 (f / m) (m - f))`` largest to the norm of the next one:
+    ``y_i = x_i min(1, C / |x_i|)`` with ``C = |x_(k+1)|`` (the paper's Algorithm 1). k is
+    computed in integers, ``(2 f (m - f)) // m``; rows tied with ``x_(k+1)`` keep their norm
+    whichever of them the order puts first. Keeps m, f and weights.
+    """
+
+    name = "arc"
+
+    @staticmethod
+    def clipped_count(m: int, f: int) -> int:
+        """k = floor(2 (f / m) (m - f)): how many of the m rows ARC clips."""
+        return (2 * f * (m - f)) // m
+
+    def _apply(self, vectors: torch.Tensor, f: int, weights: torch.Tensor | None) -> PreAggregation:
+        m = vectors.shape[0]
+        norms = _row_distances(vectors, None)
+        k = self.clipped_count(m, f)
+        threshold = torch.sort(norms, descending=True).values[k]
+        factors = torch.where(
+            norms > threshold, threshold / norms.clamp_min(1e-300), torch.ones_like(norms)
+        )
+        clipped = vectors * factors.to(device=vectors.device, dtype=vectors.dtype)[:, None]
+        share = torch.eye(m, dtype=torch.float64)
+        return PreAggregation(clipped, f, weights, share, [[i] for i in range(m)])
+
+
 class ComposedRule(AggregationRule):
     """Pre-aggregators applied in order, then a rule; flags and weights map back to input rows.
 
@@ -1087,7 +1142,8 @@ AGGREGATION_RULES: dict[str, type[AggregationRule]] = {
 }
 
 PRE_AGGREGATORS: dict[str, type[PreAggregator]] = {
-    cls.name: cls for cls in (NearestNeighbourMixing, Bucketing, StaticClipping)
+    cls.name: cls
+    for cls in (NearestNeighbourMixing, Bucketing, StaticClipping, AdaptiveRobustClipping)
 }
 
 

@@ -195,6 +195,64 @@ def test_centered_clipping_fixed_point_balances_clipped_deviations() -> None:
     assert torch.allclose(clipped.sum(dim=0), torch.zeros(3, dtype=torch.float64), atol=1e-9)
 
 
+def paper_centered_clipping(
+    rounds: list[torch.Tensor], tau: float, iterations: int
+) -> list[torch.Tensor]:
+    """Karimireddy, He & Jaggi (2021), Algorithm 2's aggregation, transcribed: each round starts
+    from the previous round's output (zero before the first) and repeats
+    v <- v + (1/n) sum_i (x_i - v) min(1, tau / |x_i - v|)."""
+    v = torch.zeros(rounds[0].shape[1], dtype=torch.float64)
+    outputs = []
+    for x in rounds:
+        for _ in range(iterations):
+            deviations = x - v
+            norms = torch.linalg.vector_norm(deviations, dim=1, keepdim=True)
+            v = v + (deviations * torch.clamp(tau / norms, max=1.0)).mean(dim=0)
+        outputs.append(v.clone())
+    return outputs
+
+
+def test_centered_clipping_carries_its_center_across_rounds_by_hand() -> None:
+    rule = get_rule("centered-clipping:carry_center=true,radius=1,iterations=1")
+    # round 1 from 0: norms 5, 1, 0.5 give factors 0.2, 1, 1 -> v1 = (0.4, 0.7)
+    v1 = rule(t([[3, 4], [0.6, 0.8], [0, 0.5]]), 1)
+    assert torch.allclose(v1, torch.tensor([0.4, 0.7], dtype=torch.float64), rtol=0, atol=1e-15)
+    # round 2 from v1: deviations (3, 4), (0, 0.5), (-0.6, 0) clip to (0.6, 0.8), (0, 0.5),
+    # (-0.6, 0); their mean (0, 1.3 / 3) moves v1
+    second = t([[3.4, 4.7], [0.4, 1.2], [-0.2, 0.7]])
+    v2 = rule(second, 1)
+    assert torch.allclose(v2, torch.tensor([0.4, 0.7 + 1.3 / 3], dtype=torch.float64), atol=1e-15)
+    assert torch.equal(rule.center, v2)
+    # without carrying, the same second round starts from zero again: a different answer
+    stateless = get_rule("centered-clipping:radius=1,iterations=1")
+    assert not torch.allclose(stateless(second, 1), v2)
+    assert torch.equal(stateless(second, 1), stateless(second, 1))
+    assert stateless.center is None
+
+
+def test_centered_clipping_with_carried_center_is_the_papers_rule() -> None:
+    g = torch.Generator().manual_seed(11)
+    rounds = [1.0 + torch.randn(7, 5, generator=g, dtype=torch.float64) for _ in range(4)]
+    for x in rounds:
+        x[0] = 40.0  # one Byzantine row, far away every round
+    expected = paper_centered_clipping(rounds, tau=0.7, iterations=2)
+    rule = get_rule("centered-clipping", carry_center=True, radius=0.7, iterations=2)
+    for x, v in zip(rounds, expected, strict=True):
+        assert torch.allclose(rule(x, 3), v, rtol=0, atol=1e-12)
+    # restarting: center = None makes the next call start from zero again
+    rule.center = None
+    assert torch.allclose(rule(rounds[0], 3), expected[0], rtol=0, atol=1e-12)
+
+
+def test_centered_clipping_refuses_a_center_of_another_length() -> None:
+    rule = get_rule("centered-clipping", carry_center=True)
+    rule(torch.ones(3, 4, dtype=torch.float64), 1)
+    with pytest.raises(ValueError, match=r"center has shape \(4,\), expected \(5,\)"):
+        rule(torch.ones(3, 5, dtype=torch.float64), 1)
+    with pytest.raises(ValueError, match="carry_center must be true or false"):
+        get_rule("centered-clipping", carry_center="yes")
+
+
 # ---------------------------------------------------------------------------------------------
 # Bulyan
 # ---------------------------------------------------------------------------------------------
@@ -347,6 +405,39 @@ def test_static_clipping_scales_long_rows_only() -> None:
         get_pre("clip")
 
 
+def test_arc_clips_the_k_largest_to_the_next_norm_by_hand() -> None:
+    # m = 5, f = 1: k = floor(2 * (1/5) * 4) = 1; norms 10, 5, 3, 2, 1 -> the largest is
+    # clipped to 5, the rest are unchanged
+    x = t([[6, 8], [0, 2], [3, 4], [0, -1], [0, 3]])
+    arc = get_pre("arc")
+    out = arc.apply(x, 1)
+    assert torch.allclose(out.vectors, t([[3, 4], [0, 2], [3, 4], [0, -1], [0, 3]]))
+    assert (out.f, out.origin) == (1, [[0], [1], [2], [3], [4]])
+    # f = 2: k = floor(2 * (2/5) * 3) = 2; the two largest (10 and 5) go to the third, 3
+    two = arc.apply(x, 2).vectors
+    assert torch.allclose(two, t([[1.8, 2.4], [0, 2], [1.8, 2.4], [0, -1], [0, 3]]))
+    # f = 0 clips nothing
+    assert torch.equal(arc.apply(x, 0).vectors, x)
+
+
+@pytest.mark.parametrize(
+    ("m", "f", "k"), [(5, 1, 1), (5, 2, 2), (10, 3, 4), (9, 3, 4), (12, 5, 5), (3, 1, 1), (1, 0, 0)]
+)
+def test_arc_count_is_floor_of_2f_over_m_times_m_minus_f(m: int, f: int, k: int) -> None:
+    assert get_pre("arc").clipped_count(m, f) == k  # e.g. 10, 3: 2 * 0.3 * 7 = 4.2 -> 4
+
+
+def test_arc_keeps_weights_and_composes_before_a_rule() -> None:
+    x = honest_with_outlier()  # row 3 is 1e6 in every coordinate
+    out = get_pre("arc").apply(x, 2, weights=[1.0] * 10 + [2.0])
+    assert float(torch.linalg.vector_norm(out.vectors[3])) < 5  # clipped to an honest norm
+    assert out.weights is not None and float(out.weights[-1]) == pytest.approx(2 / 12)
+    rule = get_rule("trimmed-mean", pre=["arc"])
+    assert rule.name == "arc+trimmed-mean"
+    honest_mean = torch.cat([x[:3], x[4:]]).mean(dim=0)
+    assert float((rule(x, 2) - honest_mean).abs().max()) < 0.5
+
+
 def test_composed_rule_maps_flags_back_to_bucket_members() -> None:
     x = torch.randn(10, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     x[6] = 1e6
@@ -412,7 +503,7 @@ def test_bench_reports_every_rule_as_a_ratio_to_the_mean() -> None:
     assert set(result["rules"]) == set(AGGREGATION_RULES)
     assert result["rules"]["mean"]["ratio_to_mean"] == 1.0 and result["rules"]["mean"]["f"] == 0
     assert all(entry["ratio_to_mean"] > 0 for entry in result["rules"].values())
-    assert set(result["pre"]) == {"nnm", "bucketing", "clip"}
+    assert set(result["pre"]) == {"nnm", "bucketing", "clip", "arc"}
 
     parser = argparse.ArgumentParser()
     register_bench(parser.add_subparsers())
