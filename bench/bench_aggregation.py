@@ -3,6 +3,8 @@
 ``phalanx bench aggregation --m 100 --d 1000000 --repeats 5`` prints, for every rule and
 pre-aggregator, the median wall time over the repeats and its ratio to the mean's median.
 Ratios, not seconds, are the comparable number: they cancel most of the machine's speed.
+``--sort-reference median,trimmed-mean,bulyan`` also times the full-sort path those rules used
+before selection (:func:`sort_reference`, kept as the tests' bit-for-bit reference).
 """
 
 from __future__ import annotations
@@ -162,14 +164,20 @@ def run_aggregation_bench(
     f: int | None = None,
     repeats: int = 5,
     seed: int = 0,
+    rules: list[str] | None = None,
+    pres: list[str] | None = None,
+    sort_reference_rules: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Median time of every rule and pre-aggregator on seeded N(0, 1) rows of shape (m, d),
-    the repeats interleaved across rules.
+    """Median time of rules and pre-aggregators on seeded N(0, 1) float32 rows of shape (m, d),
+    the repeats interleaved across everything timed.
 
     f defaults to the largest value Bulyan (the strictest rule) accepts, (m - 3) // 4; each rule
-    runs with min(f, its own limit) (the mean with 0) and records the f it used.
-    Returns ``{"m", "d", "f", "repeats", "threads", "rules": {name: {...}}, "pre": {name: {...}}}``
-    where each entry has ``f``, ``median_s`` and ``ratio_to_mean``.
+    runs with min(f, its own limit) (the mean with 0) and records the f it used. ``rules`` and
+    ``pres`` select what is timed (all when None; the mean always runs, as the yardstick).
+    ``sort_reference_rules`` also times :func:`sort_reference` for those rules (the full-sort
+    path the coordinate-wise rules used before), reported as ``ratio_to_sort_reference``.
+    Returns ``{"m", "d", "f", "repeats", "threads", "rules", "pre", "sort_reference"}``; each
+    entry has ``f``, ``median_s`` and ``ratio_to_mean``.
     """
     if m < 1 or d < 1 or repeats < 1:
         raise ValueError(
@@ -178,47 +186,72 @@ def run_aggregation_bench(
     declared_f = max(Bulyan().max_f(m), 0) if f is None else f
     if declared_f < 0:
         raise ValueError(f"bench aggregation: f must be >= 0, got {declared_f}")
+    rule_names = list(AGGREGATION_RULES) if rules is None else ["mean", *rules]
+    pre_names = list(PRE_AGGREGATORS) if pres is None else pres
+    reference_names = sort_reference_rules or []
+    for name in {*rule_names, *reference_names} - set(AGGREGATION_RULES):
+        raise ValueError(f"bench aggregation: unknown rule {name!r}")
+    for name in set(pre_names) - set(PRE_AGGREGATORS):
+        raise ValueError(f"bench aggregation: unknown pre-aggregator {name!r}")
+    for name in set(reference_names) - set(SORT_REFERENCE_RULES):
+        raise ValueError(
+            f"bench aggregation: no sort reference for {name!r} (only {SORT_REFERENCE_RULES})"
+        )
     vectors = torch.randn(m, d, generator=torch.Generator().manual_seed(seed))
 
-    rules: dict[str, dict[str, Any]] = {}
+    timed_rules: dict[str, dict[str, Any]] = {}
     actions: dict[str, Callable[[], object]] = {}
-    for name in AGGREGATION_RULES:
+    for name in dict.fromkeys(rule_names):
         rule = get_rule(name)
         rule_f = min(declared_f, rule.max_f(m))
         if rule_f < 0:
-            rules[name] = {
+            timed_rules[name] = {
                 "f": None,
                 "median_s": None,
                 "ratio_to_mean": None,
                 "skipped": f"m={m} is too small ({rule.breakdown})",
             }
             continue
-        rules[name] = {"f": rule_f}
+        timed_rules[name] = {"f": rule_f}
         actions[f"rule:{name}"] = functools.partial(rule, vectors, rule_f)
 
     pre: dict[str, dict[str, Any]] = {}
     pre_f = min(declared_f, m - 1)
-    for name, spec in _PRE_SPECS.items():
+    for name in pre_names:
         pre[name] = {"f": pre_f}
-        actions[f"pre:{name}"] = functools.partial(get_pre(spec).apply, vectors, pre_f)
+        actions[f"pre:{name}"] = functools.partial(get_pre(_PRE_SPECS[name]).apply, vectors, pre_f)
+
+    reference: dict[str, dict[str, Any]] = {}
+    for name in reference_names:
+        reference_f = min(declared_f, get_rule(name).max_f(m))
+        if reference_f >= 0:
+            reference[name] = {"f": reference_f}
+            actions[f"ref:{name}"] = functools.partial(sort_reference, name, vectors, reference_f)
 
     medians = _interleaved_medians(actions, repeats)
+    kinds = {"rule": timed_rules, "pre": pre, "ref": reference}
     for key, seconds in medians.items():
         kind, name = key.split(":", 1)
-        (rules if kind == "rule" else pre)[name]["median_s"] = seconds
+        kinds[kind][name]["median_s"] = seconds
 
-    mean_seconds = rules["mean"]["median_s"]
-    for entry in (*rules.values(), *pre.values()):
+    mean_seconds = timed_rules["mean"]["median_s"]
+    for entry in (*timed_rules.values(), *pre.values(), *reference.values()):
         if entry["median_s"] is not None:
             entry["ratio_to_mean"] = entry["median_s"] / mean_seconds
+    for name, entry in reference.items():
+        if timed_rules.get(name, {}).get("median_s") is not None:
+            timed_rules[name]["ratio_to_sort_reference"] = (
+                timed_rules[name]["median_s"] / entry["median_s"]
+            )
     return {
         "m": m,
         "d": d,
         "f": declared_f,
         "repeats": repeats,
         "threads": torch.get_num_threads(),
-        "rules": rules,
+        "rules": timed_rules,
         "pre": pre,
+        "sort_reference": reference,
     }
 
 
@@ -232,26 +265,40 @@ def _print_table(result: dict[str, Any]) -> None:
             f"(median of {result['repeats']}, {result['threads']} threads)"
         )
     )
-    for column in ("kind", "name", "f", "median s", "x mean"):
+    for column in ("kind", "name", "f", "median s", "x mean", "x sort path"):
         table.add_column(column, justify="left" if column in ("kind", "name") else "right")
-    for kind in ("rules", "pre"):
+    for kind in ("rules", "pre", "sort_reference"):
         for name, entry in result[kind].items():
             if entry["median_s"] is None:
-                table.add_row(kind, name, "-", "-", entry.get("skipped", "-"))
+                table.add_row(kind, name, "-", "-", entry.get("skipped", "-"), "")
                 continue
+            to_sort = entry.get("ratio_to_sort_reference")
             table.add_row(
                 kind,
                 name,
                 str(entry["f"]),
                 f"{entry['median_s']:.4f}",
                 f"{entry['ratio_to_mean']:.1f}",
+                "" if to_sort is None else f"{to_sort:.2f}",
             )
     Console().print(table)
 
 
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _handle(args: argparse.Namespace) -> int:
     try:
-        result = run_aggregation_bench(m=args.m, d=args.d, f=args.f, repeats=args.repeats)
+        result = run_aggregation_bench(
+            m=args.m,
+            d=args.d,
+            f=args.f,
+            repeats=args.repeats,
+            rules=_names(args.rules),
+            pres=_names(args.pre),
+            sort_reference_rules=_names(args.sort_reference),
+        )
     except ValueError as error:
         print(f"error: {error}")
         return 2
@@ -273,6 +320,17 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:  # typ
         "--f", type=int, default=None, help="declared Byzantine rows (default (m - 3) // 4)"
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per rule (default 5)")
+    parser.add_argument(
+        "--rules", default=None, help="comma-separated rules to time (default all; mean always)"
+    )
+    parser.add_argument(
+        "--pre", default=None, help="comma-separated pre-aggregators to time (default all; '' none)"
+    )
+    parser.add_argument(
+        "--sort-reference",
+        default=None,
+        help=f"also time the full-sort path of these rules (of {', '.join(SORT_REFERENCE_RULES)})",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=_handle)
 

@@ -510,3 +510,23 @@ def test_bench_reports_every_rule_as_a_ratio_to_the_mean() -> None:
     args = parser.parse_args(["aggregation", "--m", "9", "--d", "20", "--repeats", "1", "--json"])
     assert (args.m, args.d, args.f, args.repeats, args.json) == (9, 20, None, 1, True)
     assert args.func(args) == 0
+
+
+def test_bench_times_a_selection_against_the_sort_path() -> None:
+    result = run_aggregation_bench(
+        m=11, d=64, repeats=1, rules=["median"], pres=[], sort_reference_rules=["median", "bulyan"]
+    )
+    assert set(result["rules"]) == {"mean", "median"} and result["pre"] == {}
+    assert set(result["sort_reference"]) == {"median", "bulyan"}
+    assert result["rules"]["median"]["ratio_to_sort_reference"] > 0
+    assert "ratio_to_sort_reference" not in result["rules"]["mean"]
+    with pytest.raises(ValueError, match="no sort reference for 'krum'"):
+        run_aggregation_bench(m=11, d=8, repeats=1, sort_reference_rules=["krum"])
+    with pytest.raises(ValueError, match="unknown pre-aggregator 'mix'"):
+        run_aggregation_bench(m=11, d=8, repeats=1, pres=["mix"])
+
+    parser = argparse.ArgumentParser()
+    register_bench(parser.add_subparsers())
+    argv = ["aggregation", "--m", "7", "--d", "9", "--repeats", "1", "--rules", "trimmed-mean"]
+    args = parser.parse_args([*argv, "--pre", "", "--sort-reference", "trimmed-mean"])
+    assert args.func(args) == 0
