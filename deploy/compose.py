@@ -3,6 +3,7 @@
 ``phalanx deploy compose --nodes N [--byzantine I=ATTACK ...] [--out DIR] [--tls]`` writes::
 
     DIR/compose.yml                       N node services, Prometheus, Grafana
+    DIR/image/                            from an installed package: the image's build context
     DIR/compose.tls.yml                   overlay: mutual-TLS certificates as compose secrets
     DIR/config/node-<i>.toml              one node file per service
     DIR/prometheus/prometheus.yml         scrapes every node's metrics port
@@ -13,6 +14,12 @@
 Services are called ``node-<i>`` so that their DNS names match the certificates written by
 `clustering.certs.write_certificates`. Output is deterministic: the same arguments give the same
 bytes (certificates aside, which hold fresh keys).
+
+The node image is built from ``deploy/Dockerfile``. Run from a source checkout, the build context
+is that checkout; run from an installed package, it is ``DIR/image/``: the installed packages
+(``deploy/Dockerfile`` among their package data) and a ``pyproject.toml`` with the installed
+distribution's name, version, dependencies and entry points, so ``docker compose up --build``
+builds the same image from either. ``--context`` names another source tree.
 
 ``phalanx deploy prometheus-config OUT`` writes a scrape config for a running testbed from its
 ``OUT/config/*.toml``; ``phalanx deploy netns-clean PREFIX`` removes a netns run's leftovers.
@@ -25,15 +32,15 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tomli_w
-import yaml
+if TYPE_CHECKING:  # node.config pulls in torch: imported where used, so `--help` stays fast
+    from node.config import NodeConfig, Scenario
 
-from deploy.prometheus import DASHBOARD_PATH, ScrapeTarget, scrape_config, targets_from_node_configs
-from node.config import NodeConfig, NodeSettings, PeerConfig, Scenario, with_overrides
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+DOCKERFILE = "deploy/Dockerfile"  # inside the build context, a checkout's or DIR/image/
+GRAFANA_DIR = PACKAGE_DIR / "grafana"
 GRPC_PORT = 7000
 METRICS_PORT = 9100
 PROMETHEUS_IMAGE = "prom/prometheus:v2.53.0"
@@ -51,7 +58,7 @@ class ComposeSpec:
     scenario: Scenario
     byzantine: dict[int, str] = field(default_factory=dict)
     tls: bool = False
-    build_context: str = "."
+    build_context: str = "./image"
 
     def __post_init__(self) -> None:
         if not 2 <= self.nodes <= 256:
@@ -72,6 +79,8 @@ def service_name(index: int) -> str:
 
 def node_config(spec: ComposeSpec, index: int) -> NodeConfig:
     """The node file of service `index`: binds 0.0.0.0, peers addressed by service name."""
+    from node.config import NodeConfig, NodeSettings, PeerConfig
+
     peers = [
         PeerConfig(id=service_name(i), address=f"{service_name(i)}:{GRPC_PORT}")
         for i in range(spec.nodes)
@@ -96,7 +105,7 @@ def compose_document(spec: ComposeSpec) -> dict[str, Any]:
     for index in range(spec.nodes):
         name = service_name(index)
         services[name] = {
-            "build": {"context": spec.build_context, "dockerfile": "deploy/Dockerfile"},
+            "build": {"context": spec.build_context, "dockerfile": DOCKERFILE},
             "image": NODE_IMAGE,
             "hostname": name,
             "command": ["node", "--config", "/etc/phalanx/node.toml"],
@@ -162,47 +171,34 @@ def tls_overlay(spec: ComposeSpec) -> dict[str, Any]:
 
 
 def grafana_datasource() -> dict[str, Any]:
-    return {
-        "apiVersion": 1,
-        "datasources": [
-            {
-                "name": "Prometheus",
-                "type": "prometheus",
-                "uid": DATASOURCE_UID,
-                "access": "proxy",
-                "url": "http://prometheus:9090",
-                "isDefault": True,
-                "editable": False,
-            }
-        ],
-    }
+    """The Prometheus datasource (``deploy/grafana/provisioning/datasources/prometheus.yml``)."""
+    return _provisioning("datasources/prometheus.yml")
 
 
 def grafana_dashboard_provider() -> dict[str, Any]:
-    return {
-        "apiVersion": 1,
-        "providers": [
-            {
-                "name": "phalanx",
-                "folder": "Phalanx",
-                "type": "file",
-                "disableDeletion": True,
-                "allowUiUpdates": False,
-                "options": {
-                    "path": "/var/lib/grafana/dashboards",
-                    "foldersFromFilesStructure": False,
-                },
-            }
-        ],
-    }
+    """The dashboard provider (``deploy/grafana/provisioning/dashboards/phalanx.yml``)."""
+    return _provisioning("dashboards/phalanx.yml")
+
+
+def _provisioning(relative: str) -> dict[str, Any]:
+    import yaml
+
+    data: dict[str, Any] = yaml.safe_load((GRAFANA_DIR / "provisioning" / relative).read_text())
+    return data
 
 
 def _yaml(data: dict[str, Any]) -> str:
+    import yaml
+
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
 def write_compose(spec: ComposeSpec, out_dir: str | Path) -> list[Path]:
     """Write every file of the compose testbed under `out_dir`; returns the paths written."""
+    import tomli_w
+
+    from deploy.prometheus import DASHBOARD_PATH, ScrapeTarget, scrape_config
+
     out = Path(out_dir)
     files: dict[str, str] = {
         "compose.yml": _yaml(compose_document(spec)),
@@ -219,8 +215,12 @@ def write_compose(spec: ComposeSpec, out_dir: str | Path) -> list[Path]:
                 ]
             )
         ),
-        "grafana/provisioning/datasources/prometheus.yml": _yaml(grafana_datasource()),
-        "grafana/provisioning/dashboards/phalanx.yml": _yaml(grafana_dashboard_provider()),
+        "grafana/provisioning/datasources/prometheus.yml": (
+            GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml"
+        ).read_text(),
+        "grafana/provisioning/dashboards/phalanx.yml": (
+            GRAFANA_DIR / "provisioning" / "dashboards" / "phalanx.yml"
+        ).read_text(),
         "grafana/dashboards/phalanx-dashboard.json": DASHBOARD_PATH.read_text(),
     }
     for index in range(spec.nodes):
@@ -240,6 +240,74 @@ def write_compose(spec: ComposeSpec, out_dir: str | Path) -> list[Path]:
     return written
 
 
+def source_checkout() -> Path | None:
+    """The source tree this module runs from, or None when it runs from an installed package."""
+    if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / DOCKERFILE).is_file():
+        return REPO_ROOT
+    return None
+
+
+def write_image_context(out_dir: str | Path, distribution: str = "phalanx") -> list[Path]:
+    """Write an image build context from the installed `distribution`: its packages as installed
+    (package data included, ``deploy/Dockerfile`` among it) and a ``pyproject.toml`` that
+    builds them again, with the distribution's name, version, dependencies and entry points.
+    Returns the paths written."""
+    import shutil
+    from importlib import metadata
+
+    import tomli_w
+
+    try:
+        dist = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        raise ValueError(f"{distribution} is not installed: give --context SOURCE_TREE") from None
+    top_level = sorted(set((dist.read_text("top_level.txt") or "").split()))
+    out = Path(out_dir)
+    written: list[Path] = []
+    for file in sorted(dist.files or [], key=str):
+        parts = file.parts
+        if not parts or parts[0] not in top_level or "__pycache__" in parts:
+            continue
+        target = out.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(str(dist.locate_file(file))), target)
+        written.append(target)
+    if not (out / DOCKERFILE).is_file():
+        raise ValueError(f"the installed {distribution} lacks {DOCKERFILE}: give --context")
+    requires = [r for r in dist.requires or [] if "extra ==" not in r.partition(";")[2]]
+    project: dict[str, Any] = {
+        "name": dist.metadata["Name"],
+        "version": dist.version,
+        "dependencies": requires,
+        "scripts": {
+            entry.name: entry.value
+            for entry in dist.entry_points
+            if entry.group == "console_scripts"
+        },
+    }
+    if dist.metadata["Requires-Python"]:
+        project["requires-python"] = dist.metadata["Requires-Python"]
+    pyproject = {
+        "build-system": {
+            "requires": ["setuptools>=68", "wheel"],
+            "build-backend": "setuptools.build_meta",
+        },
+        "project": project,
+        "tool": {
+            "setuptools": {
+                "packages": {"find": {"include": [f"{name}*" for name in top_level]}},
+                "package-data": {"*": ["*"]},
+            }
+        },
+    }
+    path = out / "pyproject.toml"
+    path.write_text(
+        "# Written by `phalanx deploy compose` from the installed package, to build its image.\n"
+        + tomli_w.dumps(pyproject)
+    )
+    return [path, *written]
+
+
 def parse_byzantine(items: list[str] | None) -> dict[int, str]:
     """``I=ATTACK`` items (e.g. ``2=sign-flip``, ``3=scaling:factor=10``), attacks validated."""
     from adversary.poisoning import parse_attack
@@ -255,18 +323,24 @@ def parse_byzantine(items: list[str] | None) -> dict[int, str]:
 
 
 def _cmd_compose(args: argparse.Namespace) -> int:
-    from node.config import default_scenario_path, load_scenario
+    from node.config import ConfigError, default_scenario_path, load_scenario, with_overrides
 
     try:
         scenario = load_scenario(args.scenario or default_scenario_path())
         scenario = with_overrides(scenario, {"nodes": args.nodes, "rounds": args.rounds})
         out = Path(args.out)
-        context = (
-            os.path.relpath(REPO_ROOT, out.resolve()) if args.context is None else args.context
-        )
+        checkout = source_checkout()
+        if args.context is not None:
+            context = args.context
+        elif checkout is not None:
+            context = os.path.relpath(checkout, out.resolve())
+        else:
+            context = "./image"
         spec = ComposeSpec(args.nodes, scenario, parse_byzantine(args.byzantine), args.tls, context)
         written = write_compose(spec, out)
-    except ValueError as error:
+        if args.context is None and checkout is None:
+            written += write_image_context(out / "image")
+    except (ValueError, ConfigError) as error:
         print(f"phalanx deploy compose: {error}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} files to {out}")
@@ -277,6 +351,8 @@ def _cmd_compose(args: argparse.Namespace) -> int:
 
 
 def _cmd_prometheus_config(args: argparse.Namespace) -> int:
+    from deploy.prometheus import scrape_config, targets_from_node_configs
+
     try:
         targets = targets_from_node_configs(Path(args.testbed_out) / "config")
         text = _yaml(scrape_config(targets, interval_s=args.interval))
@@ -304,27 +380,42 @@ def _cmd_netns_clean(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``phalanx deploy compose | prometheus-config | netns-clean``."""
+    from node.cli import float_in, int_in
+
     deploy = subparsers.add_parser("deploy", help="compose/Prometheus/Grafana files, netns tools")
     sub = deploy.add_subparsers(dest="deploy_command", metavar="ACTION", required=True)
     compose = sub.add_parser("compose", help="generate a docker-compose testbed")
-    compose.add_argument("--nodes", type=int, required=True, help="number of node services")
+    compose.add_argument(
+        "--nodes", type=int_in(2, 256), required=True, help="number of node services (2..256)"
+    )
     compose.add_argument(
         "--byzantine",
         action="append",
         metavar="INDEX=ATTACK",
         help="make node INDEX Byzantine with ATTACK (repeatable)",
     )
-    compose.add_argument("--out", default="phalanx-compose", help="output folder")
+    compose.add_argument(
+        "--out", default="phalanx-compose", help="output folder (default phalanx-compose)"
+    )
     compose.add_argument(
         "--tls", action="store_true", help="also write certificates for the compose.tls.yml overlay"
     )
     compose.add_argument("--scenario", type=Path, help="scenario TOML (default: built-in)")
-    compose.add_argument("--rounds", type=int, help="override the scenario's rounds")
-    compose.add_argument("--context", help="docker build context (default: this repository)")
+    compose.add_argument("--rounds", type=int_in(1), help="override the scenario's rounds")
+    compose.add_argument(
+        "--context",
+        help="docker build context, a source tree with deploy/Dockerfile (default: this source "
+        "checkout, or OUT/image/ written from the installed package)",
+    )
     compose.set_defaults(func=_cmd_compose)
     prom = sub.add_parser("prometheus-config", help="scrape config for a running testbed")
     prom.add_argument("testbed_out", help="the testbed's --out folder (reads config/*.toml)")
-    prom.add_argument("--interval", type=float, default=5.0, help="scrape interval, seconds")
+    prom.add_argument(
+        "--interval",
+        type=float_in(above=0),
+        default=5.0,
+        help="scrape interval, seconds (default 5)",
+    )
     prom.add_argument("--write", type=Path, help="write here instead of stdout")
     prom.set_defaults(func=_cmd_prometheus_config)
     clean = sub.add_parser("netns-clean", help="remove namespaces/links left by a netns run")

@@ -138,7 +138,12 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboard(tmp_path: P
     assert f"./grafana/dashboards:{provider['options']['path']}:ro" in mounts
     dashboard = json.loads((tmp_path / "grafana/dashboards/phalanx-dashboard.json").read_text())
     uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
-    assert uids == {datasource["uid"]}
+    assert uids == {"${datasource}"}  # the dashboard's datasource variable: any Prometheus
+    (variable,) = dashboard["templating"]["list"]
+    assert variable["type"] == "datasource" and variable["query"] == datasource["type"]
+    for name in ("datasources/prometheus.yml", "dashboards/phalanx.yml"):  # the shipped examples
+        shipped = Path("deploy/grafana/provisioning", name).read_text()
+        assert (tmp_path / "grafana/provisioning" / name).read_text() == shipped
 
 
 def test_dashboard_structure_covers_what_operators_watch() -> None:
@@ -208,7 +213,7 @@ def test_dockerfile_is_slim_non_root_with_cpu_torch() -> None:
     text = Path("deploy/Dockerfile").read_text()
     assert "FROM python:3.11-slim" in text
     assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in text
-    assert "\nUSER phalanx\n" in text and "pip install ." in text
+    assert "\nUSER phalanx\n" in text and "pip install --no-deps ." in text
     assert (
         tomllib.loads(Path("pyproject.toml").read_text())["project"]["dependencies"][0]
         == "torch==2.13.0"
