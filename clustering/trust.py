@@ -73,8 +73,12 @@ class SuspicionTracker:
         round: int,
         clusters: Sequence[Sequence[str]],
         flagged: Collection[int] | Mapping[int, float],
+        named: Collection[str] = (),
     ) -> None:
-        """Record round `round`: `flagged` holds cluster indices, or index -> severity in [0, 1].
+        """Record round `round`: `flagged` holds cluster indices, or index -> severity in [0, 1];
+        `named` holds members caught individually (a holder corrected by Berlekamp-Welch, a
+        dealer whose shares failed their checks): an individual positive test, weight 1 whatever
+        their cluster's severity.
 
         Rounds must be strictly increasing, so a round cannot be counted twice.
         """
@@ -98,8 +102,8 @@ class SuspicionTracker:
                 seen.add(node)
         rate = self.learning_rate
         for index, cluster in enumerate(clusters):
-            weight = severity.get(index, 0.0)
             for node in cluster:
+                weight = 1.0 if node in named else severity.get(index, 0.0)
                 previous = self._scores.get(node, 0.0)
                 self._scores[node] = (1.0 - rate) * previous + rate * weight
                 self._observations[node] = self._observations.get(node, 0) + 1

@@ -127,8 +127,13 @@ class MembershipConfig(_Section):
 class AggregationConfig(_Section):
     rule: str = "mean"
     pre: list[str] = Field(default=[], description="pre-aggregators, e.g. ['clip', 'nnm']")
-    f: Annotated[int, Field(ge=0)] | None = Field(
-        default=None, description="Byzantine cluster outputs tolerated (default: Byzantine count)"
+    f: Annotated[int, Field(ge=0)] | Literal["auto"] | None = Field(
+        default=None,
+        description="faulty cluster outputs the rule is told to tolerate. Unset: the Byzantine "
+        "count (0 with the mean), reduced where the rule tolerates fewer for the outputs "
+        "received, which the round's record states as f_reduced. An explicit f the rule cannot "
+        'tolerate for the configured clusters is refused. "auto": the most the rule tolerates '
+        "for the outputs received each round",
     )
     secure: Literal["none", "secagg", "shamir"] = "none"
     threshold: Annotated[int, Field(ge=0)] = Field(
@@ -223,6 +228,17 @@ class ByzantineConfig(_Section):
         return self
 
 
+def tolerated_faults(scenario: Scenario) -> int | Literal["auto"]:
+    """aggregation.f: as configured, else the number of Byzantine nodes (0 for the plain mean,
+    which takes no f: it is the undefended baseline)."""
+    aggregation = scenario.aggregation
+    if aggregation.f is not None:
+        return aggregation.f
+    if aggregation.rule == "mean":
+        return 0
+    return sum(b.count + len(b.nodes) for b in scenario.byzantine)
+
+
 class Scenario(_Section):
     """Everything that defines an experiment; shared by all nodes of a run."""
 
@@ -267,9 +283,18 @@ class Scenario(_Section):
                         f"byzantine: {spec.name} estimates honest statistics from the colluders' "
                         "benign updates and needs at least 2 colluders (or omniscient = true)"
                     )
+        from clustering.strategies import cluster_sizes
         from learning.aggregation import get_rule
 
-        get_rule(aggregation.rule, pre=aggregation.pre or None)
+        robust = get_rule(aggregation.rule, pre=aggregation.pre or None)
+        outputs = len(cluster_sizes(self.nodes, self.clustering.cluster_size))
+        tolerated = max(robust.max_f(outputs), 0)
+        if isinstance(aggregation.f, int) and aggregation.f > tolerated:
+            raise ValueError(
+                f"aggregation.f = {aggregation.f} exceeds what {aggregation.rule!r} tolerates "
+                f"with {outputs} cluster outputs: at most {tolerated} ({robust.breakdown}); "
+                'lower aggregation.f, or set it to "auto"'
+            )
         if aggregation.secure != "none":
             if self.clustering.cluster_size < 2:
                 raise ValueError(
@@ -534,10 +559,3 @@ def byzantine_nodes(scenario: Scenario, ids: list[str]) -> dict[str, ByzantineCo
         for node_id in sorted(rng.sample(free, entry.count)):
             chosen[node_id] = entry
     return dict(sorted(chosen.items()))
-
-
-def tolerated_faults(scenario: Scenario) -> int:
-    """aggregation.f, defaulting to the number of Byzantine nodes."""
-    if scenario.aggregation.f is not None:
-        return scenario.aggregation.f
-    return sum(b.count + len(b.nodes) for b in scenario.byzantine)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -110,6 +110,22 @@ def agree_dealer_set(held_by: dict[str, Sequence[str]], threshold: int) -> list[
             counts[dealer] = counts.get(dealer, 0) + 1
     needed = max(threshold, len(held_by) // 2 + 1)
     return sorted(dealer for dealer, count in counts.items() if count >= needed)
+
+
+def named_liars(
+    corrected: Sequence[str], malformed: Mapping[str, str], reports: Mapping[str, Message]
+) -> list[str]:
+    """The members an aggregator names as liars: holders whose partial sums Berlekamp-Welch
+    corrected or that sent malformed ones (their own signed messages convict them), and dealers
+    whose shares a strict majority of the reporting holders found failing their checks (one
+    Byzantine holder cannot convict an honest dealer alone)."""
+    accusations: dict[str, int] = {}
+    for report in reports.values():
+        for dealer in set(_names(report.meta.get("rejected", ""))):
+            accusations[dealer] = accusations.get(dealer, 0) + 1
+    needed = len(reports) // 2 + 1
+    accused = {dealer for dealer, count in accusations.items() if count >= needed}
+    return sorted({*corrected, *malformed, *accused})
 
 
 def encode_member_update(
@@ -261,10 +277,13 @@ class ShamirClusterProtocol:
             if not names or len(set(names)) != len(names) or not set(names) <= set(members):
                 raise _invalid(f"partial sum must name its dealers, members of {message.cluster}")
         elif kind in (pb.MESSAGE_KIND_HELD_DEALERS, pb.MESSAGE_KIND_DEALER_SET):
-            field = "held" if kind == pb.MESSAGE_KIND_HELD_DEALERS else "dealers"
-            names = _names(message.meta.get(field, ""))
-            if len(set(names)) != len(names) or not set(names) <= set(members):
-                raise _invalid(f"{field} must list distinct members of cluster {message.cluster}")
+            fields = ("held", "rejected") if kind == pb.MESSAGE_KIND_HELD_DEALERS else ("dealers",)
+            for field in fields:
+                names = _names(message.meta.get(field, ""))
+                if len(set(names)) != len(names) or not set(names) <= set(members):
+                    raise _invalid(
+                        f"{field} must list distinct members of cluster {message.cluster}"
+                    )
             if kind == pb.MESSAGE_KIND_DEALER_SET and message.sender not in publishers:
                 raise Rejection(
                     grpc.StatusCode.PERMISSION_DENIED,
@@ -381,18 +400,21 @@ class ShamirClusterProtocol:
         dealers = [d for d in adverts if d != me]
         share_deadline = phase + collect
         received = await inbox.wait_for(r, pb.MESSAGE_KIND_SHARE, mine, dealers, share_deadline)
+        bad_shares = []
         for sender, error in await asyncio.to_thread(decrypt_shares, context, member, received):
             self._reject(context, sender, error)
+            bad_shares.append(sender)
         context.phase_seconds["share"] = time.monotonic() - phase
 
-        # 3. agree on the dealer set, then answer the aggregators with partial sums
+        # 3. agree on the dealer set, then answer the aggregators with partial sums; a holder
+        # also reports the dealers whose shares failed their checks, for the aggregators to name.
         phase = time.monotonic()
         held = Message(
             me,
             r,
             pb.MESSAGE_KIND_HELD_DEALERS,
             mine,
-            meta={"held": ",".join(member.held_dealers())},
+            meta={"held": ",".join(member.held_dealers()), "rejected": ",".join(bad_shares)},
         )
         await broadcast(context, held, publishers)
         # A holder still waiting for a lost share reports at its share deadline, after ours.
@@ -478,11 +500,11 @@ class ShamirClusterProtocol:
             log.warning(
                 "%s round %d: corrected lying holders %s", me, r, ",".join(outcome.suspects)
             )
+        liars = named_liars(outcome.suspects, outcome.rejections, reports)
         self.last_outcomes[mine] = "ok"
         total = decode_sum(outcome.field_sum, self.fixed_point, len(agreed))
-        await broadcast(
-            context, publish_output(context, total.astype(np.float32), agreed), context.everyone
-        )
+        output = publish_output(context, total.astype(np.float32), agreed, liars)
+        await broadcast(context, output, context.everyone)
 
 
 class SecAggClusterProtocol:
@@ -767,11 +789,9 @@ class SecAggClusterProtocol:
                 )
             else:
                 total = decode_sum(outcome.field_sum, self.fixed_point, len(outcome.included))
-                await broadcast(
-                    context,
-                    publish_output(context, total.astype(np.float32), outcome.included),
-                    context.everyone,
-                )
+                liars = sorted({*outcome.suspects, *outcome.rejections})
+                output = publish_output(context, total.astype(np.float32), outcome.included, liars)
+                await broadcast(context, output, context.everyone)
         elif me != aggregator and mask_set:
             asks = await inbox.wait_for(
                 r, pb.MESSAGE_KIND_UNMASK, mine, [aggregator], phase + 2 * collect

@@ -158,14 +158,31 @@ class TooFewOutputs(ValueError):
     """Fewer cluster outputs arrived than the aggregation rule can run on."""
 
 
+@dataclass(frozen=True)
+class GlobalStep:
+    """One round's global update and how the rule produced it."""
+
+    delta: np.ndarray
+    flagged: list[int]
+    f: int
+    """The f the rule ran with (``aggregation.f = "auto"``: the most it tolerates)."""
+    f_reduced: dict[str, int] | None = None
+    """Set when fewer outputs arrived than configured clusters and the configured f exceeded
+    what the rule tolerates for them: ``{"configured": f, "used": f'}``. Never silent."""
+
+
 def combine_cluster_outputs(
-    outputs: Mapping[int, ClusterOutput], rule: str, f: int, pre: list[str] | None = None
-) -> tuple[np.ndarray, list[int]]:
+    outputs: Mapping[int, ClusterOutput],
+    rule: str,
+    f: int | str,
+    pre: list[str] | None = None,
+) -> GlobalStep:
     """The global step from cluster outputs, in ascending cluster order (bit-reproducible).
 
     ``mean``: FedAvg over dealers, sum_c S_c / sum_c |c|. Other rules: the registered robust
-    rule over the cluster means S_c/|c|. Returns (delta, clusters flagged by the rule); raises
-    `TooFewOutputs` when the rule cannot run on that many rows even at f = 0 (Krum: m > 2).
+    rule over the cluster means S_c/|c|, with ``f = "auto"`` meaning the largest f it tolerates
+    for the outputs received. Raises `TooFewOutputs` when the rule cannot run on that many rows
+    even at f = 0 (Krum: m > 2).
     """
     order = sorted(outputs)
     if rule == "mean" and not pre:
@@ -173,7 +190,7 @@ def combine_cluster_outputs(
         for cluster in order:
             total += outputs[cluster].total
         count = sum(len(outputs[c].included) for c in order)
-        return total / np.float32(count), []
+        return GlobalStep(total / np.float32(count), [], 0)
     from learning.aggregation import get_rule
 
     means = torch.from_numpy(np.stack([outputs[c].mean for c in order]))
@@ -183,12 +200,19 @@ def combine_cluster_outputs(
             f"aggregation rule {rule!r} cannot run on {len(order)} cluster outputs "
             f"({robust.breakdown})"
         )
-    # Declare no more faulty rows than the rule's breakdown point allows with the clusters that
-    # delivered this round, so a round with fewer outputs still aggregates.
-    f = min(f, max(robust.max_f(len(order)), 0))
-    report = robust.aggregate_with_report(means, f)
+    tolerated = max(robust.max_f(len(order)), 0)
+    reduced = None
+    if f == "auto":
+        used = tolerated
+    else:
+        used = min(int(f), tolerated)
+        if used < int(f):
+            # Fewer outputs arrived than configured clusters: the configuration was checked
+            # against the full count, so this is only known now, and it is recorded.
+            reduced = {"configured": int(f), "used": used}
+    report = robust.aggregate_with_report(means, used)
     flagged = [order[i] for i in report.flagged]
-    return report.value.to(torch.float32).numpy(), flagged
+    return GlobalStep(report.value.to(torch.float32).numpy(), flagged, used, reduced)
 
 
 class Node:
@@ -832,7 +856,9 @@ class Node:
                 # No strict majority (a partition healed into several groups): fall back to the
                 # plurality, held by at least f + 1 nodes so that an honest node holds it, with a
                 # deterministic tie-break, so that every node that sees the same states converges.
-                floor = max(2, tolerated_faults(self.scenario) + 1)
+                declared = tolerated_faults(self.scenario)
+                faults = len(self.byzantine) if declared == "auto" else declared
+                floor = max(2, faults + 1)
                 ranked = sorted(holders.items(), key=lambda kv: (-len(kv[1]), -kv[0][0], kv[0][1]))
                 if len(ranked[0][1]) >= floor:
                     majority = [ranked[0][0]]
@@ -1004,9 +1030,10 @@ class Node:
             # `isolate`: the quarantine clusters' outputs are dropped from the global step.
             outputs = {c: o for c, o in outputs.items() if c not in quarantined}
         step_skipped: str | None = None
+        step: GlobalStep | None = None
         if outputs:
             try:
-                delta, flagged = combine_cluster_outputs(
+                step = combine_cluster_outputs(
                     outputs,
                     self.scenario.aggregation.rule,
                     tolerated_faults(self.scenario),
@@ -1018,12 +1045,25 @@ class Node:
                 step_skipped = str(error)
                 log.warning("%s round %d: no global step: %s", self.id, round_, error)
             else:
-                self.weights = self.weights + torch.from_numpy(delta)
+                flagged = step.flagged
+                self.weights = self.weights + torch.from_numpy(step.delta)
+                if step.f_reduced is not None:
+                    log.warning(
+                        "%s round %d: f reduced from %d to %d (%d cluster outputs)",
+                        self.id,
+                        round_,
+                        step.f_reduced["configured"],
+                        step.f_reduced["used"],
+                        len(outputs),
+                    )
         self.completed_round = round_
         # Group testing across reshuffled clusters: every member of a flagged or quarantined
         # cluster becomes more suspected (`clustering.trust`).
+        liars = sorted({liar for out in outputs.values() for liar in out.liars})
         if round_ > (self.trust.last_round or 0):
-            self.trust.update(round_, assignment.clusters, sorted({*flagged, *quarantined}))
+            self.trust.update(
+                round_, assignment.clusters, sorted({*flagged, *quarantined}), named=liars
+            )
             self._trust_after[round_] = self.trust.scores
             for old in [r for r in self._trust_after if r < round_ - 3]:
                 del self._trust_after[old]
@@ -1060,6 +1100,9 @@ class Node:
             "failed_clusters": sorted(set(range(len(assignment.clusters))) - set(outputs)),
             "step_skipped": step_skipped,
             "flagged_clusters": flagged,
+            "liars": liars,
+            "f": step.f if step is not None else None,
+            "f_reduced": step.f_reduced if step is not None else None,
             "backdoor_success": backdoor,
             "excluded": excluded,
             "equivocating_publishers": sorted(inconsistent),

@@ -41,6 +41,8 @@ class ClusterOutput:
     total: np.ndarray
     included: tuple[str, ...]
     publisher: str
+    liars: tuple[str, ...] = ()
+    """Members the publisher caught lying this round (corrected holders, bad dealers)."""
 
     @property
     def mean(self) -> np.ndarray:
@@ -157,7 +159,8 @@ def choose_output(
     best = min(ranked, key=preference)
     message = got[best]
     included = tuple(message.meta["included"].split(","))
-    return ClusterOutput(cluster, message.tensors["sum"], included, best)
+    liars = tuple(_names(message.meta.get("liars", "")))
+    return ClusterOutput(cluster, message.tensors["sum"], included, best, liars)
 
 
 async def await_cluster_outputs(
@@ -190,6 +193,7 @@ def output_digest(message: Message) -> str:
     """SHA-256 over a published cluster output's sum and included list (for echoes)."""
     digest = hashlib.sha256(message.tensors["sum"].astype("<f4").tobytes())
     digest.update(message.meta.get("included", "").encode())
+    digest.update(b"|" + message.meta.get("liars", "").encode())
     return digest.hexdigest()[:32]
 
 
@@ -250,24 +254,40 @@ async def echo_outputs(context: RoundContext, wait_s: float) -> tuple[set[str], 
     return inconsistent, diverged
 
 
+def _names(text: str) -> list[str]:
+    return [name for name in text.split(",") if name]
+
+
 def validate_cluster_output(message: Message, members: Sequence[str], dimension: int) -> None:
     _check_vector(message, "sum", dimension)
-    included = [s for s in message.meta.get("included", "").split(",") if s]
+    included = _names(message.meta.get("included", ""))
     if not included or len(set(included)) != len(included):
         raise _invalid("cluster output lists no or duplicate included dealers")
     if not set(included) <= set(members):
         raise _invalid("cluster output includes dealers outside the cluster")
+    liars = _names(message.meta.get("liars", ""))
+    if len(set(liars)) != len(liars) or not set(liars) <= set(members):
+        raise _invalid("cluster output names liars outside the cluster")
 
 
-def publish_output(context: RoundContext, total: np.ndarray, included: Sequence[str]) -> Message:
-    """The CLUSTER_OUTPUT message a publisher sends to every node."""
+def publish_output(
+    context: RoundContext,
+    total: np.ndarray,
+    included: Sequence[str],
+    liars: Sequence[str] = (),
+) -> Message:
+    """The CLUSTER_OUTPUT message a publisher sends to every node: the sum, its dealers and the
+    members it caught lying (signed with the output, so every node names the same ones)."""
+    meta = {"included": ",".join(included)}
+    if liars:
+        meta["liars"] = ",".join(sorted(liars))
     return Message(
         context.node_id,
         context.round,
         pb.MESSAGE_KIND_CLUSTER_OUTPUT,
         context.my_cluster,
         {"sum": total},
-        meta={"included": ",".join(included)},
+        meta=meta,
     )
 
 
