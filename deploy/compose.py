@@ -10,10 +10,12 @@
     DIR/grafana/provisioning/...          Prometheus datasource + dashboard provider
     DIR/grafana/dashboards/phalanx-dashboard.json
     DIR/certs/                            with --tls: CA and node-<i> certificates
+    DIR/keys/node-<i>.pem                 each node's Ed25519 identity key (kept if present)
 
 Services are called ``node-<i>`` so that their DNS names match the certificates written by
 `clustering.certs.write_certificates`. Output is deterministic: the same arguments give the same
-bytes (certificates aside, which hold fresh keys).
+bytes, key material aside (certificates and identity keys are fresh in a new folder, kept when
+the same folder is written again).
 
 The node image is built from ``deploy/Dockerfile``. Run from a source checkout, the build context
 is that checkout; run from an installed package, it is ``DIR/image/``: the installed packages
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,12 +80,21 @@ def service_name(index: int) -> str:
     return f"node-{index}"
 
 
-def node_config(spec: ComposeSpec, index: int) -> NodeConfig:
-    """The node file of service `index`: binds 0.0.0.0, peers addressed by service name."""
+def identity_secret(index: int) -> str:
+    """The compose secret holding node `index`'s Ed25519 identity key (``keys/node-<i>.pem``)."""
+    return f"{service_name(index)}-identity"
+
+
+def node_config(spec: ComposeSpec, index: int, public_keys: Sequence[str]) -> NodeConfig:
+    """The node file of service `index`: binds 0.0.0.0, peers addressed by service name, each
+    with its Ed25519 public key (every message is signed; without TLS the keys are what binds a
+    message to its sender), its own identity key mounted as a secret."""
     from node.config import NodeConfig, NodeSettings, PeerConfig
 
     peers = [
-        PeerConfig(id=service_name(i), address=f"{service_name(i)}:{GRPC_PORT}")
+        PeerConfig(
+            id=service_name(i), address=f"{service_name(i)}:{GRPC_PORT}", public_key=public_keys[i]
+        )
         for i in range(spec.nodes)
     ]
     return NodeConfig(
@@ -93,6 +105,7 @@ def node_config(spec: ComposeSpec, index: int) -> NodeConfig:
             metrics_port=METRICS_PORT,
             out_dir="/data",
             insecure=not spec.tls,
+            identity_key=f"/run/secrets/{identity_secret(index)}",
         ),
         peers=peers,
         scenario=spec.scenario,
@@ -114,6 +127,7 @@ def compose_document(spec: ComposeSpec) -> dict[str, Any]:
                 "org.phalanx.node": name,
                 "org.phalanx.byzantine": spec.byzantine.get(index, "none"),
             },
+            "secrets": [identity_secret(index)],
             "networks": ["phalanx"],
             "restart": "on-failure",
         }
@@ -148,6 +162,9 @@ def compose_document(spec: ComposeSpec) -> dict[str, Any]:
         "services": services,
         "networks": {"phalanx": {"driver": "bridge"}},
         "volumes": {f"{service_name(i)}-data": {} for i in range(spec.nodes)},
+        "secrets": {
+            identity_secret(i): {"file": f"./keys/{service_name(i)}.pem"} for i in range(spec.nodes)
+        },
     }
 
 
@@ -223,9 +240,10 @@ def write_compose(spec: ComposeSpec, out_dir: str | Path) -> list[Path]:
         ).read_text(),
         "grafana/dashboards/phalanx-dashboard.json": DASHBOARD_PATH.read_text(),
     }
+    public_keys = identity_keys(out / "keys", spec.nodes)
     for index in range(spec.nodes):
         files[f"config/{service_name(index)}.toml"] = tomli_w.dumps(
-            node_config(spec, index).model_dump(exclude_none=True)
+            node_config(spec, index, public_keys).model_dump(exclude_none=True)
         )
     written = []
     for relative, text in files.items():
@@ -238,6 +256,18 @@ def write_compose(spec: ComposeSpec, out_dir: str | Path) -> list[Path]:
 
         written += write_certificates(out / "certs", spec.nodes, ["localhost"], overwrite=True)
     return written
+
+
+def identity_keys(folder: Path, nodes: int) -> list[str]:
+    """Each node's Ed25519 identity key under `folder` (``node-<i>.pem``, created once and kept
+    on later runs, mode 0600), and the public keys in hex."""
+    from clustering.identity import NodeIdentity
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        NodeIdentity.load_or_generate(folder / f"{service_name(i)}.pem").public_key_bytes.hex()
+        for i in range(nodes)
+    ]
 
 
 def source_checkout() -> Path | None:
