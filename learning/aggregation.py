@@ -8,8 +8,10 @@ breakdown point with a ``ValueError`` naming the rule, ``f`` and ``m``.
 ``aggregate_with_report`` also says which rows the rule rejected or down-weighted
 (:class:`AggregationResult`), so that the caller can raise trust suspicion for them.
 
-Determinism: all tie-breaking goes through stable sorts or ``argmin`` (the lowest row index wins),
-sums run in a fixed order, and pairwise distances accumulate in float64 over fixed column chunks.
+Determinism: ties break in stable order (the lowest row index wins), through stable sorts,
+``argmin``, or, for the coordinate-wise order statistics, by counting (:func:`_ranks_below` gives
+the ranks a stable sort would); sums run in a fixed order, and pairwise distances accumulate in
+float64 over fixed column chunks.
 """
 
 from __future__ import annotations
@@ -307,13 +309,11 @@ def _ranks_below(raw: torch.Tensor, ordered: torch.Tensor, k: int) -> torch.Tens
     ``ordered[j, k - 1]`` equals it, a tie straddles rank k and its first ``k - #below`` rows
     (lowest index first) rank below k too.
     """
-    m, c = raw.shape
-    if k <= 0:
-        return torch.zeros(m, dtype=torch.float64)
-    if k >= m:
-        return torch.full((m,), float(c), dtype=torch.float64)
     if _numpy_backed(raw):
         return torch.from_numpy(_ranks_below_numpy(raw.numpy(), ordered.numpy(), k))
+    m, c = raw.shape
+    if k <= 0 or k >= m:
+        return torch.full((m,), 0.0 if k <= 0 else float(c), dtype=torch.float64)
     threshold = ordered[:, k]
     counts = (raw < threshold).sum(dim=1)
     straddling = torch.nonzero(ordered[:, k - 1] == threshold).flatten()
@@ -326,36 +326,11 @@ def _ranks_below(raw: torch.Tensor, ordered: torch.Tensor, k: int) -> torch.Tens
     return counts.to(device="cpu", dtype=torch.float64)
 
 
-def _rows_at_rank(raw: torch.Tensor, ordered: torch.Tensor, k: int) -> torch.Tensor:
-    """``(m,)`` float64: per row, the number of columns where its stable rank is exactly k.
-
-    Where ``ordered[j, k]`` differs from both neighbours it is held by the one row equal to it;
-    the other columns are counted as ``rank < k + 1`` minus ``rank < k``. Same counts as that
-    difference everywhere, one comparison pass fewer when ties are rare.
-    """
-    m = raw.shape[0]
-    if not _numpy_backed(raw):
-        return _ranks_below(raw, ordered, k + 1) - _ranks_below(raw, ordered, k)
-    x, columns = raw.numpy(), ordered.numpy()
-    value = np.ascontiguousarray(columns[:, k])
-    counts = (x == value).view(np.uint8).sum(axis=1, dtype=np.int64)
-    tied = np.zeros(value.shape, dtype=bool)
-    if k > 0:
-        tied |= columns[:, k - 1] == value
-    if k + 1 < m:
-        tied |= columns[:, k + 1] == value
-    straddling = np.flatnonzero(tied)
-    if straddling.size == 0:
-        return torch.from_numpy(counts.astype(np.float64))
-    block = raw[:, torch.from_numpy(straddling)]
-    sub = ordered[torch.from_numpy(straddling)]
-    exact = _ranks_below(block, sub, k + 1) - _ranks_below(block, sub, k)
-    counts -= np.count_nonzero(x[:, straddling] == value[straddling], axis=1)
-    return torch.from_numpy(counts.astype(np.float64)) + exact
-
-
 def _ranks_below_numpy(raw: np.ndarray, ordered: np.ndarray, k: int) -> np.ndarray:
-    """:func:`_ranks_below` in numpy, for 0 < k < m."""
+    """:func:`_ranks_below` on numpy arrays."""
+    m, c = raw.shape
+    if k <= 0 or k >= m:
+        return np.full(m, 0.0 if k <= 0 else float(c))
     threshold = np.ascontiguousarray(ordered[:, k])  # a strided operand slows the comparison
     # a uint8 sum along the row counts several times faster than np.count_nonzero(axis=1)
     counts = (raw < threshold).view(np.uint8).sum(axis=1, dtype=np.int64)
@@ -367,6 +342,32 @@ def _ranks_below_numpy(raw: np.ndarray, ordered: np.ndarray, k: int) -> np.ndarr
         place = np.cumsum(equal, axis=0)
         counts += np.count_nonzero(equal & (place <= missing), axis=1)
     return counts.astype(np.float64)
+
+
+def _rows_at_rank(raw: torch.Tensor, ordered: torch.Tensor, k: int) -> torch.Tensor:
+    """``(m,)`` float64: per row, the number of columns where its stable rank is exactly k.
+
+    The same counts as ``_ranks_below(k + 1) - _ranks_below(k)``, one comparison pass fewer
+    when ties are rare: where ``ordered[j, k]`` differs from both neighbours, the one row equal
+    to it holds rank k; only the other columns take the difference.
+    """
+    if not _numpy_backed(raw):
+        return _ranks_below(raw, ordered, k + 1) - _ranks_below(raw, ordered, k)
+    x, columns = raw.numpy(), ordered.numpy()
+    m = x.shape[0]
+    value = np.ascontiguousarray(columns[:, k])
+    counts = (x == value).view(np.uint8).sum(axis=1, dtype=np.int64).astype(np.float64)
+    tied = np.zeros(value.shape, dtype=bool)
+    if k > 0:
+        tied |= columns[:, k - 1] == value
+    if k + 1 < m:
+        tied |= columns[:, k + 1] == value
+    straddling = np.flatnonzero(tied)
+    if straddling.size:
+        block, sub = x[:, straddling], columns[straddling]
+        counts -= np.count_nonzero(block == value[straddling], axis=1)
+        counts += _ranks_below_numpy(block, sub, k + 1) - _ranks_below_numpy(block, sub, k)
+    return torch.from_numpy(counts)
 
 
 def _stable_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
