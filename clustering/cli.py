@@ -278,7 +278,12 @@ def register_analyze_commands(analyze_subparsers: argparse._SubParsersAction) ->
     size.add_argument(
         "--cluster-sizes", type=parse_size_range, metavar="LOW:HIGH", help="range of k, inclusive"
     )
-    clusters.add_argument("--strategy", choices=ANALYSIS_STRATEGIES, default="random")
+    clusters.add_argument(
+        "--strategy",
+        choices=ANALYSIS_STRATEGIES,
+        default="random",
+        help="how peers are placed in clusters (default random)",
+    )
     rule = clusters.add_mutually_exclusive_group()
     rule.add_argument(
         "--corrupt-threshold",
@@ -297,7 +302,13 @@ def register_analyze_commands(analyze_subparsers: argparse._SubParsersAction) ->
         default="0.5",
         help="breakdown point of the outer aggregation (0.5 for the median; default)",
     )
-    clusters.add_argument("--monte-carlo", type=int, default=0, metavar="TRIALS")
+    clusters.add_argument(
+        "--monte-carlo",
+        type=int,
+        default=0,
+        metavar="TRIALS",
+        help="also estimate by sampling this many random layouts (default 0: exact only)",
+    )
     clusters.add_argument("--seed", type=int, default=0, help="Monte-Carlo seed")
     clusters.add_argument("--json", action="store_true", help="print exact figures as JSON")
     clusters.add_argument("--plot", type=Path, metavar="FILE.png", help="plot metrics against k")
@@ -308,11 +319,16 @@ def register_analyze_commands(analyze_subparsers: argparse._SubParsersAction) ->
         help="probability that a sampled shard has too many faulty members",
         description="Exact hypergeometric tail P(shard holds >= fraction faulty).",
     )
-    shard.add_argument("--population", type=int, required=True)
-    shard.add_argument("--faulty", type=int, required=True)
-    shard.add_argument("--shard-size", type=int, required=True)
-    shard.add_argument("--fraction", type=_fraction_arg, default="1/3")
-    shard.add_argument("--json", action="store_true")
+    shard.add_argument("--population", type=int, required=True, help="N, peers sampled from")
+    shard.add_argument("--faulty", type=int, required=True, help="faulty peers among them")
+    shard.add_argument("--shard-size", type=int, required=True, help="peers in one shard")
+    shard.add_argument(
+        "--fraction",
+        type=_fraction_arg,
+        default="1/3",
+        help="faulty fraction that breaks a shard (default 1/3)",
+    )
+    shard.add_argument("--json", action="store_true", help="print exact figures as JSON")
     shard.set_defaults(func=_shard_command)
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from experiments.runner import EXIT_INTERRUPTED, SweepInterrupted, rerun_cell, run_sweep
-from experiments.spec import SpecError, load_spec
-
+# The runner and the spec (which validates scenarios, and so loads torch) are imported by the
+# handlers: `phalanx experiment --help` stays fast.
 EXIT_OK = 0
 EXIT_CELLS_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # the same code as `experiments.runner.EXIT_INTERRUPTED`
 
 console = Console(highlight=False)
 
@@ -33,12 +33,13 @@ def _default_out(spec_path: Path, quick: bool) -> Path:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from experiments.runner import run_sweep
+    from experiments.spec import SpecError, load_spec
+
     try:
         resolved = load_spec(args.spec, quick=args.quick)
     except SpecError as error:
         return _error(str(error))
-    if args.jobs is not None and args.jobs < 1:
-        return _error(f"--jobs must be >= 1, got {args.jobs}")
     out = Path(args.out) if args.out else _default_out(Path(args.spec), args.quick)
     try:
         outcome = run_sweep(
@@ -81,6 +82,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
+    from experiments.runner import SweepInterrupted, rerun_cell
+
     try:
         result = rerun_cell(args.dir, args.cell_id, timeout_s=args.timeout)
     except (FileNotFoundError, ValueError) as error:
@@ -102,6 +105,8 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``phalanx experiment`` with ``run``, ``report``, ``export`` and ``rerun``."""
+    from node.cli import float_in, int_in
+
     experiment = subparsers.add_parser(
         "experiment", help="declarative sweeps over real testbeds, stored and reported"
     )
@@ -111,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--jobs",
         "-j",
-        type=int,
+        type=int_in(1),
         default=None,
         help="cells in parallel (default: sized to the machine's cores)",
     )
@@ -124,16 +129,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     run.set_defaults(func=_cmd_run)
     report = sub.add_parser("report", help="write report.md and PNG plots into DIR")
-    report.add_argument("dir", type=Path)
+    report.add_argument("dir", type=Path, help="results folder of `phalanx experiment run`")
     report.set_defaults(func=_cmd_report)
     export = sub.add_parser("export", help="export the results store")
-    export.add_argument("dir", type=Path)
+    export.add_argument("dir", type=Path, help="results folder of `phalanx experiment run`")
     export.add_argument("--csv", action="store_true", help="write DIR/cells.csv and DIR/rounds.csv")
     export.set_defaults(func=_cmd_export)
     rerun = sub.add_parser("rerun", help="run one recorded cell again and compare its digest")
-    rerun.add_argument("dir", type=Path)
-    rerun.add_argument("cell_id")
-    rerun.add_argument("--timeout", type=float, help="limit in seconds for the re-run")
+    rerun.add_argument("dir", type=Path, help="results folder of `phalanx experiment run`")
+    rerun.add_argument("cell_id", help="the cell to run again (an id from DIR's report or CSV)")
+    rerun.add_argument("--timeout", type=float_in(above=0), help="limit in seconds for the re-run")
     rerun.set_defaults(func=_cmd_rerun)
 
 
