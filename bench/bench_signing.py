@@ -1,17 +1,21 @@
 """What binding every message to its sender costs: signed against unsigned rounds.
 
-`phalanx bench signing` runs the same mutual-TLS testbed twice per repeat, once with every
-envelope Ed25519-signed and verified (``security.sign_messages = true``, the default) and once
-without (``false``, which only TLS makes safe), interleaved, and reports the median round time
-of each (rounds after the first, slowest node) and the median of the per-repeat ratios
-signed / unsigned. It also times the primitives on this machine: one signature and one
-verification over an envelope of each payload size, SHA-256 included.
+`phalanx bench signing` starts n nodes in this process (real gRPC over loopback, mutual TLS,
+the same node code as the daemons) and runs their rounds with every envelope Ed25519-signed and
+verified (``security.sign_messages = true``, the default) or not (``false``, which only TLS makes
+safe), switching between the two every round in the order ABBA, so that a drift in the
+machine's load favours neither. A round's wall time is the slowest node's; its CPU time is this
+process's (all n nodes), which the load of other processes does not inflate. It reports the
+median of each and the ratios signed / unsigned, and times the primitives: one signature and one
+verification of an envelope of each payload size, SHA-256 included.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import statistics
 import tempfile
 import time
@@ -22,33 +26,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.bench_rounds import run_testbed
 
-SCENARIO = """
-name = "signing-{label}"
-seed = 7
-nodes = {nodes}
-rounds = {rounds}
-nodes_per_process = {per_process}
-[data]
-dataset = "{dataset}"
-[model]
-name = "{model}"
-[clustering]
-cluster_size = {cluster_size}
-[aggregation]
-secure = "{secure}"
-[security]
-sign_messages = {signed}
-"""
-
-
-def median_round_s(summary: dict[str, Any]) -> float:
-    rounds = summary["rounds"][1:] or summary["rounds"]
-    return float(statistics.median(r["duration_s"] for r in rounds))
-
-
-def primitive_costs(sizes: list[int], repeats: int = 200) -> list[dict[str, Any]]:
+def primitive_costs(sizes: list[int], repeats: int = 50) -> list[dict[str, Any]]:
     """Median microseconds to sign and to verify one envelope carrying `size` float32 values."""
     from phalanx.v1 import node_pb2 as pb
 
@@ -60,7 +39,7 @@ def primitive_costs(sizes: list[int], repeats: int = 200) -> list[dict[str, Any]
     rows = []
     for size in sizes:
         tensors = {"update": np.ones(size, dtype=np.float32)}
-        sign_s, verify_s, sign_cached_s = [], [], []
+        sign_s, verify_s, sign_again_s = [], [], []
         for _ in range(repeats):
             message = Message("node-01", 3, pb.MESSAGE_KIND_UPDATE, 0, dict(tensors), {}, "node-00")
             started = time.perf_counter()
@@ -68,86 +47,147 @@ def primitive_costs(sizes: list[int], repeats: int = 200) -> list[dict[str, Any]
             sign_s.append(time.perf_counter() - started)
             started = time.perf_counter()
             sign_envelope(message, identity)  # every further recipient: the cached digest
-            sign_cached_s.append(time.perf_counter() - started)
-            fresh = Message(
-                "node-01", 3, pb.MESSAGE_KIND_UPDATE, 0, dict(tensors), {}, "node-00",
-                signed.signature,
-            )  # fmt: skip
+            sign_again_s.append(time.perf_counter() - started)
             started = time.perf_counter()
-            verify_envelope(fresh, identity.public_key_bytes)
+            verify_envelope(signed, identity.public_key_bytes)
             verify_s.append(time.perf_counter() - started)
         tensor_digests.clear()
         rows.append(
             {
                 "floats": size,
                 "sign_first_us": 1e6 * statistics.median(sign_s),
-                "sign_again_us": 1e6 * statistics.median(sign_cached_s),
+                "sign_again_us": 1e6 * statistics.median(sign_again_s),
                 "verify_us": 1e6 * statistics.median(verify_s),
             }
         )
     return rows
 
 
-def run_signing_bench(args: argparse.Namespace) -> dict[str, Any]:
-    pairs: list[dict[str, float]] = []
+def _nodes(args: argparse.Namespace, folder: Path) -> list[Any]:
+    """n keyed nodes with mutual TLS on loopback, in this process."""
+    from clustering.certs import write_certificates
+    from clustering.identity import NodeIdentity
+    from node.config import NodeConfig, NodeSettings, PeerConfig, parse_scenario
+    from node.node import Node
+    from node.testbed import free_ports, node_ids
+
+    ids = node_ids(args.nodes)
+    write_certificates(folder / "certs", args.nodes, overwrite=True, names=ids)
+    identities = {i: NodeIdentity.generate() for i in ids}
+    ports = dict(zip(ids, free_ports(args.nodes), strict=True))
+    scenario = parse_scenario(
+        {
+            "seed": 7,
+            "nodes": args.nodes,
+            "rounds": 2 * args.rounds + 1,
+            "data": {"dataset": args.dataset},
+            "model": {"name": args.model},
+            "clustering": {"cluster_size": args.cluster_size},
+            "aggregation": {"secure": args.secure},
+            "timeouts": {"collect_s": 30.0},
+        }
+    )
+    peers = [
+        PeerConfig(id=i, address=f"127.0.0.1:{ports[i]}", public_key=k.public_key_bytes.hex())
+        for i, k in identities.items()
+    ]
+    nodes = []
+    for node_id in ids:
+        key = folder / "keys" / f"{node_id}.pem"
+        key.parent.mkdir(parents=True, exist_ok=True)
+        identities[node_id].save(key, overwrite=True)
+        settings = NodeSettings(
+            id=node_id,
+            port=ports[node_id],
+            out_dir=str(folder),
+            identity_key=str(key),
+            tls_ca=str(folder / "certs" / "ca.pem"),
+            tls_cert=str(folder / "certs" / f"{node_id}.pem"),
+            tls_key=str(folder / "certs" / f"{node_id}.key"),
+        )
+        nodes.append(Node(NodeConfig(node=settings, peers=peers, scenario=scenario)))
+    return nodes
+
+
+def _set_signing(nodes: list[Any], signed: bool) -> None:
+    """Switch signing on every node at once (between rounds: both sides agree)."""
+    for node in nodes:
+        node.security = node.security.model_copy(update={"sign_messages": signed})
+        signer = node.transport
+        while not hasattr(signer, "identity"):  # the SigningTransport under any wrapper
+            signer = signer.inner
+        signer.enabled = signed
+
+
+async def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from node.node import model_digest
+
+    torch.set_num_threads(1)
+    logging.getLogger("node").setLevel(logging.WARNING)
+    logging.getLogger("phalanx").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="phalanx-bench-signing-") as tmp:
-        for repeat in range(args.repeats):
-            times: dict[str, float] = {}
-            # Alternate which arm goes first, so a drift in the machine's load favours neither.
-            order = ("signed", "unsigned") if repeat % 2 == 0 else ("unsigned", "signed")
-            for label in order:
-                scenario = Path(tmp) / f"{label}-{repeat}.toml"
-                scenario.write_text(
-                    SCENARIO.format(
-                        label=label,
-                        nodes=args.nodes,
-                        rounds=args.rounds,
-                        per_process=args.nodes_per_process,
-                        dataset=args.dataset,
-                        model=args.model,
-                        cluster_size=args.cluster_size,
-                        secure=args.secure,
-                        signed="true" if label == "signed" else "false",
-                    )
-                )
-                out = Path(tmp) / f"{label}-{repeat}"
-                summary = run_testbed(out, str(scenario), "--tls")
-                if not summary.get("all_digests_identical"):
-                    raise RuntimeError(f"{label} run {repeat}: honest digests differ")
-                times[label] = median_round_s(summary)
-            times["ratio"] = times["signed"] / times["unsigned"]
-            pairs.append(times)
+        nodes = _nodes(args, Path(tmp))
+        for node in nodes:
+            await node.start()
+        try:
+            samples: dict[str, list[tuple[float, float]]] = {"signed": [], "unsigned": []}
+            order = ["signed", "unsigned", "unsigned", "signed"]
+            for round_ in range(1, 2 * args.rounds + 2):
+                label = "signed" if round_ == 1 else order[(round_ - 2) % 4]
+                _set_signing(nodes, label == "signed")
+                cpu, wall = time.process_time(), time.perf_counter()
+                records = await asyncio.gather(*(n.run_round(round_) for n in nodes))
+                cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+                if len({model_digest(n.weights) for n in nodes}) != 1:
+                    raise RuntimeError(f"round {round_}: the nodes' models differ")
+                if any(r["excluded"] or r["failed_clusters"] for r in records):
+                    raise RuntimeError(f"round {round_}: a node was excluded or a cluster failed")
+                if round_ > 1:  # round 1 warms up channels, TLS sessions and caches
+                    samples[label].append((wall, cpu))
+                print(f"round {round_:3d} {label:8s} wall {wall:6.3f} s  cpu {cpu:6.3f} s")
+        finally:
+            await asyncio.gather(*(node.stop(0.5) for node in nodes))
+
+    def median(label: str, index: int) -> float:
+        return float(statistics.median(s[index] for s in samples[label]))
+
     return {
         "nodes": args.nodes,
         "secure": args.secure,
         "model": args.model,
-        "repeats": pairs,
-        "signed_round_s": statistics.median(p["signed"] for p in pairs),
-        "unsigned_round_s": statistics.median(p["unsigned"] for p in pairs),
-        "ratio_median": statistics.median(p["ratio"] for p in pairs),
-        "primitives": primitive_costs([1_000, 100_000, 1_000_000], repeats=20),
+        "dataset": args.dataset,
+        "rounds_each": args.rounds,
+        "signed_wall_s": median("signed", 0),
+        "unsigned_wall_s": median("unsigned", 0),
+        "wall_ratio": median("signed", 0) / median("unsigned", 0),
+        "signed_cpu_s": median("signed", 1),
+        "unsigned_cpu_s": median("unsigned", 1),
+        "cpu_ratio": median("signed", 1) / median("unsigned", 1),
+        "samples": samples,
+        "primitives": primitive_costs([1_000, 100_000, 1_000_000]),
     }
 
 
 def _cmd_signing(args: argparse.Namespace) -> int:
-    result = run_signing_bench(args)
+    result = asyncio.run(_measure(args))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     console = Console()
-    table = Table(title=f"signed vs unsigned rounds, n = {args.nodes}, {args.secure}, TLS on")
-    for column in ("repeat", "signed s", "unsigned s", "signed / unsigned"):
-        table.add_column(column, justify="right")
-    for i, pair in enumerate(result["repeats"]):
-        table.add_row(
-            str(i), f"{pair['signed']:.3f}", f"{pair['unsigned']:.3f}", f"{pair['ratio']:.3f}"
-        )
-    table.add_row(
-        "median",
-        f"{result['signed_round_s']:.3f}",
-        f"{result['unsigned_round_s']:.3f}",
-        f"{result['ratio_median']:.3f}",
+    table = Table(
+        title=f"n = {args.nodes}, {args.secure}, mutual TLS, {args.rounds} rounds each, ABBA"
     )
+    for column in ("", "signed", "unsigned", "signed / unsigned"):
+        table.add_column(column, justify="right")
+    for name, key in (("round wall s (median)", "wall"), ("round CPU s (median)", "cpu")):
+        table.add_row(
+            name,
+            f"{result[f'signed_{key}_s']:.3f}",
+            f"{result[f'unsigned_{key}_s']:.3f}",
+            f"{result[f'{key}_ratio']:.3f}",
+        )
     console.print(table)
     costs = Table(title="one envelope: Ed25519 + SHA-256 on this machine (median µs)")
     for column in ("float32 values", "sign (first recipient)", "sign (each further)", "verify"):
@@ -167,15 +207,11 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     parser = subparsers.add_parser(
         "signing", help="round time with every message signed, over the same run unsigned"
     )
-    parser.add_argument("--nodes", type=int, default=16, help="nodes in each testbed")
-    parser.add_argument("--rounds", type=int, default=6, help="rounds per testbed (first dropped)")
-    parser.add_argument("--repeats", type=int, default=3, help="signed/unsigned pairs, interleaved")
-    parser.add_argument("--secure", default="shamir", help="aggregation.secure of both arms")
-    parser.add_argument("--model", default="mlp", help="model of both arms")
-    parser.add_argument("--dataset", default="digits", help="data set of both arms")
+    parser.add_argument("--nodes", type=int, default=16, help="nodes, all in this process")
+    parser.add_argument("--rounds", type=int, default=12, help="rounds of each kind (ABBA order)")
+    parser.add_argument("--secure", default="shamir", help="aggregation.secure")
+    parser.add_argument("--model", default="mlp", help="model")
+    parser.add_argument("--dataset", default="digits", help="data set")
     parser.add_argument("--cluster-size", type=int, default=4, help="clustering.cluster_size")
-    parser.add_argument(
-        "--nodes-per-process", type=int, default=4, help="nodes sharing one event loop"
-    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=_cmd_signing)
