@@ -79,6 +79,19 @@ class ClusteringConfig(_Section):
         "different nodes (one all-to-all exchange of digests per round)",
     )
 
+    @model_validator(mode="after")
+    def _known_strategy(self) -> ClusteringConfig:
+        from clustering.strategies import STRATEGIES
+
+        # locality and pinned need inputs a node does not have (RTTs, pinned Byzantine ids):
+        # they serve `phalanx analyze` and the clustering API only.
+        usable = sorted(set(STRATEGIES) - {"locality", "pinned"})
+        if self.strategy not in usable:
+            raise ValueError(
+                f"unknown strategy {self.strategy!r} for nodes; known: {', '.join(usable)}"
+            )
+        return self
+
 
 class MembershipConfig(_Section):
     """SWIM membership (`clustering.membership`) run by every node over its gRPC transport.
