@@ -6,9 +6,11 @@ and the ``trained`` victim model use only the auxiliary part.
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adversary.inversion.attacks import METHODS, invert
+from adversary.inversion.attacks import METHODS, PRIOR_OF, invert
 from adversary.inversion.knowledge import AttackerKnowledge, Defense, InversionConfig
 from adversary.inversion.metrics import (
     label_accuracy,
@@ -38,6 +40,30 @@ from learning.models import build_model
 from learning.train import TrainConfig, train_local
 
 DEFAULT_PRIOR_STEPS = {"gan": 1500, "diffusion": 1000}
+DEFAULT_TORCH_THREADS = 1
+
+
+@contextmanager
+def pinned_torch(threads: int = DEFAULT_TORCH_THREADS) -> Iterator[None]:
+    """Run the block with a fixed intra-op thread count and deterministic kernels, then restore.
+
+    Parallel CPU reductions split their sums by thread count, so torch's default (one thread per
+    core) changes the rounding from one machine to the next and an L-BFGS attack amplifies
+    those last bits; a fixed count makes a seed's reconstruction the same bytes on any machine
+    and under any load.
+    """
+    if threads < 1:
+        raise ValueError(f"torch threads must be >= 1, got {threads}")
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
+
+
 DEFAULT_PRIOR_WIDTH = {"gan": 32, "diffusion": 16}
 
 
@@ -80,6 +106,8 @@ class ExperimentResult:
     used_secure_sum: bool | None
     grid_path: Path | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    digest: str = ""
+    torch_threads: int = 0
 
     @property
     def median_psnr(self) -> float:
@@ -103,6 +131,8 @@ class ExperimentResult:
             "images": len(self.rows),
             "used_secure_sum": self.used_secure_sum,
             "grid": str(self.grid_path) if self.grid_path else None,
+            "reconstruction_sha256": self.digest,
+            "torch_threads": self.torch_threads,
             "per_image": [vars(r) for r in self.rows],
         }
 
@@ -128,7 +158,9 @@ def load_prior_for(
     progress: ProgressCallback | None = None,
     seed: int = 0,
 ) -> tuple[nn.Module, Path, bool]:
-    """Load (or train and cache) the `kind` prior for `dataset` on its auxiliary split."""
+    """Load (or train and cache) the `kind` prior (or the prior of method `kind`) for `dataset`
+    on its auxiliary split."""
+    kind = PRIOR_OF.get(kind, kind)
     aux_index, _ = auxiliary_split(len(dataset.train_x))
     spec = PriorSpec(
         kind,
@@ -168,7 +200,7 @@ def run_experiment(
             f"{images} images with {spec.target} need {needed} victim images, "
             f"only {len(pool)} exist"
         )
-    if spec.method in ("gan", "diffusion") and prior is None:
+    if spec.method in PRIOR_OF and prior is None:
         raise ValueError(f"method {spec.method!r} needs a trained prior")
     model = victim_model(spec.model, dataset, spec.seed, spec.trained, aux_index)
     knowledge = AttackerKnowledge(
@@ -224,6 +256,7 @@ def run_experiment(
         if on_batch is not None:
             on_batch(batch_number + 1, batches)
     accuracy = label_accuracy(np.array(true_all), np.array(found_all))
+    digest = hashlib.sha256(np.ascontiguousarray(np.stack(recons), np.float32).tobytes())
     grid = None
     if spec.out_dir is not None:
         name = f"{spec.method}-{dataset.name}-{spec.model}-b{spec.batch}-{spec.target}".replace(
@@ -235,4 +268,12 @@ def run_experiment(
             Path(spec.out_dir) / f"{name}.png",
             f"{spec.method} on {dataset.name}/{spec.model}, batch {spec.batch}, {spec.target}",
         )
-    return ExperimentResult(rows, accuracy, elapsed / images, used, grid)
+    return ExperimentResult(
+        rows,
+        accuracy,
+        elapsed / images,
+        used,
+        grid,
+        digest=digest.hexdigest(),
+        torch_threads=torch.get_num_threads(),
+    )
