@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 if TYPE_CHECKING:
     from node.config import NodeConfig
@@ -131,11 +131,18 @@ def _check_range(value: float, low: float | None, high: float | None, text: str)
 PORT = int_in(0, 65535)
 
 
-def _peer(text: str) -> tuple[str, str]:
+class Peer(NamedTuple):
+    """A ``--peer ID=HOST:PORT`` (validated into a `node.config.PeerConfig` by the handler)."""
+
+    id: str
+    address: str
+
+
+def _peer(text: str) -> Peer:
     node_id, sep, address = text.partition("=")
     if not sep or not node_id or ":" not in address:
         raise argparse.ArgumentTypeError(f"--peer {text!r}: expected ID=HOST:PORT")
-    return node_id, address
+    return Peer(node_id, address)
 
 
 # Node flags named after their `[node]` keys, for error messages.
@@ -172,7 +179,7 @@ def _node_configs(args: argparse.Namespace) -> list[NodeConfig]:
         "metrics_port": args.metrics_port,
         "out_dir": args.out,
     }
-    peers = [{"id": node_id, "address": address} for node_id, address in args.peer or []]
+    peers = [peer._asdict() for peer in args.peer or []]
     try:
         return [parse_node_config({"node": settings, "peers": peers, "scenario": scenario})]
     except ConfigError as error:
