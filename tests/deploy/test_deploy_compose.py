@@ -72,7 +72,8 @@ def test_generated_files_pass_docker_compose_config_with_the_tls_overlay(tmp_pat
         service = merged["services"][name]
         assert service["build"]["dockerfile"] == "deploy/Dockerfile"
         assert {s["source"] for s in service["secrets"]} == {
-            "phalanx-ca",
+            f"{name}-identity",  # compose.yml: the Ed25519 identity key
+            "phalanx-ca",  # compose.tls.yml: the CA, certificate and key
             f"{name}-cert",
             f"{name}-key",
         }

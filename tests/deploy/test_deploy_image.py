@@ -160,6 +160,10 @@ def test_compose_from_an_installed_package_writes_its_own_build_context(
     expected = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert _normal(project["dependencies"]) == _normal(expected["dependencies"])
     assert project["scripts"] == expected["scripts"] and project["version"] == expected["version"]
+    compose = shutil.which("docker-compose")
+    if compose is not None:  # it refuses a build context that does not exist
+        check = subprocess.run([compose, "-f", "compose.yml", "config", "-q"], cwd=out, timeout=60)
+        assert check.returncode == 0
     # ... and `pip install .` in the image builds the very wheel that was installed.
     rebuilt = _build_wheel(context, tmp_path / "rebuilt")
     assert _wheel_files(rebuilt) == _wheel_files(wheel)
