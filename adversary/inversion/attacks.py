@@ -41,9 +41,13 @@ from adversary.inversion.matching import (
 )
 from adversary.inversion.priors import DiffusionPrior, GanPrior
 
-METHODS: tuple[str, ...] = ("dlg", "idlg", "ig", "gan", "diffusion")
-DEFAULT_ITERATIONS = {"dlg": 300, "idlg": 300, "ig": 1000, "gan": 600, "diffusion": 400}
+METHODS: tuple[str, ...] = ("dlg", "idlg", "ig", "gan", "diffusion", "diffusion-ig")
+# The generative prior each method needs (`adversary.inversion.priors.PRIOR_KINDS`).
+PRIOR_OF: dict[str, str] = {"gan": "gan", "diffusion": "diffusion", "diffusion-ig": "diffusion"}
+DEFAULT_ITERATIONS = {"dlg": 1000, "idlg": 1000, "ig": 1000, "gan": 600, "diffusion-ig": 1000}
 LBFGS_CHUNK = 20
+STALL_CHUNKS = 5
+STALL_RATIO = 0.99
 
 
 def _check_model(model: nn.Module, knowledge: AttackerKnowledge) -> None:
@@ -66,8 +70,15 @@ def _lbfgs(
     objective: Callable[[], torch.Tensor],
     iterations: int,
     history: list[float],
-) -> None:
-    """Run L-BFGS (strong Wolfe line search) in chunks, stopping on convergence or divergence."""
+) -> float:
+    """L-BFGS (strong-Wolfe line search) for `iterations` iterations; returns the final loss.
+
+    The budget counts L-BFGS iterations: Zhu et al. run 300 ``LBFGS.step`` calls of up to 20
+    iterations each (up to 6,000), so a 300-iteration budget stops an attack in its fast
+    phase (about 54 dB on 28x28 digits). The run ends early on divergence (a non-finite loss),
+    on an exact zero, or on a stall: less than 1% progress over `STALL_CHUNKS` chunks of
+    `LBFGS_CHUNK` iterations. `history` gets the loss at the start of every chunk.
+    """
     optimizer = torch.optim.LBFGS(
         variables,
         lr=1.0,
@@ -85,13 +96,20 @@ def _lbfgs(
             variable.grad = grad
         return loss.detach()
 
-    for _ in range(max(1, math.ceil(iterations / LBFGS_CHUNK))):
-        loss = float(optimizer.step(closure))
+    done = 0
+    starts: list[float] = []
+    while done < iterations:
+        optimizer.param_groups[0]["max_iter"] = min(LBFGS_CHUNK, iterations - done)
+        loss = float(optimizer.step(closure))  # the loss where this chunk starts
+        done += LBFGS_CHUNK
+        starts.append(loss)
         history.append(loss)
         if not math.isfinite(loss) or loss < 1e-28:
+            return loss if math.isfinite(loss) else math.inf
+        if len(starts) > STALL_CHUNKS and loss > STALL_RATIO * starts[-1 - STALL_CHUNKS]:
             break
-        if len(history) > 1 and history[-2] == loss:
-            break
+    final = float(objective().detach())
+    return final if math.isfinite(final) else math.inf
 
 
 def _dlg(
@@ -122,10 +140,7 @@ def _dlg(
         ) -> torch.Tensor:
             return l2_distance(simulate_update(model, images, current, knowledge), target)
 
-        run: list[float] = []
-        _lbfgs(variables, objective, iterations, run)
-        history.extend(run)
-        final = run[-1] if run and math.isfinite(run[-1]) else math.inf
+        final = _lbfgs(variables, objective, iterations, history)
         found = labels if labels is not None else current.detach().argmax(dim=-1)
         if best is None or final < best[0]:
             best = (final, images.detach().clone(), found)
@@ -309,6 +324,95 @@ def _gan(
     return Reconstruction(best_images.detach().clamp(0, 1).float(), labels, history)
 
 
+def _guidance_residual(
+    model: nn.Module,
+    target: list[torch.Tensor],
+    knowledge: AttackerKnowledge,
+    labels: torch.Tensor,
+    images: torch.Tensor,
+    loss: str,
+) -> torch.Tensor:
+    """DPS's measurement residual ``||y - A(x)||`` for the observed gradient ``y = g``.
+
+    ``l2``: ``A(x) = g(x)``, relative to ``||g||``; ``cosine``: ``A(x) = g(x) / ||g(x)||`` and
+    ``y = g / ||g||``, whose squared residual is ``2 (1 - cos(g(x), g))``, the IG distance.
+    """
+    simulated = simulate_update(model, images, labels, knowledge)
+    if loss == "cosine":
+        return (2.0 * cosine_distance(simulated, target)).clamp_min(0).sqrt()
+    norm = sum((t.pow(2).sum() for t in target), torch.zeros((), dtype=target[0].dtype)).sqrt()
+    return l2_distance(simulated, target).sqrt() / norm.clamp_min(1e-30)
+
+
+def _diffusion_posterior_sampling(
+    model: nn.Module,
+    target: list[torch.Tensor],
+    knowledge: AttackerKnowledge,
+    config: InversionConfig,
+    generator: torch.Generator,
+    labels: torch.Tensor,
+    history: list[float],
+) -> torch.Tensor:
+    """Gradient-guided DDPM sampling (DPS, Chung et al. 2023, Algorithm 1); images in [0, 1].
+
+    On ``config.diffusion_steps`` evenly strided steps ``t > s`` of the prior's schedule:
+
+    - Tweedie's formula (DPS Eq. 10): ``x0_hat = (x_t - sqrt(1 - abar_t) eps_theta(x_t, t))
+      / sqrt(abar_t)``;
+    - the DDPM ancestral step (Ho et al. 2020, Eqs. 6-7, with ``alpha = abar_t / abar_s``,
+      ``beta = 1 - alpha``): ``x'_s = sqrt(abar_s) beta / (1 - abar_t) clip(x0_hat)
+      + sqrt(alpha) (1 - abar_s) / (1 - abar_t) x_t + sigma z``,
+      ``sigma^2 = (1 - abar_s) / (1 - abar_t) beta``;
+    - the guidance (DPS Algorithm 1, line 7, with the step ``zeta_t = zeta' / ||y - A(x0_hat)||``
+      of their experiments): ``x_s = x'_s - zeta_t grad_{x_t} ||y - A(x0_hat(x_t))||^2``,
+      with ``y`` the observed gradient and ``A(x) = g(x)`` the update the victim would send
+      for ``x`` (`_guidance_residual`; the gradient passes through eps_theta), and
+      ``zeta' = config.guidance_scale``.
+
+    The gradient-inversion use of this sampler follows the gradient-guided diffusion attacks
+    (GG-CDM, Meng et al. 2025, arXiv:2511.10423). Returns ``x0_hat`` of the last step.
+    """
+    if not isinstance(config.prior, DiffusionPrior):
+        raise ValueError("the diffusion methods need config.prior, a trained DiffusionPrior")
+    if config.diffusion_steps < 1:
+        raise ValueError(f"diffusion_steps must be >= 1, got {config.diffusion_steps}")
+    prior = copy.deepcopy(config.prior).to(config.dtype).eval()
+    for param in prior.parameters():
+        param.requires_grad_(False)
+    alphas_cumprod = prior.make_scheduler().alphas_cumprod.to(config.dtype)
+    total = len(alphas_cumprod)
+    steps = min(config.diffusion_steps, total)
+    timesteps = torch.linspace(total - 1, 0, steps).round().long().tolist()
+    shape = (knowledge.batch_size, *knowledge.input_shape)
+    sample = torch.randn(shape, generator=generator, dtype=config.dtype)
+    clean = sample
+    for index, t in enumerate(timesteps):
+        abar_t = alphas_cumprod[t]
+        abar_s = alphas_cumprod[timesteps[index + 1]] if index + 1 < steps else abar_t.new_ones(())
+        noisy = sample.detach().requires_grad_(True)
+        noise = prior.predict_noise(noisy, t)
+        clean = (noisy - (1 - abar_t).sqrt() * noise) / abar_t.sqrt()
+        residual = _guidance_residual(
+            model, target, knowledge, labels, (clean + 1) / 2, config.guidance_loss
+        )
+        (grad,) = torch.autograd.grad(residual.pow(2), [noisy])
+        value = float(residual.detach())
+        history.append(value)
+        with torch.no_grad():
+            alpha = abar_t / abar_s
+            beta = 1 - alpha
+            mean = (abar_s.sqrt() * beta / (1 - abar_t)) * clean.clamp(-1, 1) + (
+                alpha.sqrt() * (1 - abar_s) / (1 - abar_t)
+            ) * noisy
+            if index + 1 < steps:
+                variance = (1 - abar_s) / (1 - abar_t) * beta
+                z = torch.randn(shape, generator=generator, dtype=config.dtype)
+                mean = mean + variance.sqrt() * z
+            zeta = config.guidance_scale / max(value, 1e-30)
+            sample = mean - zeta * grad
+    return ((clean.detach().clamp(-1, 1) + 1) / 2).to(config.dtype)
+
+
 def _diffusion(
     model: nn.Module,
     target: list[torch.Tensor],
@@ -317,46 +421,36 @@ def _diffusion(
     generator: torch.Generator,
     labels: torch.Tensor,
 ) -> Reconstruction:
-    if not isinstance(config.prior, DiffusionPrior):
-        raise ValueError("method 'diffusion' needs config.prior, a trained DiffusionPrior")
-    prior = copy.deepcopy(config.prior).to(config.dtype).eval()
-    for param in prior.parameters():
-        param.requires_grad_(False)
-    scheduler = prior.make_scheduler()
-    scheduler.set_timesteps(config.diffusion_steps)
-    alphas_cumprod = scheduler.alphas_cumprod.to(config.dtype)
-    objective = _cosine_objective(model, target, knowledge, labels, 0.0)
+    """``diffusion``: the DPS sample alone, so the prior's own contribution is visible."""
     history: list[float] = []
-    shape = (knowledge.batch_size, *knowledge.input_shape)
-    sample = torch.randn(shape, generator=generator, dtype=config.dtype)
-    for timestep in scheduler.timesteps:
-        noisy = sample.detach().requires_grad_(True)
-        noise = prior.predict_noise(noisy, timestep)
-        abar = alphas_cumprod[int(timestep)]
-        clean = (noisy - (1 - abar).sqrt() * noise) / abar.sqrt()
-        loss = objective((clean.clamp(-1, 1) + 1) / 2)
-        (grad,) = torch.autograd.grad(loss, [noisy])
-        history.append(float(loss.detach()))
-        with torch.no_grad():
-            step = scheduler.step(noise.detach(), timestep, noisy.detach(), generator=generator)
-            rms = grad.pow(2).mean().sqrt().clamp_min(1e-30)
-            sample = step.prev_sample - config.guidance_scale * (1 - abar).sqrt() * grad / rms
-    prior_images = ((sample.detach().clamp(-1, 1) + 1) / 2).to(config.dtype)
+    images = _diffusion_posterior_sampling(
+        model, target, knowledge, config, generator, labels, history
+    )
+    return Reconstruction(images.float(), labels, history)
+
+
+def _diffusion_ig(
+    model: nn.Module,
+    target: list[torch.Tensor],
+    knowledge: AttackerKnowledge,
+    config: InversionConfig,
+    generator: torch.Generator,
+    labels: torch.Tensor,
+) -> Reconstruction:
+    """``diffusion-ig``: the DPS sample, then Inverting-Gradients (`_ig`'s signed Adam with TV)
+    started from it for ``refine_iterations`` (default: IG's budget)."""
+    history: list[float] = []
+    start = _diffusion_posterior_sampling(
+        model, target, knowledge, config, generator, labels, history
+    )
     refine = config.refine_iterations
     if refine is None:
-        refine = config.iterations or DEFAULT_ITERATIONS["diffusion"]
-    prior_loss = float(
-        _cosine_objective(model, target, knowledge, labels, config.tv_weight)(prior_images).detach()
-    )
-    best_loss, best_images = prior_loss, prior_images
-    if refine > 0:
-        refined_objective = _cosine_objective(model, target, knowledge, labels, config.tv_weight)
-        refined_loss, images = _signed_adam_on_images(
-            prior_images, refined_objective, refine, config.lr or 0.01, history
-        )
-        if refined_loss < best_loss:
-            best_loss, best_images = refined_loss, images
-    return Reconstruction(best_images.clamp(0, 1).float(), labels, history)
+        refine = config.iterations or DEFAULT_ITERATIONS["diffusion-ig"]
+    if refine < 1:
+        return Reconstruction(start.float(), labels, history)
+    objective = _cosine_objective(model, target, knowledge, labels, config.tv_weight)
+    _, images = _signed_adam_on_images(start, objective, refine, config.lr or 0.01, history)
+    return Reconstruction(images.clamp(0, 1).float(), labels, history)
 
 
 def invert(
@@ -393,4 +487,6 @@ def invert(
         return _ig(attack_model, target, knowledge, config, generator, labels)
     if method == "gan":
         return _gan(attack_model, target, knowledge, config, generator, labels)
-    return _diffusion(attack_model, target, knowledge, config, generator, labels)
+    if method == "diffusion":
+        return _diffusion(attack_model, target, knowledge, config, generator, labels)
+    return _diffusion_ig(attack_model, target, knowledge, config, generator, labels)

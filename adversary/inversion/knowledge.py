@@ -58,7 +58,9 @@ class InversionConfig:
     """Optimisation settings shared by the attacks; ``None`` picks each method's default.
 
     ``prior`` is a trained generative prior (`GanPrior` or `DiffusionPrior`) for the methods
-    ``gan`` and ``diffusion``.
+    ``gan``, ``diffusion`` and ``diffusion-ig``. ``diffusion_steps``, ``guidance_scale``
+    (DPS's ``zeta'``) and ``guidance_loss`` (``cosine`` or ``l2``) set the guided sampler;
+    ``refine_iterations`` the IG refinement of ``diffusion-ig``.
     """
 
     iterations: int | None = None
@@ -67,8 +69,9 @@ class InversionConfig:
     restarts: int = 1
     prior: nn.Module | None = None
     gan_l1_ratio: float = 0.05
-    diffusion_steps: int = 50
-    guidance_scale: float = 1.0
+    diffusion_steps: int = 500
+    guidance_scale: float = 5.0
+    guidance_loss: str = "cosine"
     refine_iterations: int | None = None
     dtype: torch.dtype = torch.float64
 

@@ -170,21 +170,38 @@ def test_tiny_gan_prior_is_cached_and_attack_runs(digits: Dataset, tmp_path) -> 
     assert min(result.history) < result.history[0]
 
 
-def test_tiny_diffusion_prior_guides_toward_the_victim(digits: Dataset, tmp_path) -> None:
-    prior, _, _ = load_prior_for("diffusion", digits, steps=30, cache_dir=tmp_path)
+STEPS = 60
+
+
+def test_gradient_guidance_pulls_the_diffusion_sample_to_the_victim(
+    digits: Dataset, tmp_path
+) -> None:
+    prior, _, _ = load_prior_for("diffusion", digits, steps=100, cache_dir=tmp_path)
     model = _model(0)
     x, y = digits.train_x[3:4], digits.train_y[3:4]
     update = observe(model, (x, y), TargetSpec("update")).update
-    config = InversionConfig(prior=prior, diffusion_steps=10, refine_iterations=100, tv_weight=1e-4)
-    result = invert("diffusion", model, update, _knowledge(), config)
-    assert result.images.shape == (1, 1, 8, 8)
-    # the refinement after the guided reverse process must approach the victim
-    assert psnr(x[0], result.images[0].numpy()) > 15.0
+    scores = {}
+    for scale in (0.0, 10.0):
+        config = InversionConfig(prior=prior, diffusion_steps=STEPS, guidance_scale=scale)
+        result = invert("diffusion", model, update, _knowledge(), config)
+        assert result.images.shape == (1, 1, 8, 8) and len(result.history) == STEPS
+        scores[scale] = (psnr(x[0], result.images[0].numpy()), result.history[-1])
+    guided_history = result.history
+    # DPS guidance, not the prior alone, brings the sample to the victim's gradient and image
+    assert scores[10.0][1] < 0.5 * scores[0.0][1]
+    assert scores[10.0][0] > scores[0.0][0] + 3.0
+    refine = InversionConfig(prior=prior, diffusion_steps=STEPS, guidance_scale=10.0)
+    refine.refine_iterations = 60
+    refined = invert("diffusion-ig", model, update, _knowledge(), refine)
+    # the same DPS sample, then IG from it lowers its objective
+    assert refined.history[:STEPS] == guided_history
+    assert len(refined.history) == STEPS + 60
+    assert min(refined.history[STEPS:]) < refined.history[STEPS]
 
 
 def test_prior_without_model_is_rejected() -> None:
     model = _model(0)
     update = [torch.zeros_like(p) for p in model.parameters()]
     update[-2][0, 0] = -1.0
-    with pytest.raises(ValueError, match=r"needs config\.prior"):
+    with pytest.raises(ValueError, match=r"need config\.prior"):
         invert("diffusion", model, update, _knowledge())
