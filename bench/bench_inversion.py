@@ -3,29 +3,39 @@
 1. The DLG / iDLG table: ``--dataset mnist5k --model lenet-zhu --batch 1 --images 8``,
    untrained weights; label accuracy, median PSNR and seconds per image.
 2. PSNR against the cluster size k for ``cluster-sum:K`` (idlg, ig, diffusion), as a PNG chart.
-3. Diffusion against IG at batch 4 on a trained CNN (the issue's +3 dB question).
+3. ``--compare``: IG, diffusion (DPS alone) and diffusion + IG at batch 4 on a trained CNN.
+4. ``--grid``: every method in ``--grid-methods`` at every batch size in ``--grid-batches``:
+   median PSNR with its order-statistic interval (`median_interval`), median SSIM, label
+   accuracy and seconds per image.
 
-Runs single-threaded (``torch.set_num_threads(1)``); every number comes from this one run.
+Runs under `pinned_torch` (``--torch-threads``, default 1, deterministic kernels): the same
+arguments give the same reconstructions on any machine and load; only the timings move.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from adversary.inversion.attacks import METHODS, PRIOR_OF
 from adversary.inversion.experiment import (
+    DEFAULT_TORCH_THREADS,
     ExperimentResult,
     ExperimentSpec,
     load_prior_for,
+    pinned_torch,
     run_experiment,
 )
-from learning.data import load_dataset
+from learning.data import Dataset, load_dataset
 
 
 def _parse_ks(text: str) -> list[int]:
@@ -63,8 +73,32 @@ def _chart(curves: dict[str, list[float]], ks: list[int], path: Path, title: str
     plt.close(figure)
 
 
+def median_interval(
+    values: list[float], coverage: float = 0.95
+) -> tuple[float, float, float, float]:
+    """(median, low, high, achieved coverage): the distribution-free interval for a median
+    between order statistics ``x_(k)`` and ``x_(n+1-k)`` with the largest ``k`` whose coverage
+    ``1 - 2 P(Bin(n, 1/2) < k)`` is at least `coverage` (the full range when none is)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("median_interval needs at least one value")
+
+    def achieved(k: int) -> float:
+        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k)) / 2.0**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and achieved(k + 1) >= coverage:
+        k += 1
+    return statistics.median(ordered), ordered[k - 1], ordered[n - k], achieved(k)
+
+
 def run_bench(args: argparse.Namespace) -> int:
-    torch.set_num_threads(1)
+    with pinned_torch(args.torch_threads):
+        return _run_bench(args)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
     console = Console()
     docs = Path(args.docs)
     dataset = load_dataset(args.dataset)
@@ -78,7 +112,7 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     for column in ("method", "label accuracy", "median PSNR (dB)", "median SSIM", "s / image"):
         table.add_column(column, justify="right")
-    for method in ("dlg", "idlg"):
+    for method in () if args.skip_table else ("dlg", "idlg"):
         spec = ExperimentSpec(
             method,
             args.model,
@@ -96,14 +130,21 @@ def run_bench(args: argparse.Namespace) -> int:
             f"{result.seconds_per_image:.2f}",
         )
         report[f"table/{method}"] = _brief(result)
-    console.print(table)
+    if not args.skip_table:
+        console.print(table)
 
-    priors = {}
-    if "diffusion" in args.methods or args.compare:
-        priors["diffusion"], path, cached = load_prior_for(
-            "diffusion", dataset, args.prior_steps, args.prior_cache
-        )
-        console.print(f"diffusion prior {'loaded from' if cached else 'trained into'} {path}")
+    priors: dict[str, torch.nn.Module] = {}
+
+    def prior_for(method: str) -> torch.nn.Module | None:
+        if method not in PRIOR_OF:
+            return None
+        kind = PRIOR_OF[method]
+        if kind not in priors:
+            priors[kind], path, cached = load_prior_for(
+                kind, dataset, args.prior_steps, args.prior_cache
+            )
+            console.print(f"{kind} prior {'loaded from' if cached else 'trained into'} {path}")
+        return priors[kind]
 
     curves: dict[str, list[float]] = {}
     for method in args.methods:
@@ -117,7 +158,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 target=f"cluster-sum:{k}",
                 seed=args.seed,
             )
-            result = run_experiment(spec, dataset, priors.get(method))
+            result = run_experiment(spec, dataset, prior_for(method))
             curves[method].append(result.median_psnr)
             report[f"chart/{method}/k={k}"] = _brief(result)
             console.print(
@@ -136,7 +177,7 @@ def run_bench(args: argparse.Namespace) -> int:
         console.print(f"chart: {chart}")
 
     if args.compare:
-        for method in ("ig", "diffusion"):
+        for method in ("ig", "diffusion", "diffusion-ig"):
             spec = ExperimentSpec(
                 method,
                 "cnn",
@@ -147,20 +188,71 @@ def run_bench(args: argparse.Namespace) -> int:
                 iterations=args.compare_iterations,
                 out_dir=docs / "inversion",
             )
-            result = run_experiment(spec, dataset, priors.get(method))
+            result = run_experiment(spec, dataset, prior_for(method))
             report[f"compare/{method}"] = _brief(result)
             console.print(
                 f"trained cnn, batch 4, {method:9s}: median PSNR "
                 f"{result.median_psnr:.2f} dB, label acc {result.label_accuracy:.2f}, "
                 f"{result.seconds_per_image:.2f} s/image"
             )
+    if args.grid:
+        _grid(args, dataset, prior_for, report, console)
     report["total_seconds"] = time.perf_counter() - started
     (docs / "inversion").mkdir(parents=True, exist_ok=True)
-    (docs / "inversion" / "bench.json").write_text(json.dumps(report, indent=2))
-    console.print(
-        f"total {report['total_seconds']:.0f} s; numbers in {docs / 'inversion' / 'bench.json'}"
-    )
+    out = docs / "inversion" / args.report
+    out.write_text(json.dumps(report, indent=2))
+    console.print(f"total {report['total_seconds']:.0f} s; numbers in {out}")
     return 0
+
+
+def _grid(
+    args: argparse.Namespace,
+    dataset: Dataset,
+    prior_for: Callable[[str], torch.nn.Module | None],
+    report: dict[str, object],
+    console: Console,
+) -> None:
+    """Every method at every batch size on ``--grid-model``: ``--grid-images`` images a cell
+    (rounded up to whole batches), untrained weights unless ``--grid-trained``."""
+    title = (
+        f"{args.dataset} / {args.grid_model} ({'trained' if args.grid_trained else 'untrained'})"
+        f", update target, >= {args.grid_images} images a cell, seed {args.seed}"
+    )
+    table = Table(title=title)
+    columns = ("method", "batch", "images", "median PSNR (dB) [interval, coverage]")
+    for column in (*columns, "median SSIM", "label accuracy", "s / image"):
+        table.add_column(column, justify="right")
+    for method in args.grid_methods:
+        for batch in args.grid_batches:
+            images = batch * math.ceil(args.grid_images / batch)
+            spec = ExperimentSpec(
+                method,
+                args.grid_model,
+                batch=batch,
+                images=images,
+                trained=args.grid_trained,
+                iterations=args.grid_iterations,
+                seed=args.seed,
+            )
+            result = run_experiment(spec, dataset, prior_for(method))
+            median, low, high, coverage = median_interval([r.psnr for r in result.rows])
+            brief = _brief(result)
+            brief.update(psnr_low=low, psnr_high=high, psnr_coverage=coverage, images=images)
+            report[f"grid/{method}/b={batch}"] = brief
+            table.add_row(
+                method,
+                str(batch),
+                str(images),
+                f"{median:.2f} [{low:.2f}, {high:.2f}, {coverage:.0%}]",
+                f"{result.median_ssim:.3f}",
+                f"{result.label_accuracy:.3f}",
+                f"{result.seconds_per_image:.2f}",
+            )
+            console.print(
+                f"grid {method:12s} b={batch:2d}: {median:6.2f} dB [{low:.2f}, {high:.2f}], "
+                f"labels {result.label_accuracy:.3f}, {result.seconds_per_image:.2f} s/image"
+            )
+    console.print(table)
 
 
 def _brief(result: ExperimentResult) -> dict[str, object]:
@@ -170,6 +262,7 @@ def _brief(result: ExperimentResult) -> dict[str, object]:
         "label_accuracy": result.label_accuracy,
         "seconds_per_image": result.seconds_per_image,
         "used_secure_sum": result.used_secure_sum,
+        "reconstruction_sha256": result.digest,
     }
 
 
@@ -190,8 +283,23 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compare-iterations", type=int, default=None)
     parser.add_argument("--prior-steps", type=int, default=None)
     parser.add_argument("--prior-cache", default=None)
+    parser.add_argument("--grid", action="store_true", help="also run methods x batch sizes")
+    parser.add_argument("--grid-methods", nargs="*", default=list(METHODS))
+    parser.add_argument("--grid-batches", type=_parse_ks, default=[1, 4, 16])
+    parser.add_argument("--grid-images", type=int, default=4, help="images a grid cell")
+    parser.add_argument("--grid-model", default="lenet-zhu")
+    parser.add_argument("--grid-trained", action="store_true")
+    parser.add_argument("--grid-iterations", type=int, default=None)
+    parser.add_argument("--skip-table", action="store_true", help="skip the DLG / iDLG table")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=DEFAULT_TORCH_THREADS,
+        help="torch intra-op threads, fixed for reproducibility (default 1)",
+    )
     parser.add_argument("--docs", default="docs", help="where the chart and grids go")
+    parser.add_argument("--report", default="bench.json", help="JSON file name in DOCS/inversion")
     parser.set_defaults(func=run_bench)
 
 

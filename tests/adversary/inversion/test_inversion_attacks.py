@@ -58,6 +58,19 @@ def test_batch_label_recovery_counts_on_an_untrained_model(digits: Dataset) -> N
     assert sorted(labels.tolist()) == sorted(y.tolist())
 
 
+@pytest.mark.parametrize("batch", [8, 16])
+def test_batch_label_counts_from_the_bias_gradient(digits: Dataset, batch: int) -> None:
+    # repeated classes: 16 images of 10 classes; the sign rule alone cannot count them
+    _, victims = auxiliary_split(len(digits.train_x))
+    model = _model(3, "cnn")
+    for start in (0, batch):
+        chosen = victims[start : start + batch]
+        x, y = digits.train_x[chosen], digits.train_y[chosen]
+        update = observe(model, (x, y), TargetSpec("update")).update
+        labels = recover_labels(model, update, _knowledge(batch), torch.Generator().manual_seed(0))
+        assert sorted(labels.tolist()) == sorted(y.tolist())
+
+
 def test_idlg_reaches_30_db_on_an_8x8_digit_quickly(digits: Dataset) -> None:
     model = _model(0)
     x, y = digits.train_x[5:6], digits.train_y[5:6]

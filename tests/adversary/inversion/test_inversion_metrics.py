@@ -85,3 +85,16 @@ def test_grid_is_written(tmp_path) -> None:
     images = np.random.default_rng(0).uniform(size=(3, 1, 8, 8))
     path = save_grid(images, images, tmp_path / "grid.png", "test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_median_interval_order_statistics() -> None:
+    from bench.bench_inversion import median_interval
+
+    # n = 4: only the range qualifies, coverage 1 - 2/16
+    assert median_interval([3.0, 1.0, 4.0, 2.0]) == (2.5, 1.0, 4.0, 0.875)
+    # n = 10: k = 2 covers 1 - 2 * 11/1024 = 97.9%, k = 3 only 89.1%
+    median, low, high, coverage = median_interval([float(v) for v in range(10, 0, -1)])
+    assert (median, low, high) == (5.5, 2.0, 9.0)
+    assert coverage == pytest.approx(1 - 22 / 1024)
+    with pytest.raises(ValueError, match="at least one value"):
+        median_interval([])
