@@ -1,8 +1,9 @@
 """Gradient-inversion attacks on what a Phalanx aggregator observes (issue 6).
 
 `invert(method, model, observed_update, knowledge, config, generator)` runs ``dlg``, ``idlg``,
-``ig``, ``gan`` or ``diffusion``; `observe` builds the observed update for a target
-(``update``, ``fedavg:S``, ``cluster-sum:K``, optionally defended); `metrics` scores the result.
+``ig``, ``gan``, ``diffusion`` or ``diffusion-ig``; `observe` builds the observed update for a
+target (``update``, ``fedavg:S``, ``cluster-sum:K``, optionally defended); `metrics` scores the
+result.
 """
 
 from adversary.inversion.attacks import METHODS as METHODS

@@ -4,7 +4,8 @@ Every method optimises dummy images so that the update they would produce matche
 one (`adversary.inversion.matching`); they differ in the objective, the optimiser and the prior:
 
 - ``dlg`` (Zhu et al. 2019): L-BFGS on images and soft labels jointly,
-  ``min_{x', y'} ||g(x', softmax(y')) - g||^2``.
+  ``min_{x', y'} ||g(x', softmax(y')) - g||^2``; the budget counts L-BFGS iterations
+  (`_lbfgs`).
 - ``idlg`` (Zhao et al. 2020): labels read analytically from the last layer, then L-BFGS on the
   images with the same L2 objective.
 - ``ig`` (Geiping et al. 2020): ``min_x 1 - cos(g(x), g) + alpha TV(x)`` with Adam on the signed
@@ -14,10 +15,10 @@ one (`adversary.inversion.matching`); they differ in the objective, the optimise
   2021), then GIFD (Fang et al. 2023): optimise each intermediate feature ``h_l`` of the
   generator inside the l1 ball ``||h_l - h_l^0||_1 <= r ||h_l^0||_1`` (projection of Duchi et
   al. 2008), keeping the stage with the best objective.
-- ``diffusion`` (DPS, Chung et al. 2023; GGDM, Gu et al. 2024): at each DDPM reverse step the
-  sample moves against ``grad_{x_t} (1 - cos(g(x0_hat(x_t)), g))`` where
-  ``x0_hat = (x_t - sqrt(1 - abar_t) eps_theta(x_t, t)) / sqrt(abar_t)``; a short cosine
-  refinement in pixel space follows.
+- ``diffusion``: diffusion posterior sampling (DPS, Chung et al. 2023) with the observed
+  gradient as the measurement: Tweedie's ``x0_hat`` at every reverse step, the guidance
+  ``grad_{x_t} ||g - g(x0_hat)||^2`` (`_diffusion_posterior_sampling`); the sample alone.
+- ``diffusion-ig``: the same sample refined by ``ig`` in pixel space.
 """
 
 from __future__ import annotations
