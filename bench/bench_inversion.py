@@ -110,7 +110,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     table = Table(
         title=f"{args.dataset} / {args.model} / batch 1 / {args.images} images, untrained"
     )
-    for column in ("method", "label accuracy", "median PSNR (dB)", "median SSIM", "s / image"):
+    columns = ("method", "label accuracy", "median PSNR (dB) [interval]", "median SSIM")
+    for column in (*columns, "s / image"):
         table.add_column(column, justify="right")
     for method in () if args.skip_table else ("dlg", "idlg"):
         spec = ExperimentSpec(
@@ -122,10 +123,11 @@ def _run_bench(args: argparse.Namespace) -> int:
             out_dir=docs / "inversion",
         )
         result = run_experiment(spec, dataset)
+        _, low, high, _ = median_interval([r.psnr for r in result.rows])
         table.add_row(
             method,
             f"{result.label_accuracy:.3f}",
-            f"{result.median_psnr:.2f}",
+            f"{result.median_psnr:.2f} [{low:.2f}, {high:.2f}]",
             f"{result.median_ssim:.3f}",
             f"{result.seconds_per_image:.2f}",
         )
@@ -236,9 +238,7 @@ def _grid(
             )
             result = run_experiment(spec, dataset, prior_for(method))
             median, low, high, coverage = median_interval([r.psnr for r in result.rows])
-            brief = _brief(result)
-            brief.update(psnr_low=low, psnr_high=high, psnr_coverage=coverage, images=images)
-            report[f"grid/{method}/b={batch}"] = brief
+            report[f"grid/{method}/b={batch}"] = _brief(result)
             table.add_row(
                 method,
                 str(batch),
@@ -256,8 +256,12 @@ def _grid(
 
 
 def _brief(result: ExperimentResult) -> dict[str, object]:
+    _, low, high, coverage = median_interval([r.psnr for r in result.rows])
     return {
         "median_psnr": result.median_psnr,
+        "psnr_interval": [low, high],
+        "psnr_interval_coverage": coverage,
+        "images": len(result.rows),
         "median_ssim": result.median_ssim,
         "label_accuracy": result.label_accuracy,
         "seconds_per_image": result.seconds_per_image,

@@ -60,7 +60,7 @@ class InversionConfig:
     ``prior`` is a trained generative prior (`GanPrior` or `DiffusionPrior`) for the methods
     ``gan``, ``diffusion`` and ``diffusion-ig``. ``diffusion_steps``, ``guidance_scale``
     (DPS's ``zeta'``) and ``guidance_loss`` (``cosine`` or ``l2``) set the guided sampler;
-    ``refine_iterations`` the IG refinement of ``diffusion-ig``.
+    ``refine_iterations`` and ``refine_tv_weight`` the IG refinement of ``diffusion-ig``.
     """
 
     iterations: int | None = None
@@ -73,6 +73,7 @@ class InversionConfig:
     guidance_scale: float = 5.0
     guidance_loss: str = "cosine"
     refine_iterations: int | None = None
+    refine_tv_weight: float = 1e-4
     dtype: torch.dtype = torch.float64
 
 
