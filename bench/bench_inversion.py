@@ -169,7 +169,7 @@ def _run_bench(args: argparse.Namespace) -> int:
                 f"secure_sum={result.used_secure_sum})"
             )
     if curves:
-        chart = docs / "inversion_psnr_vs_k.png"
+        chart = docs / "inversion" / "psnr_vs_k.png"
         _chart(
             curves,
             args.ks,
