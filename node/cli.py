@@ -132,17 +132,20 @@ PORT = int_in(0, 65535)
 
 
 class Peer(NamedTuple):
-    """A ``--peer ID=HOST:PORT`` (validated into a `node.config.PeerConfig` by the handler)."""
+    """A ``--peer ID=HOST:PORT[#PUBLIC_KEY]`` (validated into a `node.config.PeerConfig` by the
+    handler; the key is the peer's Ed25519 public key in hex, needed without TLS)."""
 
     id: str
     address: str
+    public_key: str | None = None
 
 
 def _peer(text: str) -> Peer:
-    node_id, sep, address = text.partition("=")
+    node_id, sep, rest = text.partition("=")
+    address, _, key = rest.partition("#")
     if not sep or not node_id or ":" not in address:
-        raise argparse.ArgumentTypeError(f"--peer {text!r}: expected ID=HOST:PORT")
-    return Peer(node_id, address)
+        raise argparse.ArgumentTypeError(f"--peer {text!r}: expected ID=HOST:PORT[#PUBLIC_KEY]")
+    return Peer(node_id, address, key or None)
 
 
 # Node flags named after their `[node]` keys, for error messages.
@@ -179,7 +182,7 @@ def _node_configs(args: argparse.Namespace) -> list[NodeConfig]:
         "metrics_port": args.metrics_port,
         "out_dir": args.out,
     }
-    peers = [peer._asdict() for peer in args.peer or []]
+    peers = [{k: v for k, v in peer._asdict().items() if v is not None} for peer in args.peer or []]
     try:
         return [parse_node_config({"node": settings, "peers": peers, "scenario": scenario})]
     except ConfigError as error:
@@ -230,8 +233,9 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
         "--peer",
         action="append",
         type=_peer,
-        metavar="ID=HOST:PORT",
-        help="a peer (repeatable); static membership",
+        metavar="ID=HOST:PORT[#KEY]",
+        help="a peer (repeatable; the full list is the membership allow-list); KEY is its "
+        "Ed25519 public key in hex, required for every peer with --insecure",
     )
     parser.add_argument(
         "--insecure", action="store_true", help="plaintext gRPC: explicit opt-out of mutual TLS"

@@ -176,9 +176,11 @@ def test_ctrl_c_stops_every_node_and_keeps_partial_results(tmp_path: Path) -> No
 
 
 def test_node_daemon_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
+    from clustering.identity import NodeIdentity
     from node.testbed import free_ports
 
     port, peer_port = free_ports(2)
+    peer_key = NodeIdentity.generate().public_key_bytes.hex()  # plaintext needs peers' keys
     daemon = subprocess.Popen(
         [
             sys.executable,
@@ -191,7 +193,7 @@ def test_node_daemon_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
             "--port",
             str(port),
             "--peer",
-            f"node-b=127.0.0.1:{peer_port}",
+            f"node-b=127.0.0.1:{peer_port}#{peer_key}",
             "--out",
             str(tmp_path),
         ],
