@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_a_lying_shamir_holder_is_named_every_round(tmp_path: Path, phalanx) -> None:
     scenario = tmp_path / "liar.toml"
     scenario.write_text(
