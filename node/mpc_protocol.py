@@ -99,6 +99,15 @@ def deadline_after(previous_deadline: float, collect_s: float) -> float:
     return max(time.monotonic(), previous_deadline) + collect_s
 
 
+Dealer = Callable[["ShamirMember", "FieldVector", Mapping[str, KeyAdvertisement]], Any]
+
+
+def _byzantine_dealer(context: RoundContext) -> Dealer | None:
+    """The node's transport's own dealing, when it has one: a Byzantine transport
+    (`adversary.behaviours.ByzantineTransport.deal_shares`, ``inconsistent-shares``)."""
+    return getattr(getattr(context.send, "__self__", None), "deal_shares", None)
+
+
 def agree_dealer_set(held_by: dict[str, Sequence[str]], threshold: int) -> list[str]:
     """Dealers held by at least `threshold` holders and by a majority of the reporting holders.
 
@@ -345,9 +354,17 @@ class ShamirClusterProtocol:
         return member, adverts
 
     def _deal(
-        self, member: ShamirMember, update: np.ndarray, adverts: dict[str, Any], size: int, r: int
+        self,
+        member: ShamirMember,
+        update: np.ndarray,
+        adverts: dict[str, Any],
+        size: int,
+        r: int,
+        dealer: Dealer | None = None,
     ) -> dict[str, EncryptedShare]:
         encoded = encode_member_update(update, self.fixed_point, self._noise, size, r)
+        if dealer is not None:
+            return dealer(member, encoded, adverts)
         return member.deal(encoded, adverts)
 
     async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
@@ -383,7 +400,9 @@ class ShamirClusterProtocol:
         # 2. share: encoding, Shamir sharing and encryption run in a worker thread, so the event
         # loop keeps receiving the other dealers' shares meanwhile.
         phase = time.monotonic()
-        shares = await asyncio.to_thread(self._deal, member, update, adverts, len(members), r)
+        shares = await asyncio.to_thread(
+            self._deal, member, update, adverts, len(members), r, _byzantine_dealer(context)
+        )
         for recipient, share in sorted(shares.items()):
             context.post(
                 recipient,
