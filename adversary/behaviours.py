@@ -4,7 +4,9 @@ A Byzantine node runs the honest code; its deviations live here:
 
 - `ByzantineTransport` wraps the node's transport and deviates at the message level:
   ``corrupt-partial`` (random field elements as Shamir partial sums), ``corrupt-output``
-  (a noisy cluster sum), ``corrupt-shares`` (flipped ciphertext bytes), ``equivocate`` (a
+  (a noisy cluster sum), ``corrupt-shares`` (flipped ciphertext bytes, which AES-GCM rejects),
+  ``inconsistent-shares`` (validly encrypted Shamir shares off the dealer's polynomial, see
+  `ByzantineTransport.deal_shares`), ``equivocate`` (a
   different update or cluster output to different receivers), ``withhold`` (omission),
   ``delay`` (past the phase deadline), ``crash`` (SIGKILL itself at a chosen phase) and
   ``replay`` (re-send the previous round's messages).
@@ -28,7 +30,7 @@ import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from phalanx.v1 import node_pb2 as pb
@@ -36,20 +38,41 @@ from phalanx.v1 import node_pb2 as pb
 from node.codec import Message
 from node.transport import DelegatingTransport, Transport
 
+if TYPE_CHECKING:
+    from mpc import EncryptedShare, KeyAdvertisement, ShamirMember
+    from mpc.field import FieldVector
+
 log = logging.getLogger(__name__)
+
+
+class AggregationSettings(Protocol):
+    """What `UpdatePoisoner` reads of a scenario's ``[aggregation]`` (node.config)."""
+
+    @property
+    def rule(self) -> str: ...
+
+    @property
+    def pre(self) -> list[str]: ...
+
+    @property
+    def f(self) -> int | str | None: ...
+
 
 PROTOCOL_BEHAVIOURS = (
     "corrupt-partial",
     "corrupt-output",
     "corrupt-shares",
+    "inconsistent-shares",
     "equivocate",
     "withhold",
     "delay",
     "crash",
     "replay",
 )
+SECRETS = ("negated", "same")
 DATA_BEHAVIOURS = ("label-flip", "backdoor")
-CLUSTER_AWARE_ATTACKS = frozenset({"alie", "ipm"})
+CLUSTER_AWARE_ATTACKS = frozenset({"alie", "ipm", "alie-adaptive", "ipm-adaptive"})
+RULE_AWARE_ATTACKS = frozenset({"alie-adaptive", "ipm-adaptive"})
 PHASE_KINDS: dict[str, frozenset[int]] = {
     "train": frozenset({pb.MESSAGE_KIND_UPDATE, pb.MESSAGE_KIND_MPC_KEYS}),
     "share": frozenset({pb.MESSAGE_KIND_SHARE}),
@@ -103,6 +126,7 @@ def parse_behaviour(spec: str, start_round: int = 1) -> BehaviourSpec:
         "corrupt-partial": (),
         "corrupt-output": ("scale",),
         "corrupt-shares": (),
+        "inconsistent-shares": ("holders", "secret"),
         "equivocate": ("scale",),
         "withhold": ("kinds",),
         "delay": ("seconds",),
@@ -120,6 +144,14 @@ def parse_behaviour(spec: str, start_round: int = 1) -> BehaviourSpec:
             )
         if name == "crash" and params.get("phase", "share") not in PHASE_KINDS:
             raise ValueError(f"behaviour 'crash': phase must be one of {sorted(PHASE_KINDS)}")
+        if name == "inconsistent-shares":
+            holders = params.get("holders", 1)
+            if isinstance(holders, bool) or not isinstance(holders, int) or holders < 1:
+                raise ValueError("behaviour 'inconsistent-shares': holders must be an integer >= 1")
+            if params.get("secret", "negated") not in SECRETS:
+                raise ValueError(
+                    f"behaviour 'inconsistent-shares': secret must be one of {SECRETS}"
+                )
         if name == "withhold":
             kinds = str(params.get("kinds", "all")).split("+")
             if not set(kinds) <= set(KIND_GROUPS):
@@ -174,6 +206,48 @@ class ByzantineTransport(DelegatingTransport):
             if old is not None and old.round < message.round:
                 await self.inner.send(peer, old)
         return await self.inner.send(peer, self._tamper(peer, message))
+
+    def deal_shares(
+        self,
+        member: ShamirMember,
+        encoded_update: FieldVector,
+        advertisements: Mapping[str, KeyAdvertisement],
+    ) -> dict[str, EncryptedShare]:
+        """The Shamir dealer's shares (node.mpc_protocol asks the node's transport for them).
+
+        Honest unless ``inconsistent-shares`` is active: then the ``holders`` (default 1) members
+        that follow this dealer in the cluster's sorted order get validly encrypted shares of a
+        second polynomial (`mpc.inconsistent.deal_inconsistent`), sharing the negated update
+        (``secret=negated``, default) or the same one (``secret=same``, fresh coefficients).
+
+        Bound: with r partial sums received and T = t + l - 1, Berlekamp-Welch corrects
+        e = floor((r - T) / 2) wrong ones. With a <= e affected holders (and no other errors in
+        the cluster) the cluster sum is exactly the honest dealing's and the affected holders,
+        not the dealer, are named as liars; with r - a <= e the sum carries the second secret and
+        the unaffected holders are named; in between the cluster's reconstruction fails.
+        """
+        from mpc import field as gf
+        from mpc.inconsistent import deal_inconsistent
+
+        session = member.session
+        if self.spec.name != "inconsistent-shares" or session.round < self.spec.start_round:
+            return member.deal(encoded_update, advertisements)
+        members = list(session.members)
+        start = members.index(self.node_id)
+        following = members[start + 1 :] + members[:start]
+        affected = following[: int(self.spec.params.get("holders", 1))]
+        encoded = gf.as_field_vector(encoded_update, "encoded_update")
+        if self.spec.params.get("secret", "negated") == "same":
+            other = encoded
+        else:
+            other = gf.sub(np.zeros_like(encoded), encoded)
+        log.warning(
+            "%s round %d: Byzantine dealer, shares off the polynomial for %s",
+            self.node_id,
+            session.round,
+            ",".join(affected),
+        )
+        return deal_inconsistent(member, encoded, advertisements, affected, other)
 
     def _tamper(self, peer: str, message: Message) -> Message:
         name, kind = self.spec.name, message.kind
@@ -260,7 +334,9 @@ class UpdatePoisoner:
     updates of all colluders, exchanged over the side channel; with ``omniscient`` every honest
     node's update. ``cluster_size`` (the scenario's, public) is handed to the attacks in
     `CLUSTER_AWARE_ATTACKS`, which then aim at the cluster means the robust rule aggregates;
-    an explicit ``cluster_size`` in the behaviour spec wins.
+    an explicit ``cluster_size`` in the behaviour spec wins. ``aggregation`` (the scenario's
+    ``rule``, ``pre`` and ``f``) is handed the same way to `RULE_AWARE_ATTACKS`, which tune their
+    factor against that rule; they refuse to start without a rule from either place.
     """
 
     def __init__(
@@ -271,18 +347,30 @@ class UpdatePoisoner:
         colluder_view: Any,
         seed: int,
         cluster_size: int = 1,
+        aggregation: AggregationSettings | None = None,
     ) -> None:
-        from adversary.poisoning import parse_attack
+        from adversary.poisoning import AttackSpec, make_params, parse_attack
 
         self.spec = spec
-        params = dict(spec.params)
+        params: dict[str, Any] = dict(spec.params)
         attack_name = parse_attack(spec.name).name
         if attack_name in CLUSTER_AWARE_ATTACKS and cluster_size > 1:
             # The rule aggregates cluster means: aim there unless the spec says otherwise.
             params.setdefault("cluster_size", cluster_size)
-        self.attack = parse_attack(
-            spec.name + (":" + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")
-        )
+        if attack_name in RULE_AWARE_ATTACKS:
+            if aggregation is not None:
+                params.setdefault("rule", aggregation.rule)
+                if aggregation.pre:
+                    params.setdefault("pre", "+".join(aggregation.pre))
+                if aggregation.f is not None:
+                    params.setdefault("rule_f", aggregation.f)
+            if "rule" not in params:
+                raise ValueError(
+                    f"behaviour {spec.name!r} tunes its factor against the outer aggregation "
+                    "rule: give it as rule=NAME in the behaviour, or pass the scenario's "
+                    "aggregation settings"
+                )
+        self.attack = AttackSpec(attack_name, make_params(attack_name, params))
         self.n, self.f = n, f
         self.colluder_view = colluder_view
         self.seed = seed

@@ -11,6 +11,9 @@ n, f: total number of inputs to the aggregation and how many of them are Byzanti
 params: the attack's frozen parameter dataclass (defaults when None).
 generator: a seeded ``torch.Generator`` for the attacks that draw randomness.
 
+``alie-adaptive`` and ``ipm-adaptive`` tune ALIE's z and IPM's epsilon against the configured
+outer rule on the colluders' view (:func:`adaptive_alie_z`, :func:`adaptive_ipm_epsilon`).
+
 ``POISONING_ATTACKS`` maps names to :class:`PoisoningAttack`; :func:`parse_attack` turns a spec
 such as ``alie``, ``scaling:factor=10`` or ``gaussian:std=1.0`` into a ready
 :class:`AttackSpec`. Statistics are computed in float64 and the result has own_update's dtype.
@@ -19,6 +22,7 @@ such as ``alie``, ``scaling:factor=10`` or ``gaussian:std=1.0`` into a ready
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import typing
 from collections.abc import Callable, Mapping
@@ -28,10 +32,11 @@ from typing import Any
 
 import torch
 
-from learning.aggregation import SpecValue, pairwise_squared_distances, parse_spec
+from learning.aggregation import SpecValue, get_rule, pairwise_squared_distances, parse_spec
 
 __all__ = [
     "POISONING_ATTACKS",
+    "AdaptiveParams",
     "AlieParams",
     "AttackSpec",
     "GaussianParams",
@@ -42,11 +47,15 @@ __all__ = [
     "PoisoningAttack",
     "ScalingParams",
     "SignFlipParams",
+    "adaptive_alie_z",
+    "adaptive_ipm_epsilon",
     "aggregated_inputs",
     "alie",
+    "alie_adaptive",
     "alie_z",
     "gaussian_noise",
     "ipm",
+    "ipm_adaptive",
     "make_params",
     "mimic",
     "min_max",
@@ -180,6 +189,56 @@ class MimicParams:
     def __post_init__(self) -> None:
         if self.target < -1:
             raise ValueError(f"mimic: parameter 'target' must be >= -1, got {self.target}")
+
+
+@dataclass(frozen=True)
+class AdaptiveParams:
+    """Parameters of ``alie-adaptive`` and ``ipm-adaptive`` (see :func:`adaptive_alie_z`).
+
+    rule: the outer aggregation rule the factor is tuned against (a ``get_rule`` name or
+        ``NAME:k=v`` spec); a node made Byzantine by config is handed the scenario's rule.
+    pre: its pre-aggregators, ``+``-joined (``"clip+nnm"``).
+    rule_f: the f the rule runs with: None = the attacked inputs, capped at what the rule
+        tolerates (a node's default when ``aggregation.f`` is unset), ``"auto"`` = the most the
+        rule tolerates, an integer = that, capped likewise.
+    cluster_size: k of the clusters whose means the rule aggregates (as for ``alie``/``ipm``).
+    max_factor: the top of the search range: z in [0, max_factor] (ALIE), epsilon in
+        [max_factor / 1000, max_factor] (IPM).
+    evaluations: how many times the search may run the rule.
+    """
+
+    rule: str | None = None
+    pre: str = ""
+    rule_f: int | str | None = None
+    cluster_size: int = 1
+    max_factor: float = 10.0
+    evaluations: int = 32
+
+    def __post_init__(self) -> None:
+        owner = "alie-adaptive/ipm-adaptive"
+        if self.rule is not None:
+            get_rule(self.rule, pre=self.pre_aggregators or None)
+        if isinstance(self.rule_f, bool) or (
+            self.rule_f is not None
+            and self.rule_f != "auto"
+            and not (isinstance(self.rule_f, int) and self.rule_f >= 0)
+        ):
+            raise ValueError(
+                f"{owner}: parameter 'rule_f' must be an integer >= 0 or 'auto', "
+                f"got {self.rule_f!r}"
+            )
+        _check_cluster_size(owner, self.cluster_size)
+        _finite(owner, "max_factor", self.max_factor)
+        if self.max_factor <= 0:
+            raise ValueError(f"{owner}: parameter 'max_factor' must be > 0, got {self.max_factor}")
+        if isinstance(self.evaluations, bool) or self.evaluations < 4:
+            raise ValueError(
+                f"{owner}: parameter 'evaluations' must be an integer >= 4, got {self.evaluations}"
+            )
+
+    @property
+    def pre_aggregators(self) -> list[str]:
+        return [name for name in self.pre.split("+") if name]
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,6 +445,210 @@ def ipm(
     return _like(_through_cluster(-params.epsilon * mean, mean, params.cluster_size), own_update)
 
 
+# Golden-section step: the inner points of [a, b] sit at a + (1 - 1/phi)(b - a) and a + (b - a)/phi.
+_INVERSE_PHI = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def _largest_damage(
+    damage: Callable[[float], float],
+    to_factor: Callable[[float], float],
+    default: float,
+    evaluations: int,
+) -> float:
+    """Maximise ``damage(factor)`` with factor = to_factor(u), u in [0, 1], in a fixed budget.
+
+    Half the budget scans an even grid in u; the rest runs golden-section steps on the bracket
+    around the best grid point (Kiefer 1953). The default factor is evaluated too, so the
+    returned factor is never less damaging than it; ties go to the smaller factor.
+    """
+    seen: dict[float, float] = {}
+
+    def at(factor: float) -> float:
+        if factor not in seen:
+            seen[factor] = damage(factor)
+        return seen[factor]
+
+    at(default)
+    steps = max(2, evaluations // 2)
+    grid = [index / (steps - 1) for index in range(steps)]
+    scores = [at(to_factor(u)) for u in grid]
+    best = max(range(steps), key=lambda index: (scores[index], -index))
+    low, high = grid[max(best - 1, 0)], grid[min(best + 1, steps - 1)]
+    inner_low = high - _INVERSE_PHI * (high - low)
+    inner_high = low + _INVERSE_PHI * (high - low)
+    for _ in range(max(0, evaluations - steps - 1)):
+        if at(to_factor(inner_low)) >= at(to_factor(inner_high)):
+            high, inner_high = inner_high, inner_low
+            inner_low = high - _INVERSE_PHI * (high - low)
+        else:
+            low, inner_low = inner_low, inner_high
+            inner_high = low + _INVERSE_PHI * (high - low)
+    return min(seen, key=lambda factor: (-seen[factor], factor))
+
+
+def _view_seed(view: torch.Tensor) -> int:
+    """A seed fixed by the view's bytes: colluders holding the same view draw the same padding."""
+    digest = hashlib.sha256(view.detach().cpu().contiguous().numpy().tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _simulated_inputs(
+    view: torch.Tensor, n: int, f: int, k: int
+) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """The honest rule inputs the colluders simulate, how many Byzantine inputs join them, and mu.
+
+    The rule sees ``m = n // k`` inputs (:func:`aggregated_inputs`), ``f'`` of them attacked. Each
+    view row x_i stands for one honest input at ``mu + (x_i - mu) / sqrt(k)`` (a mean of k updates
+    has spread sigma / sqrt(k)); when the view holds fewer than ``m - f'`` rows the rest are drawn
+    from ``N(mu, sigma^2 / k)`` per coordinate, the model Baruch et al. assume, with a generator
+    seeded by the view so that every colluder simulates the same inputs.
+    """
+    inputs, byzantine = aggregated_inputs(n, f, k)
+    honest = inputs - byzantine
+    mean = view.mean(dim=0)
+    spread = view.std(dim=0, correction=1) / math.sqrt(k)
+    rows = mean + (view - mean) / math.sqrt(k)
+    if rows.shape[0] >= honest:
+        return rows[:honest], byzantine, mean
+    generator = torch.Generator().manual_seed(_view_seed(view))
+    noise = torch.randn(
+        (honest - rows.shape[0], view.shape[1]), generator=generator, dtype=torch.float64
+    )
+    return torch.cat([rows, mean + noise * spread.cpu()]), byzantine, mean
+
+
+def _search_against_rule(
+    name: str,
+    honest_view: torch.Tensor | None,
+    own_update: torch.Tensor,
+    n: int,
+    f: int,
+    params: AdaptiveParams,
+    target: Callable[[float, torch.Tensor, torch.Tensor], torch.Tensor],
+    default: float,
+    to_factor: Callable[[float], float],
+) -> float:
+    """The factor maximising ``|rule(honest inputs + f' copies of target(factor)) - mu|_2``."""
+    view = _check_inputs(name, own_update, honest_view, n, f, min_honest=2)
+    assert view is not None
+    if params.rule is None:
+        raise ValueError(
+            f"{name}: needs the outer aggregation rule it is tuned against (rule=NAME); a node "
+            "made Byzantine by config passes the scenario's"
+        )
+    k = params.cluster_size
+    honest, byzantine, mean = _simulated_inputs(view, n, f, k)
+    robust = get_rule(params.rule, pre=params.pre_aggregators or None)
+    tolerated = robust.max_f(honest.shape[0] + byzantine)
+    if tolerated < 0 or honest.shape[0] == 0 or byzantine == 0:
+        return default  # the rule cannot run, or nothing to attack with or against: no search
+    if params.rule_f is None:
+        rule_f = min(byzantine, tolerated)
+    elif params.rule_f == "auto":
+        rule_f = tolerated
+    else:
+        rule_f = min(int(params.rule_f), tolerated)
+    spread = view.std(dim=0, correction=1) / math.sqrt(k)
+
+    def damage(factor: float) -> float:
+        attacked = target(factor, mean, spread).expand(byzantine, -1)
+        output = robust(torch.cat([honest, attacked]), rule_f)
+        return float(torch.linalg.vector_norm(output - mean))
+
+    return _largest_damage(damage, to_factor, default, params.evaluations)
+
+
+def adaptive_alie_z(
+    honest_view: torch.Tensor | None,
+    own_update: torch.Tensor,
+    n: int,
+    f: int,
+    params: AdaptiveParams,
+) -> float:
+    """ALIE's z tuned against the outer rule, as ByzFL's optimal ALIE does.
+
+    Baruch et al. (NeurIPS 2019) put every attacker at ``mu - z sigma``; here z is the value in
+    ``[0, max_factor]`` that maximises ``|R(H + f' copies of (mu - z sigma / sqrt(k))) - mu|_2``
+    for the configured rule R and its f, H the honest inputs simulated from the colluders' view
+    (:func:`_simulated_inputs`). Baruch's ``z_max`` (:func:`alie_z` over the rule's inputs) is
+    a candidate, so the chosen z is at least as damaging on the simulated inputs.
+    """
+    high = params.max_factor
+    return _search_against_rule(
+        "alie-adaptive",
+        honest_view,
+        own_update,
+        n,
+        f,
+        params,
+        lambda z, mean, spread: mean - z * spread,
+        _cluster_level_z(*aggregated_inputs(n, f, params.cluster_size)),
+        lambda u: u * high,
+    )
+
+
+def adaptive_ipm_epsilon(
+    honest_view: torch.Tensor | None,
+    own_update: torch.Tensor,
+    n: int,
+    f: int,
+    params: AdaptiveParams,
+) -> float:
+    """IPM's epsilon tuned against the outer rule, as ByzFL's optimal IPM does.
+
+    Xie et al. (UAI 2019) put every attacker at ``-epsilon mu``; here epsilon is the value in
+    ``[max_factor / 1000, max_factor]`` (searched on a log scale) that maximises
+    ``|R(H + f' copies of (-epsilon mu)) - mu|_2``, H and R as in :func:`adaptive_alie_z`. The
+    fixed default, 0.1, is a candidate.
+    """
+    high = params.max_factor
+    return _search_against_rule(
+        "ipm-adaptive",
+        honest_view,
+        own_update,
+        n,
+        f,
+        params,
+        lambda epsilon, mean, spread: -epsilon * mean,
+        IpmParams().epsilon,
+        lambda u: high * 1000.0 ** (u - 1.0),
+    )
+
+
+def alie_adaptive(
+    own_update: torch.Tensor,
+    honest_view: torch.Tensor | None,
+    n: int,
+    f: int,
+    params: AdaptiveParams | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """ALIE (:func:`alie`, ``mu - z sigma``) with z from :func:`adaptive_alie_z`."""
+    params = params or AdaptiveParams()
+    z = adaptive_alie_z(honest_view, own_update, n, f, params)
+    return alie(own_update, honest_view, n, f, AlieParams(z=z, cluster_size=params.cluster_size))
+
+
+def ipm_adaptive(
+    own_update: torch.Tensor,
+    honest_view: torch.Tensor | None,
+    n: int,
+    f: int,
+    params: AdaptiveParams | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """IPM (:func:`ipm`, ``-epsilon mu``) with epsilon from :func:`adaptive_ipm_epsilon`."""
+    params = params or AdaptiveParams()
+    epsilon = adaptive_ipm_epsilon(honest_view, own_update, n, f, params)
+    return ipm(
+        own_update,
+        honest_view,
+        n,
+        f,
+        IpmParams(epsilon=epsilon, cluster_size=params.cluster_size),
+    )
+
+
 def _perturbation(view: torch.Tensor, mean: torch.Tensor, kind: str) -> torch.Tensor:
     """Shejwalkar & Houmansadr 2021 perturbation p (already negated: the "inverse" directions)."""
     if kind == "unit-vector":
@@ -570,6 +833,12 @@ POISONING_ATTACKS: dict[str, PoisoningAttack] = {
         ),
         PoisoningAttack("alie", alie, AlieParams, needs_honest_view=True, min_honest=2),
         PoisoningAttack("ipm", ipm, IpmParams, needs_honest_view=True, min_honest=1),
+        PoisoningAttack(
+            "alie-adaptive", alie_adaptive, AdaptiveParams, needs_honest_view=True, min_honest=2
+        ),
+        PoisoningAttack(
+            "ipm-adaptive", ipm_adaptive, AdaptiveParams, needs_honest_view=True, min_honest=2
+        ),
         PoisoningAttack("min-max", min_max, MinMaxParams, needs_honest_view=True, min_honest=2),
         PoisoningAttack("min-sum", min_sum, MinMaxParams, needs_honest_view=True, min_honest=2),
         PoisoningAttack("mimic", mimic, MimicParams, needs_honest_view=True, min_honest=1),

@@ -154,6 +154,8 @@ def test_parse_attack_specs() -> None:
         "gaussian",
         "alie",
         "ipm",
+        "alie-adaptive",
+        "ipm-adaptive",
         "min-max",
         "min-sum",
         "mimic",
