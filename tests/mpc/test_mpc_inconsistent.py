@@ -41,7 +41,9 @@ def _round(
     for name, member in members.items():
         partial = member.partial_sum(NAMES)
         if name == liar:
-            value = gf.add(gf.from_bytes(partial.value, session.share_length), np.ones(1, np.uint32))
+            value = gf.add(
+                gf.from_bytes(partial.value, session.share_length), np.ones(1, np.uint32)
+            )
             partial = PartialSum(partial.round, partial.cluster, name, gf.to_bytes(value))
         partials.append(partial)
     return reconstruct_cluster_sum(session, partials), inputs, other
