@@ -288,6 +288,11 @@ class Scenario(_Section):
             from adversary.behaviours import parse_behaviour
 
             spec = parse_behaviour(entry.behaviour)
+            if spec.name == "inconsistent-shares" and aggregation.secure != "shamir":
+                raise ValueError(
+                    "byzantine: inconsistent-shares deals Shamir shares and needs "
+                    'aggregation.secure = "shamir"'
+                )
             if spec.is_poisoning and colluders < 2 and not entry.omniscient:
                 from adversary.poisoning import POISONING_ATTACKS
 

@@ -356,6 +356,7 @@ class Node:
                 view,
                 seed,
                 cluster_size=self.scenario.clustering.cluster_size,
+                aggregation=self.scenario.aggregation,
             )
             self.side_channels[pb.MESSAGE_KIND_COLLUDE] = self.aggregator
 
