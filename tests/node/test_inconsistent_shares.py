@@ -31,6 +31,7 @@ def _byzantine(behaviour: str) -> str:
     return f'[[byzantine]]\nbehaviour = "{behaviour}"\nnodes = ["node-03"]\n'
 
 
+@pytest.mark.slow
 def test_inconsistent_shares_to_one_holder_are_corrected_and_frame_that_holder(
     tmp_path: Path, phalanx
 ) -> None:

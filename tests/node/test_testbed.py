@@ -212,6 +212,7 @@ def test_node_daemon_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
     assert os.path.getsize(log) > 0
 
 
+@pytest.mark.slow
 def test_restarted_node_rejoins_with_the_majority_model(tmp_path: Path, phalanx) -> None:
     out = tmp_path / "restart"
     scenario = tmp_path / "paced.toml"
