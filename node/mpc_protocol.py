@@ -62,6 +62,7 @@ from node.protocols import (
     ClusterOutput,
     RoundContext,
     _invalid,
+    _names,
     await_cluster_outputs,
     broadcast,
     publish_output,
@@ -81,10 +82,6 @@ NoiseSource = Callable[[], "DistributedNoise | None"]
 """Returns the node's distributed-DP noiser (None: no noise); looked up each round, since the
 node builds its defenses after its protocol."""
 SHARE_OVERHEAD_BYTES = 64  # AES-GCM nonce and tag, with room to spare
-
-
-def _names(text: str) -> list[str]:
-    return [name for name in text.split(",") if name]
 
 
 def deadline_after(previous_deadline: float, collect_s: float) -> float:

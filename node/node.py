@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import numpy as np
@@ -174,7 +174,7 @@ class GlobalStep:
 def combine_cluster_outputs(
     outputs: Mapping[int, ClusterOutput],
     rule: str,
-    f: int | str,
+    f: int | Literal["auto"],
     pre: list[str] | None = None,
 ) -> GlobalStep:
     """The global step from cluster outputs, in ascending cluster order (bit-reproducible).

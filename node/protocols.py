@@ -255,6 +255,7 @@ async def echo_outputs(context: RoundContext, wait_s: float) -> tuple[set[str], 
 
 
 def _names(text: str) -> list[str]:
+    """The names of a comma-separated metadata field (``included``, ``liars``, ``held``, ...)."""
     return [name for name in text.split(",") if name]
 
 
