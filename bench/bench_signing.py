@@ -127,7 +127,7 @@ def _set_signing(nodes: list[Any], signed: bool) -> None:
 async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from node.node import model_digest
+    from node.peer import model_digest
 
     torch.set_num_threads(1)
     logging.getLogger("node").setLevel(logging.WARNING)

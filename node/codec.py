@@ -95,8 +95,14 @@ def _spec_nbytes(spec: pb.TensorSpec) -> int:
     return math.prod(spec.shape) * dtype.itemsize
 
 
-def decode_tensor(spec: pb.TensorSpec, data: bytes | memoryview) -> np.ndarray:
-    """Rebuild a tensor from its spec and raw little-endian bytes."""
+def decode_tensor(
+    spec: pb.TensorSpec, data: bytes | memoryview, *, copy: bool = True
+) -> np.ndarray:
+    """Rebuild a tensor from its spec and raw little-endian bytes.
+
+    ``copy=False`` (the in-memory engine, whose payload bytes are immutable and shared by every
+    recipient of a broadcast) returns a read-only view instead of a native-order copy; on a
+    little-endian host the two hold the same values."""
     expected = _spec_nbytes(spec)
     if len(data) != expected:
         raise CodecError(
@@ -104,9 +110,10 @@ def decode_tensor(spec: pb.TensorSpec, data: bytes | memoryview) -> np.ndarray:
             f"expected {expected}"
         )
     dtype = _DTYPES[spec.dtype]
-    return (
-        np.frombuffer(data, dtype=dtype).reshape(tuple(spec.shape)).astype(dtype.newbyteorder("="))
-    )
+    view = np.frombuffer(data, dtype=dtype).reshape(tuple(spec.shape))
+    if not copy and dtype.isnative:
+        return view
+    return view.astype(dtype.newbyteorder("="))
 
 
 def make_header(message: Message) -> pb.Header:
@@ -163,21 +170,44 @@ def decode_envelope(
     envelope: pb.Envelope, max_bytes: int, on_header: HeaderCheck | None = None
 ) -> Message:
     """Decode a unary `Envelope`, checking the header, sizes and shapes."""
-    _check_header(envelope.header)
+    parts = [(t.spec, t.data) for t in envelope.tensors]
+    return decode_parts(envelope.header, parts, max_bytes, on_header)
+
+
+TensorPart = tuple[pb.TensorSpec, bytes]
+"""One tensor as it travels: its spec and its raw little-endian bytes."""
+
+
+def encode_parts(tensors: Mapping[str, np.ndarray]) -> list[TensorPart]:
+    """The tensors of a message as (spec, bytes) pairs, the payload of an `Envelope`."""
+    return [(tensor_spec(name, array), _le_bytes(array)) for name, array in tensors.items()]
+
+
+def decode_parts(
+    header: pb.Header,
+    parts: Sequence[TensorPart],
+    max_bytes: int,
+    on_header: HeaderCheck | None = None,
+    *,
+    copy: bool = True,
+) -> Message:
+    """Decode a header and its tensors, checking the header, sizes and shapes (the checks of
+    `decode_envelope`, which both engines run)."""
+    _check_header(header)
     if on_header is not None:
-        on_header(envelope.header)
-    total = sum(len(t.data) for t in envelope.tensors)
+        on_header(header)
+    total = sum(len(data) for _spec, data in parts)
     if total > max_bytes:
         raise PayloadTooLarge(f"payload of {total} bytes exceeds the limit of {max_bytes}")
-    announced = sum(_spec_nbytes(t.spec) for t in envelope.tensors)
+    announced = sum(_spec_nbytes(spec) for spec, _data in parts)
     if announced > max_bytes:
         raise PayloadTooLarge(f"payload of {announced} bytes exceeds the limit of {max_bytes}")
     tensors: dict[str, np.ndarray] = {}
-    for tensor in envelope.tensors:
-        if tensor.spec.name in tensors:
-            raise CodecError(f"tensor {tensor.spec.name!r} appears twice")
-        tensors[tensor.spec.name] = decode_tensor(tensor.spec, tensor.data)
-    return _message(envelope.header, tensors)
+    for spec, data in parts:
+        if spec.name in tensors:
+            raise CodecError(f"tensor {spec.name!r} appears twice")
+        tensors[spec.name] = decode_tensor(spec, data, copy=copy)
+    return _message(header, tensors)
 
 
 def encode_chunks(message: Message, chunk_bytes: int) -> Iterator[pb.Chunk]:

@@ -76,6 +76,54 @@ def tls_identity(context: grpc.aio.ServicerContext) -> str | None:
     return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
+def _log_refusal(node_id: str, rejection: Rejection, sender: str, on_reject: RejectHook) -> None:
+    log.warning("%s rejected a message from %s: %s", node_id, sender or "?", rejection)
+    on_reject(rejection.reason, sender)
+
+
+async def receive(
+    node_id: str,
+    decode: Callable[[Callable[[pb.Header], None]], Awaitable[Message]],
+    identity_of: Callable[[], str | None],
+    admit: Admit | None,
+    accept: Accept,
+    on_reject: RejectHook,
+) -> Rejection | None:
+    """A node's acceptance pipeline for one incoming message, the same in both engines: the
+    caller's identity, the header checks (before the payload costs memory), decoding, then the
+    node's `accept`. Returns None when accepted, else the rejection, already logged and counted;
+    no exception escapes, so bad input cannot take a node down."""
+    sender = ""
+    try:
+        identity = identity_of()
+
+        def on_header(header: pb.Header) -> None:
+            nonlocal sender
+            sender = header.sender
+            if admit is not None:
+                admit(header, identity)
+
+        message = await decode(on_header)
+        sender = message.sender
+        await accept(message, identity)
+        return None
+    except Rejection as error:
+        rejection = error
+    except PayloadTooLarge as error:
+        rejection = Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large", str(error))
+    except CodecError as error:
+        rejection = Rejection(grpc.StatusCode.INVALID_ARGUMENT, "malformed", str(error))
+    except MailboxFull as error:
+        rejection = Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", str(error))
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # a bug must cost one refused message, never the node
+        log.exception("%s: internal error on a message from %s", node_id, sender or "?")
+        rejection = Rejection(grpc.StatusCode.INTERNAL, "internal", type(error).__name__)
+    _log_refusal(node_id, rejection, sender, on_reject)
+    return rejection
+
+
 class PhalanxServicer:
     """Implements `phalanx.v1.PhalanxNode` on top of a node's `admit` and `accept` checks."""
 
@@ -104,8 +152,7 @@ class PhalanxServicer:
     async def _refuse(
         self, context: grpc.aio.ServicerContext, rejection: Rejection, sender: str
     ) -> None:
-        log.warning("%s rejected a message from %s: %s", self.node_id, sender or "?", rejection)
-        self._on_reject(rejection.reason, sender)
+        _log_refusal(self.node_id, rejection, sender, self._on_reject)
         await context.abort(rejection.code, str(rejection))
 
     def _identity(self, context: grpc.aio.ServicerContext) -> str | None:
@@ -123,46 +170,16 @@ class PhalanxServicer:
         context: grpc.aio.ServicerContext,
         decode: Callable[[Callable[[pb.Header], None]], Awaitable[Message]],
     ) -> pb.Ack:
-        sender = ""
-        try:
-            identity = self._identity(context)
-
-            def on_header(header: pb.Header) -> None:
-                nonlocal sender
-                sender = header.sender
-                if self._admit is not None:
-                    self._admit(header, identity)
-
-            message = await decode(on_header)
-            sender = message.sender
-            await self._accept(message, identity)
-        except Rejection as rejection:
-            await self._refuse(context, rejection, sender)
-        except PayloadTooLarge as error:
-            await self._refuse(
-                context,
-                Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large", str(error)),
-                sender,
-            )
-        except CodecError as error:
-            await self._refuse(
-                context,
-                Rejection(grpc.StatusCode.INVALID_ARGUMENT, "malformed", str(error)),
-                sender,
-            )
-        except MailboxFull as error:
-            await self._refuse(
-                context, Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", str(error)), sender
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # a bug must cost one refused message, never the node
-            log.exception("%s: internal error on a message from %s", self.node_id, sender or "?")
-            await self._refuse(
-                context,
-                Rejection(grpc.StatusCode.INTERNAL, "internal", type(error).__name__),
-                sender,
-            )
+        rejection = await receive(
+            self.node_id,
+            decode,
+            lambda: self._identity(context),
+            self._admit,
+            self._accept,
+            self._on_reject,
+        )
+        if rejection is not None:
+            await context.abort(rejection.code, str(rejection))
         return pb.Ack(accepted=True)
 
     async def Send(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Ack:

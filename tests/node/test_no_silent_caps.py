@@ -7,7 +7,7 @@ import pytest
 
 from learning.aggregation import get_rule
 from node.config import ConfigError, parse_scenario, tolerated_faults
-from node.node import combine_cluster_outputs
+from node.peer import combine_cluster_outputs
 from node.protocols import ClusterOutput
 
 

@@ -24,7 +24,8 @@ from phalanx.v1 import node_pb2 as pb
 from clustering.identity import NodeIdentity
 from node.codec import Message, encode_envelope
 from node.config import NodeConfig, NodeSettings, PeerConfig, parse_scenario
-from node.node import Node, model_digest
+from node.node import Node
+from node.peer import model_digest
 from node.testbed import free_ports
 from tests.security.redteam import RedTeamClient, rejected, scrape, signed_as
 
