@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "node": ("node.cli", "run a peer daemon (one or more nodes in this process)"),
     "health": ("node.cli", "ask a node's gRPC health service whether it is serving"),
     "testbed": ("node.testbed", "local testbeds of real node processes"),
+    "simulate": ("node.testbed", "run a scenario with every peer in this process (memory engine)"),
     "analyze": ("clustering.cli", "analyses of fault tolerance"),
     "certs": ("clustering.certs", "create a CA and per-node certificates for mutual TLS"),
     "attack": ("adversary.inversion.cli", "privacy attacks on observed updates"),

@@ -701,9 +701,7 @@ def run_testbed(testbed: Testbed, timeout_s: float) -> dict[str, Any]:
                 complete = all(r["round"] in rounds.get(n, {}) for n in live_nodes)
                 if r["round"] not in shown and (complete or not live_nodes):
                     shown.add(r["round"])
-                    table = Table(*COLUMNS, show_header=False, show_edge=False)
-                    table.add_row(*_row(r))
-                    console.print(table)
+                    print_round(r)
             if crashed:
                 names = ", ".join(
                     f"{p.name} (exit {p.returncode}, log {p.log_path})" for p in crashed
@@ -724,21 +722,56 @@ def run_testbed(testbed: Testbed, timeout_s: float) -> dict[str, Any]:
     finally:
         testbed.stop_all()
         release_ports([*testbed.ports.values(), *testbed.metrics_ports.values()])
-        starts, rounds = read_node_records(out_dir)
-        honest = testbed.honest_ids()
-        summary = build_summary(scenario, starts, rounds, honest, testbed.fault_log, status)
-        summary["resources"] = testbed.memory_summary()
-        summary["membership"] = membership_timeline(read_membership_events(out_dir), honest)
-        for member, seen in summary["membership"].items():
-            steps = "; ".join(
-                f"{label} in round {', '.join(str(e['round']) for e in episodes)}"
-                for label, episodes in seen.items()
-            )
-            console.print(f"membership: {member} {steps}")
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        if summary["rounds"]:
-            write_report(summary, out_dir)
+        summary = finish_run(
+            scenario,
+            out_dir,
+            testbed.honest_ids(),
+            testbed.fault_log,
+            status,
+            testbed.memory_summary(),
+            engine="grpc",
+        )
     return summary
+
+
+def print_round(row: dict[str, Any]) -> None:
+    """One line of the live round table (`COLUMNS`)."""
+    table = Table(*COLUMNS, show_header=False, show_edge=False)
+    table.add_row(*_row(row))
+    console.print(table)
+
+
+def finish_run(
+    scenario: Scenario,
+    out_dir: Path,
+    honest: list[str],
+    fault_log: list[dict[str, Any]],
+    status: str,
+    resources: dict[str, Any],
+    *,
+    engine: str,
+) -> dict[str, Any]:
+    """The run's summary from the nodes' records (either engine): ``summary.json``, the report
+    and its plot, and the membership changes printed."""
+    starts, rounds = read_node_records(out_dir)
+    summary = build_summary(scenario, starts, rounds, honest, fault_log, status)
+    summary["engine"] = engine
+    summary["resources"] = resources
+    summary["membership"] = membership_timeline(read_membership_events(out_dir), honest)
+    for member, seen in summary["membership"].items():
+        steps = "; ".join(
+            f"{label} in round {', '.join(str(e['round']) for e in episodes)}"
+            for label, episodes in seen.items()
+        )
+        console.print(f"membership: {member} {steps}")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if summary["rounds"]:
+        write_report(summary, out_dir)
+    return summary
+
+
+ENGINES = ("grpc", "memory")
+"""grpc: the daemons (`node.node.Node`) in processes over sockets; memory: `node.simulate`."""
 
 
 def _parse_fault(text: str) -> Fault:
@@ -767,18 +800,19 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     )
     if args.omniscient and not args.byzantine:
         raise ConfigError("--omniscient applies to --byzantine entries; none given")
+    # One validation of all the flags together: a Byzantine behaviour may need the secure
+    # mode that another flag sets.
+    combined: dict[str, Any] = {}
     if args.byzantine:
         start = {"start_round": args.byzantine_from} if args.byzantine_from else {}
         worst_case = {"omniscient": True} if args.omniscient else {}
-        scenario = with_overrides(
-            scenario,
-            {"byzantine": [{**entry, **start, **worst_case} for entry in args.byzantine]},
-        )
+        combined["byzantine"] = [{**entry, **start, **worst_case} for entry in args.byzantine]
     if args.f is not None:
-        scenario = with_overrides(scenario, {"aggregation.f": args.f})
+        combined["aggregation.f"] = args.f
     return with_overrides(
         scenario,
         {
+            **combined,
             "nodes": args.nodes,
             "rounds": args.rounds,
             "seed": args.seed,
@@ -810,7 +844,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
             for node in fault.nodes
         ]
     unsupported = sorted({f.action for f in scenario.faults} - {"kill", "restart"})
-    if unsupported and args.hosts != "netns":
+    memory = args.engine == "memory"
+    if memory and args.hosts == "netns":
+        print("phalanx testbed: --hosts netns needs --engine grpc", file=sys.stderr)
+        return 2
+    if memory:
+        faults = list(args.kill or []) + [
+            Fault(node=f.node, round=f.round, action="restart") for f in args.restart or []
+        ]
+    elif unsupported and args.hosts != "netns":
         print(f"phalanx testbed: faults {unsupported} need --hosts netns", file=sys.stderr)
         return 2
     ids = node_ids(scenario.nodes)
@@ -826,7 +868,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     timeout = args.timeout or (
         scenario.timeouts.startup_s + scenario.rounds * (8 * scenario.timeouts.collect_s + 120)
     )
-    if args.hosts == "netns":
+    if memory:
+        from node.simulate import run_simulation
+
+        summary = run_simulation(scenario, out_dir, timeout, faults=faults, mutual_tls=args.tls)
+    elif args.hosts == "netns":
         from deploy.netns import run_netns_testbed
 
         summary = run_netns_testbed(
@@ -851,16 +897,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from node.cli import float_in, int_in
-
     testbed = subparsers.add_parser("testbed", help="local testbeds of real node processes")
     sub = testbed.add_subparsers(dest="testbed_command", metavar="ACTION", required=True)
     run = sub.add_parser(
         "run",
         help="run a scenario on 127.0.0.1 and write summary.json",
-        description="Run a scenario on real node processes. The flags override the scenario "
-        "file's keys (named in brackets); names and numbers are checked before any node starts.",
+        description="Run a scenario on real node processes (or, with --engine memory, every "
+        "peer in this process). The flags override the scenario file's keys (named in "
+        "brackets); names and numbers are checked before any node starts.",
     )
+    _add_run_arguments(run)
+    run.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="grpc",
+        help="grpc: one daemon process per node group, real sockets; memory: every peer in "
+        "this process on one event loop, the same code over an in-memory network",
+    )
+    run.add_argument(
+        "--hosts",
+        choices=("loopback", "netns"),
+        default="loopback",
+        help="loopback: all nodes on 127.0.0.1; netns: one Linux network namespace "
+        "per node process, with network faults (needs root)",
+    )
+    run.set_defaults(func=_cmd_run)
+    simulate = subparsers.add_parser(
+        "simulate",
+        help="run a scenario with every peer in this process (memory engine)",
+        description="Run a scenario on the memory engine: the daemons' code, every peer on one "
+        "event loop, messages through each peer's acceptance path; writes what `testbed run` "
+        "writes. The flags override the scenario file's keys (named in brackets).",
+    )
+    _add_run_arguments(simulate)
+    simulate.set_defaults(func=_cmd_run, engine="memory", hosts="loopback")
+
+
+def _add_run_arguments(run: argparse.ArgumentParser) -> None:
+    from node.cli import float_in, int_in
+
     run.add_argument("scenario", nargs="?", type=Path, help="scenario TOML (default: built-in)")
     run.add_argument("--nodes", type=int_in(1), help="number of nodes [nodes]")
     run.add_argument("--rounds", type=int_in(1), help="training rounds [rounds]")
@@ -954,15 +1029,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     run.add_argument(
         "--tls",
         action="store_true",
-        help="mutual TLS between nodes with certificates made for this run "
+        help="mutual TLS between nodes with certificates made for this run (memory engine: "
+        "the network names each sender as a verified certificate would) "
         "(default: plaintext on loopback, the explicit insecure opt-out)",
     )
-    run.add_argument(
-        "--hosts",
-        choices=("loopback", "netns"),
-        default="loopback",
-        help="loopback: all nodes on 127.0.0.1; netns: one Linux network namespace "
-        "per node process, with network faults (needs root)",
-    )
     run.add_argument("--out", default="phalanx-out", help="output folder (default phalanx-out)")
-    run.set_defaults(func=_cmd_run)
