@@ -9,9 +9,10 @@ or its signature), so nobody can spend another peer's tokens by sending in its n
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from node.clock import now as clock_now
 
 
 @dataclass
@@ -20,7 +21,7 @@ class TokenBucket:
 
     rate_per_s: float
     burst: int
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = clock_now
     tokens: float = field(init=False)
     updated: float = field(init=False)
 
@@ -51,7 +52,7 @@ class PeerAdmission:
         peers: set[str] | frozenset[str],
         rate_per_s: float,
         burst: int,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = clock_now,
     ) -> None:
         self._buckets = {peer: TokenBucket(rate_per_s, burst, clock) for peer in peers}
 

@@ -8,11 +8,11 @@ equivocation), so replays cannot change what a node aggregates.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Collection
 
 import numpy as np
 
+from node import clock
 from node.codec import Message
 
 Key = tuple[int, int, int]  # (round, kind, cluster)
@@ -83,7 +83,7 @@ class RoundInbox:
         """Block until `done()` holds or the monotonic `deadline` passes."""
         async with self._changed:
             while not done():
-                remaining = deadline - time.monotonic()
+                remaining = deadline - clock.now()
                 if remaining <= 0:
                     return
                 try:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +56,7 @@ from mpc import (
     packed_length,
     reconstruct_cluster_sum,
 )
+from node import clock
 from node.codec import Message
 from node.protocols import (
     ClusterOutput,
@@ -93,7 +93,7 @@ def deadline_after(previous_deadline: float, collect_s: float) -> float:
     the wait on the previous deadline, not on our own finish, leaves that peer a full window.
     Waits still end as soon as every expected message is in, so a fault-free round is no
     slower."""
-    return max(time.monotonic(), previous_deadline) + collect_s
+    return max(clock.now(), previous_deadline) + collect_s
 
 
 Dealer = Callable[["ShamirMember", "FieldVector", Mapping[str, KeyAdvertisement]], Any]
@@ -326,7 +326,7 @@ class ShamirClusterProtocol:
             self.packing,
         )
         member = ShamirMember(session, me, Csprng(None))
-        started = time.monotonic()
+        started = clock.now()
         advert = member.advertise_keys()
         await broadcast(
             context,
@@ -369,7 +369,7 @@ class ShamirClusterProtocol:
         members = sorted(context.clusters[mine])
         publishers = context.publishers_of(mine)
         inbox, collect = context.inbox, context.collect_s
-        started = time.monotonic()
+        started = clock.now()
 
         # 1. keys (sent by `prepare` before training; what is left of the wait is spent here)
         member, adverts = await _take_early(self._early, context, self._keys)
@@ -388,7 +388,7 @@ class ShamirClusterProtocol:
                 for sender, msg in keys.items()
                 if sender not in adverts
             }
-        context.phase_seconds["keys"] = time.monotonic() - started
+        context.phase_seconds["keys"] = clock.now() - started
         session = member.session
         # A member that advertised no key this round is gone for the round: later phases do not
         # wait for it, so one dead member costs one deadline, not one per phase.
@@ -396,7 +396,7 @@ class ShamirClusterProtocol:
 
         # 2. share: encoding, Shamir sharing and encryption run in a worker thread, so the event
         # loop keeps receiving the other dealers' shares meanwhile.
-        phase = time.monotonic()
+        phase = clock.now()
         shares = await asyncio.to_thread(
             self._deal, member, update, adverts, len(members), r, _byzantine_dealer(context)
         )
@@ -420,11 +420,11 @@ class ShamirClusterProtocol:
         for sender, error in await asyncio.to_thread(decrypt_shares, context, member, received):
             self._reject(context, sender, error)
             bad_shares.append(sender)
-        context.phase_seconds["share"] = time.monotonic() - phase
+        context.phase_seconds["share"] = clock.now() - phase
 
         # 3. agree on the dealer set, then answer the aggregators with partial sums; a holder
         # also reports the dealers whose shares failed their checks, for the aggregators to name.
-        phase = time.monotonic()
+        phase = clock.now()
         held = Message(
             me,
             r,
@@ -467,14 +467,14 @@ class ShamirClusterProtocol:
             await context.deliver(
                 publisher, _partial_message(me, mine, partial, dealer_set, publisher)
             )
-        context.phase_seconds["agree"] = time.monotonic() - phase
+        context.phase_seconds["agree"] = clock.now() - phase
 
         # 4. reconstruct and publish
-        phase = time.monotonic()
+        phase = clock.now()
         if me in publishers and me in requests:
             agreed = _names(requests[me].meta["dealers"])
             await self._reconstruct_and_publish(context, session, agreed, live, phase)
-        context.phase_seconds["reconstruct"] = time.monotonic() - phase
+        context.phase_seconds["reconstruct"] = clock.now() - phase
         return await await_cluster_outputs(context, phase, (self.phases + 1) * collect)
 
     async def _reconstruct_and_publish(
@@ -641,7 +641,7 @@ class SecAggClusterProtocol:
         inbox, collect = context.inbox, context.collect_s
 
         # 1. keys
-        started = time.monotonic()
+        started = clock.now()
         advert = member.advertise_keys()
         await broadcast(
             context,
@@ -668,13 +668,13 @@ class SecAggClusterProtocol:
             )
             for s, m in keys.items()
         }
-        context.phase_seconds["keys_early"] = time.monotonic() - started
+        context.phase_seconds["keys_early"] = clock.now() - started
         # A member that advertised no key this round is gone for the round: later phases do not
         # wait for it, so one dead member costs one deadline, not one per phase.
         live = sorted(adverts)
 
         # 2. seed shares
-        phase = time.monotonic()
+        phase = clock.now()
         share_deadline = phase + collect
         if len(adverts) >= session.threshold:
             for recipient, share in sorted(member.share_keys(adverts).items()):
@@ -696,10 +696,10 @@ class SecAggClusterProtocol:
             )
             for sender, error in await asyncio.to_thread(decrypt_shares, context, member, got):
                 self._reject(context, sender, error)
-        context.phase_seconds["share_early"] = time.monotonic() - phase
+        context.phase_seconds["share_early"] = clock.now() - phase
 
         # 3. agree on the mask set U2
-        phase = time.monotonic()
+        phase = clock.now()
         held = member.held_seed_shares()
         await broadcast(
             context,
@@ -725,7 +725,7 @@ class SecAggClusterProtocol:
         decision = await inbox.wait_for(
             r, pb.MESSAGE_KIND_DEALER_SET, mine, [aggregator], held_deadline + collect
         )
-        context.phase_seconds["agree_early"] = time.monotonic() - phase
+        context.phase_seconds["agree_early"] = clock.now() - phase
         mask_set = _names(decision[aggregator].meta["dealers"]) if aggregator in decision else []
         return member, adverts, mask_set
 
@@ -736,13 +736,13 @@ class SecAggClusterProtocol:
         aggregator = context.publishers_of(mine)[0]
         inbox, collect = context.inbox, context.collect_s
         # 1-3. keys, seed shares, mask set (started by `prepare` before training)
-        waited = time.monotonic()
+        waited = clock.now()
         member, adverts, mask_set = await _take_early(self._early, context, self._setup)
-        context.phase_seconds["keys"] = time.monotonic() - waited
+        context.phase_seconds["keys"] = clock.now() - waited
         session = member.session
 
         # 4. masked input to the aggregator (encoding and mask expansion in a worker thread)
-        phase = time.monotonic()
+        phase = clock.now()
         if me in mask_set:
 
             def mask() -> Any:
@@ -760,10 +760,10 @@ class SecAggClusterProtocol:
                 recipient=aggregator,
             )
             await context.deliver(aggregator, message)
-        context.phase_seconds["masked"] = time.monotonic() - phase
+        context.phase_seconds["masked"] = clock.now() - phase
 
         # 5. unmask (the aggregator asks; members answer) and publish
-        phase = time.monotonic()
+        phase = clock.now()
         if me == aggregator and mask_set:
             server = SecAggAggregator(session)
             inputs = await inbox.wait_for(
@@ -789,7 +789,7 @@ class SecAggClusterProtocol:
             )
             await broadcast(context, ask, request.survivors)
             responses = await inbox.wait_for(
-                r, pb.MESSAGE_KIND_UNMASK, mine, request.survivors, time.monotonic() + collect
+                r, pb.MESSAGE_KIND_UNMASK, mine, request.survivors, clock.now() + collect
             )
             parsed = [
                 _unmask_response(r, mine, s, m) for s, m in sorted(responses.items()) if s != me
@@ -844,7 +844,7 @@ class SecAggClusterProtocol:
                     )
                 except Exception as error:  # ProtocolViolation: refuse, never reveal twice
                     self._reject(context, aggregator, error)
-        context.phase_seconds["unmask"] = time.monotonic() - phase
+        context.phase_seconds["unmask"] = clock.now() - phase
         return await await_cluster_outputs(context, phase, (self.phases + 1) * collect)
 
 

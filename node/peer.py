@@ -50,6 +50,7 @@ from learning.train import (
     load_flat_parameters,
     train_local,
 )
+from node import clock
 from node.actors import Actor, FunctionActor, Supervisor
 from node.admission import PeerAdmission
 from node.codec import Message, kind_name
@@ -370,7 +371,7 @@ class Peer:
             pb.MESSAGE_KIND_COLLUDE,
             -1,
             colluders,
-            time.monotonic() + self.scenario.timeouts.collect_s,
+            clock.now() + self.scenario.timeouts.collect_s,
         )
         return [got[c].tensors["update"] for c in sorted(got)]
 
@@ -514,10 +515,10 @@ class Peer:
         as soon as a strict majority of the view serves and one of them has completed a round,
         the run is under way without the missing peers, so this node syncs with the majority
         that answers and joins it."""
-        deadline = time.monotonic() + self.scenario.timeouts.startup_s
+        deadline = clock.now() + self.scenario.timeouts.startup_s
         missing = sorted(self.addresses)
         majority = len(self.view) // 2 + 1
-        while missing and time.monotonic() < deadline:
+        while missing and clock.now() < deadline:
             ready = await asyncio.gather(*(self.transport.serving(p) for p in missing))
             missing = [p for p, ok in zip(missing, ready, strict=True) if not ok]
             if not missing:
@@ -779,7 +780,7 @@ class Peer:
         partitioned, restarted or split off by a lost output rejoin the honest majority. Returns
         what was adopted, or None.
         """
-        deadline = time.monotonic() + wait_s
+        deadline = clock.now() + wait_s
         needed = len(self.view) // 2 + 1
         # Several polls must fit in the window: a peer still cut off makes its Status wait the
         # whole timeout, and a fixed 2 s would spend all of a collect_s = 2 s window on one poll
@@ -802,7 +803,7 @@ class Peer:
                     # the next round instead of running that round without it.
                     self.suspected = self.suspected - {peer}
             majority = [state for state, nodes in holders.items() if len(nodes) >= needed]
-            if not majority and time.monotonic() >= deadline - 0.5:
+            if not majority and clock.now() >= deadline - 0.5:
                 # No strict majority (a partition healed into several groups): fall back to the
                 # plurality, held by at least f + 1 nodes so that an honest node holds it, with a
                 # deterministic tie-break, so that every node that sees the same states converges.
@@ -822,7 +823,7 @@ class Peer:
                         return adopted
                     # Every holder answered stale_model: they moved on to a later round while
                     # we polled. Poll again (until the deadline) instead of keeping our model.
-            if time.monotonic() >= deadline:
+            if clock.now() >= deadline:
                 return None
             await asyncio.sleep(0.3)
 
@@ -915,7 +916,7 @@ class Peer:
         self.inbox.forget_before(round_)
         if self.swim is not None:
             self.swim.begin_round()
-        started = time.monotonic()
+        started = clock.now()
         assignment = self.assignment(round_)
         context = RoundContext(
             node_id=self.id,
@@ -947,7 +948,7 @@ class Peer:
             self._audit(f"own-r{round_}", {"update": update})
 
         self.phase = "communicate"
-        communicate_started = time.monotonic()
+        communicate_started = clock.now()
         inconsistent: set[str] = set()
         diverged = False
         try:
@@ -970,10 +971,10 @@ class Peer:
                     }
         finally:
             await _settle(context.in_flight, self.scenario.timeouts.rpc_s)
-        communicate_s = time.monotonic() - communicate_started
+        communicate_s = clock.now() - communicate_started
 
         self.phase = "aggregate"
-        aggregate_started = time.monotonic()
+        aggregate_started = clock.now()
         flagged: list[int] = []
         quarantined = set(assignment.quarantined) & set(outputs)
         if quarantined and len(quarantined) < len(outputs):
@@ -1017,7 +1018,7 @@ class Peer:
             self._trust_after[round_] = self.trust.scores
             for old in [r for r in self._trust_after if r < round_ - 3]:
                 del self._trust_after[old]
-        aggregate_s = time.monotonic() - aggregate_started
+        aggregate_s = clock.now() - aggregate_started
 
         self.phase = "evaluate"
         accuracy, loss = await self._evaluate()
@@ -1025,7 +1026,7 @@ class Peer:
         included = sorted({node for out in outputs.values() for node in out.included})
         excluded = sorted(set(self.view) - set(included))
         self.suspected = frozenset(excluded)
-        duration = time.monotonic() - started
+        duration = clock.now() - started
         record = {
             "event": "round",
             "node": self.id,
@@ -1146,8 +1147,8 @@ class Peer:
         so that every node freezes the same first view."""
         assert self.swim is not None
         membership = self.scenario.membership
-        deadline = time.monotonic() + self.scenario.timeouts.startup_s
-        while len(self.swim.swim.view()) < expected and time.monotonic() < deadline:
+        deadline = clock.now() + self.scenario.timeouts.startup_s
+        while len(self.swim.swim.view()) < expected and clock.now() < deadline:
             await asyncio.sleep(membership.period_s / 4)
         await asyncio.sleep((membership.settle_periods + 1) * membership.period_s)
 
@@ -1158,9 +1159,9 @@ class Peer:
         give it a model of its own. It joins in step from round R + 2, by when SWIM has spread
         its return."""
         adopted = self.completed_round
-        deadline = time.monotonic() + 4 * self.scenario.timeouts.collect_s + 10.0
+        deadline = clock.now() + 4 * self.scenario.timeouts.collect_s + 10.0
         needed = len(self.view) // 2
-        while time.monotonic() < deadline:
+        while clock.now() < deadline:
             replies = await asyncio.gather(
                 *(self.transport.status(p, 2.0) for p in sorted(self.addresses))
             )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ import grpc
 import numpy as np
 from phalanx.v1 import node_pb2 as pb
 
+from node import clock
 from node.codec import Message
 from node.inbox import RoundInbox
 from node.server import Rejection
@@ -181,7 +181,7 @@ async def await_cluster_outputs(
         return True
 
     await context.inbox.wait_until(since + wait_s, complete)
-    context.phase_seconds["publish"] = time.monotonic() - since
+    context.phase_seconds["publish"] = clock.now() - since
     return {
         cluster: chosen
         for cluster in range(len(context.clusters))
@@ -234,11 +234,11 @@ async def echo_outputs(context: RoundContext, wait_s: float) -> tuple[set[str], 
     )
     await broadcast(context, echo, context.everyone)
     live = [n for n in context.everyone if n not in context.suspected or n == context.node_id]
-    started = time.monotonic()
+    started = clock.now()
     echoes = await context.inbox.wait_for(
         context.round, pb.MESSAGE_KIND_ECHO, -1, live, started + wait_s
     )
-    context.phase_seconds["echo"] = time.monotonic() - started
+    context.phase_seconds["echo"] = clock.now() - started
     reports = [parse_echo(m.meta["outputs"]) for _, m in sorted(echoes.items())]
     seen = {key for report in reports for key in report}
     inconsistent = set()
@@ -316,16 +316,16 @@ class PlaintextClusterProtocol:
     async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
         me, r, mine = context.node_id, context.round, context.my_cluster
         members = sorted(context.clusters[mine])
-        started = time.monotonic()
+        started = clock.now()
         own = Message(me, r, pb.MESSAGE_KIND_UPDATE, mine, {"update": update})
         await broadcast(context, own, members)
         expected = [m for m in members if m not in context.suspected or m == me]
         received = await context.inbox.wait_for(
             r, pb.MESSAGE_KIND_UPDATE, mine, expected, started + context.collect_s
         )
-        context.phase_seconds["collect"] = time.monotonic() - started
+        context.phase_seconds["collect"] = clock.now() - started
 
-        published = time.monotonic()
+        published = clock.now()
         if me in context.publishers_of(mine):
             included = tuple(sorted(received))
             total = np.zeros(context.dimension, dtype=np.float32)

@@ -34,6 +34,7 @@ from clustering.membership import (
     SwimConfig,
     SwimMember,
 )
+from node import clock
 from node.codec import Message
 from node.config import MembershipConfig
 from node.transport import Transport
@@ -131,7 +132,7 @@ class MembershipService:
     def round_view(self, round_: int) -> list[str]:
         """The SWIM view frozen for `round_` (first call wins), as peer names, this node first
         joined or not."""
-        frozen = self.swim.snapshot_for_round(round_, time.monotonic())
+        frozen = self.swim.snapshot_for_round(round_, clock.now())
         names = {self.peer_name(i) for i in frozen}
         names.add(self.name)
         return sorted(n for n in names if n is not None)
@@ -145,7 +146,7 @@ class MembershipService:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if leave:
-            self._send_all(self.swim.leave(time.monotonic()))
+            self._send_all(self.swim.leave(clock.now()))
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=self.config.period_s)
 
@@ -154,7 +155,7 @@ class MembershipService:
         ticks = 0
         while True:
             try:
-                self._send_all(self.swim.tick(time.monotonic()))
+                self._send_all(self.swim.tick(clock.now()))
                 if ticks % (INTRODUCE_EVERY_PERIODS * TICKS_PER_PERIOD) == 0:
                     unknown = [self.peers[p] for p, s in self.states().items() if s == "unknown"]
                     self._send_all(self.swim.introduce(unknown))
@@ -182,7 +183,7 @@ class MembershipService:
                     f"SWIM message signed as {parsed.sender}, not {message.sender}'s key",
                 )
                 return
-            outgoing = self.swim.on_message(parsed, time.monotonic())
+            outgoing = self.swim.on_message(parsed, clock.now())
         except REJECTION_ERRORS as error:
             reason = type(error).__name__.removesuffix("Error").lower()
             self._reject(f"membership_{reason}", message.sender, str(error))

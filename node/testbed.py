@@ -845,6 +845,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ]
     unsupported = sorted({f.action for f in scenario.faults} - {"kill", "restart"})
     memory = args.engine == "memory"
+    if not memory and args.clock is not None:
+        print("phalanx testbed: --clock needs --engine memory", file=sys.stderr)
+        return 2
     if memory and args.hosts == "netns":
         print("phalanx testbed: --hosts netns needs --engine grpc", file=sys.stderr)
         return 2
@@ -871,7 +874,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if memory:
         from node.simulate import run_simulation
 
-        summary = run_simulation(scenario, out_dir, timeout, faults=faults, mutual_tls=args.tls)
+        summary = run_simulation(
+            scenario, out_dir, timeout, faults=faults, mutual_tls=args.tls, clock=args.clock or "virtual"
+        )
     elif args.hosts == "netns":
         from deploy.netns import run_netns_testbed
 
@@ -907,6 +912,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "brackets); names and numbers are checked before any node starts.",
     )
     _add_run_arguments(run)
+    _add_clock_argument(run, None)
     run.add_argument(
         "--engine",
         choices=ENGINES,
@@ -930,7 +936,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "writes. The flags override the scenario file's keys (named in brackets).",
     )
     _add_run_arguments(simulate)
+    _add_clock_argument(simulate, "virtual")
     simulate.set_defaults(func=_cmd_run, engine="memory", hosts="loopback")
+
+
+def _add_clock_argument(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--clock",
+        choices=("virtual", "real"),
+        default=default,
+        help="memory engine: virtual time (deadlines cost no wall time and never expire "
+        "because this machine is slow) or the wall clock (default: virtual)",
+    )
 
 
 def _add_run_arguments(run: argparse.ArgumentParser) -> None:
