@@ -28,7 +28,7 @@ import hashlib
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -168,6 +168,10 @@ def parse_behaviour(spec: str, start_round: int = 1) -> BehaviourSpec:
     return BehaviourSpec(attack.name, params, start_round)
 
 
+def _kill_this_process() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _stable_bit(text: str) -> int:
     return hashlib.sha256(text.encode()).digest()[0] & 1
 
@@ -176,7 +180,13 @@ class ByzantineTransport(DelegatingTransport):
     """Wraps an honest transport and deviates on outgoing messages from `start_round` on."""
 
     def __init__(
-        self, inner: Transport, spec: BehaviourSpec, node_id: str, deadline_s: float, seed: int
+        self,
+        inner: Transport,
+        spec: BehaviourSpec,
+        node_id: str,
+        deadline_s: float,
+        seed: int,
+        on_crash: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(inner)
         self.spec = spec
@@ -184,6 +194,9 @@ class ByzantineTransport(DelegatingTransport):
         self.deadline_s = deadline_s
         self.rng = np.random.default_rng(seed)
         self._previous: dict[tuple[str, int], Message] = {}
+        self.on_crash = on_crash or _kill_this_process
+        """How ``crash`` dies: SIGKILL of the daemon's process; the memory engine takes the
+        peer off its network instead."""
 
     async def send(self, peer: str, message: Message) -> bool:
         if message.round < self.spec.start_round or message.kind == pb.MESSAGE_KIND_COLLUDE:
@@ -191,7 +204,8 @@ class ByzantineTransport(DelegatingTransport):
         name, params = self.spec.name, self.spec.params
         if name == "crash" and message.kind in PHASE_KINDS[str(params.get("phase", "share"))]:
             log.warning("%s: Byzantine crash at phase %s", self.node_id, params.get("phase"))
-            os.kill(os.getpid(), signal.SIGKILL)
+            self.on_crash()
+            return False
         if name == "withhold":
             kinds = frozenset().union(
                 *(KIND_GROUPS[k] for k in str(params.get("kinds", "all")).split("+"))

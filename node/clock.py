@@ -18,3 +18,13 @@ def now() -> float:
         return asyncio.get_running_loop().time()
     except RuntimeError:
         return time.monotonic()
+
+
+def wall() -> float:
+    """Seconds since the epoch on the running loop's terms: wall time on a real-time loop, the
+    loop's own clock on a virtual one (where all peers share it exactly)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return time.time()
+    return loop.time() if getattr(loop, "is_virtual", False) else time.time()

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -338,7 +339,12 @@ class Peer:
         )
         if spec.is_protocol:
             self.transport = ByzantineTransport(
-                self.transport, spec, self.id, self.scenario.timeouts.collect_s, seed
+                self.transport,
+                spec,
+                self.id,
+                self.scenario.timeouts.collect_s,
+                seed,
+                on_crash=lambda: self.crash(),
             )
         elif spec.name in DATA_BEHAVIOURS:
             self.train_x, self.train_y = poison_training_data(
@@ -489,6 +495,11 @@ class Peer:
         task = asyncio.get_running_loop().create_task(self.inbox.poke())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def crash(self) -> None:
+        """Die at once, as a crash does (the ``crash`` behaviour): SIGKILL of this process,
+        unless the engine that hosts the peer replaces it."""
+        os.kill(os.getpid(), signal.SIGKILL)
 
     async def stop(self) -> None:
         """Graceful stop: leave the membership, then close."""
@@ -1137,8 +1148,9 @@ class Peer:
     @staticmethod
     async def _sleep_to_grid(period: float) -> None:
         """Paced rounds start on a wall-clock grid shared by every node (NTP-synchronized
-        hosts), so a node that restarted or re-synced starts its next round with the others."""
-        now = time.time()
+        hosts; on virtual time, the loop's clock), so a node that restarted or re-synced starts
+        its next round with the others."""
+        now = clock.wall()
         await asyncio.sleep(math.ceil(now / period + 1e-9) * period - now)
 
     async def _wait_for_settled_membership(self, expected: int) -> None:

@@ -135,6 +135,7 @@ class Simulation:
     async def _launch(self, node_id: str) -> None:
         peer = Peer(self.configs[node_id], self._wire, cached_dataset(self.scenario))
         peer.round_listeners.append(self._on_round)
+        peer.crash = lambda: self._crash(node_id)  # type: ignore[method-assign]
         await peer.start()
         self.peers[node_id] = peer
         self.network.attach(peer)
@@ -155,6 +156,14 @@ class Simulation:
         if peer.swim is not None:
             await peer.swim.stop(leave=False)
         await peer.close()
+
+    def _crash(self, node_id: str) -> None:
+        """A peer's ``crash`` behaviour: off the network now, its tasks cancelled next."""
+        self.network.detach(node_id)
+        self.killed.add(node_id)
+        task = asyncio.get_running_loop().create_task(self._kill(node_id))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     # ------------------------------------------------------------------ faults
     def _on_round(self, record: dict[str, Any]) -> None:

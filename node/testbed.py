@@ -875,7 +875,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from node.simulate import run_simulation
 
         summary = run_simulation(
-            scenario, out_dir, timeout, faults=faults, mutual_tls=args.tls, clock=args.clock or "virtual"
+            scenario,
+            out_dir,
+            timeout,
+            faults=faults,
+            mutual_tls=args.tls,
+            clock=args.clock or "virtual",
         )
     elif args.hosts == "netns":
         from deploy.netns import run_netns_testbed

@@ -46,6 +46,8 @@ class _ComputeAwareSelector:
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An event loop on virtual time (see the module docstring)."""
 
+    is_virtual = True
+
     def __init__(self) -> None:
         super().__init__()
         self._virtual_now = time.monotonic()
