@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel (a newer or unpinned torch pulls a multi-GB CUDA build)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# [ray]: the Ray backend of `phalanx experiment run` and its tests
+	$(PY) -m pip install --quiet -e '.[dev,ray]'
 	# the held-out check against ByzFL's rules (tests/learning/test_aggregation_byzfl.py); its
 	# dependencies would replace torch, and the test loads only byzfl.aggregators
 	$(PY) -m pip install --quiet --no-deps byzfl==0.0.11

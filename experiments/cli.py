@@ -1,7 +1,8 @@
 """`phalanx experiment run | report | export | rerun`.
 
-Exit codes: 0 success, 1 some cells failed (run) or the re-run digest differs (rerun), 2 bad
-input (spec, folder, cell id), 130 interrupted (re-run the same command to resume).
+Exit codes: 0 success, 1 some cells failed or were lost with their Ray worker (run) or the re-run
+digest differs (rerun), 2 bad input (spec, folder, cell id, backend), 130 interrupted (re-run the
+same command to resume).
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ def _default_out(spec_path: Path, quick: bool) -> Path:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.address is not None and args.backend != "ray":
+        return _error("--address needs --backend ray")
+    if args.backend == "ray":
+        from experiments.ray_backend import RayUnavailable, require_ray
+
+        try:
+            require_ray()
+        except RayUnavailable as error:
+            return _error(str(error))
     from experiments.runner import run_sweep
     from experiments.spec import SpecError, load_spec
 
@@ -43,17 +53,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out(Path(args.spec), args.quick)
     try:
         outcome = run_sweep(
-            resolved, out, jobs=args.jobs, retry_failed=args.retry_failed, console=console
+            resolved,
+            out,
+            jobs=args.jobs,
+            retry_failed=args.retry_failed,
+            console=console,
+            backend=args.backend,
+            address=args.address,
         )
     except ValueError as error:
         return _error(str(error))
+    lost = f", {outcome.lost} lost (re-run to run them)" if outcome.lost else ""
     console.print(
         f"{outcome.ran} cells run, {outcome.skipped} skipped (already done), "
-        f"{outcome.failed} failed; results in {out}"
+        f"{outcome.failed} failed{lost}; results in {out}"
     )
     if outcome.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_CELLS_FAILED if outcome.failed else EXIT_OK
+    return EXIT_CELLS_FAILED if outcome.failed or outcome.lost else EXIT_OK
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -126,6 +143,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--retry-failed",
         action="store_true",
         help="run failed cells again (finished ok cells are always skipped)",
+    )
+    run.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: cells as processes on this machine; ray: each cell as a Ray task, the "
+        "store written here (needs `pip install 'phalanx[ray]'`; see docs/ray.md)",
+    )
+    run.add_argument(
+        "--address",
+        metavar="ADDRESS",
+        help="with --backend ray: the Ray cluster to use (HOST:PORT, `auto`, ray://HOST:PORT); "
+        "default $RAY_ADDRESS, else a local Ray sized to --jobs or the cores",
     )
     run.set_defaults(func=_cmd_run)
     report = sub.add_parser("report", help="write report.md and PNG plots into DIR")

@@ -9,7 +9,12 @@ running cells without recording them; ``kill -9`` of the runner takes its childr
 Parallelism. A testbed cell starts ceil(nodes / nodes_per_process) node processes that each keep
 about half a core busy, so the default is ``J = max(1, cores // ceil(processes / 2))``: on this
 2-core machine J = 2 for one- or two-process cells and J = 1 from three processes up; inversion
-cells are single-threaded, J = cores.
+cells are single-threaded, J = cores. A ``memory``-engine cell is one process (J = cores).
+
+Backends. ``local`` (the default) runs the cells on this machine from a thread pool; ``ray`` runs
+each cell as one Ray task (`experiments.ray_backend`): the task runs the same cell command on a
+worker and returns the scored record and the cell's files, and only this process writes the
+store and the cell folders.
 """
 
 from __future__ import annotations
@@ -40,19 +45,22 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
 from experiments.metrics import cell_metrics, round_rows
-from experiments.spec import Cell, ResolvedSpec, canonical_hash
+from experiments.spec import ENGINE_KEY, Cell, ResolvedSpec, canonical_hash
 from experiments.store import CellRecord, ResultStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSIONED_PACKAGES = ("torch", "numpy", "grpcio", "phalanx")
 STOP_GRACE_S = 20.0
 EXIT_INTERRUPTED = 130
+BACKENDS = ("local", "ray")
 
 
 class SweepInterrupted(Exception):
@@ -94,17 +102,24 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cell_processes(kind: str, params: dict[str, Any]) -> int:
+    """How many processes a cell starts: node processes of a gRPC testbed, else one."""
+    if kind == "inversion" or params.get(ENGINE_KEY) == "memory":
+        return 1
+    return math.ceil(params["nodes"] / params.get("nodes_per_process", 1))
+
+
+def cell_cores(kind: str, params: dict[str, Any]) -> int:
+    """Cores a cell keeps busy: half a core per node process, at least one."""
+    processes = cell_processes(kind, params)
+    return 1 if kind == "inversion" else max(1, math.ceil(processes / 2))
+
+
 def default_jobs(resolved: ResolvedSpec, cores: int | None = None) -> int:
     """Parallel cells sized to the machine (rule in the module docstring)."""
     cores = cores or available_cores()
-    if resolved.kind == "inversion":
-        per_cell = 1
-    else:
-        per_cell = max(
-            math.ceil(c.params["nodes"] / c.params.get("nodes_per_process", 1))
-            for c in resolved.cells
-        )
-    return max(1, min(len(resolved.cells), cores // max(1, math.ceil(per_cell / 2))))
+    per_cell = max(cell_cores(resolved.kind, c.params) for c in resolved.cells)
+    return max(1, min(len(resolved.cells), cores // per_cell))
 
 
 def _die_with_parent() -> None:
@@ -114,13 +129,24 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(overrides: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     parts = [str(REPO_ROOT), str(REPO_ROOT / "proto"), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in parts if p)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("PYTHONHASHSEED", "0")
+    env.update(overrides or {})
     return env
+
+
+def pinned_env() -> dict[str, str]:
+    """The variables a cell's numbers may depend on, as this process would give its cells.
+
+    A Ray worker has its own environment (Ray sets ``OMP_NUM_THREADS`` to the task's CPUs); the
+    driver sends these so that a cell computes the same on either backend.
+    """
+    env = _child_env()
+    return {key: env[key] for key in ("OMP_NUM_THREADS", "PYTHONHASHSEED")}
 
 
 @dataclass
@@ -128,6 +154,7 @@ class ChildRegistry:
     """Live cell processes, so an interrupt can stop them all."""
 
     stopping: threading.Event = field(default_factory=threading.Event)
+    env: dict[str, str] = field(default_factory=dict)
     _live: set[subprocess.Popen[bytes]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -141,7 +168,7 @@ class ChildRegistry:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO_ROOT,
-                env=_child_env(),
+                env=_child_env(self.env),
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
@@ -207,7 +234,8 @@ def prepare_cell_dir(cell_dir: Path, kind: str, params: dict[str, Any]) -> None:
     cell_dir.mkdir(parents=True)
     (cell_dir / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True))
     if kind == "testbed":
-        (cell_dir / "scenario.toml").write_text(tomli_w.dumps(_toml_ready(params)))
+        scenario = {k: v for k, v in params.items() if k != ENGINE_KEY}
+        (cell_dir / "scenario.toml").write_text(tomli_w.dumps(_toml_ready(scenario)))
 
 
 def _toml_ready(value: Any) -> Any:
@@ -264,6 +292,8 @@ def run_cell(
             "--no-metrics",
         ]
         command += kill_flags(cell.params)
+        if ENGINE_KEY in cell.params:
+            command += ["--engine", str(cell.params[ENGINE_KEY])]
         if timeout_s is not None:
             command += ["--timeout", str(timeout_s)]
         code = registry.run(command, log_path, None if timeout_s is None else timeout_s + 60)
@@ -361,6 +391,7 @@ class SweepOutcome:
     ran: int
     failed: int
     interrupted: bool
+    lost: int = 0  # Ray cells whose worker or node died: not recorded, a re-run runs them
 
 
 def check_folder(store: ResultStore, resolved: ResolvedSpec, out_dir: Path) -> None:
@@ -373,6 +404,45 @@ def check_folder(store: ResultStore, resolved: ResolvedSpec, out_dir: Path) -> N
         )
 
 
+@dataclass
+class CellSink:
+    """The driver's end of either backend: each finished cell goes to the store, then on screen."""
+
+    store: ResultStore
+    progress: Progress
+    task: TaskID
+    on_record: Callable[[CellRecord], None] | None = None
+    ran: int = 0
+    failed: int = 0
+
+    @property
+    def console(self) -> Console:
+        return self.progress.console
+
+    def record(self, record: CellRecord) -> None:
+        self.store.record_cell(record)
+        self.ran += 1
+        self.failed += record.status != "ok"
+        if self.on_record is not None:
+            self.on_record(record)
+        _print_cell(self.console, record)
+        self.progress.advance(self.task)
+
+    def running(self, count: int) -> None:
+        self.progress.update(self.task, description=f"cells ({count} running)")
+
+
+def progress_columns() -> tuple[ProgressColumn, ...]:
+    return (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+
+
 def run_sweep(
     resolved: ResolvedSpec,
     out_dir: str | Path,
@@ -381,11 +451,22 @@ def run_sweep(
     retry_failed: bool = False,
     console: Console | None = None,
     on_record: Callable[[CellRecord], None] | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> SweepOutcome:
-    """Run the cells that have no row yet (plus failed ones with `retry_failed`)."""
+    """Run the cells that have no row yet (plus failed ones with `retry_failed`).
+
+    `backend` ``"ray"`` runs each cell as a Ray task on the cluster at `address` (default:
+    ``$RAY_ADDRESS``, else a local Ray sized to `jobs` cells or this machine's cores).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if address is not None and backend != "ray":
+        raise ValueError("--address needs --backend ray")
     out = Path(out_dir)
     console = console or Console(highlight=False)
     store = ResultStore(out)
+    session = None
     try:
         check_folder(store, resolved, out)
         store.set_meta(
@@ -404,95 +485,103 @@ def run_sweep(
         )
         done = store.finished_ids(include_failed=not retry_failed)
         todo = [c for c in resolved.cells if c.id not in done]
-        jobs = jobs or default_jobs(resolved)
+        if backend == "ray" and todo:
+            from experiments.ray_backend import RaySession
+
+            session = RaySession.open(address, resolved, jobs)
+            pace = session.describe(jobs)
+        else:
+            jobs = jobs or default_jobs(resolved)
+            pace = f"{jobs} at a time"
         console.print(
             f"[bold]phalanx experiment[/] {resolved.spec.name}: {len(resolved.cells)} "
             f"cells, {len(resolved.cells) - len(todo)} already done, {len(todo)} to run, "
-            f"{jobs} at a time -> {out}"
+            f"{pace} -> {out}"
         )
-        registry = ChildRegistry()
-        ran = failed = 0
         interrupted = False
-        columns = (
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        )
-        with (
-            _signals_interrupt(),
-            Progress(*columns, console=console) as progress,
-            ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cell") as pool,
-        ):
+        lost = 0
+        with _signals_interrupt(), Progress(*progress_columns(), console=console) as progress:
             task = progress.add_task(
                 "cells", total=len(resolved.cells), completed=len(resolved.cells) - len(todo)
             )
-            pending: dict[Future[CellRecord | None], Cell] = {
-                pool.submit(
-                    run_cell,
-                    cell,
-                    resolved.kind,
-                    out / "cells" / cell.id,
-                    registry,
-                    resolved.spec.cell_timeout_s,
-                ): cell
-                for cell in todo
-            }
-            try:
-                while pending:
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        cell = pending.pop(future)
-                        record = _result_of(future, cell, resolved.kind)
-                        if record is None:
-                            continue
-                        store.record_cell(record)
-                        ran += 1
-                        failed += record.status != "ok"
-                        if on_record is not None:
-                            on_record(record)
-                        _print_cell(progress.console, record)
-                        progress.advance(task)
-            except KeyboardInterrupt:
-                interrupted = True
-                progress.console.print(
-                    "[yellow]interrupted: stopping running cells; "
-                    "re-run the same command to resume[/]"
-                )
-                for future in pending:
-                    future.cancel()
-                registry.stop_all()
-        return SweepOutcome(
-            len(resolved.cells), len(resolved.cells) - len(todo), ran, failed, interrupted
-        )
+            sink = CellSink(store, progress, task, on_record)
+            if session is not None:
+                from experiments.ray_backend import run_on_ray
+
+                interrupted, lost = run_on_ray(session, resolved, todo, out, jobs, sink)
+            elif todo:
+                interrupted = _run_local(resolved, todo, out, jobs or 1, sink)
+        skipped = len(resolved.cells) - len(todo)
+        return SweepOutcome(len(resolved.cells), skipped, sink.ran, sink.failed, interrupted, lost)
     finally:
+        if session is not None:
+            session.close()
         store.close()
 
 
-def _result_of(future: Future[CellRecord | None], cell: Cell, kind: str) -> CellRecord | None:
+def _run_local(
+    resolved: ResolvedSpec, todo: list[Cell], out: Path, jobs: int, sink: CellSink
+) -> bool:
+    """Every cell of `todo` in a thread pool of `jobs`; True when interrupted."""
+    registry = ChildRegistry()
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cell") as pool:
+        pending: dict[Future[CellRecord | None], Cell] = {
+            pool.submit(
+                run_cell,
+                cell,
+                resolved.kind,
+                out / "cells" / cell.id,
+                registry,
+                resolved.spec.cell_timeout_s,
+            ): cell
+            for cell in todo
+        }
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    cell = pending.pop(future)
+                    record = _result_of(future, cell)
+                    if record is not None:
+                        sink.record(record)
+        except KeyboardInterrupt:
+            sink.console.print(
+                "[yellow]interrupted: stopping running cells; re-run the same command to resume[/]"
+            )
+            for future in pending:
+                future.cancel()
+            registry.stop_all()
+            return True
+    return False
+
+
+def failed_record(cell: Cell, error: BaseException) -> CellRecord:
+    """A failed row for a cell whose runner itself raised (not the cell's own process)."""
+    return CellRecord(
+        id=cell.id,
+        cell_index=cell.index,
+        axes=cell.axes,
+        labels=cell.labels,
+        seed=cell.seed,
+        status="failed",
+        error=f"{type(error).__name__}: {error}",
+        scenario_hash=cell.params_hash,
+        final_accuracy=None,
+        final_digest=None,
+        digests_identical=None,
+        duration_s=0.0,
+        versions=package_versions(),
+        git_commit=git_commit(),
+        finished_at=_now(),
+    )
+
+
+def _result_of(future: Future[CellRecord | None], cell: Cell) -> CellRecord | None:
     """The cell's record; an exception in the runner itself becomes a failed cell."""
     try:
         return future.result()
     except Exception as error:
-        return CellRecord(
-            id=cell.id,
-            cell_index=cell.index,
-            axes=cell.axes,
-            labels=cell.labels,
-            seed=cell.seed,
-            status="failed",
-            error=f"{type(error).__name__}: {error}",
-            scenario_hash=cell.params_hash,
-            final_accuracy=None,
-            final_digest=None,
-            digests_identical=None,
-            duration_s=0.0,
-            versions=package_versions(),
-            git_commit=git_commit(),
-            finished_at=_now(),
-        )
+        return failed_record(cell, error)
 
 
 def _print_cell(console: Console, record: CellRecord) -> None:

@@ -5,6 +5,11 @@ the order written, values in the order listed, seeds last), so the same spec alw
 same cell ids and a re-run resumes where it stopped. Every cell's scenario goes through
 `node.config.with_overrides` and `parse_scenario`, so an axis naming a key the scenario lacks is
 refused up front with that key in the message.
+
+``engine`` picks the testbed engine (``grpc``: node processes over sockets; ``memory``: every
+peer in one process over an in-memory network): a top-level key, a ``[quick.overrides]`` key or an
+axis. It is not a scenario key: it enters a cell's parameters (and so its hash) only where a spec
+sets it, and the runner passes it as ``--engine``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ KNOWN_METRICS = (
     "utility_accuracy",
 )
 DEFAULT_METRICS = ("final_accuracy", "round_seconds", "bytes_sent")
+ENGINES = ("grpc", "memory")
+ENGINE_KEY = "engine"
 
 
 class SpecError(ValueError):
@@ -77,6 +84,14 @@ class SweepSpec(BaseModel):
     quick: QuickSpec | None = None
     cell_timeout_s: Annotated[float, Field(gt=0)] | None = None
     heatmap: list[str] | None = None
+    engine: str | None = None
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, engine: str | None) -> str | None:
+        if engine is not None:
+            _check_engine(engine, "")
+        return engine
 
     @model_validator(mode="after")
     def _heatmap_axes(self) -> SweepSpec:
@@ -157,6 +172,12 @@ def canonical_hash(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
+def _check_engine(value: Any, where: str) -> str:
+    if value not in ENGINES:
+        raise SpecError(f"{where}must be one of {', '.join(map(repr, ENGINES))}, got {value!r}")
+    return str(value)
+
+
 def _format_validation(error: ValidationError, prefix: str) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"])
@@ -226,6 +247,30 @@ def _testbed_params(base: Scenario, overrides: dict[str, Any], where: str) -> di
         raise SpecError(f"{where}: {error}") from None
 
 
+def _resolve_engine(
+    spec: SweepSpec,
+    base: dict[str, Any],
+    overrides: dict[str, Any],
+    axes: dict[str, list[tuple[str, Any]]],
+) -> str | None:
+    """The sweep-wide engine (top level, or ``[quick.overrides]``, popped from `overrides`)."""
+    if spec.kind != "testbed":
+        if spec.engine is not None:
+            raise SpecError("engine: only testbed sweeps have an engine")
+        return None
+    if ENGINE_KEY in base:
+        raise SpecError(
+            "base.engine: not a scenario key; give `engine` at the top level of the spec or as "
+            "an axis"
+        )
+    engine = spec.engine
+    if ENGINE_KEY in overrides:
+        engine = _check_engine(overrides.pop(ENGINE_KEY), "quick.overrides.engine: ")
+    for _, value in axes.get(ENGINE_KEY, []):
+        _check_engine(value, "axes.engine: ")
+    return engine
+
+
 def resolve_spec(
     spec: SweepSpec, *, quick: bool = False, source: str = "<spec>", base_dir: Path | None = None
 ) -> ResolvedSpec:
@@ -252,6 +297,7 @@ def resolve_spec(
     axes = {key: _axis_values(key, values) for key, values in axes_raw.items()}
     _check_keys(spec.kind, list(axes), "axes", base)
     _check_keys(spec.kind, list(overrides), "quick.overrides", base)
+    engine = _resolve_engine(spec, base, overrides, axes)
     if spec.kind == "testbed":
         if "seed" in axes:
             raise SpecError("axes.seed: give seeds with the top-level `seeds` list")
@@ -279,8 +325,12 @@ def resolve_spec(
         labels = {key: label for key, (label, _) in zip(keys, picked, strict=True)}
         where = "axes(" + ", ".join(f"{k}={labels[k]}" for k in keys) + ")"
         if spec.kind == "testbed":
-            params = _testbed_params(base_scenario, {**values, "seed": seed}, where)
+            scenario_values = {k: v for k, v in values.items() if k != ENGINE_KEY}
+            params = _testbed_params(base_scenario, {**scenario_values, "seed": seed}, where)
             params["name"] = f"{spec.name}-{index:04d}"
+            cell_engine = values.get(ENGINE_KEY, engine)
+            if cell_engine is not None:
+                params[ENGINE_KEY] = cell_engine
         else:
             params = {**base_params, **values, "seed": seed}
         key_hash = canonical_hash({"axes": values, "seed": seed})[:10]

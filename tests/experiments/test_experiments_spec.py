@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sqlite3
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from clustering.analysis import analyze_clusters
 from experiments.metrics import cell_metrics, fault_schedule, round_rows
-from experiments.runner import default_jobs, kill_flags
+from experiments.runner import cell_processes, default_jobs, kill_flags, prepare_cell_dir
 from experiments.spec import SpecError, load_spec, parse_spec, resolve_spec
 from experiments.stats import mean_ci
 from experiments.store import CellRecord, ResultStore
@@ -252,3 +253,68 @@ def test_store_writes_a_cell_atomically_and_exports_csv(tmp_path: Path) -> None:
     rows = list(csv.DictReader(cells_csv.open()))
     assert len(rows) == 1 and rows[0]["axis:clustering.strategy"] == "static"
     assert [r["round"] for r in csv.DictReader(rounds_csv.open())] == ["1"]
+
+
+def test_engine_enters_a_cell_only_where_the_spec_sets_it() -> None:
+    plain, memory = resolve(spec_of()), resolve(spec_of(engine="memory"))
+    assert all("engine" not in c.params for c in plain.cells)
+    assert [c.id for c in memory.cells] == [c.id for c in plain.cells]
+    assert all(c.params["engine"] == "memory" for c in memory.cells)
+    assert memory.fingerprint != plain.fingerprint
+    for before, after in zip(plain.cells, memory.cells, strict=True):
+        assert {k: v for k, v in after.params.items() if k != "engine"} == before.params
+    # a memory-engine cell is one process, whatever its nodes per process
+    one_each = {**BASE, "nodes_per_process": 1}
+    assert default_jobs(resolve(spec_of(base=one_each)), cores=4) == 2
+    assert default_jobs(resolve(spec_of(base=one_each, engine="memory")), cores=4) == 4
+    assert cell_processes("testbed", {**BASE, "nodes_per_process": 1}) == 4
+    assert cell_processes("testbed", {**BASE, "nodes_per_process": 1, "engine": "memory"}) == 1
+
+
+def test_engine_as_an_axis_and_as_a_quick_override() -> None:
+    data = spec_of(
+        axes={"engine": {"mem": "memory", "rpc": "grpc"}},
+        quick={"overrides": {"engine": "memory"}, "axes": {"engine": ["memory"]}},
+    )
+    full = resolve(data)
+    assert [(c.labels["engine"], c.params["engine"]) for c in full.cells] == [
+        ("mem", "memory"),
+        ("mem", "memory"),
+        ("rpc", "grpc"),
+        ("rpc", "grpc"),
+    ]
+    assert len({c.id for c in full.cells}) == 4
+    quick = resolve(spec_of(quick={"overrides": {"engine": "memory", "rounds": 1}}), quick=True)
+    assert all(c.params["engine"] == "memory" and c.params["rounds"] == 1 for c in quick.cells)
+    assert quick.base.get("engine") is None
+
+
+@pytest.mark.parametrize(
+    ("data", "quick", "named"),
+    [
+        (spec_of(engine="tcp"), False, r"engine: must be one of 'grpc', 'memory', got 'tcp'"),
+        (spec_of(axes={"engine": ["memory", "udp"]}), False, r"axes\.engine: must be one of"),
+        (spec_of(quick={"overrides": {"engine": 3}}), True, r"quick\.overrides\.engine: must"),
+        (spec_of(base={**BASE, "engine": "memory"}), False, r"base\.engine: not a scenario key"),
+        (
+            {"kind": "inversion", "engine": "memory", "base": {"method": "idlg"}},
+            False,
+            r"engine: only testbed sweeps",
+        ),
+        (
+            {"kind": "inversion", "axes": {"engine": ["memory"]}},
+            False,
+            r"axes\.engine: unknown key for an inversion cell",
+        ),
+    ],
+)
+def test_bad_engines_are_named(data: dict[str, Any], quick: bool, named: str) -> None:
+    with pytest.raises(SpecError, match=named):
+        resolve(data, quick=quick)
+
+
+def test_the_engine_goes_to_the_command_not_the_scenario_file(tmp_path: Path) -> None:
+    cell = resolve(spec_of(engine="memory")).cells[0]
+    prepare_cell_dir(tmp_path / "cell", "testbed", cell.params)
+    assert "engine" not in (tmp_path / "cell" / "scenario.toml").read_text()
+    assert json.loads((tmp_path / "cell" / "params.json").read_text())["engine"] == "memory"
