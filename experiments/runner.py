@@ -429,7 +429,7 @@ class CellSink:
         self.progress.advance(self.task)
 
     def running(self, count: int) -> None:
-        self.progress.update(self.task, description=f"cells ({count} running)")
+        self.progress.update(self.task, description=f"cells ({count} in flight)")
 
 
 def progress_columns() -> tuple[ProgressColumn, ...]:
