@@ -118,6 +118,12 @@ class NodeIdentity:
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
+    def derived(cls, label: str) -> NodeIdentity:
+        """A key pair derived from `label` (SHA-256 of it is the RFC 8032 private key): for
+        simulations that must replay exactly from their seed. Never for a deployment."""
+        return cls(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(label.encode()).digest()))
+
+    @classmethod
     def from_pem(cls, pem: bytes) -> NodeIdentity:
         """Parse an unencrypted PKCS#8 PEM Ed25519 private key."""
         try:

@@ -48,6 +48,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 BENCHES: dict[str, tuple[str, str]] = {
     "rounds": ("bench.bench_rounds", "round time: train vs communicate vs aggregate"),
     "scale": ("bench.bench_rounds", "many nodes per process: memory per node"),
+    "simulate": (
+        "bench.bench_simulate",
+        "memory engine at scale, and its speed-up over the gRPC testbed",
+    ),
     "mpc": ("bench.bench_mpc", "benchmark secure aggregation inside one cluster"),
     "aggregation": (
         "bench.bench_aggregation",

@@ -76,6 +76,23 @@ def _le_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(little).tobytes()
 
 
+def immutable_base(array: np.ndarray) -> bytes | None:
+    """The `bytes` object under `array` when nothing can change the array's values: every view
+    on the way down is read-only. None otherwise (a writeable array, or other memory)."""
+    base: object = array
+    while True:
+        if isinstance(base, np.ndarray):
+            if base.flags.writeable:
+                return None
+            base = base.base
+        elif isinstance(base, memoryview):
+            if not base.readonly:
+                return None
+            base = base.obj
+        else:
+            return base if isinstance(base, bytes) else None
+
+
 MAX_TENSOR_DIMS = 32
 """NumPy's limit on the number of dimensions of an array."""
 
@@ -174,7 +191,7 @@ def decode_envelope(
     return decode_parts(envelope.header, parts, max_bytes, on_header)
 
 
-TensorPart = tuple[pb.TensorSpec, bytes]
+TensorPart = tuple[pb.TensorSpec, bytes | memoryview]
 """One tensor as it travels: its spec and its raw little-endian bytes."""
 
 

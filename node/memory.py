@@ -46,8 +46,10 @@ from node.codec import (
     decode_parts,
     encode_chunks,
     encode_parts,
+    immutable_base,
     kind_name,
     make_header,
+    tensor_spec,
 )
 from node.server import Rejection, receive
 from node.transport import RETRYABLE, RetryPolicy, SendObserver
@@ -68,11 +70,23 @@ def _field_bytes(length: int) -> int:
     return 1 + varint + length
 
 
+def _immutable_bytes(array: np.ndarray) -> memoryview | None:
+    """The array's bytes without a copy, when nothing can change them (`immutable_base`) and
+    they are laid out as the wire's: contiguous and little-endian. Else None."""
+    if immutable_base(array) is None or not array.flags.c_contiguous:
+        return None
+    if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not np.little_endian):
+        return None
+    return array.data.cast("B")
+
+
 class _EncodedPayloads:
     """The codec parts of a message's tensors, encoded once per tensor mapping: a broadcast
-    (one mapping, one `dataclasses.replace` copy per recipient) costs one encoding."""
+    (one mapping, one `dataclasses.replace` copy per recipient) costs one encoding. A tensor
+    that is an immutable view over `bytes` travels as that memory, uncopied; the receiver
+    decodes read-only views, as the wire's bytes would be."""
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, size: int = 256) -> None:
         self.size = size
         self._entries: OrderedDict[int, tuple[Mapping[str, np.ndarray], list[TensorPart]]] = (
             OrderedDict()
@@ -81,13 +95,24 @@ class _EncodedPayloads:
     def __call__(self, tensors: Mapping[str, np.ndarray]) -> list[TensorPart]:
         entry = self._entries.get(id(tensors))
         if entry is not None and entry[0] is tensors:
+            self._entries.move_to_end(id(tensors))
             return entry[1]
-        parts = encode_parts(tensors)
+        parts = self._encode(tensors)
         if tensors:
             self._entries[id(tensors)] = (tensors, parts)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
         return parts
+
+    @staticmethod
+    def _encode(tensors: Mapping[str, np.ndarray]) -> list[TensorPart]:
+        shared = {name: _immutable_bytes(array) for name, array in tensors.items()}
+        copied = encode_parts({n: a for n, a in tensors.items() if shared[n] is None})
+        by_name = {spec.name: (spec, data) for spec, data in copied}
+        return [
+            by_name[name] if view is None else (tensor_spec(name, tensors[name]), view)
+            for name, view in shared.items()
+        ]
 
 
 @dataclass

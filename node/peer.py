@@ -284,6 +284,7 @@ class Peer:
             scenario.model.name, self.dataset.input_shape, self.dataset.num_classes
         )
         self.weights = flatten_parameters(self.model)
+        self._digest_of: tuple[torch.Tensor, str] | None = None
         self.dimension = self.weights.numel()
         self.train_config = TrainConfig(**scenario.training.model_dump())
         self.defense = NodeDefense(scenario.defense, self.index, scenario.seed, len(self.view))
@@ -495,6 +496,14 @@ class Peer:
         task = asyncio.get_running_loop().create_task(self.inbox.poke())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def weights_digest(self) -> str:
+        """`model_digest` of the current weights, computed once per weights tensor (peers ask
+        for it in every status poll; the weights are replaced, never changed in place)."""
+        cached = self._digest_of
+        if cached is None or cached[0] is not self.weights:
+            cached = self._digest_of = (self.weights, model_digest(self.weights))
+        return cached[1]
 
     def crash(self) -> None:
         """Die at once, as a crash does (the ``crash`` behaviour): SIGKILL of this process,
@@ -747,7 +756,7 @@ class Peer:
         return pb.StatusReply(
             node_id=self.id,
             round=self.current_round,
-            model_digest=model_digest(self.weights),
+            model_digest=self.weights_digest(),
             phase=self.phase,
             completed_round=self.completed_round,
         )
@@ -765,7 +774,7 @@ class Peer:
                     grpc.StatusCode.UNAUTHENTICATED, "bad_signature", str(error)
                 ) from None
         self._charge(request.requester)
-        digest = model_digest(self.weights)
+        digest = self.weights_digest()
         if request.round != self.completed_round or request.digest != digest:
             raise Rejection(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -798,7 +807,7 @@ class Peer:
         # taken before the heal.
         status_s = min(2.0, max(0.5, wait_s / 3))
         while True:
-            mine = (self.completed_round, model_digest(self.weights))
+            mine = (self.completed_round, self.weights_digest())
             replies = await asyncio.gather(
                 *(
                     self.transport.status(p, status_s)  # type: ignore[attr-defined]
@@ -939,7 +948,7 @@ class Peer:
             collect_s=self.scenario.timeouts.collect_s,
             publishers=self.protocol.publishers or self.scenario.clustering.publishers,
             suspected=self.suspected,
-            model_digest=model_digest(self.weights),
+            model_digest=self.weights_digest(),
         )
         prepare = getattr(self.protocol, "prepare", None)
         if prepare is not None:  # update-independent MPC phases (keys) overlap the training
@@ -1053,7 +1062,7 @@ class Peer:
             "bytes_sent": self._bytes_sent.pop(round_, 0),
             "bytes_received": self._bytes_received.pop(round_, 0),
             "bytes_by_kind": dict(sorted(self._bytes_by_kind.pop(round_, {}).items())),
-            "digest": model_digest(self.weights),
+            "digest": self.weights_digest(),
             "clusters": assignment.as_lists(),
             "cluster_outputs": {
                 str(c): {"included": list(o.included), "publisher": o.publisher}

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from phalanx.v1 import node_pb2 as pb
 
 from clustering.identity import SIGNATURE_BYTES, NodeIdentity, signing_payload
-from node.codec import Message, kind_name
+from node.codec import Message, immutable_base, kind_name
 from node.transport import DelegatingTransport, Transport
 
 MODEL_REQUEST_KIND = "model_request"
@@ -84,12 +84,42 @@ class _TensorDigests:
         return encoded
 
 
+class _ImmutableDigests:
+    """SHA-256 of immutable byte buffers, by identity: the same `bytes` object always hashes
+    the same, so the recipients of one broadcast on the memory engine (read-only views of one
+    buffer) hash it once. A daemon decodes every message into fresh writeable arrays, which are
+    never memoized. The memo holds each buffer it keys, so an id is not reused while cached."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()
+
+    def __call__(self, array: np.ndarray) -> bytes | None:
+        base = immutable_base(array)
+        if base is None or array.nbytes != len(base) or not array.flags.c_contiguous:
+            return None
+        if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not np.little_endian):
+            return None
+        entry = self._entries.get(id(base))
+        if entry is not None and entry[0] is base:
+            self._entries.move_to_end(id(base))
+            return entry[1]
+        digest = hashlib.sha256(base).digest()
+        self._entries[id(base)] = (base, digest)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return digest
+
+
+_immutable_digests = _ImmutableDigests(1024)
+
+
 def _encode_tensors(tensors: Mapping[str, np.ndarray]) -> bytes:
     parts = [struct.pack(">Q", len(tensors))]
     for name in sorted(tensors):
         array = np.ascontiguousarray(tensors[name])
         little = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
-        digest = hashlib.sha256(little.data).digest()
+        digest = _immutable_digests(little) or hashlib.sha256(little.data).digest()
         shape = struct.pack(f">{array.ndim + 1}Q", array.ndim, *array.shape)
         parts += [_field(name.encode()), _field(little.dtype.str.encode()), shape, digest]
     return b"".join(parts)

@@ -106,12 +106,13 @@ class Simulation:
             (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
         for stale in (self.out_dir / "nodes").glob("*.jsonl"):
             stale.unlink()
-        keys = {
-            i: NodeIdentity.load_or_generate(
-                self.out_dir / "keys" / f"{i}.pem"
-            ).public_key_bytes.hex()
-            for i in self.ids
-        }
+        # Identities derive from the seed, so that a run replays exactly (SWIM orders members
+        # by the ids their keys give); the simulator is not a security boundary.
+        keys = {}
+        for node_id in self.ids:
+            identity = NodeIdentity.derived(f"phalanx-simulation/{self.scenario.seed}/{node_id}")
+            identity.save(self.out_dir / "keys" / f"{node_id}.pem", overwrite=True)
+            keys[node_id] = identity.public_key_bytes.hex()
         peers = [PeerConfig(id=i, address=f"memory://{i}", public_key=keys[i]) for i in self.ids]
         for node_id in self.ids:
             self.configs[node_id] = NodeConfig(

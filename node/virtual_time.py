@@ -9,6 +9,11 @@ not coming (a crash, omission, partition or delay), never because the simulating
 slow or loaded. This is the classic discrete-event scheme (next-event time advance), applied
 to asyncio's timer heap.
 
+It is also deterministic: when nothing else can run, the loop waits for every job in flight and
+delivers their results in the order they were submitted, so the order in which threads happen
+to finish (the machine's load) never changes what the peers do. Jobs submitted together still
+run in parallel on the pool.
+
 Every peer deadline reads the loop's clock (`node.clock.now`), so the same code runs on
 real-time loops in the daemons.
 """
@@ -16,31 +21,17 @@ real-time loops in the daemons.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import heapq
-import selectors
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-
-class _ComputeAwareSelector:
-    """The loop's selector, blocking (instead of polling on a virtual timeout that cannot
-    advance) while threads compute: their completion wakes the loop through its self-pipe."""
-
-    def __init__(self, inner: selectors.BaseSelector, loop: VirtualTimeLoop) -> None:
-        self._inner = inner
-        self._loop = loop
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if self._loop.computing and timeout != 0:
-            timeout = None
-        return self._inner.select(timeout)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+VIRTUAL_EPOCH_S = 1_000_000.0
+"""Where every virtual clock starts: the same in every run, so that anything aligned to the
+clock (paced rounds, SWIM periods) lines up the same way each time."""
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
@@ -50,11 +41,13 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def __init__(self) -> None:
         super().__init__()
-        self._virtual_now = time.monotonic()
-        self.computing = 0
-        """Executor jobs in flight; the clock stands still while any is."""
-        inner: selectors.BaseSelector = self._selector  # type: ignore[has-type]
-        self._selector = _ComputeAwareSelector(inner, self)  # type: ignore[assignment]
+        self._virtual_now = VIRTUAL_EPOCH_S
+        self._jobs: list[tuple[concurrent.futures.Future[Any], asyncio.Future[Any]]] = []
+
+    @property
+    def computing(self) -> int:
+        """Executor jobs whose results the loop has not delivered yet."""
+        return len(self._jobs)
 
     def time(self) -> float:
         return self._virtual_now
@@ -62,22 +55,40 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def run_in_executor(  # type: ignore[override]
         self, executor: Executor | None, func: Callable[..., T], *args: Any
     ) -> asyncio.Future[T]:
-        future = super().run_in_executor(executor, func, *args)
-        self.computing += 1
-        # Runs on the loop once the future is resolved, after the waiter's wake-up was queued.
-        future.add_done_callback(self._computed)
-        return future
+        if executor is None:
+            executor = self._default_executor  # type: ignore[attr-defined,has-type]
+            if executor is None:
+                executor = self._default_executor = concurrent.futures.ThreadPoolExecutor()
+        assert executor is not None
+        job = executor.submit(func, *args)
+        waiter: asyncio.Future[T] = self.create_future()
+        self._jobs.append((job, waiter))
+        return waiter
 
-    def _computed(self, _future: asyncio.Future[Any]) -> None:
-        self.computing -= 1
+    def _deliver_jobs(self) -> None:
+        """Wait for every job in flight, then hand their results to the loop in the order
+        they were submitted: which thread finished first never changes what runs next."""
+        jobs, self._jobs = self._jobs, []
+        concurrent.futures.wait([job for job, _waiter in jobs])
+        for job, waiter in jobs:
+            if waiter.cancelled():
+                continue
+            error = job.exception()
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(job.result())
 
     def _run_once(self) -> None:
         ready: Any = self._ready  # type: ignore[attr-defined]
         scheduled: list[Any] = self._scheduled  # type: ignore[attr-defined]
-        if not ready and not self._stopping and not self.computing:  # type: ignore[attr-defined]
-            while scheduled and scheduled[0]._cancelled:
-                self._timer_cancelled_count -= 1  # type: ignore[attr-defined]
-                heapq.heappop(scheduled)._scheduled = False
-            if scheduled:
-                self._virtual_now = max(self._virtual_now, scheduled[0]._when)
+        if not ready and not self._stopping:  # type: ignore[attr-defined]
+            if self._jobs:
+                self._deliver_jobs()
+            else:
+                while scheduled and scheduled[0]._cancelled:
+                    self._timer_cancelled_count -= 1  # type: ignore[attr-defined]
+                    heapq.heappop(scheduled)._scheduled = False
+                if scheduled:
+                    self._virtual_now = max(self._virtual_now, scheduled[0]._when)
         super()._run_once()  # type: ignore[misc]
