@@ -52,6 +52,8 @@ def _run(
         args.model,
         "--dataset",
         args.dataset,
+        "--partition",
+        args.partition,
         "--seed",
         str(args.seed),
         "--out",
@@ -130,6 +132,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "scenario": {
             "model": args.model,
             "dataset": args.dataset,
+            "partition": args.partition,
             "cluster_size": args.cluster_size,
             "secure": args.secure,
             "seed": args.seed,
@@ -188,6 +191,9 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     parser.add_argument("--secure", default="shamir", help="aggregation.secure")
     parser.add_argument("--model", default="mlp", help="model")
     parser.add_argument("--dataset", default="mnist5k", help="data set")
+    parser.add_argument(
+        "--partition", default="iid", help="data.partition (iid: every peer gets data at n=1000)"
+    )
     parser.add_argument("--cluster-size", type=int, default=10, help="clustering.cluster_size")
     parser.add_argument("--seed", type=int, default=1, help="scenario seed")
     parser.add_argument(

@@ -102,6 +102,7 @@ class Simulation:
         from clustering.identity import NodeIdentity
 
         self.ids = node_ids(self.scenario.nodes)
+        self._check_partition()
         for folder in ("config", "nodes", "keys"):
             (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
         for stale in (self.out_dir / "nodes").glob("*.jsonl"):
@@ -123,6 +124,28 @@ class Simulation:
         (self.out_dir / "scenario.toml").write_text(
             tomli_w.dumps(self.scenario.model_dump(exclude_none=True))
         )
+
+    def _check_partition(self) -> None:
+        """The data split every peer will compute, tried once: a split that leaves a peer
+        without data is a configuration error, not a thousand tracebacks."""
+        from learning.data import partition
+        from node.config import ConfigError
+
+        data = self.scenario.data
+        try:
+            partition(
+                cached_dataset(self.scenario).train_y,
+                self.scenario.nodes,
+                data.partition,
+                seed=self.scenario.seed,
+                alpha=data.alpha,
+                shards_per_node=data.shards_per_node,
+            )
+        except ValueError as error:
+            raise ConfigError(
+                f"data.partition: {error} ({self.scenario.nodes} peers); use more data, a "
+                'larger data.alpha or data.partition = "iid"'
+            ) from None
 
     def _wire(self, peer: Peer) -> Transport:
         return MemoryTransport(

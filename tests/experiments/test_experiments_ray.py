@@ -111,6 +111,7 @@ def sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_an_interrupted_ray_sweep_resumes_with_only_the_missing_cells(
     sweeps: dict[str, Any],
 ) -> None:
@@ -129,6 +130,7 @@ def test_an_interrupted_ray_sweep_resumes_with_only_the_missing_cells(
     assert per_cell == dict.fromkeys(expected, 1)
 
 
+@pytest.mark.slow
 def test_ray_cells_record_what_the_local_backend_records(sweeps: dict[str, Any]) -> None:
     local: SweepOutcome = sweeps["local"]
     assert (local.ran, local.failed) == (3, 0)
