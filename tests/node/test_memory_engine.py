@@ -157,3 +157,12 @@ def test_grpc_only_flags_are_refused_with_the_memory_engine(tmp_path: Path) -> N
     clock = run_phalanx("testbed", "run", "--clock", "virtual", "--out", str(tmp_path))
     assert clock.returncode == 2
     assert "--clock needs --engine memory" in clock.stderr
+
+
+def test_tls_mode_names_each_sender_as_its_certificate_would(tmp_path: Path) -> None:
+    plain = _simulate(tmp_path / "plain", _scenario(rounds=2))
+    tls = _simulate(tmp_path / "tls", _scenario(rounds=2), "--tls")
+    assert tls["status"] == "completed"
+    assert [r["honest_digests"] for r in tls["rounds"]] == [
+        r["honest_digests"] for r in plain["rounds"]
+    ]
