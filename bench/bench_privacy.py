@@ -77,7 +77,7 @@ from learning.data import Dataset, load_dataset
 from node.defenses import DefenseConfig, NodeDefense
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_BASE = REPO / "node" / "scenarios" / "default.toml"
+DEFAULT_BASE = REPO / "node" / "scenarios" / "plain.toml"
 CLUSTER_MPC_MODE = "shamir"
 """Mode of the cluster sum the new columns attack: Shamir, the nodes' MPC default; the map's
 testbeds run ``secure = "none"``, where the aggregator would see each member in the clear."""

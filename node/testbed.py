@@ -20,6 +20,7 @@ import os
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -587,6 +588,79 @@ def build_summary(
     }
 
 
+MPC_KINDS = ("share", "partial_sum", "mpc_keys", "held_dealers", "dealer_set")
+"""`bytes_by_kind` entries that exist only because updates are secret-shared."""
+
+
+def defense_lines(summary: dict[str, Any]) -> list[str]:
+    """What the run's secure aggregation, Byzantine peers and robust rule did, one sentence each
+    (the report's "What happened" section and the end of `phalanx testbed run`)."""
+    scenario, rounds = summary["scenario"], summary["rounds"]
+    if not rounds:
+        return []
+    aggregation, total = scenario["aggregation"], len(rounds)
+    lines = []
+    if aggregation["secure"] != "none":
+        mpc = statistics.median(
+            sum(r.get("bytes_by_kind", {}).get(kind, 0) for kind in MPC_KINDS) for r in rounds
+        )
+        every = statistics.median(sum(r["bytes_sent"].values()) for r in rounds)
+        lines.append(
+            f"secure aggregation: {aggregation['secure']} inside each cluster of "
+            f"{scenario['clustering']['cluster_size']}; its shares, partial sums and keys cost "
+            f"{mpc / 1e6:.1f} MB a round ({mpc / max(every, 1):.0%} of all bytes sent), "
+            "and every update left its peer only as shares"
+        )
+    byzantine = summary.get("byzantine") or {}
+    if byzantine:
+        lines.append(
+            "Byzantine peers: "
+            + "; ".join(f"{node} ({behaviour})" for node, behaviour in sorted(byzantine.items()))
+        )
+    named: dict[str, int] = {}
+    flagged: dict[int, int] = {}
+    for record in rounds:
+        for liar in record.get("liars") or []:
+            named[liar] = named.get(liar, 0) + 1
+        for index in record.get("flagged_clusters") or []:
+            flagged[int(index)] = flagged.get(int(index), 0) + 1
+    if named:
+        lines.append(
+            "liars named (holders whose partial sums Berlekamp-Welch corrected, or dealers a "
+            "majority of holders rejected): "
+            + "; ".join(
+                f"{node} in {count} of {total} rounds" for node, count in sorted(named.items())
+            )
+        )
+    rule = aggregation["rule"]
+    if flagged:
+        clusters = rounds[-1].get("clusters") or []
+        described = []
+        for index, count in sorted(flagged.items()):
+            members = clusters[index] if index < len(clusters) else []
+            inside = sorted(set(members) & set(byzantine))
+            who = f" (holds {', '.join(inside)})" if inside else ""
+            described.append(f"cluster {index}{who} in {count} of {total} rounds")
+        lines.append(f"outputs flagged by the {rule} rule: " + "; ".join(described))
+    elif rule != "mean":
+        lines.append(f"outputs flagged by the {rule} rule: none")
+    suspected = rounds[-1].get("trust_suspected") or []
+    if byzantine or suspected:
+        detection = rounds[-1].get("detection") or {}
+        scores = ""
+        if detection.get("precision") is not None:
+            scores = (
+                f" (precision {detection['precision']:.2f}, recall {detection['recall']:.2f}:"
+                " a flagged cluster's members are all suspected, since MPC hides which one sent"
+                " what)"
+            )
+        lines.append(f"suspected after the last round: {', '.join(suspected) or 'nobody'}{scores}")
+    lines.append(
+        f"honest peers' models bit-identical in every round: {summary['all_digests_identical']}"
+    )
+    return lines
+
+
 def write_report(summary: dict[str, Any], out_dir: Path) -> Path:
     """`report.md` with an accuracy-per-round plot next to it."""
     import matplotlib
@@ -634,6 +708,9 @@ def write_report(summary: dict[str, Any], out_dir: Path) -> Path:
             f"{r['train_s']:.2f} | {r['communicate_s']:.2f} | {r['aggregate_s']:.3f} | "
             f"{mb:.1f} | {', '.join(r['excluded']) or '-'} |"
         )
+    happened = defense_lines(summary)
+    if happened:
+        lines += ["", "## What happened", "", *(f"- {line}" for line in happened)]
     if summary["faults"]:
         lines += ["", "## Faults", ""]
         lines += [
@@ -898,6 +975,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             tls_dir=out_dir / "certs" if args.tls else None,
         )
         summary = run_testbed(testbed, timeout)
+    for line in defense_lines(summary):
+        console.print(f"- {line}", highlight=False)
     console.print(f"summary: {out_dir / 'summary.json'}   report: {out_dir / 'report.md'}")
     console.print(
         f"final accuracy: {summary['final_accuracy']}   honest digests identical: "

@@ -13,12 +13,16 @@ from node.testbed import Testbed as LocalTestbed
 from node.testbed import release_ports
 
 
+PLAIN_SCENARIO = Path(__file__).resolve().parents[2] / "node" / "scenarios" / "plain.toml"
+
+
 def test_testbed_from_an_empty_folder_with_the_default_relative_out(tmp_path: Path, phalanx):
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     result = phalanx(
         "testbed",
         "run",
+        str(PLAIN_SCENARIO),
         "--nodes",
         "2",
         "--rounds",

@@ -8,11 +8,13 @@ import pytest
 
 from node.config import (
     ConfigError,
+    byzantine_nodes,
     default_scenario_path,
     load_scenario,
     parse_scenario,
     with_overrides,
 )
+from node.testbed import node_ids
 
 
 def test_default_scenario_is_valid_and_matches_make_run_promises() -> None:
@@ -20,6 +22,10 @@ def test_default_scenario_is_valid_and_matches_make_run_promises() -> None:
     assert 8 <= scenario.nodes <= 16
     assert scenario.data.dataset == "mnist5k"
     assert scenario.data.partition == "dirichlet" and scenario.data.alpha == 0.5
+    # it shows the point: secret-shared cluster sums, two Byzantine peers, a robust rule
+    assert scenario.aggregation.secure == "shamir"
+    assert scenario.aggregation.rule != "mean"
+    assert len(byzantine_nodes(scenario, node_ids(scenario.nodes))) == 2
 
 
 @pytest.mark.parametrize(
