@@ -2,28 +2,63 @@
 
 Measured side. In round r a node is *faulty* when a ``kill`` fault removed it after an earlier
 round (r > fault.round) or when a ``byzantine`` entry makes it Byzantine from its start round.
-A cluster counts as *corrupted* in round r when the node reported it failed or flagged, or when
-it holds at least one faulty member (corruption threshold c = 1, the plain-sum model of
-`clustering.analysis`). A round *fails* when its corrupted clusters exceed what the outer
-aggregation tolerates, ``ceil(b m) - 1`` with breakdown b = 1/2 (the median; Donoho and Huber
-1983). Rates are taken over the rounds with a fault in force (all rounds when
-there is none).
+From what the run recorded (each round's ``clusters``, ``failed_clusters``, ``cluster_outputs``
+and ``quarantined_clusters`` in ``summary.json``) a cluster counts as *corrupted* in round r when
+the nodes recorded it failed (no output), or when it holds at least c faulty members, where c is
+the corruption threshold of the secure mode (`corruption_threshold`):
 
-Predicted side. `clustering.analysis.analyze_clusters(n, f, k, strategy, corrupt_threshold=1,
-breakdown=1/2)`: for ``random`` the exact hypergeometric law of the corrupted-cluster count, for
-``static`` the adversarial worst-case placement. We store P(outer aggregation overwhelmed)
-(``predicted_failed_round_rate``, the quantity compared in the report) and the expected corrupted
-fraction (``predicted_corrupted_fraction``). Other strategies have no analytic prediction.
+* ``none`` and ``secagg``: c = 1. Every member's input is in the cluster sum, so one faulty
+  member corrupts it (the plain-sum model of `clustering.analysis`).
+* ``shamir``: c = s - T + 1 for a cluster of s members with T = t + l - 1 partial sums needed to
+  reconstruct (threshold t, packing l): more than s - T lying holders can move the reconstructed
+  sum without Berlekamp-Welch noticing. Fewer liars are corrected (up to floor((s - T)/2)) or
+  detected, and a detected cluster fails, which is counted through ``failed_clusters``.
+
+The outer rule's verdict (``flagged_clusters``) is not corruption and is not counted. A round is
+*overwhelmed* when the bad inputs of the outer aggregation exceed what it tolerates,
+``ceil(b m') - 1`` with breakdown b = 1/2 (the median; Donoho and Huber 1983): the bad inputs are
+the failed clusters plus the corrupted clusters whose output the rule ran on, and m' is the
+number of clusters less those whose output ``isolate`` dropped as quarantined (without quarantine,
+m' = m and the test is "corrupted clusters > ceil(m/2) - 1"). Rates are taken over the rounds
+with a fault in force (all rounds when there is none); the cell keeps the counts
+(``overwhelmed_rounds`` of ``counted_rounds``) so that seeds can be pooled into one binomial
+sample (`experiments.tolerance`).
+
+Predicted side. With the same thresholds c_j and b = 1/2 (`clustering.analysis`):
+
+* ``random``: the exact hypergeometric law of the corrupted-cluster count
+  (`corruption_distribution`); every round is a fresh uniform partition, so rounds are
+  independent draws of it.
+* ``static``: the adversarial worst-case placement (`worst_case_placement`): the groups are public
+  and fixed, so an adversary who picks whom to corrupt reaches it every round.
+* ``balanced`` and ``isolate``: no analytic law once suspicion scores shape the clusters. Round r
+  is drawn with the scores after round r - 2 (`node.peer`), so in rounds 1 and 2 no score exists,
+  and both strategies then draw a uniformly random partition with the cluster sizes of `random`
+  (``balanced`` deals a shuffled order round-robin, ``isolate`` chunks it). For a cell whose
+  counted rounds all lie there, the random law is exact and is given; otherwise nothing is.
+
+We store P(outer aggregation overwhelmed) (``predicted_failed_round_rate``), the expected
+corrupted fraction (``predicted_corrupted_fraction``) and which law gave them
+(``predicted_law``).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from fractions import Fraction
 from typing import Any
 
 BREAKDOWN = 0.5
 ANALYTIC_STRATEGIES = ("random", "static")
+SHUFFLE_STRATEGIES = ("balanced", "isolate")
+TRUST_LAG = 2  # round r draws its clusters with the suspicion scores after round r - TRUST_LAG
+LAWS = {
+    "random": "exact",
+    "static": "worst case",
+    "balanced": "random law (no scores yet)",
+    "isolate": "random law (no scores yet)",
+}
 
 
 def fault_schedule(scenario: dict[str, Any]) -> dict[str, int]:
@@ -47,12 +82,14 @@ def _byzantine_starts(scenario: dict[str, Any]) -> dict[str, int]:
     entries = scenario.get("byzantine") or []
     if not entries:
         return {}
-    import node.config as config
-    from node.testbed import node_ids
+    import phalanx.node.config as config
+    from phalanx.node.testbed import node_ids
 
     resolve = getattr(config, "byzantine_nodes", None)
     if resolve is not None:
-        chosen = resolve(config.Scenario.model_validate(scenario), node_ids(scenario["nodes"]))
+        # a cell's parameters may carry the sweep's `engine`, which is not a scenario key
+        fields = {key: value for key, value in scenario.items() if key != "engine"}
+        chosen = resolve(config.Scenario.model_validate(fields), node_ids(scenario["nodes"]))
         return {node: int(getattr(entry, "start_round", 1)) for node, entry in chosen.items()}
     return {
         node: int(entry.get("start_round", 1))
@@ -61,17 +98,55 @@ def _byzantine_starts(scenario: dict[str, Any]) -> dict[str, int]:
     }
 
 
+def corruption_threshold(scenario: dict[str, Any], size: int) -> int:
+    """Faulty members that corrupt a cluster of `size` in the scenario's secure mode.
+
+    1 in ``none`` and ``secagg``; ``size - T + 1`` in ``shamir``, T = t + l - 1 the partial sums
+    reconstruction needs (t = ``aggregation.threshold`` or the mode's default for the size).
+    """
+    aggregation = scenario.get("aggregation") or {}
+    if aggregation.get("secure", "none") != "shamir" or size < 2:
+        return 1
+    from phalanx.mpc.session import default_threshold
+
+    threshold = int(aggregation.get("threshold") or 0) or default_threshold("shamir", size)
+    needed = threshold + int(aggregation.get("packing") or 1) - 1
+    return max(1, size - needed + 1)
+
+
+def _output_clusters(record: dict[str, Any], count: int, failed: set[int]) -> set[int]:
+    """Clusters whose output the outer rule ran on (``cluster_outputs``, else all but failed)."""
+    outputs = record.get("cluster_outputs")
+    if isinstance(outputs, dict):
+        return {int(c) for c in outputs}
+    return set(range(count)) - failed
+
+
 def round_rows(summary: dict[str, Any], scenario: dict[str, Any]) -> list[dict[str, Any]]:
-    """The `rounds` table rows of one testbed summary."""
+    """The `rounds` table rows of one testbed summary.
+
+    Beyond the stored columns (`experiments.store.ROUND_COLUMNS`) each row carries what the cell
+    metrics need: ``used_clusters`` (outputs the outer rule ran on), ``dropped_clusters``
+    (quarantined outputs it left out), ``bad_inputs`` and ``overwhelmed``.
+    """
     schedule = fault_schedule(scenario)
     rows = []
     for record in summary.get("rounds", []):
         round_ = int(record["round"])
         faulty = {node for node, start in schedule.items() if start <= round_}
         clusters = record.get("clusters") or []
-        reported = {str(c) for c in record.get("failed_clusters") or []}
-        reported |= {str(c) for c in record.get("flagged_clusters") or []}
-        with_faulty = {str(i) for i, members in enumerate(clusters) if faulty & set(members)}
+        count = len(clusters)
+        failed = {int(c) for c in record.get("failed_clusters") or []}
+        with_faulty = {i for i, members in enumerate(clusters) if faulty & set(members)}
+        over_threshold = {
+            i
+            for i, members in enumerate(clusters)
+            if len(faulty & set(members)) >= corruption_threshold(scenario, len(members))
+        }
+        corrupted = failed | over_threshold
+        used = _output_clusters(record, count, failed)
+        dropped = set(range(count)) - used - failed
+        bad = len(failed) + len(over_threshold & used)
         rows.append(
             {
                 "round": round_,
@@ -80,13 +155,18 @@ def round_rows(summary: dict[str, Any], scenario: dict[str, Any]) -> list[dict[s
                 "duration_s": record.get("duration_s"),
                 "bytes_sent_total": int(sum((record.get("bytes_sent") or {}).values())),
                 "excluded_count": len(record.get("excluded") or []),
-                "failed_clusters_count": len(record.get("failed_clusters") or []),
+                "failed_clusters_count": len(failed),
                 "flagged_count": len(record.get("flagged_clusters") or []),
-                "num_clusters": len(clusters),
+                "num_clusters": count,
                 "faulty_nodes": len(faulty),
                 "clusters_with_faulty": len(with_faulty),
-                "corrupted_clusters": len(reported | with_faulty),
+                "corrupted_clusters": len(corrupted),
                 "digests_identical": bool(record.get("digests_identical")),
+                "used_clusters": len(used),
+                "dropped_clusters": len(dropped),
+                "bad_inputs": bad,
+                "overwhelmed": bad > tolerated_corrupted(count - len(dropped)),
+                "liars_count": len(record.get("liars") or []),
             }
         )
     return rows
@@ -96,46 +176,107 @@ def tolerated_corrupted(num_clusters: int, breakdown: float = BREAKDOWN) -> int:
     return max(0, math.ceil(breakdown * num_clusters) - 1)
 
 
+def _overwhelmed(row: dict[str, Any]) -> bool:
+    if "overwhelmed" in row:
+        return bool(row["overwhelmed"])
+    return bool(row["corrupted_clusters"] > tolerated_corrupted(row["num_clusters"]))
+
+
 def cell_metrics(rows: list[dict[str, Any]], scenario: dict[str, Any]) -> dict[str, Any]:
     """Seed-level scalars: final accuracy, cost, measured and predicted failure rates."""
     metrics: dict[str, Any] = {}
+    nodes = scenario.get("nodes")
+    clustering = scenario.get("clustering") or {}
+    metrics["strategy"] = clustering.get("strategy")
+    metrics["cluster_size"] = clustering.get("cluster_size")
+    metrics["nodes"] = nodes
+    metrics["secure"] = (scenario.get("aggregation") or {}).get("secure", "none")
+    last_round = None
     if rows:
         metrics["final_accuracy"] = rows[-1]["accuracy"]
         metrics["round_seconds"] = statistics.fmean(r["duration_s"] or 0.0 for r in rows)
         metrics["bytes_sent"] = statistics.fmean(r["bytes_sent_total"] for r in rows)
+        if isinstance(nodes, int) and nodes > 0:
+            metrics["bytes_per_peer"] = metrics["bytes_sent"] / nodes
         metrics["digests_identical"] = all(r["digests_identical"] for r in rows)
         counted = [r for r in rows if r["faulty_nodes"] > 0] or rows
-        metrics["failed_round_rate"] = statistics.fmean(
-            float(r["corrupted_clusters"] > tolerated_corrupted(r["num_clusters"])) for r in counted
-        )
+        overwhelmed = sum(_overwhelmed(r) for r in counted)
+        metrics["counted_rounds"] = len(counted)
+        metrics["overwhelmed_rounds"] = overwhelmed
+        metrics["failed_round_rate"] = overwhelmed / len(counted)
         metrics["corrupted_fraction"] = statistics.fmean(
             r["corrupted_clusters"] / max(1, r["num_clusters"]) for r in counted
         )
-    metrics.update(predicted_metrics(scenario))
+        metrics["failed_cluster_fraction"] = statistics.fmean(
+            r["failed_clusters_count"] / max(1, r["num_clusters"]) for r in counted
+        )
+        last_round = max(int(r["round"]) for r in counted)
+    metrics.update(predicted_metrics(scenario, last_round=last_round))
     return metrics
 
 
-def predicted_metrics(scenario: dict[str, Any]) -> dict[str, Any]:
-    """The analytic prediction for this scenario (see the module docstring), or nothing."""
+def predicted_law(strategy: Any, last_round: int | None) -> str | None:
+    """Which law predicts a cell of `strategy` whose counted rounds end at `last_round`."""
+    if strategy in ANALYTIC_STRATEGIES:
+        return LAWS[strategy]
+    if strategy in SHUFFLE_STRATEGIES and last_round is not None and last_round <= TRUST_LAG:
+        return LAWS[strategy]
+    return None
+
+
+def cluster_thresholds(scenario: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The cluster sizes of the scenario's n and k, and each cluster's corruption threshold."""
+    from phalanx.clustering.strategies import cluster_sizes
+
+    sizes = cluster_sizes(int(scenario["nodes"]), int(scenario["clustering"]["cluster_size"]))
+    return sizes, tuple(corruption_threshold(scenario, size) for size in sizes)
+
+
+def predict(
+    sizes: tuple[int, ...], thresholds: tuple[int, ...], faulty: int, law: str
+) -> tuple[Fraction, Fraction]:
+    """(P(outer aggregation overwhelmed), expected corrupted fraction) under `law`, exactly."""
+    from phalanx.clustering.analysis import (
+        corruption_distribution,
+        max_tolerated_corrupted,
+        worst_case_placement,
+    )
+
+    if law == LAWS["static"]:
+        worst = worst_case_placement(sizes, thresholds, faulty)
+        tolerated = max_tolerated_corrupted(len(sizes), Fraction(BREAKDOWN))
+        return Fraction(int(worst.corrupted > tolerated)), Fraction(worst.corrupted, len(sizes))
+    distribution = corruption_distribution(sizes, thresholds, faulty)
+    return distribution.overwhelm_probability(Fraction(BREAKDOWN)), distribution.expected_fraction()
+
+
+def predicted_metrics(scenario: dict[str, Any], *, last_round: int | None = None) -> dict[str, Any]:
+    """The analytic prediction for this scenario (see the module docstring), or only the
+    fault count when no law applies."""
     clustering = scenario.get("clustering") or {}
     strategy = clustering.get("strategy")
     nodes = scenario.get("nodes")
     size = clustering.get("cluster_size")
-    if (
-        strategy not in ANALYTIC_STRATEGIES
-        or not isinstance(nodes, int)
-        or not isinstance(size, int)
-    ):
+    if not isinstance(nodes, int) or not isinstance(size, int):
         return {}
-    from clustering.analysis import analyze_clusters
-
     faulty = min(len(fault_schedule(scenario)), nodes)
-    analysis = analyze_clusters(
-        nodes, faulty, size, strategy=strategy, corrupt_threshold=1, breakdown=BREAKDOWN
+    result: dict[str, Any] = {"faulty_nodes": faulty, "fault_fraction": faulty / nodes}
+    if strategy not in ANALYTIC_STRATEGIES and last_round is None:
+        # called without rounds (the scenario alone): the shuffle law needs the rounds known
+        return result
+    law = predicted_law(strategy, last_round)
+    if law is None:
+        return result
+    sizes, thresholds = cluster_thresholds(scenario)
+    overwhelm, fraction = predict(sizes, thresholds, faulty, law)
+    result.update(
+        {
+            "predicted_law": law,
+            "corrupt_thresholds": {
+                str(size): threshold for size, threshold in zip(sizes, thresholds, strict=True)
+            },
+            "predicted_failed_round_rate": float(overwhelm),
+            "predicted_corrupted_fraction": float(fraction),
+        }
     )
-    return {
-        "faulty_nodes": faulty,
-        "fault_fraction": faulty / nodes,
-        "predicted_failed_round_rate": float(analysis.overwhelm_probability()),
-        "predicted_corrupted_fraction": float(analysis.expected_fraction()),
-    }
+    return result

@@ -8,6 +8,9 @@
   `experiments.metrics`.
 * ``cost_vs_cluster_size.png``: mean round time and bytes sent per round against cluster size.
 * ``privacy_utility.png``: median reconstruction PSNR against utility for inversion cells.
+* ``tolerance_map.png``, ``tolerance_predicted_vs_measured.png``, ``tolerance_cost.png`` and
+  ``tolerance.json``: the tolerance map, for cells that carry the overwhelmed-round counts
+  (`experiments.tolerance`).
 
 Every number in the tables is a mean over seeds with a 95 % Student-t interval
 (`experiments.stats`).
@@ -22,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.stats import MeanCI, mean_ci
-from experiments.store import CellRecord, open_existing
+from phalanx.experiments.stats import MeanCI, mean_ci
+from phalanx.experiments.store import CellRecord, open_existing
 
 CLUSTER_SIZE_KEY = "clustering.cluster_size"
 MAX_PANELS = 9
@@ -428,12 +431,16 @@ def write_report(out_dir: str | Path) -> Path:
         "Mean over seeds ± half width of the 95 % Student-t interval (no interval for one seed).",
         "`failed_round_rate`: share of rounds with a fault in force whose corrupted clusters",
         "exceed ceil(m/2) - 1 (median breakdown); `predicted_failed_round_rate`: P(outer",
-        "aggregation overwhelmed) from `clustering.analysis.analyze_clusters` with corruption",
-        "threshold 1 (exact law for `random`, adversarial worst case for `static`).",
+        "aggregation overwhelmed) from `clustering.analysis` with the secure mode's corruption",
+        "threshold (1 in plaintext and secagg, s - t + 1 for Shamir; exact law for `random`,",
+        "adversarial worst case for `static`; see `experiments.metrics`).",
         "",
         *seed_table(configs, metrics),
         "",
     ]
+    from phalanx.experiments.tolerance import tolerance_section
+
+    lines += tolerance_section(records, out)
     for title, plot in plots:
         if plot is not None:
             lines += [f"## {title}", "", f"![{title}]({plot.name})", ""]

@@ -1,0 +1,249 @@
+"""The tolerance map's predicted-against-measured machinery (experiments.metrics, .tolerance).
+
+Summaries are built from the real cluster strategies (`clustering.strategies.compute_assignment`),
+round by round as a run records them, so the measured side counts what the system would record.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from phalanx.clustering.analysis import corruption_distribution
+from phalanx.clustering.strategies import cluster_sizes, compute_assignment
+from phalanx.experiments.metrics import cell_metrics, corruption_threshold, round_rows
+from phalanx.experiments.report import write_report
+from phalanx.experiments.store import CellRecord, ResultStore
+from phalanx.experiments.tolerance import (
+    binomial_interval,
+    build_map,
+    clopper_pearson,
+    predicted_tolerated,
+    prediction_curve,
+    tolerances,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = REPO / "experiments" / "specs" / "tolerance-map.toml"
+
+
+def node_names(count: int) -> list[str]:
+    width = max(2, len(str(count - 1)))
+    return [f"node-{i:0{width}d}" for i in range(count)]
+
+
+def scenario_of(
+    nodes: int, size: int, strategy: str, faulty: list[str], secure: str = "none"
+) -> dict[str, Any]:
+    return {
+        "nodes": nodes,
+        "clustering": {"strategy": strategy, "cluster_size": size},
+        "aggregation": {"rule": "median", "secure": secure},
+        "byzantine": [{"behaviour": "sign-flip", "nodes": faulty}] if faulty else [],
+    }
+
+
+def recorded_summary(scenario: dict[str, Any], rounds: int, seed: int) -> dict[str, Any]:
+    """What `summary.json` records per round for a clean run of the scenario's clusters."""
+    view = node_names(scenario["nodes"])
+    clustering = scenario["clustering"]
+    records = []
+    for round_ in range(1, rounds + 1):
+        assignment = compute_assignment(
+            view,
+            round_,
+            f"seed-{seed}".encode(),
+            clustering["strategy"],
+            clustering["cluster_size"],
+        )
+        clusters = assignment.as_lists()
+        records.append(
+            {
+                "round": round_,
+                "accuracy": 0.5,
+                "loss": 1.0,
+                "duration_s": 0.0,
+                "bytes_sent": {node: 100 for node in view},
+                "excluded": [],
+                "clusters": clusters,
+                "cluster_outputs": {str(i): {"included": c} for i, c in enumerate(clusters)},
+                "failed_clusters": [],
+                "flagged_clusters": list(range(len(clusters))),  # a verdict, not corruption
+                "quarantined_clusters": [],
+                "digests_identical": True,
+            }
+        )
+    return {"rounds": records}
+
+
+def record_of(scenario: dict[str, Any], rounds: int, seed: int, index: int) -> CellRecord:
+    metrics = cell_metrics(round_rows(recorded_summary(scenario, rounds, seed), scenario), scenario)
+    return CellRecord(
+        id=f"c{index:04d}",
+        cell_index=index,
+        axes={"clustering.strategy": scenario["clustering"]["strategy"]},
+        labels={
+            "clustering.strategy": scenario["clustering"]["strategy"],
+            "clustering.cluster_size": str(scenario["clustering"]["cluster_size"]),
+            "byzantine": f"f={len(scenario['byzantine'][0]['nodes'])}",
+        },
+        seed=seed,
+        status="ok",
+        error=None,
+        scenario_hash="-",
+        final_accuracy=0.5,
+        final_digest=None,
+        digests_identical=True,
+        duration_s=10.0,
+        versions={},
+        git_commit=None,
+        metrics=metrics,
+    )
+
+
+def test_random_rounds_follow_the_exact_law_inside_the_binomial_interval() -> None:
+    # 20 peers, clusters of 4 (m = 5, 2 tolerated), 3 faulty: overwhelmed when the three sit in
+    # three different clusters, P = (16/19)(12/18)
+    faulty = ["node-00", "node-05", "node-10"]
+    scenario = scenario_of(20, 4, "random", faulty)
+    records = [record_of(scenario, 100, seed, seed) for seed in range(4)]
+    (cell,) = build_map(records)
+    distribution = corruption_distribution(cluster_sizes(20, 4), (1,) * 5, 3)
+    exact = float(distribution.prob_at_least(3))
+    assert exact == pytest.approx(16 / 19 * 12 / 18)
+    assert cell.law == "exact" and cell.predicted_rate == pytest.approx(exact)
+    assert (cell.rounds, cell.seeds) == (400, 4)
+    assert cell.inside, (cell.overwhelmed, cell.acceptance())
+    assert cell.predicted_fraction == pytest.approx(float(distribution.expected_fraction()))
+    half = cell.corrupted.half_width
+    assert cell.predicted_fraction is not None
+    assert abs(cell.corrupted.mean - cell.predicted_fraction) < max(3 * half, 0.02)
+    # the flagged clusters (all of them here) are the rule's verdict and are not counted
+    assert cell.measured_rate < 1.0
+    # a wrong prediction, e.g. twice the corruption threshold, falls outside the interval
+    wrong = float(corruption_distribution(cluster_sizes(20, 4), (2,) * 5, 3).prob_at_least(3))
+    low, high = binomial_interval(cell.rounds, wrong)
+    assert not low <= cell.overwhelmed <= high
+    # and so does a prediction off by a tenth
+    low, high = binomial_interval(cell.rounds, exact - 0.1)
+    assert not low <= cell.overwhelmed <= high
+
+
+def test_the_spec_places_faulty_peers_in_static_s_worst_case() -> None:
+    """Every fault fraction of the spec, every k: static's measured rate is its worst case."""
+    spec = tomllib.loads(SPEC.read_text())
+    nodes = spec["base"]["nodes"]
+    for size in spec["axes"]["clustering.cluster_size"]:
+        for label, entries in spec["axes"]["byzantine"].items():
+            faulty = entries[0]["nodes"]
+            assert label == f"f/n={len(faulty) / nodes:.2f}"
+            scenario = scenario_of(nodes, size, "static", faulty)
+            rows = round_rows(recorded_summary(scenario, 2, 1), scenario)
+            metrics = cell_metrics(rows, scenario)
+            assert metrics["predicted_law"] == "worst case"
+            assert metrics["failed_round_rate"] == metrics["predicted_failed_round_rate"]
+            assert metrics["corrupted_fraction"] == metrics["predicted_corrupted_fraction"]
+            assert rows[0]["corrupted_clusters"] == min(len(faulty), nodes // size)
+
+
+def test_shamir_corrupts_past_s_minus_t_liars_and_quarantine_leaves_the_rule() -> None:
+    # shamir, clusters of 10: t = 4, so 7 lying holders corrupt, 6 do not (BW may detect them)
+    faulty = node_names(20)[:7]
+    scenario = scenario_of(20, 10, "random", faulty, secure="shamir")
+    assert corruption_threshold(scenario, 10) == 7
+    assert corruption_threshold({"aggregation": {"secure": "secagg"}}, 10) == 1
+    clusters = [node_names(20)[:10], node_names(20)[10:]]
+    record = {
+        "round": 1,
+        "clusters": clusters,
+        "failed_clusters": [1],
+        "cluster_outputs": {"0": {}},
+        "bytes_sent": {},
+    }
+    (row,) = round_rows({"rounds": [record]}, scenario)
+    assert row["corrupted_clusters"] == 2 and row["overwhelmed"]  # 2 bad of 2
+    # six liars: below the threshold, and a failed cluster still counts as a bad input
+    scenario = scenario_of(20, 10, "random", faulty[:6], secure="shamir")
+    (row,) = round_rows({"rounds": [record]}, scenario)
+    assert row["corrupted_clusters"] == 1 and row["bad_inputs"] == 1 and row["overwhelmed"]
+    # isolate: 4 clusters of 5, the two holding the faulty quarantined and dropped from the step
+    faulty = ["node-00", "node-05"]
+    scenario = scenario_of(20, 5, "isolate", faulty)
+    clusters = [node_names(20)[i : i + 5] for i in range(0, 20, 5)]
+    record = {
+        "round": 3,
+        "clusters": clusters,
+        "failed_clusters": [],
+        "cluster_outputs": {"2": {}, "3": {}},
+        "quarantined_clusters": [0, 1],
+        "bytes_sent": {},
+    }
+    (row,) = round_rows({"rounds": [record]}, scenario)
+    assert (row["corrupted_clusters"], row["dropped_clusters"], row["bad_inputs"]) == (2, 2, 0)
+    assert not row["overwhelmed"]
+    # isolate past round 2 has no law; in rounds 1 and 2 (no scores yet) the random law holds
+    assert "predicted_law" not in cell_metrics([row], scenario)
+    early = cell_metrics([{**row, "round": 2}], scenario)
+    assert early["predicted_law"] == "random law (no scores yet)"
+
+
+def test_intervals_and_tolerated_fractions() -> None:
+    assert clopper_pearson(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10))
+    low, high = clopper_pearson(5, 10)
+    assert low == pytest.approx(0.187086, abs=1e-6) and high == pytest.approx(0.812914, abs=1e-6)
+    assert binomial_interval(10, 0.0) == (0, 0) and binomial_interval(10, 1.0) == (10, 10)
+    # Binomial(10, 1/2): P(X <= 1) = 11/1024 < 0.025 <= P(X <= 2) = 56/1024
+    assert binomial_interval(10, 0.5) == (2, 8)
+    # n = 100 plaintext, k = 10: five faulty overwhelm the median when they sit in five clusters,
+    # P = (90 80 70 60) / (99 98 97 96) = 0.335; four never do
+    scenario = scenario_of(100, 10, "random", node_names(100)[:5])
+    metrics = cell_metrics(round_rows(recorded_summary(scenario, 1, 1), scenario), scenario)
+    assert metrics["predicted_failed_round_rate"] == pytest.approx(
+        90 * 80 * 70 * 60 / (99 * 98 * 97 * 96)
+    )
+    records = [record_of(scenario, 1, 1, 0)]
+    (cell,) = build_map(records)
+    curve = prediction_curve(cell)
+    assert [f for f, p in curve if p == 0.0] == [0, 1, 2, 3, 4]
+    assert predicted_tolerated(curve, 100) == 0.04
+    (entry,) = tolerances([cell])
+    assert entry.predicted == 0.04
+    exact = corruption_distribution(cluster_sizes(100, 10), (1,) * 10, 5).prob_at_least(5)
+    assert exact == Fraction(exact.numerator, exact.denominator) and math.isclose(
+        float(exact), cell.predicted_rate or 0.0
+    )
+
+
+def test_report_writes_the_map(tmp_path: Path) -> None:
+    records = []
+    for index, (strategy, faulty) in enumerate(
+        [("random", 2), ("random", 4), ("static", 2), ("static", 4), ("balanced", 4)]
+    ):
+        scenario = scenario_of(20, 4, strategy, node_names(20)[: 5 * faulty : 5])
+        for seed in (1, 2):
+            records.append(record_of(scenario, 2, seed, 2 * index + seed - 1))
+    with ResultStore(tmp_path) as store:
+        store.set_meta(
+            {
+                "name": "map",
+                "kind": "testbed",
+                "axes": [["clustering.strategy", ["random", "static", "balanced"]]],
+                "seeds": [1, 2],
+                "cells": len(records),
+            }
+        )
+        for record in records:
+            store.record_cell(record)
+    text = write_report(tmp_path).read_text()
+    assert "## Tolerance map" in text and "cells with a prediction inside" in text
+    for plot in ("tolerance_map.png", "tolerance_predicted_vs_measured.png", "tolerance_cost.png"):
+        assert (tmp_path / plot).stat().st_size > 1000 and f"({plot})" in text
+    assert (tmp_path / "tolerance.json").is_file()
+    # balanced at rounds 1-2 has the random law; static 2 of 5 clusters corrupted: tolerated
+    assert "| balanced | 4 | 0.20 | random law (no scores yet) |" in text
+    assert "| static | 4 | 0.10 | worst case | 4 | 0 |" in text
