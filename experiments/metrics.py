@@ -9,10 +9,14 @@ the corruption threshold of the secure mode (`corruption_threshold`):
 
 * ``none`` and ``secagg``: c = 1. Every member's input is in the cluster sum, so one faulty
   member corrupts it (the plain-sum model of `clustering.analysis`).
-* ``shamir``: c = s - T + 1 for a cluster of s members with T = t + l - 1 partial sums needed to
-  reconstruct (threshold t, packing l): more than s - T lying holders can move the reconstructed
-  sum without Berlekamp-Welch noticing. Fewer liars are corrected (up to floor((s - T)/2)) or
-  detected, and a detected cluster fails, which is counted through ``failed_clusters``.
+* ``shamir``, for members whose deviation is a lie as a holder (``corrupt-partial``, a wrong
+  partial sum; `HOLDER_LIES`): c = s - T + 1 for a cluster of s members with T = t + l - 1
+  partial sums needed to reconstruct (threshold t, packing l): more than s - T lying holders can
+  move the reconstructed sum without Berlekamp-Welch noticing. Fewer liars are corrected (up to
+  floor((s - T)/2)) or detected, and a detected cluster fails, which is counted through
+  ``failed_clusters``. Any other faulty member (a poisoned update, inconsistent shares, which
+  amount to dealing another input, or a crash) corrupts its cluster alone in every mode: MPC
+  hides inputs, it does not check them.
 
 The outer rule's verdict (``flagged_clusters``) is not corruption and is not counted. A round is
 *overwhelmed* when the bad inputs of the outer aggregation exceed what it tolerates,
@@ -24,7 +28,8 @@ with a fault in force (all rounds when there is none); the cell keeps the counts
 (``overwhelmed_rounds`` of ``counted_rounds``) so that seeds can be pooled into one binomial
 sample (`experiments.tolerance`).
 
-Predicted side. With the same thresholds c_j and b = 1/2 (`clustering.analysis`):
+Predicted side. With the same thresholds c_j (the lying-holder threshold when every faulty node
+is a lying holder, else 1) and b = 1/2 (`clustering.analysis`):
 
 * ``random``: the exact hypergeometric law of the corrupted-cluster count
   (`corruption_distribution`); every round is a fresh uniform partition, so rounds are
@@ -52,6 +57,8 @@ from typing import Any
 BREAKDOWN = 0.5
 ANALYTIC_STRATEGIES = ("random", "static")
 SHUFFLE_STRATEGIES = ("balanced", "isolate")
+# deviations that only lie as a Shamir holder (a wrong partial sum): Berlekamp-Welch sees them
+HOLDER_LIES = frozenset({"corrupt-partial"})
 TRUST_LAG = 2  # round r draws its clusters with the suspicion scores after round r - TRUST_LAG
 LAWS = {
     "random": "exact",
@@ -73,12 +80,13 @@ def fault_schedule(scenario: dict[str, Any]) -> dict[str, int]:
         if fault.get("action") == "kill":
             for node in fault.get("nodes") or []:
                 first[node] = min(first.get(node, math.inf), int(fault["round"]) + 1)
-    for node, start in _byzantine_starts(scenario).items():
+    for node, (start, _) in _byzantine_entries(scenario).items():
         first[node] = min(first.get(node, math.inf), start)
     return {node: int(start) for node, start in sorted(first.items())}
 
 
-def _byzantine_starts(scenario: dict[str, Any]) -> dict[str, int]:
+def _byzantine_entries(scenario: dict[str, Any]) -> dict[str, tuple[int, str]]:
+    """Byzantine node id -> (start round, behaviour), resolved as the nodes resolve them."""
     entries = scenario.get("byzantine") or []
     if not entries:
         return {}
@@ -90,19 +98,36 @@ def _byzantine_starts(scenario: dict[str, Any]) -> dict[str, int]:
         # a cell's parameters may carry the sweep's `engine`, which is not a scenario key
         fields = {key: value for key, value in scenario.items() if key != "engine"}
         chosen = resolve(config.Scenario.model_validate(fields), node_ids(scenario["nodes"]))
-        return {node: int(getattr(entry, "start_round", 1)) for node, entry in chosen.items()}
+        return {
+            node: (int(getattr(entry, "start_round", 1)), str(entry.behaviour))
+            for node, entry in chosen.items()
+        }
     return {
-        node: int(entry.get("start_round", 1))
+        node: (int(entry.get("start_round", 1)), str(entry.get("behaviour", "")))
         for entry in entries
         for node in entry.get("nodes", [])
     }
 
 
-def corruption_threshold(scenario: dict[str, Any], size: int) -> int:
-    """Faulty members that corrupt a cluster of `size` in the scenario's secure mode.
+def lying_holders(scenario: dict[str, Any]) -> frozenset[str]:
+    """Byzantine members whose only deviation is a lie as a Shamir holder (`HOLDER_LIES`), in
+    ``shamir`` mode; empty otherwise."""
+    aggregation = scenario.get("aggregation") or {}
+    if aggregation.get("secure", "none") != "shamir":
+        return frozenset()
+    return frozenset(
+        node
+        for node, (_, behaviour) in _byzantine_entries(scenario).items()
+        if behaviour.split(":", 1)[0] in HOLDER_LIES
+    )
 
-    1 in ``none`` and ``secagg``; ``size - T + 1`` in ``shamir``, T = t + l - 1 the partial sums
-    reconstruction needs (t = ``aggregation.threshold`` or the mode's default for the size).
+
+def corruption_threshold(scenario: dict[str, Any], size: int) -> int:
+    """Lying holders that corrupt a cluster of `size` in the scenario's secure mode.
+
+    ``size - T + 1`` in ``shamir``, T = t + l - 1 the partial sums reconstruction needs
+    (t = ``aggregation.threshold`` or the mode's default for the size); 1 in ``none`` and
+    ``secagg``. Any other faulty member corrupts its cluster alone in every mode.
     """
     aggregation = scenario.get("aggregation") or {}
     if aggregation.get("secure", "none") != "shamir" or size < 2:
@@ -130,6 +155,7 @@ def round_rows(summary: dict[str, Any], scenario: dict[str, Any]) -> list[dict[s
     (quarantined outputs it left out), ``bad_inputs`` and ``overwhelmed``.
     """
     schedule = fault_schedule(scenario)
+    liars = lying_holders(scenario)
     rows = []
     for record in summary.get("rounds", []):
         round_ = int(record["round"])
@@ -141,7 +167,8 @@ def round_rows(summary: dict[str, Any], scenario: dict[str, Any]) -> list[dict[s
         over_threshold = {
             i
             for i, members in enumerate(clusters)
-            if len(faulty & set(members)) >= corruption_threshold(scenario, len(members))
+            if faulty & set(members) - liars
+            or len(faulty & liars & set(members)) >= corruption_threshold(scenario, len(members))
         }
         corrupted = failed | over_threshold
         used = _output_clusters(record, count, failed)
@@ -225,11 +252,15 @@ def predicted_law(strategy: Any, last_round: int | None) -> str | None:
 
 
 def cluster_thresholds(scenario: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The cluster sizes of the scenario's n and k, and each cluster's corruption threshold."""
+    """The cluster sizes of the scenario's n and k, and each cluster's corruption threshold:
+    the lying-holder threshold when every faulty node is a lying Shamir holder, else 1."""
     from phalanx.clustering.strategies import cluster_sizes
 
     sizes = cluster_sizes(int(scenario["nodes"]), int(scenario["clustering"]["cluster_size"]))
-    return sizes, tuple(corruption_threshold(scenario, size) for size in sizes)
+    faulty = set(fault_schedule(scenario))
+    if faulty and faulty <= lying_holders(scenario):
+        return sizes, tuple(corruption_threshold(scenario, size) for size in sizes)
+    return sizes, tuple(1 for _ in sizes)
 
 
 def predict(

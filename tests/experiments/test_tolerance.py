@@ -38,13 +38,18 @@ def node_names(count: int) -> list[str]:
 
 
 def scenario_of(
-    nodes: int, size: int, strategy: str, faulty: list[str], secure: str = "none"
+    nodes: int,
+    size: int,
+    strategy: str,
+    faulty: list[str],
+    secure: str = "none",
+    behaviour: str = "sign-flip",
 ) -> dict[str, Any]:
     return {
         "nodes": nodes,
         "clustering": {"strategy": strategy, "cluster_size": size},
         "aggregation": {"rule": "median", "secure": secure},
-        "byzantine": [{"behaviour": "sign-flip", "nodes": faulty}] if faulty else [],
+        "byzantine": [{"behaviour": behaviour, "nodes": faulty}] if faulty else [],
     }
 
 
@@ -154,8 +159,14 @@ def test_the_spec_places_faulty_peers_in_static_s_worst_case() -> None:
 def test_shamir_corrupts_past_s_minus_t_liars_and_quarantine_leaves_the_rule() -> None:
     # shamir, clusters of 10: t = 4, so 7 lying holders corrupt, 6 do not (BW may detect them)
     faulty = node_names(20)[:7]
-    scenario = scenario_of(20, 10, "random", faulty, secure="shamir")
+    scenario = scenario_of(20, 10, "random", faulty, secure="shamir", behaviour="corrupt-partial")
     assert corruption_threshold(scenario, 10) == 7
+    assert cell_metrics([], scenario)["corrupt_thresholds"] == {"10": 7}
+    # a poisoned update is an input: MPC hides it, it does not check it; one corrupts a cluster
+    poisoned = scenario_of(20, 10, "random", faulty[:1], secure="shamir")
+    assert cell_metrics([], poisoned)["corrupt_thresholds"] == {"10": 1}
+    one = {"round": 1, "clusters": [node_names(20)[:10], node_names(20)[10:]], "bytes_sent": {}}
+    assert round_rows({"rounds": [one]}, poisoned)[0]["corrupted_clusters"] == 1
     assert corruption_threshold({"aggregation": {"secure": "secagg"}}, 10) == 1
     clusters = [node_names(20)[:10], node_names(20)[10:]]
     record = {
@@ -168,7 +179,9 @@ def test_shamir_corrupts_past_s_minus_t_liars_and_quarantine_leaves_the_rule() -
     (row,) = round_rows({"rounds": [record]}, scenario)
     assert row["corrupted_clusters"] == 2 and row["overwhelmed"]  # 2 bad of 2
     # six liars: below the threshold, and a failed cluster still counts as a bad input
-    scenario = scenario_of(20, 10, "random", faulty[:6], secure="shamir")
+    scenario = scenario_of(
+        20, 10, "random", faulty[:6], secure="shamir", behaviour="corrupt-partial"
+    )
     (row,) = round_rows({"rounds": [record]}, scenario)
     assert row["corrupted_clusters"] == 1 and row["bad_inputs"] == 1 and row["overwhelmed"]
     # isolate: 4 clusters of 5, the two holding the faulty quarantined and dropped from the step
