@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 OUT ?= out/default
 
-.PHONY: run test test-slow test-all lint typecheck proto bench clean
+.PHONY: run test test-slow test-all lint typecheck proto bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Phalanx needs Python 3.11+"'
@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel (a newer or unpinned torch pulls a multi-GB CUDA build)
 	$(PY) -m pip install --quiet torch==2.13.0
-	# [ray]: the Ray backend of `phalanx experiment run` and its tests
-	$(PY) -m pip install --quiet -e '.[dev,ray]'
+	# [ray]: the Ray backend of `phalanx experiment run` and its tests; [docs]: `make docs`
+	$(PY) -m pip install --quiet -e '.[dev,ray,docs]'
 	# the held-out check against ByzFL's rules (tests/learning/test_aggregation_byzfl.py); its
 	# dependencies would replace torch, and the test loads only byzfl.aggregators
 	$(PY) -m pip install --quiet --no-deps byzfl==0.0.11
@@ -49,5 +49,9 @@ proto: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/phalanx bench rounds
 
+# the user documentation, into site/ (the reference pages are generated from the code)
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf out site .pytest_cache .mypy_cache .ruff_cache
