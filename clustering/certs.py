@@ -214,22 +214,38 @@ def write_certificates(
 
 def _certs_command(args: argparse.Namespace) -> int:
     try:
-        paths = write_certificates(
-            args.out,
-            args.nodes,
-            args.hosts,
-            valid_days=args.valid_days,
-            overwrite=args.force,
-        )
+        if args.k8s:
+            from phalanx.deploy.k8s import write_k8s_certificates
+
+            paths = write_k8s_certificates(
+                args.out,
+                args.nodes,
+                namespace=args.namespace,
+                cluster_domain=args.cluster_domain,
+                hosts=args.hosts,
+                valid_days=args.valid_days,
+                overwrite=args.force,
+            )
+        else:
+            paths = write_certificates(
+                args.out,
+                args.nodes,
+                args.hosts,
+                valid_days=args.valid_days,
+                overwrite=args.force,
+            )
     except (ValueError, FileExistsError) as error:
         print(f"phalanx certs: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     print(f"wrote a CA and {args.nodes} node certificate(s) ({len(paths)} files) to {args.out}")
+    if args.k8s:
+        print(f"the Secret: kubectl apply -f {Path(args.out) / 'secret.yaml'}")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``phalanx certs --out DIR --nodes N [--hosts H ...] [--valid-days D] [--force]``."""
+    """Add ``phalanx certs --out DIR --nodes N [--hosts H ...] [--valid-days D] [--force]
+    [--k8s [--namespace NS] [--cluster-domain D]]``."""
     parser = subparsers.add_parser(
         "certs",
         help="create a CA and per-node certificates for mutual TLS",
@@ -249,4 +265,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument("--valid-days", type=int, default=DEFAULT_VALID_DAYS)
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
+    parser.add_argument(
+        "--k8s",
+        action="store_true",
+        help="for `phalanx deploy k8s`: put each pod's DNS names (node-<i>.phalanx.NAMESPACE"
+        ".svc.DOMAIN and shorter) in its SAN, and write OUT/secret.yaml, the Secret phalanx-tls",
+    )
+    parser.add_argument(
+        "--namespace", default="phalanx", help="with --k8s: the pods' namespace (default phalanx)"
+    )
+    parser.add_argument(
+        "--cluster-domain",
+        default="cluster.local",
+        help="with --k8s: the cluster's DNS domain (default cluster.local)",
+    )
     parser.set_defaults(func=_certs_command)

@@ -409,10 +409,13 @@ def _cmd_netns_clean(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``phalanx deploy compose | prometheus-config | netns-clean``."""
+    """Add ``phalanx deploy compose | k8s | prometheus-config | netns-clean``."""
+    from phalanx.deploy.k8s import register_k8s
     from node.cli import float_in, int_in
 
-    deploy = subparsers.add_parser("deploy", help="compose/Prometheus/Grafana files, netns tools")
+    deploy = subparsers.add_parser(
+        "deploy", help="compose and Kubernetes files, Prometheus/Grafana, netns tools"
+    )
     sub = deploy.add_subparsers(dest="deploy_command", metavar="ACTION", required=True)
     compose = sub.add_parser("compose", help="generate a docker-compose testbed")
     compose.add_argument(
@@ -438,6 +441,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "checkout, or OUT/image/ written from the installed package)",
     )
     compose.set_defaults(func=_cmd_compose)
+    register_k8s(sub)
     prom = sub.add_parser("prometheus-config", help="scrape config for a running testbed")
     prom.add_argument("testbed_out", help="the testbed's --out folder (reads config/*.toml)")
     prom.add_argument(

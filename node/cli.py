@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("clustering.cli", "analyses of fault tolerance"),
     "certs": ("clustering.certs", "create a CA and per-node certificates for mutual TLS"),
     "attack": ("adversary.inversion.cli", "privacy attacks on observed updates"),
-    "deploy": ("deploy.compose", "compose/Prometheus/Grafana files, netns tools"),
+    "deploy": ("deploy.compose", "compose and Kubernetes files, Prometheus/Grafana, netns tools"),
     "experiment": (
         "experiments.cli",
         "declarative sweeps over real testbeds, stored and reported",
