@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-OUT ?= out/default
+OUT ?= out/demo
 
 .PHONY: run test test-slow test-all lint typecheck proto bench docs clean
 
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/phalanx testbed run --out $(OUT)
+	$(VENV)/bin/phalanx testbed run node/scenarios/demo.toml --out $(OUT)
 
 test: $(STAMP)
 	-@bash deploy/ci-setup.sh  # apt tools for the deploy tests when root; they skip otherwise
@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy node mpc clustering adversary learning defense deploy experiments bench
+	$(VENV)/bin/mypy -p phalanx
 
 proto: $(STAMP)
 	cd proto && ../$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \

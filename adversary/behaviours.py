@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+from phalanx.node.codec import Message
+from phalanx.node.transport import DelegatingTransport, Transport
 from phalanx.v1 import node_pb2 as pb
 
-from node.codec import Message
-from node.transport import DelegatingTransport, Transport
-
 if TYPE_CHECKING:
-    from mpc import EncryptedShare, KeyAdvertisement, ShamirMember
-    from mpc.field import FieldVector
+    from phalanx.mpc import EncryptedShare, KeyAdvertisement, ShamirMember
+    from phalanx.mpc.field import FieldVector
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ KIND_GROUPS: dict[str, frozenset[int]] = {
 
 
 def known_behaviours() -> list[str]:
-    from adversary.poisoning import POISONING_ATTACKS
+    from phalanx.adversary.poisoning import POISONING_ATTACKS
 
     return sorted([*PROTOCOL_BEHAVIOURS, *DATA_BEHAVIOURS, *POISONING_ATTACKS])
 
@@ -105,7 +105,7 @@ class BehaviourSpec:
 
     @property
     def is_poisoning(self) -> bool:
-        from adversary.poisoning import POISONING_ATTACKS
+        from phalanx.adversary.poisoning import POISONING_ATTACKS
 
         return self.name in POISONING_ATTACKS
 
@@ -117,8 +117,8 @@ class BehaviourSpec:
 def parse_behaviour(spec: str, start_round: int = 1) -> BehaviourSpec:
     """Parse and validate a behaviour spec such as ``alie``, ``scaling:factor=10`` or
     ``crash:phase=share``; unknown names and parameters are refused with the allowed ones."""
-    from adversary.poisoning import parse_attack
-    from learning.aggregation import parse_spec
+    from phalanx.adversary.poisoning import parse_attack
+    from phalanx.learning.aggregation import parse_spec
 
     name, params = parse_spec(spec)
     name = name.lower()
@@ -240,8 +240,8 @@ class ByzantineTransport(DelegatingTransport):
         not the dealer, are named as liars; with r - a <= e the sum carries the second secret and
         the unaffected holders are named; in between the cluster's reconstruction fails.
         """
-        from mpc import field as gf
-        from mpc.inconsistent import deal_inconsistent
+        from phalanx.mpc import field as gf
+        from phalanx.mpc.inconsistent import deal_inconsistent
 
         session = member.session
         if self.spec.name != "inconsistent-shares" or session.round < self.spec.start_round:
@@ -268,7 +268,7 @@ class ByzantineTransport(DelegatingTransport):
         scale = float(self.spec.params.get("scale", 10.0))
         tensors = dict(message.tensors)
         if name == "corrupt-partial" and kind == pb.MESSAGE_KIND_PARTIAL_SUM:
-            from mpc.field import PRIME
+            from phalanx.mpc.field import PRIME
 
             size = tensors["value"].size // 4
             garbage = self.rng.integers(0, PRIME, size, dtype=np.uint32).astype("<u4")
@@ -363,7 +363,7 @@ class UpdatePoisoner:
         cluster_size: int = 1,
         aggregation: AggregationSettings | None = None,
     ) -> None:
-        from adversary.poisoning import AttackSpec, make_params, parse_attack
+        from phalanx.adversary.poisoning import AttackSpec, make_params, parse_attack
 
         self.spec = spec
         params: dict[str, Any] = dict(spec.params)

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from learning.aggregation import SpecValue, get_rule, pairwise_squared_distances, parse_spec
+from phalanx.learning.aggregation import SpecValue, get_rule, pairwise_squared_distances, parse_spec
 
 __all__ = [
     "POISONING_ATTACKS",

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from learning.aggregation import (
+from phalanx.learning.aggregation import (
     AGGREGATION_RULES,
     PRE_AGGREGATORS,
     AggregationResult,

@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from defense.dpsgd import DPSGDConfig, dp_train_local
-from learning.data import load_dataset
-from learning.models import build_model
-from learning.train import TrainConfig, evaluate, train_local
+from phalanx.defense.dpsgd import DPSGDConfig, dp_train_local
+from phalanx.learning.data import load_dataset
+from phalanx.learning.models import build_model
+from phalanx.learning.train import TrainConfig, evaluate, train_local
 
 
 def run_dpsgd_bench(

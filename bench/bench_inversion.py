@@ -26,8 +26,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from adversary.inversion.attacks import METHODS, PRIOR_OF
-from adversary.inversion.experiment import (
+from phalanx.adversary.inversion.attacks import METHODS, PRIOR_OF
+from phalanx.adversary.inversion.experiment import (
     DEFAULT_TORCH_THREADS,
     ExperimentResult,
     ExperimentSpec,
@@ -35,7 +35,7 @@ from adversary.inversion.experiment import (
     pinned_torch,
     run_experiment,
 )
-from learning.data import Dataset, load_dataset
+from phalanx.learning.data import Dataset, load_dataset
 
 
 def _parse_ks(text: str) -> list[int]:

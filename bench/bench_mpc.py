@@ -13,7 +13,7 @@ import statistics
 
 import numpy as np
 
-from mpc.secure_sum import MODES, PHASES, secure_sum
+from phalanx.mpc.secure_sum import MODES, PHASES, secure_sum
 
 
 def run_mpc_bench(

@@ -60,24 +60,29 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from adversary.inversion.attacks import invert
-from adversary.inversion.experiment import (
+from phalanx.adversary.inversion.attacks import invert
+from phalanx.adversary.inversion.experiment import (
     ExperimentSpec,
     load_prior_for,
     run_experiment,
     victim_model,
 )
-from adversary.inversion.knowledge import AttackerKnowledge, Defense, InversionConfig
-from adversary.inversion.metrics import psnr
-from adversary.inversion.priors import auxiliary_split
-from adversary.inversion.targets import fedavg_update, flatten, observed_cluster_sum, unflatten
-from defense import gaussian_epsilon
-from defense.dpsgd import dpsgd_sample_rate
-from learning.data import Dataset, load_dataset
-from node.defenses import DefenseConfig, NodeDefense
+from phalanx.adversary.inversion.knowledge import AttackerKnowledge, Defense, InversionConfig
+from phalanx.adversary.inversion.metrics import psnr
+from phalanx.adversary.inversion.priors import auxiliary_split
+from phalanx.adversary.inversion.targets import (
+    fedavg_update,
+    flatten,
+    observed_cluster_sum,
+    unflatten,
+)
+from phalanx.defense import gaussian_epsilon
+from phalanx.defense.dpsgd import dpsgd_sample_rate
+from phalanx.learning.data import Dataset, load_dataset
+from phalanx.node.defenses import DefenseConfig, NodeDefense
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_BASE = REPO / "node" / "scenarios" / "plain.toml"
+DEFAULT_BASE = REPO / "node" / "scenarios" / "default.toml"
 CLUSTER_MPC_MODE = "shamir"
 """Mode of the cluster sum the new columns attack: Shamir, the nodes' MPC default; the map's
 testbeds run ``secure = "none"``, where the aggregator would see each member in the clear."""
@@ -156,7 +161,7 @@ def run_testbed(scenario: dict[str, Any], work: Path, timeout_s: float) -> dict[
     command = [
         sys.executable,
         "-m",
-        "node",
+        "phalanx.node",
         "testbed",
         "run",
         str(path),

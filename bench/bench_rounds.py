@@ -30,7 +30,7 @@ def run_testbed(out: Path, *args: str, timeout: float = 1800) -> dict[str, Any]:
     command = [
         sys.executable,
         "-m",
-        "node",
+        "phalanx.node",
         "testbed",
         "run",
         "--no-metrics",

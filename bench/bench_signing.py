@@ -31,11 +31,10 @@ from rich.table import Table
 
 def primitive_costs(sizes: list[int], repeats: int = 50) -> list[dict[str, Any]]:
     """Median microseconds to sign and to verify one envelope carrying `size` float32 values."""
+    from phalanx.clustering.identity import NodeIdentity
+    from phalanx.node.codec import Message
+    from phalanx.node.signing import sign_envelope, tensor_digests, verify_envelope
     from phalanx.v1 import node_pb2 as pb
-
-    from clustering.identity import NodeIdentity
-    from node.codec import Message
-    from node.signing import sign_envelope, tensor_digests, verify_envelope
 
     identity = NodeIdentity.generate()
     rows = []
@@ -67,11 +66,11 @@ def primitive_costs(sizes: list[int], repeats: int = 50) -> list[dict[str, Any]]
 
 def _nodes(args: argparse.Namespace, folder: Path) -> list[Any]:
     """n keyed nodes with mutual TLS on loopback, in this process."""
-    from clustering.certs import write_certificates
-    from clustering.identity import NodeIdentity
-    from node.config import NodeConfig, NodeSettings, PeerConfig, parse_scenario
-    from node.node import Node
-    from node.testbed import free_ports, node_ids
+    from phalanx.clustering.certs import write_certificates
+    from phalanx.clustering.identity import NodeIdentity
+    from phalanx.node.config import NodeConfig, NodeSettings, PeerConfig, parse_scenario
+    from phalanx.node.node import Node
+    from phalanx.node.testbed import free_ports, node_ids
 
     ids = node_ids(args.nodes)
     write_certificates(folder / "certs", args.nodes, overwrite=True, names=ids)
@@ -127,7 +126,7 @@ def _set_signing(nodes: list[Any], signed: bool) -> None:
 async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from node.peer import model_digest
+    from phalanx.node.peer import model_digest
 
     torch.set_num_threads(1)
     logging.getLogger("node").setLevel(logging.WARNING)

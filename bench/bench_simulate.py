@@ -35,7 +35,7 @@ def _run(
     command = [
         sys.executable,
         "-m",
-        "node",
+        "phalanx.node",
         "testbed",
         "run",
         "--engine",

@@ -48,19 +48,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from adversary.inversion.experiment import ExperimentSpec, run_experiment
-from defense import alpha_bar_schedule, denoise_forward, parse_defense
-from defense.forward_noise import ForwardNoising
-from learning.data import Dataset, load_dataset, partition
-from learning.models import build_model
-from learning.train import (
+from phalanx.adversary.inversion.experiment import ExperimentSpec, run_experiment
+from phalanx.defense import alpha_bar_schedule, denoise_forward, parse_defense
+from phalanx.defense.forward_noise import ForwardNoising
+from phalanx.learning.data import Dataset, load_dataset, partition
+from phalanx.learning.models import build_model
+from phalanx.learning.train import (
     TrainConfig,
     evaluate,
     flatten_parameters,
     load_flat_parameters,
     train_local,
 )
-from node.defenses import DefenseConfig, NodeDefense
+from phalanx.node.defenses import DefenseConfig, NodeDefense
 
 SCHEDULES = ("decreasing", "increasing", "constant")
 DELTA = DefenseConfig().delta

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clustering.strategies import cluster_sizes
+from phalanx.clustering.strategies import cluster_sizes
 
 AnalysisStrategy = Literal["random", "static"]
 ANALYSIS_STRATEGIES: tuple[str, ...] = ("random", "static")

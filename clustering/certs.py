@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from clustering.identity import write_private_file
+from phalanx.clustering.identity import write_private_file
 
 DEFAULT_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1")
 DEFAULT_VALID_DAYS = 365

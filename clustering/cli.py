@@ -14,7 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from clustering.analysis import (
+from phalanx.clustering.analysis import (
     ANALYSIS_STRATEGIES,
     ClusterAnalysis,
     analyze_clusters,

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from clustering.identity import (
+from phalanx.clustering.identity import (
     NODE_ID_HEX_CHARS,
     PUBLIC_KEY_BYTES,
     SIGNATURE_BYTES,

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from clustering.identity import NodeIdentity
-from clustering.membership import (
+from phalanx.clustering.identity import NodeIdentity
+from phalanx.clustering.membership import (
     REJECTION_ERRORS,
     MembershipEvent,
     Outgoing,

@@ -33,7 +33,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from clustering.shuffle import shuffle_sequence
+from phalanx.clustering.shuffle import shuffle_sequence
 
 PinMode = Literal["spread", "packed"]
 DEFAULT_SUSPICION_THRESHOLD = 0.5

@@ -20,7 +20,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
 from opacus.accountants.analysis import rdp as opacus_rdp
 
-from defense._validation import (
+from phalanx.defense._validation import (
     require_delta,
     require_int_at_least,
     require_non_negative,

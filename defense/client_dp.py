@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from defense._validation import (
+from phalanx.defense._validation import (
     require_delta,
     require_int_at_least,
     require_non_negative,
     require_positive,
 )
-from defense.accounting import PrivacyAccountant
+from phalanx.defense.accounting import PrivacyAccountant
 
 
 def clip_l2(update: torch.Tensor, clip_norm: float) -> torch.Tensor:

@@ -42,13 +42,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from defense._validation import (
+from phalanx.defense._validation import (
     require_delta,
     require_int_at_least,
     require_non_negative,
     require_positive,
 )
-from defense.accounting import INTEGER_RDP_ORDERS, epsilon_from_rdp
+from phalanx.defense.accounting import INTEGER_RDP_ORDERS, epsilon_from_rdp
 
 MECHANISMS = ("dgauss", "skellam")
 

@@ -26,9 +26,9 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from defense._validation import require_delta, require_non_negative, require_positive
-from defense.accounting import ACCOUNTANTS, PrivacyAccountant
-from learning.train import TrainConfig, TrainResult
+from phalanx.defense._validation import require_delta, require_non_negative, require_positive
+from phalanx.defense.accounting import ACCOUNTANTS, PrivacyAccountant
+from phalanx.learning.train import TrainConfig, TrainResult
 
 
 @dataclass(frozen=True)

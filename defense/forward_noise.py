@@ -33,14 +33,14 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from defense._validation import (
+from phalanx.defense._validation import (
     require_delta,
     require_int_at_least,
     require_positive,
     require_rate,
 )
-from defense.accounting import PrivacyAccountant
-from defense.client_dp import clip_l2
+from phalanx.defense.accounting import PrivacyAccountant
+from phalanx.defense.client_dp import clip_l2
 
 DIFFUSION_SCHEDULES = ("linear", "cosine")
 LEVEL_SCHEDULES = ("constant", "decreasing", "increasing")

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from defense._validation import require_fraction_below_one
+from phalanx.defense._validation import require_fraction_below_one
 
 
 def prune_top_k(update: torch.Tensor, ratio: float) -> torch.Tensor:

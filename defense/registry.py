@@ -28,14 +28,14 @@ from typing import Any, Protocol
 
 import torch
 
-from defense._validation import require_non_negative, require_positive
-from defense.client_dp import ClientLevelDP, add_gaussian_noise, clip_l2
-from defense.forward_noise import (
+from phalanx.defense._validation import require_non_negative, require_positive
+from phalanx.defense.client_dp import ClientLevelDP, add_gaussian_noise, clip_l2
+from phalanx.defense.forward_noise import (
     ForwardNoising,
     NoiseLevelSchedule,
     calibrate_forward_noising,
 )
-from defense.pruning import prune_top_k
+from phalanx.defense.pruning import prune_top_k
 
 
 class UpdateDefense(Protocol):

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # node.config pulls in torch: imported where used, so `--help` stays fast
-    from node.config import NodeConfig, Scenario
+    from phalanx.node.config import NodeConfig, Scenario
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -89,7 +89,7 @@ def node_config(spec: ComposeSpec, index: int, public_keys: Sequence[str]) -> No
     """The node file of service `index`: binds 0.0.0.0, peers addressed by service name, each
     with its Ed25519 public key (every message is signed; without TLS the keys are what binds a
     message to its sender), its own identity key mounted as a secret."""
-    from node.config import NodeConfig, NodeSettings, PeerConfig
+    from phalanx.node.config import NodeConfig, NodeSettings, PeerConfig
 
     peers = [
         PeerConfig(
@@ -214,7 +214,7 @@ def write_compose(spec: ComposeSpec, out_dir: str | Path) -> list[Path]:
     """Write every file of the compose testbed under `out_dir`; returns the paths written."""
     import tomli_w
 
-    from deploy.prometheus import DASHBOARD_PATH, ScrapeTarget, scrape_config
+    from phalanx.deploy.prometheus import DASHBOARD_PATH, ScrapeTarget, scrape_config
 
     out = Path(out_dir)
     files: dict[str, str] = {
@@ -252,7 +252,7 @@ def write_compose(spec: ComposeSpec, out_dir: str | Path) -> list[Path]:
         path.write_text(text)
         written.append(path)
     if spec.tls:
-        from clustering.certs import write_certificates
+        from phalanx.clustering.certs import write_certificates
 
         written += write_certificates(out / "certs", spec.nodes, ["localhost"], overwrite=True)
     return written
@@ -261,7 +261,7 @@ def write_compose(spec: ComposeSpec, out_dir: str | Path) -> list[Path]:
 def identity_keys(folder: Path, nodes: int) -> list[str]:
     """Each node's Ed25519 identity key under `folder` (``node-<i>.pem``, created once and kept
     on later runs, mode 0600), and the public keys in hex."""
-    from clustering.identity import NodeIdentity
+    from phalanx.clustering.identity import NodeIdentity
 
     folder.mkdir(parents=True, exist_ok=True)
     return [
@@ -302,6 +302,13 @@ def write_image_context(out_dir: str | Path, distribution: str = "phalanx") -> l
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(str(dist.locate_file(file))), target)
         written.append(target)
+    # The recipe sits where a checkout has it (deploy/), beside the package it installs.
+    for name in ("Dockerfile", "Dockerfile.dockerignore"):
+        packaged = out / "phalanx" / "deploy" / name
+        if packaged.is_file():
+            (out / "deploy").mkdir(exist_ok=True)
+            shutil.copyfile(packaged, out / "deploy" / name)
+            written.append(out / "deploy" / name)
     if not (out / DOCKERFILE).is_file():
         raise ValueError(f"the installed {distribution} lacks {DOCKERFILE}: give --context")
     requires = [r for r in dist.requires or [] if "extra ==" not in r.partition(";")[2]]
@@ -340,7 +347,7 @@ def write_image_context(out_dir: str | Path, distribution: str = "phalanx") -> l
 
 def parse_byzantine(items: list[str] | None) -> dict[int, str]:
     """``I=ATTACK`` items (e.g. ``2=sign-flip``, ``3=scaling:factor=10``), attacks validated."""
-    from adversary.poisoning import parse_attack
+    from phalanx.adversary.poisoning import parse_attack
 
     behaviours: dict[int, str] = {}
     for item in items or []:
@@ -353,7 +360,12 @@ def parse_byzantine(items: list[str] | None) -> dict[int, str]:
 
 
 def _cmd_compose(args: argparse.Namespace) -> int:
-    from node.config import ConfigError, default_scenario_path, load_scenario, with_overrides
+    from phalanx.node.config import (
+        ConfigError,
+        default_scenario_path,
+        load_scenario,
+        with_overrides,
+    )
 
     try:
         scenario = load_scenario(args.scenario or default_scenario_path())
@@ -381,7 +393,7 @@ def _cmd_compose(args: argparse.Namespace) -> int:
 
 
 def _cmd_prometheus_config(args: argparse.Namespace) -> int:
-    from deploy.prometheus import scrape_config, targets_from_node_configs
+    from phalanx.deploy.prometheus import scrape_config, targets_from_node_configs
 
     try:
         targets = targets_from_node_configs(Path(args.testbed_out) / "config")
@@ -397,7 +409,7 @@ def _cmd_prometheus_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_netns_clean(args: argparse.Namespace) -> int:
-    from deploy.netns import cleanup_stale
+    from phalanx.deploy.netns import cleanup_stale
 
     try:
         removed = cleanup_stale(args.prefix)
@@ -411,7 +423,7 @@ def _cmd_netns_clean(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``phalanx deploy compose | k8s | prometheus-config | netns-clean``."""
     from phalanx.deploy.k8s import register_k8s
-    from node.cli import float_in, int_in
+    from phalanx.node.cli import float_in, int_in
 
     deploy = subparsers.add_parser(
         "deploy", help="compose and Kubernetes files, Prometheus/Grafana, netns tools"

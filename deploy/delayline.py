@@ -224,7 +224,7 @@ class DelayLineProcess:
     process: subprocess.Popen[str] | None = None
 
     def start(self, cwd: Path | None = None) -> DelayLineProcess:
-        command = [sys.executable, "-m", "deploy.delayline", "--netns", self.netns]
+        command = [sys.executable, "-m", "phalanx.deploy.delayline", "--netns", self.netns]
         command += ["--inner", self.inner, "--outer", self.outer, "--seed", str(self.seed)]
         self.process = subprocess.Popen(
             command,

@@ -57,8 +57,8 @@ from typing import Any
 
 import tomli_w
 
-from deploy.delayline import DelayLineError, DelayLineProcess, Shaping
-from node.config import (
+from phalanx.deploy.delayline import DelayLineError, DelayLineProcess, Shaping
+from phalanx.node.config import (
     FaultConfig,
     NodeConfig,
     NodeSettings,
@@ -67,12 +67,13 @@ from node.config import (
     load_scenario,
     with_overrides,
 )
-from node.testbed import (
+from phalanx.node.testbed import (
     REPO_ROOT,
     Fault,
     NodeProcess,
     Testbed,
     _die_with_parent,
+    child_environment,
     console,
     node_ids,
     run_testbed,
@@ -287,7 +288,7 @@ class NetnsTestbed(Testbed):
         if self._reaper is not None:
             return
         self._reaper = subprocess.Popen(
-            [sys.executable, "-m", "deploy.netns", "reap", self.prefix],
+            [sys.executable, "-m", "phalanx.deploy.netns", "reap", self.prefix],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -462,11 +463,7 @@ class NetnsTestbed(Testbed):
         )
 
     def _start(self, proc: NodeProcess) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO_ROOT), str(REPO_ROOT / "proto"), env.get("PYTHONPATH", "")]
-        ).rstrip(os.pathsep)
-        env.setdefault("OMP_NUM_THREADS", "1")
+        env = child_environment()
         command = [
             "ip",
             "netns",
@@ -474,7 +471,7 @@ class NetnsTestbed(Testbed):
             self.namespace(proc.node_ids[0]),
             sys.executable,
             "-m",
-            "node",
+            "phalanx.node",
             "node",
         ]
         for path in proc.config_paths:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.config import load_node_config
+from phalanx.node.config import load_node_config
 
 METRIC_NAME = re.compile(r"\bphalanx_[a-z0-9_]+")
 DASHBOARD_PATH = Path(__file__).parent / "grafana" / "phalanx-dashboard.json"

@@ -1,5 +1,5 @@
 """``python -m experiments experiment run ...``: the same parser `phalanx` gets via `register`."""
 
-from experiments.cli import main
+from phalanx.experiments.cli import main
 
 raise SystemExit(main())

@@ -43,11 +43,11 @@ def run_inversion_cell(params: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"inversion cell: unknown keys {unknown}; known: {list(INVERSION_KEYS)}")
     try:
-        from adversary.inversion.experiment import ExperimentSpec, run_experiment
-        from adversary.inversion.targets import parse_defense
+        from phalanx.adversary.inversion.experiment import ExperimentSpec, run_experiment
+        from phalanx.adversary.inversion.targets import parse_defense
     except ImportError as error:  # the inversion room is not there yet
         raise RuntimeError(f"inversion cells need adversary.inversion ({error})") from None
-    from learning.data import load_dataset
+    from phalanx.learning.data import load_dataset
 
     seed = int(params.get("seed", 0))
     dataset = load_dataset(str(params.get("dataset", "digits")), seed=seed)
@@ -90,9 +90,9 @@ def _defended_utility(
     """Test accuracy after training, with each epoch's update passed through the defense."""
     import torch
 
-    from adversary.inversion.targets import parse_defense
-    from learning.models import build_model
-    from learning.train import TrainConfig, train_local
+    from phalanx.adversary.inversion.targets import parse_defense
+    from phalanx.learning.models import build_model
+    from phalanx.learning.train import TrainConfig, train_local
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)

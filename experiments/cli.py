@@ -37,14 +37,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.address is not None and args.backend != "ray":
         return _error("--address needs --backend ray")
     if args.backend == "ray":
-        from experiments.ray_backend import RayUnavailable, require_ray
+        from phalanx.experiments.ray_backend import RayUnavailable, require_ray
 
         try:
             require_ray()
         except RayUnavailable as error:
             return _error(str(error))
-    from experiments.runner import run_sweep
-    from experiments.spec import SpecError, load_spec
+    from phalanx.experiments.runner import run_sweep
+    from phalanx.experiments.spec import SpecError, load_spec
 
     try:
         resolved = load_spec(args.spec, quick=args.quick)
@@ -74,7 +74,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from experiments.report import write_report
+    from phalanx.experiments.report import write_report
 
     try:
         path = write_report(args.dir)
@@ -85,7 +85,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from experiments.store import open_existing
+    from phalanx.experiments.store import open_existing
 
     if not args.csv:
         return _error("export: choose a format (--csv)")
@@ -99,7 +99,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
-    from experiments.runner import SweepInterrupted, rerun_cell
+    from phalanx.experiments.runner import SweepInterrupted, rerun_cell
 
     try:
         result = rerun_cell(args.dir, args.cell_id, timeout_s=args.timeout)
@@ -122,7 +122,7 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``phalanx experiment`` with ``run``, ``report``, ``export`` and ``rerun``."""
-    from node.cli import float_in, int_in
+    from phalanx.node.cli import float_in, int_in
 
     experiment = subparsers.add_parser(
         "experiment", help="declarative sweeps over real testbeds, stored and reported"

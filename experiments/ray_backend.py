@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from experiments.runner import (
+from phalanx.experiments.runner import (
     CellSink,
     ChildRegistry,
     available_cores,
@@ -40,8 +40,8 @@ from experiments.runner import (
     prepare_cell_dir,
     run_cell,
 )
-from experiments.spec import Cell, ResolvedSpec
-from experiments.store import CellRecord
+from phalanx.experiments.spec import Cell, ResolvedSpec
+from phalanx.experiments.store import CellRecord
 
 RAY_REQUIREMENT = "ray[default]==2.52.0"
 TASK_RETRIES = 2  # Ray's retries of a task whose worker or node died (not of a failed cell)

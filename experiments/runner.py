@@ -52,9 +52,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from experiments.metrics import cell_metrics, round_rows
-from experiments.spec import ENGINE_KEY, Cell, ResolvedSpec, canonical_hash
-from experiments.store import CellRecord, ResultStore
+from phalanx.experiments.metrics import cell_metrics, round_rows
+from phalanx.experiments.spec import ENGINE_KEY, Cell, ResolvedSpec, canonical_hash
+from phalanx.experiments.store import CellRecord, ResultStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSIONED_PACKAGES = ("torch", "numpy", "grpcio", "phalanx")
@@ -130,10 +130,9 @@ def _die_with_parent() -> None:
 
 
 def _child_env(overrides: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    parts = [str(REPO_ROOT), str(REPO_ROOT / "proto"), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in parts if p)
-    env.setdefault("OMP_NUM_THREADS", "1")
+    from phalanx.node.testbed import child_environment
+
+    env = child_environment()
     env.setdefault("PYTHONHASHSEED", "0")
     env.update(overrides or {})
     return env
@@ -283,7 +282,7 @@ def run_cell(
         command = [
             sys.executable,
             "-m",
-            "node",
+            "phalanx.node",
             "testbed",
             "run",
             str(cell_dir / "scenario.toml"),
@@ -304,7 +303,7 @@ def run_cell(
     command = [
         sys.executable,
         "-m",
-        "experiments.cells",
+        "phalanx.experiments.cells",
         str(cell_dir / "params.json"),
         str(result_path),
     ]
@@ -486,7 +485,7 @@ def run_sweep(
         done = store.finished_ids(include_failed=not retry_failed)
         todo = [c for c in resolved.cells if c.id not in done]
         if backend == "ray" and todo:
-            from experiments.ray_backend import RaySession
+            from phalanx.experiments.ray_backend import RaySession
 
             session = RaySession.open(address, resolved, jobs)
             pace = session.describe(jobs)
@@ -506,7 +505,7 @@ def run_sweep(
             )
             sink = CellSink(store, progress, task, on_record)
             if session is not None:
-                from experiments.ray_backend import run_on_ray
+                from phalanx.experiments.ray_backend import run_on_ray
 
                 interrupted, lost = run_on_ray(session, resolved, todo, out, jobs, sink)
             elif todo:
@@ -614,7 +613,7 @@ class RerunResult:
 
 def rerun_cell(out_dir: str | Path, cell_id: str, timeout_s: float | None = None) -> RerunResult:
     """Run one recorded cell again from its ``params.json`` into ``DIR/reruns/CELL_ID``."""
-    from experiments.store import open_existing
+    from phalanx.experiments.store import open_existing
 
     out = Path(out_dir)
     with open_existing(out) as store:

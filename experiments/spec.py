@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from node.config import ConfigError, Scenario, parse_scenario, with_overrides
+from phalanx.node.config import ConfigError, Scenario, parse_scenario, with_overrides
 
 KNOWN_METRICS = (
     "final_accuracy",
@@ -230,7 +230,7 @@ def parse_spec(data: dict[str, Any]) -> SweepSpec:
 def _check_keys(kind: str, keys: list[str], where: str, base: dict[str, Any]) -> None:
     if kind == "testbed":
         return  # checked by with_overrides on every cell, which names the key
-    from experiments.cells import INVERSION_KEYS
+    from phalanx.experiments.cells import INVERSION_KEYS
 
     for key in keys:
         if key not in INVERSION_KEYS:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from mpc.field import FieldVector, uniform_from_bytes
+from phalanx.mpc.field import FieldVector, uniform_from_bytes
 
 SEED_BYTES = 32
 """Length of PRG seeds and symmetric keys (256 bits)."""

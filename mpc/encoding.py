@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from mpc.field import PRIME, FieldVector
+from phalanx.mpc.field import PRIME, FieldVector
 
 HALF_FIELD: int = (PRIME - 1) // 2
 """Largest magnitude an encoded (signed) sum may reach without wrapping."""

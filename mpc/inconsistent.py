@@ -28,9 +28,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from mpc.field import FieldVector
-from mpc.messages import EncryptedShare, KeyAdvertisement
-from mpc.shamir_protocol import ShamirMember
+from phalanx.mpc.field import FieldVector
+from phalanx.mpc.messages import EncryptedShare, KeyAdvertisement
+from phalanx.mpc.shamir_protocol import ShamirMember
 
 __all__ = ["correctable_holders", "deal_inconsistent"]
 

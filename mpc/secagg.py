@@ -27,16 +27,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpc import field as gf
-from mpc.crypto import (
+from phalanx.mpc import field as gf
+from phalanx.mpc.crypto import (
     SEED_BYTES,
     Csprng,
     KeyPair,
     agree,
     prg_field_vector,
 )
-from mpc.field import PRIME, FieldVector
-from mpc.messages import (
+from phalanx.mpc.field import PRIME, FieldVector
+from phalanx.mpc.messages import (
     EncryptedShare,
     KeyAdvertisement,
     MaskedInput,
@@ -44,8 +44,8 @@ from mpc.messages import (
     UnmaskingRequest,
     UnmaskingResponse,
 )
-from mpc.session import ClusterSession
-from mpc.shamir import reconstruct_robust, share_vector
+from phalanx.mpc.session import ClusterSession
+from phalanx.mpc.shamir import reconstruct_robust, share_vector
 
 SEED_PURPOSE = "secagg-seeds"
 SEED_ELEMENTS = SEED_BYTES // 2

@@ -22,19 +22,19 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from mpc import field as gf
-from mpc.crypto import Csprng
-from mpc.encoding import FixedPointConfig, clip_update, decode_sum, encode
-from mpc.messages import (
+from phalanx.mpc import field as gf
+from phalanx.mpc.crypto import Csprng
+from phalanx.mpc.encoding import FixedPointConfig, clip_update, decode_sum, encode
+from phalanx.mpc.messages import (
     EncryptedShare,
     KeyAdvertisement,
     MaskedInput,
     PartialSum,
     UnmaskingResponse,
 )
-from mpc.secagg import SEED_ELEMENTS, SecAggAggregator, SecAggMember
-from mpc.session import ClusterSession, default_threshold
-from mpc.shamir_protocol import ShamirMember, reconstruct_cluster_sum
+from phalanx.mpc.secagg import SEED_ELEMENTS, SecAggAggregator, SecAggMember
+from phalanx.mpc.session import ClusterSession, default_threshold
+from phalanx.mpc.shamir_protocol import ShamirMember, reconstruct_cluster_sum
 
 Mode = Literal["none", "secagg", "shamir"]
 MODES: tuple[str, ...] = ("none", "secagg", "shamir")

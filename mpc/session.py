@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from mpc import field as gf
-from mpc.crypto import (
+from phalanx.mpc import field as gf
+from phalanx.mpc.crypto import (
     Csprng,
     ShareAuthenticationError,
     ShareContext,
@@ -16,9 +16,9 @@ from mpc.crypto import (
     encrypt_share,
     share_key,
 )
-from mpc.field import FieldVector
-from mpc.messages import EncryptedShare, KeyAdvertisement, ShareRejected
-from mpc.shamir import packed_length
+from phalanx.mpc.field import FieldVector
+from phalanx.mpc.messages import EncryptedShare, KeyAdvertisement, ShareRejected
+from phalanx.mpc.shamir import packed_length
 
 
 @dataclass(frozen=True)

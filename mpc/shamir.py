@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpc import field as gf
-from mpc.crypto import Csprng
-from mpc.field import PRIME, FieldVector
+from phalanx.mpc import field as gf
+from phalanx.mpc.crypto import Csprng
+from phalanx.mpc.field import PRIME, FieldVector
 
 MAX_SHARES = 2**16
 """Share points are 1..m with m < 2^16, which keeps Horner steps exact in uint64."""

@@ -21,22 +21,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mpc import field as gf
-from mpc.crypto import (
+from phalanx.mpc import field as gf
+from phalanx.mpc.crypto import (
     Csprng,
     KeyPair,
 )
-from mpc.field import FieldVector
-from mpc.messages import EncryptedShare, KeyAdvertisement, PartialSum, ShareRejected
-from mpc.session import ClusterSession
-from mpc.shamir import (
+from phalanx.mpc.field import FieldVector
+from phalanx.mpc.messages import EncryptedShare, KeyAdvertisement, PartialSum, ShareRejected
+from phalanx.mpc.session import ClusterSession
+from phalanx.mpc.shamir import (
     ReconstructionResult,
     reconstruct_robust,
     secret_points,
     share_packed,
     unpack,
 )
-from mpc.shamir import partial_sum as sum_shares
+from phalanx.mpc.shamir import partial_sum as sum_shares
 
 UPDATE_PURPOSE = "shamir-update"
 

@@ -1,7 +1,7 @@
-"""`python -m node ...` is the `phalanx` command."""
+"""`python -m phalanx.node ...` is the `phalanx` command."""
 
 import sys
 
-from node.cli import main
+from phalanx.node.cli import main
 
 sys.exit(main())

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from node.clock import now as clock_now
+from phalanx.node.clock import now as clock_now
 
 
 @dataclass

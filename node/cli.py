@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 if TYPE_CHECKING:
-    from node.config import NodeConfig
+    from phalanx.node.config import NodeConfig
 
 EXIT_CONFIG = 2  # bad input (the same code as `node.runner.EXIT_CONFIG`)
 EXIT_UNHEALTHY = 1
@@ -30,45 +30,51 @@ EXIT_UNHEALTHY = 1
 # The help is shown by ``phalanx --help`` without importing the module; a test checks that each
 # module registers exactly these names with these helps.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "node": ("node.cli", "run a peer daemon (one or more nodes in this process)"),
-    "health": ("node.cli", "ask a node's gRPC health service whether it is serving"),
-    "testbed": ("node.testbed", "local testbeds of real node processes"),
-    "simulate": ("node.testbed", "run a scenario with every peer in this process (memory engine)"),
-    "analyze": ("clustering.cli", "analyses of fault tolerance"),
-    "certs": ("clustering.certs", "create a CA and per-node certificates for mutual TLS"),
-    "attack": ("adversary.inversion.cli", "privacy attacks on observed updates"),
-    "deploy": ("deploy.compose", "compose and Kubernetes files, Prometheus/Grafana, netns tools"),
+    "node": ("phalanx.node.cli", "run a peer daemon (one or more nodes in this process)"),
+    "health": ("phalanx.node.cli", "ask a node's gRPC health service whether it is serving"),
+    "testbed": ("phalanx.node.testbed", "local testbeds of real node processes"),
+    "simulate": (
+        "phalanx.node.testbed",
+        "run a scenario with every peer in this process (memory engine)",
+    ),
+    "analyze": ("phalanx.clustering.cli", "analyses of fault tolerance"),
+    "certs": ("phalanx.clustering.certs", "create a CA and per-node certificates for mutual TLS"),
+    "attack": ("phalanx.adversary.inversion.cli", "privacy attacks on observed updates"),
+    "deploy": (
+        "phalanx.deploy.compose",
+        "compose and Kubernetes files, Prometheus/Grafana, netns tools",
+    ),
     "experiment": (
-        "experiments.cli",
+        "phalanx.experiments.cli",
         "declarative sweeps over real testbeds, stored and reported",
     ),
-    "bench": ("node.cli", "benchmarks that print ratios measured in one run"),
+    "bench": ("phalanx.node.cli", "benchmarks that print ratios measured in one run"),
 }
 # `phalanx bench NAME` -> (module with `register_bench(bench_subparsers)`, its help).
 BENCHES: dict[str, tuple[str, str]] = {
-    "rounds": ("bench.bench_rounds", "round time: train vs communicate vs aggregate"),
-    "scale": ("bench.bench_rounds", "many nodes per process: memory per node"),
+    "rounds": ("phalanx.bench.bench_rounds", "round time: train vs communicate vs aggregate"),
+    "scale": ("phalanx.bench.bench_rounds", "many nodes per process: memory per node"),
     "simulate": (
-        "bench.bench_simulate",
+        "phalanx.bench.bench_simulate",
         "memory engine at scale, and its speed-up over the gRPC testbed",
     ),
-    "mpc": ("bench.bench_mpc", "benchmark secure aggregation inside one cluster"),
+    "mpc": ("phalanx.bench.bench_mpc", "benchmark secure aggregation inside one cluster"),
     "aggregation": (
-        "bench.bench_aggregation",
+        "phalanx.bench.bench_aggregation",
         "time each robust aggregation rule as a ratio to the mean",
     ),
-    "inversion": ("bench.bench_inversion", "gradient-inversion attack benchmark"),
+    "inversion": ("phalanx.bench.bench_inversion", "gradient-inversion attack benchmark"),
     "dpsgd": (
-        "bench.bench_dpsgd",
+        "phalanx.bench.bench_dpsgd",
         "DP-SGD throughput against plain training, as a ratio in one run",
     ),
-    "privacy": ("bench.bench_privacy", "privacy–utility–robustness map"),
+    "privacy": ("phalanx.bench.bench_privacy", "privacy–utility–robustness map"),
     "signing": (
-        "bench.bench_signing",
+        "phalanx.bench.bench_signing",
         "round time with every message signed, over the same run unsigned",
     ),
     "forward-schedule": (
-        "bench.forward_schedule",
+        "phalanx.bench.forward_schedule",
         "forward-noising schedules at matched noise or matched eps: accuracy and iDLG",
     ),
 }
@@ -158,7 +164,7 @@ _NODE_FLAGS = {"out_dir": "--out"}
 
 
 def _node_configs(args: argparse.Namespace) -> list[NodeConfig]:
-    from node.config import (
+    from phalanx.node.config import (
         ConfigError,
         Scenario,
         load_node_config,
@@ -199,7 +205,7 @@ def _node_configs(args: argparse.Namespace) -> list[NodeConfig]:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
-    from node.config import ConfigError
+    from phalanx.node.config import ConfigError
 
     try:
         configs = _node_configs(args)
@@ -208,7 +214,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     import torch
 
-    from node.runner import run_nodes
+    from phalanx.node.runner import run_nodes
 
     torch.set_num_threads(args.torch_threads)
     return run_nodes(configs, linger_s=args.linger)
@@ -435,7 +441,7 @@ def build_parser(argv: Sequence[str] | None = None, *, load_all: bool = True) ->
     _add_node_parser(subparsers)
     _add_health_parser(subparsers)
     wanted = COMMANDS[command][0] if command in COMMANDS else None
-    external = {k: v for k, v in COMMANDS.items() if v[0] != "node.cli"}
+    external = {k: v for k, v in COMMANDS.items() if v[0] != "phalanx.node.cli"}
     _register(subparsers, external, "register", lambda _n, m: load_all or m == wanted)
     _add_bench_parser(subparsers, bench, load_all)
     return parser
@@ -467,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _is_user_error(error: Exception) -> bool:
     """A `CliError`, or a `node.config.ConfigError` (only a loaded node.config raises one, and
     importing it here would load torch for every command)."""
-    config = sys.modules.get("node.config")
+    config = sys.modules.get("phalanx.node.config")
     return isinstance(error, CliError) or (
         config is not None and isinstance(error, config.ConfigError)
     )

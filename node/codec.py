@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from phalanx.v1 import node_pb2 as pb
 
 PROTOCOL_VERSION = 1

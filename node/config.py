@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from learning.data import NEEDS_DIRECTORY
-from learning.models import MODELS
-from node.defenses import DefenseConfig
+from phalanx.learning.data import NEEDS_DIRECTORY
+from phalanx.learning.models import MODELS
+from phalanx.node.defenses import DefenseConfig
 
 MiB = 1024 * 1024
 
@@ -81,7 +81,7 @@ class ClusteringConfig(_Section):
 
     @model_validator(mode="after")
     def _known_strategy(self) -> ClusteringConfig:
-        from clustering.strategies import STRATEGIES
+        from phalanx.clustering.strategies import STRATEGIES
 
         # locality and pinned need inputs a node does not have (RTTs, pinned Byzantine ids):
         # they serve `phalanx analyze` and the clustering API only.
@@ -233,7 +233,7 @@ class ByzantineConfig(_Section):
 
     @model_validator(mode="after")
     def _known(self) -> ByzantineConfig:
-        from adversary.behaviours import parse_behaviour
+        from phalanx.adversary.behaviours import parse_behaviour
 
         parse_behaviour(self.behaviour, self.start_round)
         if not self.count and not self.nodes:
@@ -285,7 +285,7 @@ class Scenario(_Section):
         if colluders > self.nodes:
             raise ValueError("byzantine: more Byzantine nodes than nodes")
         for entry in self.byzantine:
-            from adversary.behaviours import parse_behaviour
+            from phalanx.adversary.behaviours import parse_behaviour
 
             spec = parse_behaviour(entry.behaviour)
             if spec.name == "inconsistent-shares" and aggregation.secure != "shamir":
@@ -294,15 +294,15 @@ class Scenario(_Section):
                     'aggregation.secure = "shamir"'
                 )
             if spec.is_poisoning and colluders < 2 and not entry.omniscient:
-                from adversary.poisoning import POISONING_ATTACKS
+                from phalanx.adversary.poisoning import POISONING_ATTACKS
 
                 if POISONING_ATTACKS[spec.name].needs_honest_view and spec.name != "ipm":
                     raise ValueError(
                         f"byzantine: {spec.name} estimates honest statistics from the colluders' "
                         "benign updates and needs at least 2 colluders (or omniscient = true)"
                     )
-        from clustering.strategies import cluster_sizes
-        from learning.aggregation import get_rule
+        from phalanx.clustering.strategies import cluster_sizes
+        from phalanx.learning.aggregation import get_rule
 
         robust = get_rule(aggregation.rule, pre=aggregation.pre or None)
         outputs = len(cluster_sizes(self.nodes, self.clustering.cluster_size))
@@ -319,8 +319,8 @@ class Scenario(_Section):
                     "clustering.cluster_size must be >= 2 when aggregation.secure is on: a "
                     "cluster of one would publish its member's update in the clear"
                 )
-            from clustering.strategies import cluster_sizes
-            from mpc.encoding import FixedPointConfig
+            from phalanx.clustering.strategies import cluster_sizes
+            from phalanx.mpc.encoding import FixedPointConfig
 
             sizes = cluster_sizes(self.nodes, self.clustering.cluster_size)
             FixedPointConfig(aggregation.clip, aggregation.frac_bits).check_no_overflow(max(sizes))
@@ -335,7 +335,7 @@ class Scenario(_Section):
                         f"aggregation.packing = {aggregation.packing} needs aggregation.secure = "
                         f"'shamir' (secagg masks, it does not share the update)"
                     )
-                from mpc.session import default_threshold
+                from phalanx.mpc.session import default_threshold
 
                 for size in sorted(set(sizes)):
                     t = aggregation.threshold or default_threshold("shamir", size)
@@ -363,9 +363,9 @@ class Scenario(_Section):
                 "defense.distributed needs aggregation.secure = 'shamir' or 'secagg': without "
                 "a secure sum every member's noise share would be seen next to its update"
             )
-        from clustering.strategies import cluster_sizes
-        from mpc.encoding import FixedPointConfig
-        from node.defenses import check_distributed_dp
+        from phalanx.clustering.strategies import cluster_sizes
+        from phalanx.mpc.encoding import FixedPointConfig
+        from phalanx.node.defenses import check_distributed_dp
 
         fixed_point = FixedPointConfig(self.aggregation.clip, self.aggregation.frac_bits)
         for size in sorted(set(cluster_sizes(self.nodes, self.clustering.cluster_size))):

@@ -37,7 +37,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from defense import (
+from phalanx.defense import (
     MECHANISMS,
     DPSGDConfig,
     ForwardNoising,
@@ -50,12 +50,12 @@ from defense import (
     parse_defense,
     participation_rate,
 )
-from defense.registry import ChainDefense, ClientLevelDPDefense
-from learning.train import TrainConfig, TrainResult, train_local
+from phalanx.defense.registry import ChainDefense, ClientLevelDPDefense
+from phalanx.learning.train import TrainConfig, TrainResult, train_local
 
 if TYPE_CHECKING:
-    from mpc import FixedPointConfig
-    from mpc.field import FieldVector
+    from phalanx.mpc import FixedPointConfig
+    from phalanx.mpc.field import FieldVector
 
 NOISE_TAIL_STDS = 10.0
 """Field headroom kept for the summed noise, in its standard deviations: a Gaussian exceeds 10
@@ -125,7 +125,7 @@ def noise_headroom(
     L2 clipping to C no coordinate exceeds C; `mpc.encode` also clips each to ``clip``), so
     ``k (min(C, clip) 2^f + 1) + 10 S 2^f`` must stay within ``(p - 1) / 2``.
     """
-    from mpc.encoding import HALF_FIELD
+    from phalanx.mpc.encoding import HALF_FIELD
 
     per_value = math.ceil(min(spec.clip, fixed_point.clip) * fixed_point.scale) + 1
     worst = cluster_size * per_value + NOISE_TAIL_STDS * spec.sigma_int(fixed_point)
@@ -187,8 +187,8 @@ class DistributedNoise:
         self, update: np.ndarray, fixed_point: FixedPointConfig, cluster_size: int, round_: int
     ) -> FieldVector:
         """Clip to L2 norm C, encode in fixed point, add this member's noise share mod p."""
-        from mpc import encode
-        from mpc.field import PRIME, add
+        from phalanx.mpc import encode
+        from phalanx.mpc.field import PRIME, add
 
         check_distributed_dp(self.spec, fixed_point, cluster_size)
         values = np.asarray(update, dtype=np.float64)

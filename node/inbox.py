@@ -12,8 +12,8 @@ from collections.abc import Callable, Collection
 
 import numpy as np
 
-from node import clock
-from node.codec import Message
+from phalanx.node import clock
+from phalanx.node.codec import Message
 
 Key = tuple[int, int, int]  # (round, kind, cluster)
 

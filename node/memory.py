@@ -35,9 +35,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
-from phalanx.v1 import node_pb2 as pb
 
-from node.codec import (
+from phalanx.node.codec import (
     CodecError,
     HeaderCheck,
     Message,
@@ -51,11 +50,12 @@ from node.codec import (
     make_header,
     tensor_spec,
 )
-from node.server import Rejection, receive
-from node.transport import RETRYABLE, RetryPolicy, SendObserver
+from phalanx.node.server import Rejection, receive
+from phalanx.node.transport import RETRYABLE, RetryPolicy, SendObserver
+from phalanx.v1 import node_pb2 as pb
 
 if TYPE_CHECKING:
-    from node.peer import Peer
+    from phalanx.node.peer import Peer
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
-from phalanx.v1 import node_pb2 as pb
 
-from mpc import (
+from phalanx.mpc import (
     ClusterSession,
     Csprng,
     EncryptedShare,
@@ -56,9 +55,9 @@ from mpc import (
     packed_length,
     reconstruct_cluster_sum,
 )
-from node import clock
-from node.codec import Message
-from node.protocols import (
+from phalanx.node import clock
+from phalanx.node.codec import Message
+from phalanx.node.protocols import (
     ClusterOutput,
     RoundContext,
     _invalid,
@@ -69,11 +68,12 @@ from node.protocols import (
     sender_cluster_members,
     validate_cluster_output,
 )
-from node.server import Rejection
+from phalanx.node.server import Rejection
+from phalanx.v1 import node_pb2 as pb
 
 if TYPE_CHECKING:
-    from mpc.field import FieldVector
-    from node.defenses import DistributedNoise
+    from phalanx.mpc.field import FieldVector
+    from phalanx.node.defenses import DistributedNoise
 
 log = logging.getLogger(__name__)
 
@@ -628,7 +628,7 @@ class SecAggClusterProtocol:
 
     async def _setup(self, context: RoundContext) -> tuple[Any, dict[str, Any], list[str]]:
         """Phases 1-3: keys, seed shares and the mask set U2; returns (member, adverts, U2)."""
-        from mpc import SecAggMember
+        from phalanx.mpc import SecAggMember
 
         me, r, mine = context.node_id, context.round, context.my_cluster
         members = sorted(context.clusters[mine])
@@ -730,7 +730,7 @@ class SecAggClusterProtocol:
         return member, adverts, mask_set
 
     async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
-        from mpc import MaskedInput, SecAggAggregator, UnmaskingRequest
+        from phalanx.mpc import MaskedInput, SecAggAggregator, UnmaskingRequest
 
         me, r, mine = context.node_id, context.round, context.my_cluster
         aggregator = context.publishers_of(mine)[0]
@@ -849,7 +849,7 @@ class SecAggClusterProtocol:
 
 
 def _unmask_response(round_: int, cluster: int, sender: str, message: Message) -> Any:
-    from mpc.messages import UnmaskingResponse
+    from phalanx.mpc.messages import UnmaskingResponse
 
     return UnmaskingResponse(
         round_,

@@ -14,11 +14,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from learning.data import Dataset
-from node.config import NodeConfig, tls_files
-from node.peer import Peer, round_seed
-from node.server import PhalanxServicer
-from node.transport import GrpcTransport, Transport
+from phalanx.learning.data import Dataset
+from phalanx.node.config import NodeConfig, tls_files
+from phalanx.node.peer import Peer, round_seed
+from phalanx.node.server import PhalanxServicer
+from phalanx.node.transport import GrpcTransport, Transport
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,8 @@ from typing import Any, Literal
 import grpc
 import numpy as np
 import torch
-from phalanx.v1 import node_pb2 as pb
 
-from adversary.behaviours import (
+from phalanx.adversary.behaviours import (
     DATA_BEHAVIOURS,
     ByzantineTransport,
     UpdatePoisoner,
@@ -35,27 +34,27 @@ from adversary.behaviours import (
     parse_behaviour,
     poison_training_data,
 )
-from clustering.identity import NodeIdentity
-from clustering.strategies import (
+from phalanx.clustering.identity import NodeIdentity
+from phalanx.clustering.strategies import (
     DEFAULT_SUSPICION_THRESHOLD,
     ClusterAssignment,
     compute_assignment,
 )
-from clustering.trust import SuspicionTracker
-from learning.data import Dataset, label_histogram, load_dataset, partition
-from learning.models import build_model
-from learning.train import (
+from phalanx.clustering.trust import SuspicionTracker
+from phalanx.learning.data import Dataset, label_histogram, load_dataset, partition
+from phalanx.learning.models import build_model
+from phalanx.learning.train import (
     TrainConfig,
     evaluate,
     flatten_parameters,
     load_flat_parameters,
     train_local,
 )
-from node import clock
-from node.actors import Actor, FunctionActor, Supervisor
-from node.admission import PeerAdmission
-from node.codec import Message, kind_name
-from node.config import (
+from phalanx.node import clock
+from phalanx.node.actors import Actor, FunctionActor, Supervisor
+from phalanx.node.admission import PeerAdmission
+from phalanx.node.codec import Message, kind_name
+from phalanx.node.config import (
     ByzantineConfig,
     ConfigError,
     NodeConfig,
@@ -64,10 +63,10 @@ from node.config import (
     check_peer_keys,
     tolerated_faults,
 )
-from node.defenses import NodeDefense
-from node.inbox import DuplicateMessage, RoundInbox
-from node.metrics import NodeMetrics
-from node.protocols import (
+from phalanx.node.defenses import NodeDefense
+from phalanx.node.inbox import DuplicateMessage, RoundInbox
+from phalanx.node.metrics import NodeMetrics
+from phalanx.node.protocols import (
     ClusterOutput,
     ClusterProtocol,
     PlaintextClusterProtocol,
@@ -76,15 +75,16 @@ from node.protocols import (
     echo_outputs,
     parse_echo,
 )
-from node.server import Rejection
-from node.signing import (
+from phalanx.node.server import Rejection
+from phalanx.node.signing import (
     SignatureError,
     SigningTransport,
     verify_envelope,
     verify_model_request,
 )
-from node.swim_service import MEMBERSHIP_KINDS, MembershipService
-from node.transport import Transport
+from phalanx.node.swim_service import MEMBERSHIP_KINDS, MembershipService
+from phalanx.node.transport import Transport
+from phalanx.v1 import node_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def combine_cluster_outputs(
             total += outputs[cluster].total
         count = sum(len(outputs[c].included) for c in order)
         return GlobalStep(total / np.float32(count), [], 0)
-    from learning.aggregation import get_rule
+    from phalanx.learning.aggregation import get_rule
 
     means = torch.from_numpy(np.stack([outputs[c].mean for c in order]))
     robust = get_rule(rule, pre=pre or None)
@@ -419,9 +419,9 @@ class Peer:
         aggregation = self.scenario.aggregation
         if aggregation.secure == "none":
             return PlaintextClusterProtocol()
-        from mpc import FixedPointConfig
-        from node.defenses import DistributedNoise
-        from node.mpc_protocol import ShamirClusterProtocol
+        from phalanx.mpc import FixedPointConfig
+        from phalanx.node.defenses import DistributedNoise
+        from phalanx.node.mpc_protocol import ShamirClusterProtocol
 
         fixed_point = FixedPointConfig(aggregation.clip, aggregation.frac_bits)
 
@@ -437,7 +437,7 @@ class Peer:
                 noise,
                 packing=aggregation.packing,
             )
-        from node.mpc_protocol import SecAggClusterProtocol
+        from phalanx.node.mpc_protocol import SecAggClusterProtocol
 
         return SecAggClusterProtocol(fixed_point, aggregation.threshold, self.rejected, noise)
 

@@ -23,12 +23,12 @@ from typing import Any, Protocol
 
 import grpc
 import numpy as np
-from phalanx.v1 import node_pb2 as pb
 
-from node import clock
-from node.codec import Message
-from node.inbox import RoundInbox
-from node.server import Rejection
+from phalanx.node import clock
+from phalanx.node.codec import Message
+from phalanx.node.inbox import RoundInbox
+from phalanx.node.server import Rejection
+from phalanx.v1 import node_pb2 as pb
 
 Send = Callable[[str, Message], Coroutine[Any, Any, bool]]
 
@@ -103,8 +103,12 @@ class RoundContext:
 class ClusterProtocol(Protocol):
     """Turns one update per dealer into cluster outputs that every node sees."""
 
-    kinds: frozenset[int]
     publishers: int | None  # None: as configured (clustering.publishers)
+
+    @property
+    def kinds(self) -> frozenset[int]:
+        """The message kinds this protocol exchanges (values of `phalanx.v1.MessageKind`)."""
+        ...
 
     def validate(self, message: Message, clusters: Sequence[Sequence[str]], dimension: int) -> None:
         """Raise `Rejection` when `message` cannot belong to this protocol's round."""

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from node.config import NodeConfig
+from phalanx.node.config import NodeConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ def install_event_loop_policy() -> str:
 
 async def serve_nodes(configs: Sequence[NodeConfig], linger_s: float = 1.0) -> int:
     """Start every node, run their rounds, and stop them all gracefully; returns an exit code."""
-    from learning.data import DatasetError
-    from node.config import ConfigError, check_peer_keys, check_tls
-    from node.node import Node
+    from phalanx.learning.data import DatasetError
+    from phalanx.node.config import ConfigError, check_peer_keys, check_tls
+    from phalanx.node.node import Node
 
     try:
         for config in configs:

@@ -14,10 +14,9 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
-from phalanx.v1 import node_pb2 as pb
 
-from node.actors import MailboxFull
-from node.codec import (
+from phalanx.node.actors import MailboxFull
+from phalanx.node.codec import (
     CodecError,
     Message,
     PayloadTooLarge,
@@ -25,6 +24,7 @@ from node.codec import (
     decode_envelope,
     encode_chunks,
 )
+from phalanx.v1 import node_pb2 as pb
 
 log = logging.getLogger(__name__)
 

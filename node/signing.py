@@ -35,11 +35,11 @@ from dataclasses import replace
 import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from phalanx.v1 import node_pb2 as pb
 
-from clustering.identity import SIGNATURE_BYTES, NodeIdentity, signing_payload
-from node.codec import Message, immutable_base, kind_name
-from node.transport import DelegatingTransport, Transport
+from phalanx.clustering.identity import SIGNATURE_BYTES, NodeIdentity, signing_payload
+from phalanx.node.codec import Message, immutable_base, kind_name
+from phalanx.node.transport import DelegatingTransport, Transport
+from phalanx.v1 import node_pb2 as pb
 
 MODEL_REQUEST_KIND = "model_request"
 """The `signing_payload` kind of a signed `ModelRequest` (distinct from every envelope kind)."""

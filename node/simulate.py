@@ -39,10 +39,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from node.config import FaultConfig, NodeConfig, NodeSettings, PeerConfig, Scenario
-from node.memory import MemoryNetwork, MemoryTransport, Shaping
-from node.peer import Peer, cached_dataset, round_seed
-from node.testbed import (
+from phalanx.node.config import FaultConfig, NodeConfig, NodeSettings, PeerConfig, Scenario
+from phalanx.node.memory import MemoryNetwork, MemoryTransport, Shaping
+from phalanx.node.peer import Peer, cached_dataset, round_seed
+from phalanx.node.testbed import (
     ENGINES,
     Fault,
     absolute_paths,
@@ -53,8 +53,8 @@ from node.testbed import (
     print_round,
     read_node_records,
 )
-from node.transport import Transport
-from node.virtual_time import VirtualTimeLoop
+from phalanx.node.transport import Transport
+from phalanx.node.virtual_time import VirtualTimeLoop
 
 __all__ = ["CLOCKS", "ENGINES", "Simulation", "run_simulation"]
 
@@ -99,7 +99,7 @@ class Simulation:
     # ------------------------------------------------------------------ set-up
     def prepare(self) -> None:
         """Identities and node configurations, as the testbed writes them (without ports)."""
-        from clustering.identity import NodeIdentity
+        from phalanx.clustering.identity import NodeIdentity
 
         self.ids = node_ids(self.scenario.nodes)
         self._check_partition()
@@ -128,8 +128,8 @@ class Simulation:
     def _check_partition(self) -> None:
         """The data split every peer will compute, tried once: a split that leaves a peer
         without data is a configuration error, not a thousand tracebacks."""
-        from learning.data import partition
-        from node.config import ConfigError
+        from phalanx.learning.data import partition
+        from phalanx.node.config import ConfigError
 
         data = self.scenario.data
         try:
@@ -271,7 +271,7 @@ class Simulation:
         )
 
     def honest_ids(self) -> list[str]:
-        from node.config import byzantine_nodes
+        from phalanx.node.config import byzantine_nodes
 
         byzantine = byzantine_nodes(self.scenario, self.ids)
         return [n for n in self.ids if n not in byzantine and n not in self.killed]

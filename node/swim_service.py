@@ -22,10 +22,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from phalanx.v1 import node_pb2 as pb
 
-from clustering.identity import NodeIdentity, node_id_from_public_key
-from clustering.membership import (
+from phalanx.clustering.identity import NodeIdentity, node_id_from_public_key
+from phalanx.clustering.membership import (
     PROTO_KIND_NAMES,
     REJECTION_ERRORS,
     MembershipMessage,
@@ -34,10 +33,11 @@ from clustering.membership import (
     SwimConfig,
     SwimMember,
 )
-from node import clock
-from node.codec import Message
-from node.config import MembershipConfig
-from node.transport import Transport
+from phalanx.node import clock
+from phalanx.node.codec import Message
+from phalanx.node.config import MembershipConfig
+from phalanx.node.transport import Transport
+from phalanx.v1 import node_pb2 as pb
 
 log = logging.getLogger("phalanx.membership")
 

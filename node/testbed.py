@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:  # node.config pulls in torch: imported where used, so `--help` stays fast
-    from node.config import Scenario
+    from phalanx.node.config import Scenario
 
 console = Console(highlight=False)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -129,10 +129,10 @@ def node_ids(count: int) -> list[str]:
 
 
 def import_roots() -> list[str]:
-    """The folders this process imports Phalanx's packages from (``node`` and the generated
-    ``phalanx`` protobuf package): a source checkout's root and ``proto/``, or site-packages."""
+    """The folder this process imports the ``phalanx`` package from: a source checkout's root,
+    or site-packages."""
     roots: list[str] = []
-    for package in ("node", "phalanx"):
+    for package in ("phalanx",):
         spec = importlib.util.find_spec(package)
         for location in (spec.submodule_search_locations or []) if spec else []:
             root = str(Path(location).resolve().parent)
@@ -156,7 +156,7 @@ def absolute_paths(scenario: Scenario) -> Scenario:
     directory = scenario.data.dir
     if directory is None or Path(directory).is_absolute():
         return scenario
-    from node.config import with_overrides
+    from phalanx.node.config import with_overrides
 
     return with_overrides(scenario, {"data.dir": str(Path(directory).resolve())})
 
@@ -239,7 +239,7 @@ class Testbed:
 
     def prepare(self) -> None:
         """Write the node files: ids, ports, peers, the scenario."""
-        from node.config import NodeConfig, NodeSettings, PeerConfig
+        from phalanx.node.config import NodeConfig, NodeSettings, PeerConfig
 
         n = self.scenario.nodes
         self.ids = node_ids(n)
@@ -259,7 +259,7 @@ class Testbed:
         for stale in (self.out_dir / "nodes").glob("*.jsonl"):
             stale.unlink()
         if self.tls_dir is not None:
-            from clustering.certs import write_certificates
+            from phalanx.clustering.certs import write_certificates
 
             write_certificates(self.tls_dir, n, overwrite=True, names=self.ids)
         paths: dict[str, Path] = {}
@@ -298,7 +298,7 @@ class Testbed:
             self.start_process(proc)
 
     def start_process(self, proc: NodeProcess) -> None:
-        command = [sys.executable, "-m", "node", "node"]
+        command = [sys.executable, "-m", "phalanx.node", "node"]
         for path in proc.config_paths:
             command += ["--config", str(path)]
         handle = open(proc.log_path, "ab")  # noqa: SIM115 - the child owns it
@@ -316,7 +316,7 @@ class Testbed:
     def identity_key(self, node_id: str) -> str:
         """Create (or reuse) the node's Ed25519 identity under OUT/keys and return its public key
         in hex, so every node knows every peer's key and signatures are checked from round 1."""
-        from clustering.identity import NodeIdentity
+        from phalanx.clustering.identity import NodeIdentity
 
         keys = self.out_dir / "keys"
         keys.mkdir(parents=True, exist_ok=True)
@@ -336,7 +336,7 @@ class Testbed:
 
     def honest_ids(self) -> list[str]:
         """Nodes that are neither Byzantine nor killed by a fault (what the summary vouches for)."""
-        from node.config import byzantine_nodes
+        from phalanx.node.config import byzantine_nodes
 
         byzantine = byzantine_nodes(self.scenario, self.ids)
         return [
@@ -500,8 +500,8 @@ def build_summary(
     status: str,
 ) -> dict[str, Any]:
     """Merge per-node records into the run summary (schema in ARCHITECTURE.md)."""
-    from clustering.trust import detection_quality
-    from node.config import byzantine_nodes
+    from phalanx.clustering.trust import detection_quality
+    from phalanx.node.config import byzantine_nodes
 
     all_rounds = sorted({r for per_node in rounds.values() for r in per_node})
     byzantine_ids = sorted(byzantine_nodes(scenario, node_ids(scenario.nodes)))
@@ -870,7 +870,12 @@ def _parse_byzantine(text: str) -> dict[str, Any]:
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
     """The scenario file (or the built-in one) with the flags applied, validated whole: a bad
     name or number is a `ConfigError` naming the field, before any node starts."""
-    from node.config import ConfigError, default_scenario_path, load_scenario, with_overrides
+    from phalanx.node.config import (
+        ConfigError,
+        default_scenario_path,
+        load_scenario,
+        with_overrides,
+    )
 
     scenario = (
         load_scenario(args.scenario) if args.scenario else load_scenario(default_scenario_path())
@@ -949,7 +954,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         scenario.timeouts.startup_s + scenario.rounds * (8 * scenario.timeouts.collect_s + 120)
     )
     if memory:
-        from node.simulate import run_simulation
+        from phalanx.node.simulate import run_simulation
 
         summary = run_simulation(
             scenario,
@@ -960,7 +965,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             clock=args.clock or "virtual",
         )
     elif args.hosts == "netns":
-        from deploy.netns import run_netns_testbed
+        from phalanx.deploy.netns import run_netns_testbed
 
         summary = run_netns_testbed(
             scenario, out_dir, timeout, faults=faults, metrics=not args.no_metrics
@@ -1035,7 +1040,7 @@ def _add_clock_argument(parser: argparse.ArgumentParser, default: str | None) ->
 
 
 def _add_run_arguments(run: argparse.ArgumentParser) -> None:
-    from node.cli import float_in, int_in
+    from phalanx.node.cli import float_in, int_in
 
     run.add_argument("scenario", nargs="?", type=Path, help="scenario TOML (default: built-in)")
     run.add_argument("--nodes", type=int_in(1), help="number of nodes [nodes]")

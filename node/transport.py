@@ -16,10 +16,8 @@ from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from phalanx.v1 import node_pb2 as pb
-from phalanx.v1 import node_pb2_grpc as pb_grpc
 
-from node.codec import (
+from phalanx.node.codec import (
     CodecError,
     Message,
     decode_chunks,
@@ -27,6 +25,8 @@ from node.codec import (
     encode_envelope,
     kind_name,
 )
+from phalanx.v1 import node_pb2 as pb
+from phalanx.v1 import node_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def phalanx_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "proto")])
+    env["PYTHONPATH"] = str(REPO)
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
@@ -24,7 +24,7 @@ def run_phalanx(
 ) -> subprocess.CompletedProcess[str]:
     """Run `phalanx ARGS` as a real process; returns the completed process (text output)."""
     return subprocess.run(
-        [sys.executable, "-m", "node", *args],
+        [sys.executable, "-m", "phalanx.node", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

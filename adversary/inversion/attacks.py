@@ -30,9 +30,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from adversary.inversion.knowledge import AttackerKnowledge, InversionConfig, Reconstruction
-from adversary.inversion.labels import recover_labels
-from adversary.inversion.matching import (
+from phalanx.adversary.inversion.knowledge import AttackerKnowledge, InversionConfig, Reconstruction
+from phalanx.adversary.inversion.labels import recover_labels
+from phalanx.adversary.inversion.matching import (
     cosine_distance,
     l2_distance,
     observed_pseudo_gradient,
@@ -40,7 +40,7 @@ from adversary.inversion.matching import (
     total_variation,
     validate_observed_update,
 )
-from adversary.inversion.priors import DiffusionPrior, GanPrior
+from phalanx.adversary.inversion.priors import DiffusionPrior, GanPrior
 
 METHODS: tuple[str, ...] = ("dlg", "idlg", "ig", "gan", "diffusion", "diffusion-ig")
 # The generative prior each method needs (`adversary.inversion.priors.PRIOR_KINDS`).

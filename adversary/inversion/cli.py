@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from adversary.inversion.attacks import METHODS, PRIOR_OF
-from adversary.inversion.experiment import (
+from phalanx.adversary.inversion.attacks import METHODS, PRIOR_OF
+from phalanx.adversary.inversion.experiment import (
     DEFAULT_TORCH_THREADS,
     ExperimentResult,
     ExperimentSpec,
@@ -26,9 +26,9 @@ from adversary.inversion.experiment import (
     pinned_torch,
     run_experiment,
 )
-from adversary.inversion.priors import PRIOR_KINDS
-from adversary.inversion.targets import parse_defense
-from learning.data import DATASETS, load_dataset
+from phalanx.adversary.inversion.priors import PRIOR_KINDS
+from phalanx.adversary.inversion.targets import parse_defense
+from phalanx.learning.data import DATASETS, load_dataset
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2

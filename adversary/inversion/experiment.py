@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from adversary.inversion.attacks import METHODS, PRIOR_OF, invert
-from adversary.inversion.knowledge import AttackerKnowledge, Defense, InversionConfig
-from adversary.inversion.metrics import (
+from phalanx.adversary.inversion.attacks import METHODS, PRIOR_OF, invert
+from phalanx.adversary.inversion.knowledge import AttackerKnowledge, Defense, InversionConfig
+from phalanx.adversary.inversion.metrics import (
     label_accuracy,
     match_reconstructions,
     mse,
@@ -28,16 +28,16 @@ from adversary.inversion.metrics import (
     save_grid,
     ssim,
 )
-from adversary.inversion.priors import (
+from phalanx.adversary.inversion.priors import (
     PriorSpec,
     ProgressCallback,
     auxiliary_split,
     load_or_train_prior,
 )
-from adversary.inversion.targets import observe, parse_target
-from learning.data import Dataset
-from learning.models import build_model
-from learning.train import TrainConfig, train_local
+from phalanx.adversary.inversion.targets import observe, parse_target
+from phalanx.learning.data import Dataset
+from phalanx.learning.models import build_model
+from phalanx.learning.train import TrainConfig, train_local
 
 DEFAULT_PRIOR_STEPS = {"gan": 1500, "diffusion": 1000}
 DEFAULT_TORCH_THREADS = 1

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adversary.inversion.knowledge import AttackerKnowledge
+from phalanx.adversary.inversion.knowledge import AttackerKnowledge
 
 
 def _output_layer(model: nn.Module, num_classes: int) -> tuple[int, int | None, nn.Linear | None]:

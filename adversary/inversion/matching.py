@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from adversary.inversion.knowledge import AttackerKnowledge
+from phalanx.adversary.inversion.knowledge import AttackerKnowledge
 
 
 def validate_observed_update(model: nn.Module, observed_update: list[torch.Tensor]) -> None:

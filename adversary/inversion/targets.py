@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from adversary.inversion.knowledge import Defense, TargetKind
-from learning.train import TrainConfig, train_local
+from phalanx.adversary.inversion.knowledge import Defense, TargetKind
+from phalanx.learning.train import TrainConfig, train_local
 
 DEFENSES = ("none", "gaussian:SIGMA", "prune:RATIO")
 
@@ -97,7 +97,7 @@ def observed_cluster_sum(updates: np.ndarray, mode: str | None = None) -> Observ
     if updates.shape[0] == 1:
         return ObservedClusterSum(updates[0].copy(), used_secure_sum=False)
     try:
-        from mpc import secure_sum as secure_sum_fn
+        from phalanx.mpc import secure_sum as secure_sum_fn
     except ImportError:
         return ObservedClusterSum(updates.sum(axis=0), used_secure_sum=False)
     kwargs: dict[str, Any] = {} if mode is None else {"mode": mode}

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from adversary.behaviours import UpdatePoisoner, parse_behaviour
-from adversary.poisoning import (
+from phalanx.adversary.behaviours import UpdatePoisoner, parse_behaviour
+from phalanx.adversary.poisoning import (
     AdaptiveParams,
     AlieParams,
     IpmParams,
@@ -26,8 +26,8 @@ from adversary.poisoning import (
     ipm,
     parse_attack,
 )
-from learning.aggregation import get_rule
-from node.config import AggregationConfig
+from phalanx.learning.aggregation import get_rule
+from phalanx.node.config import AggregationConfig
 
 HONEST = torch.tensor([[-1.0], [0.0], [1.0], [2.0], [3.0]], dtype=torch.float64)
 MU, SIGMA = 1.0, math.sqrt(2.5)

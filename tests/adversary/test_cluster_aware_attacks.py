@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from adversary.behaviours import UpdatePoisoner, parse_behaviour
-from adversary.poisoning import (
+from phalanx.adversary.behaviours import UpdatePoisoner, parse_behaviour
+from phalanx.adversary.poisoning import (
     AlieParams,
     IpmParams,
     aggregated_inputs,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from adversary.poisoning import (
+from phalanx.adversary.poisoning import (
     POISONING_ATTACKS,
     AlieParams,
     GaussianParams,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments.spec import load_spec
-from node.config import byzantine_nodes, parse_scenario, tolerated_faults
-from node.testbed import node_ids
+from phalanx.experiments.spec import load_spec
+from phalanx.node.config import byzantine_nodes, parse_scenario, tolerated_faults
+from phalanx.node.testbed import node_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 

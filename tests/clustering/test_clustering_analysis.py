@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 from scipy.stats import binom, hypergeom
 
-from clustering.analysis import (
+from phalanx.clustering.analysis import (
     analyze_clusters,
     best_case_placement,
     binomial_shard_corruption_probability,
@@ -22,7 +22,7 @@ from clustering.analysis import (
     shard_corruption_probability,
     worst_case_placement,
 )
-from clustering.strategies import cluster_sizes
+from phalanx.clustering.strategies import cluster_sizes
 
 
 def brute_force_pmf(sizes: tuple[int, ...], thresholds: tuple[int, ...], faulty: int) -> list:

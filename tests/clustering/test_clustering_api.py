@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import clustering
+from phalanx import clustering
 
 
 def test_exports_are_importable_and_public() -> None:

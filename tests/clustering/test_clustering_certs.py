@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from clustering.certs import register, write_certificates
+from phalanx.clustering.certs import register, write_certificates
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from clustering.analysis import analyze_clusters
-from clustering.cli import register
+from phalanx.clustering.analysis import analyze_clusters
+from phalanx.clustering.cli import register
 
 
 def run(argv: list[str]) -> int:

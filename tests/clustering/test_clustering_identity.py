@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from clustering.identity import (
+from phalanx.clustering.identity import (
     NODE_ID_HEX_CHARS,
     BadSignatureError,
     IdentityError,

@@ -7,13 +7,13 @@ from dataclasses import replace
 
 import pytest
 
-from clustering.identity import (
+from phalanx.clustering.identity import (
     BadSignatureError,
     NodeIdentity,
     NodeIdMismatchError,
     NotAllowedError,
 )
-from clustering.membership import (
+from phalanx.clustering.membership import (
     PROTO_KIND_NAMES,
     ForgedUpdateError,
     JoinRateLimitedError,
@@ -32,7 +32,7 @@ from clustering.membership import (
     signed_claim,
     view_digest,
 )
-from clustering.membership_sim import SimNetwork, deterministic_identity
+from phalanx.clustering.membership_sim import SimNetwork, deterministic_identity
 
 N = 8
 ALL = range(N)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from clustering.identity import NodeIdentity
-from clustering.membership import MemberState, SwimMember
+from phalanx.clustering.identity import NodeIdentity
+from phalanx.clustering.membership import MemberState, SwimMember
 
 
 def _deliver(members: dict[str, SwimMember], outgoing: list, now: float) -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from clustering.shuffle import (
+from phalanx.clustering.shuffle import (
     round_key,
     shuffle_permutation,
     shuffle_sequence,

@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from clustering.analysis import Placement, best_case_placement, worst_case_placement
-from clustering.shuffle import round_key, shuffle_permutation
-from clustering.strategies import (
+from phalanx.clustering.analysis import Placement, best_case_placement, worst_case_placement
+from phalanx.clustering.shuffle import round_key, shuffle_permutation
+from phalanx.clustering.strategies import (
     STRATEGIES,
     ClusterAssignment,
     PinMode,

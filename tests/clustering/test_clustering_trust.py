@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clustering.strategies import assign_clusters
-from clustering.trust import SuspicionTracker, detection_quality
+from phalanx.clustering.strategies import assign_clusters
+from phalanx.clustering.trust import SuspicionTracker, detection_quality
 
 VIEW = [f"node{i:02d}" for i in range(12)]
 BYZANTINE = {"node03", "node08"}

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from adversary.inversion.experiment import victim_model
-from adversary.inversion.metrics import psnr
-from adversary.inversion.priors import auxiliary_split
-from adversary.inversion.targets import fedavg_update, flatten
-from bench.bench_privacy import (
+from phalanx.adversary.inversion.experiment import victim_model
+from phalanx.adversary.inversion.metrics import psnr
+from phalanx.adversary.inversion.priors import auxiliary_split
+from phalanx.adversary.inversion.targets import fedavg_update, flatten
+from phalanx.bench.bench_privacy import (
     MergeError,
     Setting,
     attack_defense,
@@ -24,8 +24,8 @@ from bench.bench_privacy import (
     main,
     merge_cluster_columns,
 )
-from learning.data import Dataset, load_dataset
-from mpc import FixedPointConfig, secure_sum
+from phalanx.learning.data import Dataset, load_dataset
+from phalanx.mpc import FixedPointConfig, secure_sum
 
 LR = 0.05
 CLIP_GAUSS = Setting("clip-gauss z=0.01", {"update": "clip-gauss:clip=2,z=0.01"})

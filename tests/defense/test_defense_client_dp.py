@@ -8,7 +8,7 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from defense import ClientLevelDP, PrivacyAccountant, client_level_epsilon, clip_l2
+from phalanx.defense import ClientLevelDP, PrivacyAccountant, client_level_epsilon, clip_l2
 
 DIM = 100_000
 

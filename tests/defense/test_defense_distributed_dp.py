@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from opacus.accountants.analysis import rdp as opacus_rdp
 
-from defense import (
+from phalanx.defense import (
     calibrate_distributed_sigma,
     composed_distributed_epsilon,
     distributed_dp_guarantee,
@@ -18,7 +18,7 @@ from defense import (
     integer_l2_sensitivity,
     sample_discrete_gaussian,
 )
-from defense.accounting import INTEGER_RDP_ORDERS
+from phalanx.defense.accounting import INTEGER_RDP_ORDERS
 
 DIM = 60_000
 REL_SE = math.sqrt(2 / (DIM - 1))  # relative standard error of a sample variance

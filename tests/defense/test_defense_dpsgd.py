@@ -12,10 +12,10 @@ import torch
 from opacus import PrivacyEngine
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from defense import DPSGDConfig, PrivacyAccountant, dp_train_local, dpsgd_sample_rate
-from learning.data import load_dataset
-from learning.models import build_model
-from learning.train import TrainConfig, evaluate, flatten_parameters, train_local
+from phalanx.defense import DPSGDConfig, PrivacyAccountant, dp_train_local, dpsgd_sample_rate
+from phalanx.learning.data import load_dataset
+from phalanx.learning.models import build_model
+from phalanx.learning.train import TrainConfig, evaluate, flatten_parameters, train_local
 
 N_SAMPLES, BATCH = 240, 40
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from defense import (
+from phalanx.defense import (
     ForwardNoising,
     NoiseLevelSchedule,
     alpha_bar_schedule,

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from defense import apply_to_parameters, denoise_forward, parse_defense
-from defense.forward_noise import ForwardNoising
-from learning.data import load_dataset
+from phalanx.defense import apply_to_parameters, denoise_forward, parse_defense
+from phalanx.defense.forward_noise import ForwardNoising
+from phalanx.learning.data import load_dataset
 
 IMAGES = 8
 

@@ -10,11 +10,11 @@ import torch
 from opacus.accountants import RDPAccountant
 from pydantic import ValidationError
 
-from defense import client_level_epsilon, dpsgd_sample_rate
-from learning.data import load_dataset
-from learning.models import build_model
-from learning.train import TrainConfig, flatten_parameters
-from node.defenses import DefenseConfig, NodeDefense, defense_seed
+from phalanx.defense import client_level_epsilon, dpsgd_sample_rate
+from phalanx.learning.data import load_dataset
+from phalanx.learning.models import build_model
+from phalanx.learning.train import TrainConfig, flatten_parameters
+from phalanx.node.defenses import DefenseConfig, NodeDefense, defense_seed
 
 N_SAMPLES, BATCH = 120, 40
 
@@ -104,7 +104,7 @@ def test_dpsgd_epsilon_matches_opacus_accountant_over_rounds(digits) -> None:
 
 
 def test_without_dpsgd_training_is_plain_and_reports_no_epsilon(digits) -> None:
-    from learning.train import train_local
+    from phalanx.learning.train import train_local
 
     x, y = digits
     node = NodeDefense(DefenseConfig(), node_index=0, seed=0, num_nodes=2)

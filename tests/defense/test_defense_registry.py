@@ -7,8 +7,14 @@ import math
 import pytest
 import torch
 
-import defense
-from defense import DEFENSES, ForwardNoising, apply_to_parameters, parse_defense, prune_top_k
+from phalanx import defense
+from phalanx.defense import (
+    DEFENSES,
+    ForwardNoising,
+    apply_to_parameters,
+    parse_defense,
+    prune_top_k,
+)
 
 
 def test_prune_keeps_the_largest_entries() -> None:

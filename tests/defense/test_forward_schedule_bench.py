@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench.forward_schedule import (
+from phalanx.bench.forward_schedule import (
     DELTA,
     SCHEDULES,
     default_clip,
@@ -17,7 +17,7 @@ from bench.forward_schedule import (
     matched_eps_rows,
     released_noise_std,
 )
-from defense import alpha_bar_schedule, parse_defense
+from phalanx.defense import alpha_bar_schedule, parse_defense
 
 EPS = 200.0
 ROUNDS = 4

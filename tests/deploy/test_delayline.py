@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.delayline import DelayLine, DelayLineProcess, Shaping
+from phalanx.deploy.delayline import DelayLine, DelayLineProcess, Shaping
 
 UDP_PORT = 7700
 ECHO_SERVER = """
@@ -162,8 +162,8 @@ def test_delay_line_adds_the_configured_delay_and_loss_between_two_namespaces(
 ) -> None:
     """node-00 (veth) sends UDP echoes to node-01 (TAP behind the delay line); the delay line
     holds node-01's egress, so the round trip grows by the configured delay."""
-    from deploy.netns import NetnsTestbed, list_links, list_namespaces
-    from node.config import FaultConfig, parse_scenario
+    from phalanx.deploy.netns import NetnsTestbed, list_links, list_namespaces
+    from phalanx.node.config import FaultConfig, parse_scenario
 
     shaped = {"round": 1, "action": "delay", "nodes": ["node-01"], "delay_ms": 200.0}
     scenario = parse_scenario(
@@ -225,7 +225,7 @@ def test_delay_line_adds_the_configured_delay_and_loss_between_two_namespaces(
 
 @needs_netns
 def test_forwarder_refuses_a_missing_namespace_and_bad_commands(tmp_path: Path) -> None:
-    from deploy.netns import cleanup_stale, new_prefix
+    from phalanx.deploy.netns import cleanup_stale, new_prefix
 
     prefix = new_prefix()
     tap = f"{prefix}t0"
@@ -235,7 +235,7 @@ def test_forwarder_refuses_a_missing_namespace_and_bad_commands(tmp_path: Path) 
             [
                 sys.executable,
                 "-m",
-                "deploy.delayline",
+                "phalanx.deploy.delayline",
                 "--netns",
                 f"{prefix}-none",
                 "--inner",

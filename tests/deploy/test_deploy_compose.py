@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.compose import ComposeSpec, parse_byzantine, register, write_compose
-from deploy.prometheus import dashboard_exprs, dashboard_metric_names
-from node.config import load_node_config, parse_scenario
+from phalanx.deploy.compose import ComposeSpec, parse_byzantine, register, write_compose
+from phalanx.deploy.prometheus import dashboard_exprs, dashboard_metric_names
+from phalanx.node.config import load_node_config, parse_scenario
 
 
 def _spec(nodes: int = 4, **extra) -> ComposeSpec:

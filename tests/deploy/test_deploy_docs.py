@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import node.runner as runner
-from node.metrics import NodeMetrics
+import phalanx.node.runner as runner
+from phalanx.node.metrics import NodeMetrics
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
 

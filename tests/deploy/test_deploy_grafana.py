@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy.prometheus import METRIC_NAME
-from node.metrics import NodeMetrics
+from phalanx.deploy.prometheus import METRIC_NAME
+from phalanx.node.metrics import NodeMetrics
 from tests.conftest import REPO
 
 GRAFANA = REPO / "deploy" / "grafana"

@@ -118,8 +118,12 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     ).stdout.split(b"\0")
     source = base / "source"
     for name in filter(None, (t.decode() for t in tracked)):
-        if (REPO / name).is_file() and not name.startswith("tests/"):
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
+        if name.startswith("tests/"):
+            continue
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        if (REPO / name).is_symlink():  # phalanx/node -> ../node, ...
+            (source / name).symlink_to(os.readlink(REPO / name))
+        elif (REPO / name).is_file():
             shutil.copyfile(REPO / name, source / name)
     wheel = _build_wheel(source, base / "dist")
     site = base / "site"
@@ -136,12 +140,22 @@ def test_compose_from_an_installed_package_writes_its_own_build_context(
     tmp_path: Path, installed: tuple[Path, Path]
 ) -> None:
     site, wheel = installed
-    assert (site / "deploy" / "Dockerfile").read_bytes() == DOCKERFILE.read_bytes()
+    assert (site / "phalanx" / "deploy" / "Dockerfile").read_bytes() == DOCKERFILE.read_bytes()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(site)  # ahead of the checkout's editable install, if any
     out = tmp_path / "compose"
     run = subprocess.run(
-        [sys.executable, "-m", "node", "deploy", "compose", "--nodes", "4", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "phalanx.node",
+            "deploy",
+            "compose",
+            "--nodes",
+            "4",
+            "--out",
+            str(out),
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -31,7 +31,7 @@ def _netns_usable() -> str | None:
 SKIP_REASON = _netns_usable()
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
 
-from deploy.netns import (  # noqa: E402
+from phalanx.deploy.netns import (  # noqa: E402
     NetnsTestbed,
     check_prefix,
     cleanup_stale,
@@ -65,7 +65,7 @@ def _start(scenario: Path, out: Path, prefix: str) -> subprocess.Popen[str]:
         [
             sys.executable,
             "-m",
-            "deploy.netns",
+            "phalanx.deploy.netns",
             "run",
             str(scenario),
             "--out",
@@ -129,7 +129,7 @@ def test_cleanup_stale_removes_only_its_prefix(tmp_path: Path) -> None:
 
 
 def test_each_node_gets_its_own_namespace_and_address(tmp_path: Path) -> None:
-    from node.config import load_node_config, parse_scenario
+    from phalanx.node.config import load_node_config, parse_scenario
 
     scenario = parse_scenario({"nodes": 3, "rounds": 1, "clustering": {"cluster_size": 2}})
     testbed = NetnsTestbed(scenario, tmp_path)
@@ -170,7 +170,7 @@ def test_each_node_gets_its_own_namespace_and_address(tmp_path: Path) -> None:
 
 
 def test_more_than_one_node_per_process_is_refused(tmp_path: Path) -> None:
-    from node.config import parse_scenario
+    from phalanx.node.config import parse_scenario
 
     scenario = parse_scenario(
         {"nodes": 4, "nodes_per_process": 2, "clustering": {"cluster_size": 2}}
@@ -185,7 +185,7 @@ def test_more_than_one_node_per_process_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT])
 def test_no_namespace_is_left_after_sigkill_or_ctrl_c(tmp_path: Path, signum: int) -> None:
-    from deploy.netns import netem_available
+    from phalanx.deploy.netns import netem_available
 
     prefix = new_prefix()
     # A delay fault far ahead: where netem is missing, node-01 runs behind a delay line from the
@@ -258,7 +258,7 @@ def test_partition_excludes_the_cut_off_nodes_and_they_rejoin_after_heal(tmp_pat
 
 @pytest.mark.slow
 def test_delay_and_loss_on_one_node_rounds_complete_or_exclude_it(tmp_path: Path) -> None:
-    from deploy.netns import netem_available
+    from phalanx.deploy.netns import netem_available
 
     faults = [
         {
@@ -315,7 +315,7 @@ def test_netem_arguments_pass_tc_and_install_where_the_kernel_has_netem(
     kernel, so on a kernel without ``sch_netem`` the command must fail with the kernel's
     "qdisc kind is unknown" (exit 2), never with tc's argument errors (exit 1); where the
     kernel has netem, the qdisc must be installed with the delay we asked for."""
-    from deploy.netns import netem_arguments
+    from phalanx.deploy.netns import netem_arguments
 
     namespace = f"{new_prefix()}-tc"
     subprocess.run(["ip", "netns", "add", namespace], check=True)
@@ -344,7 +344,7 @@ def test_netem_arguments_pass_tc_and_install_where_the_kernel_has_netem(
 
 
 def test_netem_arguments_refuse_impossible_values() -> None:
-    from deploy.netns import netem_arguments
+    from phalanx.deploy.netns import netem_arguments
 
     assert netem_arguments(80, 20, 5) == ["netem", "delay", "80ms", "20ms", "loss", "5%"]
     with pytest.raises(ValueError, match="loss_pct must be at most 100"):

@@ -18,21 +18,27 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from phalanx.v1 import node_pb2 as pb
-from phalanx.v1 import node_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from clustering.identity import NodeIdentity
-from deploy.prometheus import (
+from phalanx.clustering.identity import NodeIdentity
+from phalanx.deploy.prometheus import (
     ScrapeTarget,
     dashboard_metric_names,
     scrape_config,
     targets_from_node_configs,
 )
-from node.codec import Message, encode_envelope
-from node.config import NodeConfig, NodeSettings, PeerConfig, load_node_config, parse_scenario
-from node.node import Node
-from node.testbed import free_ports
+from phalanx.node.codec import Message, encode_envelope
+from phalanx.node.config import (
+    NodeConfig,
+    NodeSettings,
+    PeerConfig,
+    load_node_config,
+    parse_scenario,
+)
+from phalanx.node.node import Node
+from phalanx.node.testbed import free_ports
+from phalanx.v1 import node_pb2 as pb
+from phalanx.v1 import node_pb2_grpc as pb_grpc
 from tests.conftest import REPO, phalanx_env
 
 
@@ -160,7 +166,7 @@ def test_live_prometheus_scrapes_a_four_node_testbed(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "node",
+            "phalanx.node",
             "testbed",
             "run",
             "--nodes",

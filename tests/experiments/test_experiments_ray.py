@@ -22,11 +22,11 @@ from typing import Any
 import psutil
 import pytest
 
-from experiments.cli import main
-from experiments.ray_backend import SCRATCH_DIR, WORKER_NAME
-from experiments.runner import SweepOutcome, run_sweep
-from experiments.spec import ResolvedSpec, load_spec
-from experiments.store import CellRecord, ResultStore
+from phalanx.experiments.cli import main
+from phalanx.experiments.ray_backend import SCRATCH_DIR, WORKER_NAME
+from phalanx.experiments.runner import SweepOutcome, run_sweep
+from phalanx.experiments.spec import ResolvedSpec, load_spec
+from phalanx.experiments.store import CellRecord, ResultStore
 
 pytest.importorskip("ray")
 
@@ -287,7 +287,7 @@ def test_a_cluster_sweep_survives_a_killed_driver(ray_cluster: str, tmp_path: Pa
     command = [
         sys.executable,
         "-m",
-        "experiments",
+        "phalanx.experiments",
         "experiment",
         "run",
         str(spec),

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from clustering.analysis import analyze_clusters
-from experiments.metrics import cell_metrics, fault_schedule, round_rows
-from experiments.runner import cell_processes, default_jobs, kill_flags, prepare_cell_dir
-from experiments.spec import SpecError, load_spec, parse_spec, resolve_spec
-from experiments.stats import mean_ci
-from experiments.store import CellRecord, ResultStore
+from phalanx.clustering.analysis import analyze_clusters
+from phalanx.experiments.metrics import cell_metrics, fault_schedule, round_rows
+from phalanx.experiments.runner import cell_processes, default_jobs, kill_flags, prepare_cell_dir
+from phalanx.experiments.spec import SpecError, load_spec, parse_spec, resolve_spec
+from phalanx.experiments.stats import mean_ci
+from phalanx.experiments.store import CellRecord, ResultStore
 
 SPECS = Path(__file__).resolve().parents[2] / "experiments" / "specs"
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli import main
-from experiments.report import write_report
-from experiments.runner import rerun_cell, run_sweep
-from experiments.spec import load_spec
-from experiments.store import ResultStore
+from phalanx.experiments.cli import main
+from phalanx.experiments.report import write_report
+from phalanx.experiments.runner import rerun_cell, run_sweep
+from phalanx.experiments.spec import load_spec
+from phalanx.experiments.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,7 +115,7 @@ def test_resume_after_kill_9_neither_duplicates_nor_loses_cells(tmp_path: Path) 
     command = [
         sys.executable,
         "-m",
-        "experiments",
+        "phalanx.experiments",
         "experiment",
         "run",
         str(spec),

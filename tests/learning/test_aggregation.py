@@ -7,9 +7,9 @@ import argparse
 import pytest
 import torch
 
-import learning.aggregation as agg
-from bench.bench_aggregation import register_bench, run_aggregation_bench
-from learning.aggregation import (
+import phalanx.learning.aggregation as agg
+from phalanx.bench.bench_aggregation import register_bench, run_aggregation_bench
+from phalanx.learning.aggregation import (
     AGGREGATION_RULES,
     aggregate,
     aggregate_with_report,

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 
-from learning.aggregation import aggregate, get_pre, get_rule
+from phalanx.learning.aggregation import aggregate, get_pre, get_rule
 
 TOLERANCE = {"rtol": 1e-6, "atol": 1e-6}
 

@@ -12,9 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import learning.aggregation as agg
-from bench.bench_aggregation import SORT_REFERENCE_RULES, sort_reference
-from learning.aggregation import AggregationResult, aggregate_with_report, get_rule
+import phalanx.learning.aggregation as agg
+from phalanx.bench.bench_aggregation import SORT_REFERENCE_RULES, sort_reference
+from phalanx.learning.aggregation import AggregationResult, aggregate_with_report, get_rule
 
 BITS = {torch.float32: torch.int32, torch.float64: torch.int64}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learning.data import DatasetError, label_histogram, load_dataset, partition
+from phalanx.learning.data import DatasetError, label_histogram, load_dataset, partition
 
 
 def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from learning.data import load_dataset
-from learning.models import MODELS, build_model, count_parameters
-from learning.train import (
+from phalanx.learning.data import load_dataset
+from phalanx.learning.models import MODELS, build_model, count_parameters
+from phalanx.learning.train import (
     TrainConfig,
     evaluate,
     flatten_parameters,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.bench_mpc import register, run_mpc_bench
+from phalanx.bench.bench_mpc import register, run_mpc_bench
 
 
 @pytest.mark.parametrize("mode", ["secagg", "shamir"])

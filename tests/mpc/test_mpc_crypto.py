@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mpc.crypto import (
+from phalanx.mpc.crypto import (
     Csprng,
     KeyPair,
     ShareAuthenticationError,
@@ -16,7 +16,7 @@ from mpc.crypto import (
     prg_field_vector,
     share_key,
 )
-from mpc.field import PRIME
+from phalanx.mpc.field import PRIME
 
 
 def _pair() -> tuple[KeyPair, KeyPair, Csprng]:

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpc import field as gf
-from mpc.encoding import FixedPointConfig, decode, decode_sum, encode
+from phalanx.mpc import field as gf
+from phalanx.mpc.encoding import FixedPointConfig, decode, decode_sum, encode
 
 
 def test_overflow_refused_with_named_limits() -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpc import field as gf
-from mpc.crypto import Csprng
-from mpc.inconsistent import correctable_holders, deal_inconsistent
-from mpc.messages import PartialSum
-from mpc.session import ClusterSession
-from mpc.shamir_protocol import ShamirMember, ShamirOutcome, reconstruct_cluster_sum
+from phalanx.mpc import field as gf
+from phalanx.mpc.crypto import Csprng
+from phalanx.mpc.inconsistent import correctable_holders, deal_inconsistent
+from phalanx.mpc.messages import PartialSum
+from phalanx.mpc.session import ClusterSession
+from phalanx.mpc.shamir_protocol import ShamirMember, ShamirOutcome, reconstruct_cluster_sum
 
 NAMES = ("a", "b", "c", "d", "e", "f", "g")
 DIMENSION = 6

@@ -9,12 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-import mpc
-from mpc import field as gf
-from mpc.crypto import Csprng
-from mpc.encoding import FixedPointConfig, encode
-from mpc.session import ClusterSession
-from mpc.shamir import (
+from phalanx import mpc
+from phalanx.mpc import field as gf
+from phalanx.mpc.crypto import Csprng
+from phalanx.mpc.encoding import FixedPointConfig, encode
+from phalanx.mpc.session import ClusterSession
+from phalanx.mpc.shamir import (
     interpolate_at,
     packed_length,
     reconstruct_robust,

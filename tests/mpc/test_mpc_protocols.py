@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mpc
-from mpc import field as gf
-from mpc.crypto import Csprng
-from mpc.encoding import FixedPointConfig, encode
-from mpc.messages import ShareRejected
-from mpc.secagg import ProtocolViolation, SecAggAggregator, SecAggMember
-from mpc.session import ClusterSession
-from mpc.shamir_protocol import ShamirMember, reconstruct_cluster_sum
+from phalanx import mpc
+from phalanx.mpc import field as gf
+from phalanx.mpc.crypto import Csprng
+from phalanx.mpc.encoding import FixedPointConfig, encode
+from phalanx.mpc.messages import ShareRejected
+from phalanx.mpc.secagg import ProtocolViolation, SecAggAggregator, SecAggMember
+from phalanx.mpc.session import ClusterSession
+from phalanx.mpc.shamir_protocol import ShamirMember, reconstruct_cluster_sum
 
 NAMES = ("a", "b", "c", "d", "e")
 

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from mpc import field as gf
-from mpc.crypto import Csprng
-from mpc.shamir import (
+from phalanx.mpc import field as gf
+from phalanx.mpc.crypto import Csprng
+from phalanx.mpc.shamir import (
     berlekamp_welch,
     partial_sum,
     reconstruct,
@@ -191,7 +191,7 @@ def test_any_t_minus_1_shares_identically_distributed() -> None:
 def test_forward_difference_shares_equal_direct_polynomial_evaluation(
     degree_plus_one: int, points: int, seed: int
 ) -> None:
-    from mpc.shamir import evaluate_at_points
+    from phalanx.mpc.shamir import evaluate_at_points
 
     rng = Csprng(seed)
     terms = [rng.field_elements(50) for _ in range(degree_plus_one)]

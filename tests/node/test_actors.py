@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from node.actors import FunctionActor, MailboxFull, Supervisor
+from phalanx.node.actors import FunctionActor, MailboxFull, Supervisor
 
 
 async def test_mailbox_is_bounded() -> None:

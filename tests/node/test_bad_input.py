@@ -11,14 +11,14 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from phalanx.clustering.identity import NodeIdentity
+from phalanx.node.codec import Message, encode_chunks, encode_envelope
+from phalanx.node.config import NodeConfig, NodeSettings, PeerConfig, parse_scenario
+from phalanx.node.node import Node
+from phalanx.node.testbed import free_ports
 from phalanx.v1 import node_pb2 as pb
 from phalanx.v1 import node_pb2_grpc as pb_grpc
-
-from clustering.identity import NodeIdentity
-from node.codec import Message, encode_chunks, encode_envelope
-from node.config import NodeConfig, NodeSettings, PeerConfig, parse_scenario
-from node.node import Node
-from node.testbed import free_ports
 from tests.security.redteam import signed_as
 
 IDENTITIES = {f"node-0{i}": NodeIdentity.generate() for i in range(3)}

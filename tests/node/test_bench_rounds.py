@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.bench_rounds import _median_row, parse_mode, run_rounds_bench
+from phalanx.bench.bench_rounds import _median_row, parse_mode, run_rounds_bench
 
 
 def _run(round_s: float, identical: bool = True) -> dict[str, object]:

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import tomli_w
 
-from clustering.certs import write_certificates
-from node.testbed import free_ports, release_ports
+from phalanx.clustering.certs import write_certificates
+from phalanx.node.testbed import free_ports, release_ports
 from tests.conftest import REPO, phalanx_env
 
 
 def _health(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node", "health", *args],
+        [sys.executable, "-m", "phalanx.node", "health", *args],
         capture_output=True,
         text=True,
         env=env or phalanx_env(),
@@ -60,7 +60,7 @@ def test_health_over_mutual_tls_from_flags_environment_and_node_file(tmp_path: P
         )
     )
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "node", "node", "--config", str(config)],
+        [sys.executable, "-m", "phalanx.node", "node", "--config", str(config)],
         env=phalanx_env(),
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,

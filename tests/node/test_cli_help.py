@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from node.cli import BENCHES, COMMANDS, build_parser
+from phalanx.node.cli import BENCHES, COMMANDS, build_parser
 from tests.conftest import REPO, phalanx_env
 
 HEAVY = ("torch", "grpc")
@@ -127,7 +127,7 @@ def test_top_level_help_is_fast() -> None:
     """`phalanx --help` in a fresh interpreter, timed by `-X importtime` for the import of the
     CLI itself (the figure that does not depend on the machine's load is the module list)."""
     run = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "node", "--help"],
+        [sys.executable, "-X", "importtime", "-m", "phalanx.node", "--help"],
         capture_output=True,
         text=True,
         env=phalanx_env(),

@@ -8,13 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from node.config import parse_scenario
-from node.testbed import Testbed as LocalTestbed
-from node.testbed import release_ports
-
-
-PLAIN_SCENARIO = Path(__file__).resolve().parents[2] / "node" / "scenarios" / "plain.toml"
-
+from phalanx.node.config import parse_scenario
+from phalanx.node.testbed import Testbed as LocalTestbed
+from phalanx.node.testbed import release_ports
 
 def test_testbed_from_an_empty_folder_with_the_default_relative_out(tmp_path: Path, phalanx):
     cwd = tmp_path / "elsewhere"
@@ -22,7 +18,6 @@ def test_testbed_from_an_empty_folder_with_the_default_relative_out(tmp_path: Pa
     result = phalanx(
         "testbed",
         "run",
-        str(PLAIN_SCENARIO),
         "--nodes",
         "2",
         "--rounds",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from node.cli import main
+from phalanx.node.cli import main
 from tests.conftest import REPO, phalanx_env
 
 # A testbed row that passed validation would start nodes: these keep such a mistake short.
@@ -131,7 +131,17 @@ def test_bad_input_is_one_line_and_exit_code_2(
 
 def test_a_bad_name_through_a_real_process(tmp_path: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "node", "testbed", "run", "--strategy", "nope", "--out", "x"],
+        [
+            sys.executable,
+            "-m",
+            "phalanx.node",
+            "testbed",
+            "run",
+            "--strategy",
+            "nope",
+            "--out",
+            "x",
+        ],
         capture_output=True,
         text=True,
         env=phalanx_env(),

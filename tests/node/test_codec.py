@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from phalanx.v1 import node_pb2 as pb
 
-from node.codec import (
+from phalanx.node.codec import (
     CodecError,
     Message,
     PayloadTooLarge,
@@ -15,6 +14,7 @@ from node.codec import (
     encode_chunks,
     encode_envelope,
 )
+from phalanx.v1 import node_pb2 as pb
 
 
 def _message(**tensors: np.ndarray) -> Message:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node.config import (
+from phalanx.node.config import (
     ConfigError,
     byzantine_nodes,
     default_scenario_path,
@@ -14,7 +14,7 @@ from node.config import (
     parse_scenario,
     with_overrides,
 )
-from node.testbed import node_ids
+from phalanx.node.testbed import node_ids
 
 
 def test_default_scenario_is_valid_and_matches_make_run_promises() -> None:
@@ -22,10 +22,17 @@ def test_default_scenario_is_valid_and_matches_make_run_promises() -> None:
     assert 8 <= scenario.nodes <= 16
     assert scenario.data.dataset == "mnist5k"
     assert scenario.data.partition == "dirichlet" and scenario.data.alpha == 0.5
-    # it shows the point: secret-shared cluster sums, two Byzantine peers, a robust rule
+
+
+def test_the_demo_that_make_run_runs_shows_the_point() -> None:
+    """Secret-shared cluster sums, two Byzantine peers and a robust rule, on 2 cores."""
+    scenario = load_scenario(default_scenario_path().with_name("demo.toml"))
+    assert 8 <= scenario.nodes <= 16
     assert scenario.aggregation.secure == "shamir"
     assert scenario.aggregation.rule != "mean"
     assert len(byzantine_nodes(scenario, node_ids(scenario.nodes))) == 2
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    assert "testbed run node/scenarios/demo.toml" in makefile
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""`make run`'s scenario shows the point, and its report says what each part did: the liar that
+"""`make run`'s scenario (node/scenarios/demo.toml) shows the point, and its report says what each part did: the liar that
 Berlekamp-Welch corrected, the poisoned cluster output that the robust rule flagged, and the bytes
 that secret sharing cost. Run on the memory engine (bit-identical to the daemons) with a smaller
 model and data set, so that it is quick."""
@@ -9,12 +9,16 @@ import json
 from pathlib import Path
 
 
-def test_the_default_run_reports_what_mpc_byzantine_peers_and_the_rule_did(
+DEMO = Path(__file__).resolve().parents[2] / "node" / "scenarios" / "demo.toml"
+
+
+def test_the_demo_run_reports_what_mpc_byzantine_peers_and_the_rule_did(
     tmp_path: Path, phalanx
 ) -> None:
     out = tmp_path / "run"
     result = phalanx(
         "simulate",
+        str(DEMO),
         "--rounds",
         "2",
         "--dataset",

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpc import FixedPointConfig, encode
-from mpc.encoding import HALF_FIELD
-from node.codec import Message
-from node.config import ConfigError, parse_scenario
-from node.defenses import DefenseConfig, DistributedNoise, NodeDefense, parse_distributed
-from node.inbox import RoundInbox
-from node.mpc_protocol import SecAggClusterProtocol, ShamirClusterProtocol
-from node.protocols import ClusterOutput, RoundContext
+from phalanx.mpc import FixedPointConfig, encode
+from phalanx.mpc.encoding import HALF_FIELD
+from phalanx.node.codec import Message
+from phalanx.node.config import ConfigError, parse_scenario
+from phalanx.node.defenses import DefenseConfig, DistributedNoise, NodeDefense, parse_distributed
+from phalanx.node.inbox import RoundInbox
+from phalanx.node.mpc_protocol import SecAggClusterProtocol, ShamirClusterProtocol
+from phalanx.node.protocols import ClusterOutput, RoundContext
 
 DIM = 20_000
 REL_SE = math.sqrt(2 / (DIM - 1))  # relative standard error of a sample variance

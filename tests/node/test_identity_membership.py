@@ -10,16 +10,16 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+
+from phalanx.clustering.identity import NodeIdentity
+from phalanx.clustering.membership import SwimMember
+from phalanx.node.codec import Message, encode_envelope
+from phalanx.node.config import ConfigError, NodeConfig, NodeSettings, PeerConfig, parse_scenario
+from phalanx.node.node import Node
+from phalanx.node.signing import sign_envelope
+from phalanx.node.testbed import free_ports
 from phalanx.v1 import node_pb2 as pb
 from phalanx.v1 import node_pb2_grpc as pb_grpc
-
-from clustering.identity import NodeIdentity
-from clustering.membership import SwimMember
-from node.codec import Message, encode_envelope
-from node.config import ConfigError, NodeConfig, NodeSettings, PeerConfig, parse_scenario
-from node.node import Node
-from node.signing import sign_envelope
-from node.testbed import free_ports
 from tests.security.redteam import signed_as
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import tomli_w
 
-from node.virtual_time import VirtualTimeLoop
+from phalanx.node.virtual_time import VirtualTimeLoop
 from tests.conftest import run_phalanx
 
 

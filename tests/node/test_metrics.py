@@ -7,9 +7,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.config import NodeConfig, NodeSettings, parse_scenario
-from node.node import Node
-from node.testbed import free_ports
+from phalanx.node.config import NodeConfig, NodeSettings, parse_scenario
+from phalanx.node.node import Node
+from phalanx.node.testbed import free_ports
 
 
 async def test_a_lone_node_completes_rounds_and_exports_its_metrics(tmp_path: Path) -> None:

@@ -12,14 +12,14 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from phalanx.v1 import node_pb2 as pb
 
-from mpc import FixedPointConfig
-from node.codec import Message
-from node.inbox import RoundInbox
-from node.mpc_protocol import SecAggClusterProtocol, ShamirClusterProtocol
-from node.protocols import ClusterOutput, RoundContext
-from node.server import Rejection
+from phalanx.mpc import FixedPointConfig
+from phalanx.node.codec import Message
+from phalanx.node.inbox import RoundInbox
+from phalanx.node.mpc_protocol import SecAggClusterProtocol, ShamirClusterProtocol
+from phalanx.node.protocols import ClusterOutput, RoundContext
+from phalanx.node.server import Rejection
+from phalanx.v1 import node_pb2 as pb
 
 NAMES = ["a", "b", "c", "d", "e"]
 DIMENSION = 257

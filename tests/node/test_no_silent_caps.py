@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learning.aggregation import get_rule
-from node.config import ConfigError, parse_scenario, tolerated_faults
-from node.peer import combine_cluster_outputs
-from node.protocols import ClusterOutput
+from phalanx.learning.aggregation import get_rule
+from phalanx.node.config import ConfigError, parse_scenario, tolerated_faults
+from phalanx.node.peer import combine_cluster_outputs
+from phalanx.node.protocols import ClusterOutput
 
 
 def _scenario(**aggregation: object) -> dict:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import node.testbed as testbed
-from node.runner import EXIT_BIND
+import phalanx.node.testbed as testbed
+from phalanx.node.runner import EXIT_BIND
 from tests.conftest import REPO, phalanx_env, run_phalanx
 
 CHILD_LEASE = (

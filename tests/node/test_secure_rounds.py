@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpc import FixedPointConfig, decode
+from phalanx.mpc import FixedPointConfig, decode
 
 
 def _summary(out: Path) -> dict:

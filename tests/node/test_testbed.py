@@ -136,7 +136,7 @@ def test_ctrl_c_stops_every_node_and_keeps_partial_results(tmp_path: Path) -> No
         [
             sys.executable,
             "-m",
-            "node",
+            "phalanx.node",
             "testbed",
             "run",
             "--nodes",
@@ -176,8 +176,8 @@ def test_ctrl_c_stops_every_node_and_keeps_partial_results(tmp_path: Path) -> No
 
 
 def test_node_daemon_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
-    from clustering.identity import NodeIdentity
-    from node.testbed import free_ports
+    from phalanx.clustering.identity import NodeIdentity
+    from phalanx.node.testbed import free_ports
 
     port, peer_port = free_ports(2)
     peer_key = NodeIdentity.generate().public_key_bytes.hex()  # plaintext needs peers' keys
@@ -185,7 +185,7 @@ def test_node_daemon_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "node",
+            "phalanx.node",
             "node",
             "--id",
             "node-a",
@@ -255,10 +255,10 @@ def test_restarted_node_rejoins_with_the_majority_model(tmp_path: Path, phalanx)
 
 def test_nodes_speak_mutual_tls_and_refuse_plaintext_clients(tmp_path: Path, phalanx) -> None:
     import grpc
+
+    from phalanx.node.codec import Message, encode_envelope
     from phalanx.v1 import node_pb2 as pb
     from phalanx.v1 import node_pb2_grpc as pb_grpc
-
-    from node.codec import Message, encode_envelope
 
     out = tmp_path / "tls"
     result = phalanx(
@@ -286,7 +286,7 @@ def test_nodes_speak_mutual_tls_and_refuse_plaintext_clients(tmp_path: Path, pha
     assert "insecure = false" in config and "node-00.pem" in config
     # A node daemon without certificates and without --insecure refuses to start.
     refused = subprocess.run(
-        [sys.executable, "-m", "node", "node", "--id", "lonely", "--out", str(tmp_path)],
+        [sys.executable, "-m", "phalanx.node", "node", "--id", "lonely", "--out", str(tmp_path)],
         env=phalanx_env(),
         cwd=REPO,
         capture_output=True,
@@ -296,7 +296,7 @@ def test_nodes_speak_mutual_tls_and_refuse_plaintext_clients(tmp_path: Path, pha
     assert refused.returncode == 2 and "mutual TLS needs" in refused.stderr
 
     # A plaintext client cannot talk to a TLS node: start one TLS node alone and try.
-    from node.testbed import free_ports
+    from phalanx.node.testbed import free_ports
 
     port = free_ports(1)[0]
     certs = out / "certs"
@@ -304,7 +304,7 @@ def test_nodes_speak_mutual_tls_and_refuse_plaintext_clients(tmp_path: Path, pha
         [
             sys.executable,
             "-m",
-            "node",
+            "phalanx.node",
             "node",
             "--id",
             "solo",

@@ -10,12 +10,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
+
+from phalanx.clustering.identity import NodeIdentity
+from phalanx.node.codec import Message, encode_chunks, encode_envelope
+from phalanx.node.signing import sign_envelope, sign_model_request
 from phalanx.v1 import node_pb2 as pb
 from phalanx.v1 import node_pb2_grpc as pb_grpc
-
-from clustering.identity import NodeIdentity
-from node.codec import Message, encode_chunks, encode_envelope
-from node.signing import sign_envelope, sign_model_request
 
 
 @dataclass(frozen=True)

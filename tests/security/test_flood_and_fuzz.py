@@ -19,14 +19,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from phalanx.v1 import node_pb2 as pb
 
-from clustering.identity import NodeIdentity
-from node.codec import Message, encode_envelope
-from node.config import NodeConfig, NodeSettings, PeerConfig, parse_scenario
-from node.node import Node
-from node.peer import model_digest
-from node.testbed import free_ports
+from phalanx.clustering.identity import NodeIdentity
+from phalanx.node.codec import Message, encode_envelope
+from phalanx.node.config import NodeConfig, NodeSettings, PeerConfig, parse_scenario
+from phalanx.node.node import Node
+from phalanx.node.peer import model_digest
+from phalanx.node.testbed import free_ports
+from phalanx.v1 import node_pb2 as pb
 from tests.security.redteam import RedTeamClient, rejected, scrape, signed_as
 
 IDS = ("node-00", "node-01", "node-02")

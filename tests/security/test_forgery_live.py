@@ -25,10 +25,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from phalanx.v1 import node_pb2 as pb
 
-from clustering.identity import NodeIdentity
-from node.codec import Message, encode_envelope
+from phalanx.clustering.identity import NodeIdentity
+from phalanx.node.codec import Message, encode_envelope
+from phalanx.v1 import node_pb2 as pb
 from tests.conftest import REPO, phalanx_env
 from tests.security.redteam import (
     ClientCertificate,
@@ -71,7 +71,16 @@ MEMBERSHIP = {
 def _start(out: Path, tls: bool) -> subprocess.Popen[bytes]:
     scenario = out.parent / f"{out.name}.toml"
     scenario.write_text(SCENARIO)
-    command = [sys.executable, "-m", "node", "testbed", "run", str(scenario), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "phalanx.node",
+        "testbed",
+        "run",
+        str(scenario),
+        "--out",
+        str(out),
+    ]
     return subprocess.Popen(
         [*command, *(["--tls"] if tls else [])],
         env=phalanx_env(),

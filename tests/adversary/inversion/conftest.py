@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from adversary.inversion.experiment import pinned_torch
+from phalanx.adversary.inversion.experiment import pinned_torch
 
 
 @pytest.fixture(autouse=True)

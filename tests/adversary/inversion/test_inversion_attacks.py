@@ -6,21 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from adversary.inversion.attacks import invert
-from adversary.inversion.experiment import ExperimentSpec, load_prior_for, run_experiment
-from adversary.inversion.knowledge import AttackerKnowledge, InversionConfig
-from adversary.inversion.labels import recover_labels
-from adversary.inversion.metrics import psnr
-from adversary.inversion.priors import PriorSpec, auxiliary_split, load_or_train_prior
-from adversary.inversion.targets import (
+from phalanx.adversary.inversion.attacks import invert
+from phalanx.adversary.inversion.experiment import ExperimentSpec, load_prior_for, run_experiment
+from phalanx.adversary.inversion.knowledge import AttackerKnowledge, InversionConfig
+from phalanx.adversary.inversion.labels import recover_labels
+from phalanx.adversary.inversion.metrics import psnr
+from phalanx.adversary.inversion.priors import PriorSpec, auxiliary_split, load_or_train_prior
+from phalanx.adversary.inversion.targets import (
     TargetSpec,
     observe,
     observed_cluster_sum,
     parse_defense,
     parse_target,
 )
-from learning.data import Dataset, load_dataset
-from learning.models import build_model
+from phalanx.learning.data import Dataset, load_dataset
+from phalanx.learning.models import build_model
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from adversary.inversion.cli import main, register
+from phalanx.adversary.inversion.cli import main, register
 
 
 def test_register_adds_attack_subcommands() -> None:

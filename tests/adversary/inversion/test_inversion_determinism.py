@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from adversary.inversion.cli import main
-from adversary.inversion.experiment import pinned_torch
+from phalanx.adversary.inversion.cli import main
+from phalanx.adversary.inversion.experiment import pinned_torch
 
 # DLG on a CNN at batch 2: L-BFGS amplifies the last bits that a 1- vs 2-thread reduction
 # changes, so without pinning these two runs give different images.

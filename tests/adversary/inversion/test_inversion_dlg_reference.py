@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from adversary.inversion.attacks import invert
-from adversary.inversion.experiment import victim_model
-from adversary.inversion.knowledge import AttackerKnowledge
-from adversary.inversion.metrics import psnr
-from adversary.inversion.priors import auxiliary_split
-from adversary.inversion.targets import TargetSpec, observe
-from learning.data import Dataset, load_dataset
+from phalanx.adversary.inversion.attacks import invert
+from phalanx.adversary.inversion.experiment import victim_model
+from phalanx.adversary.inversion.knowledge import AttackerKnowledge
+from phalanx.adversary.inversion.metrics import psnr
+from phalanx.adversary.inversion.priors import auxiliary_split
+from phalanx.adversary.inversion.targets import TargetSpec, observe
+from phalanx.learning.data import Dataset, load_dataset
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from adversary.inversion.attacks import project_l1_ball
-from adversary.inversion.metrics import (
+from phalanx.adversary.inversion.attacks import project_l1_ball
+from phalanx.adversary.inversion.metrics import (
     label_accuracy,
     match_reconstructions,
     mse,
@@ -88,7 +88,7 @@ def test_grid_is_written(tmp_path) -> None:
 
 
 def test_median_interval_order_statistics() -> None:
-    from bench.bench_inversion import median_interval
+    from phalanx.bench.bench_inversion import median_interval
 
     # n = 4: only the range qualifies, coverage 1 - 2/16
     assert median_interval([3.0, 1.0, 4.0, 2.0]) == (2.5, 1.0, 4.0, 0.875)

@@ -1,0 +1,5 @@
+"""`python -m phalanx`: the `phalanx` command."""
+
+from phalanx.node.cli import main
+
+raise SystemExit(main())
