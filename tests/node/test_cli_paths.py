@@ -12,6 +12,7 @@ from phalanx.node.config import parse_scenario
 from phalanx.node.testbed import Testbed as LocalTestbed
 from phalanx.node.testbed import release_ports
 
+
 def test_testbed_from_an_empty_folder_with_the_default_relative_out(tmp_path: Path, phalanx):
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()

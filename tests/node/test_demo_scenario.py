@@ -1,13 +1,12 @@
-"""`make run`'s scenario (node/scenarios/demo.toml) shows the point, and its report says what each part did: the liar that
-Berlekamp-Welch corrected, the poisoned cluster output that the robust rule flagged, and the bytes
-that secret sharing cost. Run on the memory engine (bit-identical to the daemons) with a smaller
-model and data set, so that it is quick."""
+"""`make run`'s scenario (node/scenarios/demo.toml) shows the point, and its report says what
+each part did: the liar that Berlekamp-Welch corrected, the poisoned cluster output that the
+robust rule flagged, and the bytes that secret sharing cost. Run on the memory engine
+(bit-identical to the daemons) with a smaller model and data set, so that it is quick."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
 
 DEMO = Path(__file__).resolve().parents[2] / "node" / "scenarios" / "demo.toml"
 
