@@ -837,10 +837,13 @@ def finish_run(
     summary["membership"] = membership_timeline(read_membership_events(out_dir), honest)
     for member, seen in summary["membership"].items():
         steps = "; ".join(
-            f"{label} in round {', '.join(str(e['round']) for e in episodes)}"
+            f"{label} in round {', '.join(str(e['round']) for e in shown)}"
             for label, episodes in seen.items()
+            # leaving when the last round is over is the run ending, not news
+            if (shown := [e for e in episodes if label != "left" or e["round"] != scenario.rounds])
         )
-        console.print(f"membership: {member} {steps}")
+        if steps:
+            console.print(f"membership: {member} {steps}")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if summary["rounds"]:
         write_report(summary, out_dir)
