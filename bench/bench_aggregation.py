@@ -15,21 +15,12 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from phalanx.learning.aggregation import (
-    AGGREGATION_RULES,
-    PRE_AGGREGATORS,
-    AggregationResult,
-    Bulyan,
-    CoordinateWiseMedian,
-    TrimmedMean,
-    get_pre,
-    get_rule,
-    pairwise_squared_distances,
-)
+    from phalanx.learning.aggregation import AggregationResult
 
 __all__ = [
     "SORT_REFERENCE_RULES",
@@ -39,109 +30,20 @@ __all__ = [
     "sort_reference",
 ]
 
-# Columns per block of the reference's full sort (what the rules used before selection).
-_SORT_CHUNK = 65536
-
-
-def _sorted_columns(vectors: torch.Tensor) -> Any:
-    """Yield ``(columns, values, rows)``: each column stably sorted, shape ``(chunk, m)``."""
-    for start in range(0, vectors.shape[1], _SORT_CHUNK):
-        columns = slice(start, min(start + _SORT_CHUNK, vectors.shape[1]))
-        transposed = vectors[:, columns].T.contiguous().add_(0.0)  # -0.0 ties with +0.0
-        values, rows = torch.sort(transposed, dim=1, stable=True)
-        yield columns, values, rows
-
-
-def _counts(rows: torch.Tensor, m: int) -> torch.Tensor:
-    return torch.bincount(rows.reshape(-1).cpu(), minlength=m).to(torch.float64)
-
-
-def _flag(counts: torch.Tensor, d: int, fraction: float) -> list[int]:
-    return [int(i) for i in torch.nonzero(counts > fraction * d).flatten().tolist()]
-
-
-def _median_by_sort(vectors: torch.Tensor, f: int, flag_fraction: float) -> AggregationResult:
-    m, d = vectors.shape
-    value = torch.empty(d, dtype=vectors.dtype)
-    contribution = torch.zeros(m, dtype=torch.float64)
-    extreme = torch.zeros(m, dtype=torch.float64)
-    upper = m // 2
-    for columns, values, rows in _sorted_columns(vectors):
-        if m % 2:
-            value[columns] = values[:, upper]
-            contribution += _counts(rows[:, upper], m)
-        else:
-            value[columns] = (values[:, upper - 1] + values[:, upper]) / 2
-            contribution += 0.5 * _counts(rows[:, upper - 1 : upper + 1], m)
-        if f:
-            extreme += _counts(rows[:, :f], m) + _counts(rows[:, m - f :], m)
-    return AggregationResult(value, _flag(extreme, d, flag_fraction), contribution / d)
-
-
-def _trimmed_mean_by_sort(
-    vectors: torch.Tensor, trim: int, flag_fraction: float
-) -> AggregationResult:
-    m, d = vectors.shape
-    value = torch.empty(d, dtype=vectors.dtype)
-    contribution = torch.zeros(m, dtype=torch.float64)
-    trimmed = torch.zeros(m, dtype=torch.float64)
-    for columns, values, rows in _sorted_columns(vectors):
-        value[columns] = values[:, trim : m - trim].mean(dim=1)
-        contribution += _counts(rows[:, trim : m - trim], m)
-        if trim:
-            trimmed += _counts(rows[:, :trim], m) + _counts(rows[:, m - trim :], m)
-    flagged = _flag(trimmed, d, flag_fraction)
-    return AggregationResult(value, flagged, contribution / ((m - 2 * trim) * d))
-
-
-def _bulyan_by_sort(vectors: torch.Tensor, f: int, flag_fraction: float) -> AggregationResult:
-    m, d = vectors.shape
-    theta, beta = m - 2 * f, m - 4 * f
-    if theta == m:
-        selected = list(range(m))
-    else:
-        selected = Bulyan._select(pairwise_squared_distances(vectors).cpu(), f, theta)
-    selected_rows = torch.tensor(selected, dtype=torch.long)
-    subset = vectors.index_select(0, selected_rows)
-    value = torch.empty(d, dtype=vectors.dtype)
-    contribution = torch.zeros(m, dtype=torch.float64)
-    left_out = torch.zeros(m, dtype=torch.float64)
-    upper = theta // 2
-    for columns, values, _ in _sorted_columns(subset):
-        if theta % 2:
-            median = values[:, upper : upper + 1]
-        else:
-            median = (values[:, upper - 1 : upper] + values[:, upper : upper + 1]) / 2
-        chunk = subset[:, columns].T
-        closest = torch.sort((chunk - median).abs(), dim=1, stable=True).indices
-        kept = closest[:, :beta]
-        value[columns] = torch.gather(chunk, 1, kept).mean(dim=1)
-        contribution += _counts(selected_rows[kept], m)
-        left_out += _counts(selected_rows[closest[:, beta:]], m)
-    not_selected = set(range(m)) - set(selected)
-    flagged = sorted(not_selected | set(_flag(left_out, d, flag_fraction)))
-    return AggregationResult(value, flagged, contribution / (beta * d))
-
-
 SORT_REFERENCE_RULES = ("median", "trimmed-mean", "bulyan")
+"""The rules `sort_reference` computes."""
+
+# torch and the rules load in the functions that run the bench: parsing needs none of them.
 
 
 def sort_reference(name: str, vectors: torch.Tensor, f: int) -> AggregationResult:
     """The coordinate-wise rules as they were computed before selection: a stable sort of every
     column carrying row indices (CPU). The tests hold the rules to this bit for bit, and the
     bench times it against the current path. Default parameters (trim = f, flag_fraction 0.5).
-    """
-    if name == "median":
-        return _median_by_sort(vectors, f, CoordinateWiseMedian().flag_fraction)
-    if name == "trimmed-mean":
-        return _trimmed_mean_by_sort(vectors, f, TrimmedMean().flag_fraction)
-    if name == "bulyan":
-        return _bulyan_by_sort(vectors, f, Bulyan().flag_fraction)
-    raise ValueError(f"no sort reference for {name!r}; known: {', '.join(SORT_REFERENCE_RULES)}")
+    See `bench.aggregation_reference`."""
+    from phalanx.bench.aggregation_reference import sort_reference as by_sort
 
-
-# Static clipping needs a threshold; any value works for timing.
-_PRE_SPECS = {name: name for name in PRE_AGGREGATORS} | {"clip": "clip:threshold=1.0"}
+    return by_sort(name, vectors, f)
 
 
 def _interleaved_medians(
@@ -179,6 +81,19 @@ def run_aggregation_bench(
     Returns ``{"m", "d", "f", "repeats", "threads", "rules", "pre", "sort_reference"}``; each
     entry has ``f``, ``median_s`` and ``ratio_to_mean``.
     """
+    import torch
+
+    from phalanx.bench.aggregation_reference import sort_reference as by_sort
+    from phalanx.learning.aggregation import (
+        AGGREGATION_RULES,
+        PRE_AGGREGATORS,
+        Bulyan,
+        get_pre,
+        get_rule,
+    )
+
+    # Static clipping needs a threshold; any value works for timing.
+    pre_specs = {name: name for name in PRE_AGGREGATORS} | {"clip": "clip:threshold=1.0"}
     if m < 1 or d < 1 or repeats < 1:
         raise ValueError(
             f"bench aggregation: needs m, d, repeats >= 1, got m={m}, d={d}, repeats={repeats}"
@@ -219,14 +134,14 @@ def run_aggregation_bench(
     pre_f = min(declared_f, m - 1)
     for name in pre_names:
         pre[name] = {"f": pre_f}
-        actions[f"pre:{name}"] = functools.partial(get_pre(_PRE_SPECS[name]).apply, vectors, pre_f)
+        actions[f"pre:{name}"] = functools.partial(get_pre(pre_specs[name]).apply, vectors, pre_f)
 
     reference: dict[str, dict[str, Any]] = {}
     for name in reference_names:
         reference_f = min(declared_f, get_rule(name).max_f(m))
         if reference_f >= 0:
             reference[name] = {"f": reference_f}
-            actions[f"ref:{name}"] = functools.partial(sort_reference, name, vectors, reference_f)
+            actions[f"ref:{name}"] = functools.partial(by_sort, name, vectors, reference_f)
 
     medians = _interleaved_medians(actions, repeats)
     kinds = {"rule": timed_rules, "pre": pre, "ref": reference}

@@ -7,7 +7,7 @@ machine load hits both alike; the reported ratio is median(DP samples/s) / media
 samples/s), and the slowdown its inverse.
 
     phalanx bench dpsgd [--repeats 5] [--epochs 1] [--json]
-    python -m bench.bench_dpsgd --json          # standalone
+    python -m phalanx.bench.bench_dpsgd --json          # standalone
 """
 
 from __future__ import annotations
@@ -16,14 +16,12 @@ import argparse
 import json
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from phalanx.defense.dpsgd import DPSGDConfig, dp_train_local
-from phalanx.learning.data import load_dataset
-from phalanx.learning.models import build_model
-from phalanx.learning.train import TrainConfig, evaluate, train_local
+# torch, Opacus and the training code load in `run_dpsgd_bench`: parsing needs none of them.
 
 
 def run_dpsgd_bench(
@@ -38,6 +36,13 @@ def run_dpsgd_bench(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Time both arms `repeats` times; returns medians, the ratio and the settings."""
+    import torch
+
+    from phalanx.defense.dpsgd import DPSGDConfig, dp_train_local
+    from phalanx.learning.data import load_dataset
+    from phalanx.learning.models import build_model
+    from phalanx.learning.train import TrainConfig, evaluate, train_local
+
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if threads > 0:
@@ -155,15 +160,42 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per arm (median)")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--samples", type=int, default=0, help="0 = the whole training split")
-    parser.add_argument("--model", default="cnn")
-    parser.add_argument("--noise-multiplier", type=float, default=1.0)
-    parser.add_argument("--max-grad-norm", type=float, default=1.0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per arm, median (default %(default)s)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=1, help="training epochs per run (default %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="batch size of both arms (default %(default)s)"
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        help="training samples used (default 0: the whole training split)",
+    )
+    parser.add_argument(
+        "--model", default="cnn", help="a learning.models name (default %(default)s)"
+    )
+    parser.add_argument(
+        "--noise-multiplier",
+        type=float,
+        default=1.0,
+        help="DP-SGD noise std over the clipping norm, z (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-grad-norm",
+        type=float,
+        default=1.0,
+        help="DP-SGD per-sample L2 clipping norm C (default %(default)s)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads (default 0: torch's default)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of data, weights and sampling (default 0)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -21,21 +21,23 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from rich.console import Console
-from rich.table import Table
-
-from phalanx.adversary.inversion.attacks import METHODS, PRIOR_OF
-from phalanx.adversary.inversion.experiment import (
+from phalanx.adversary.inversion.names import (
+    DEFAULT_PRIOR_STEPS,
     DEFAULT_TORCH_THREADS,
-    ExperimentResult,
-    ExperimentSpec,
-    load_prior_for,
-    pinned_torch,
-    run_experiment,
+    METHODS,
+    PRIOR_OF,
 )
-from phalanx.learning.data import Dataset, load_dataset
+
+if TYPE_CHECKING:
+    import torch
+    from rich.console import Console
+
+    from phalanx.adversary.inversion.experiment import ExperimentResult
+    from phalanx.learning.data import Dataset
+
+# torch, rich and the attacks load in the handler: building the parser needs only the names.
 
 
 def _parse_ks(text: str) -> list[int]:
@@ -94,11 +96,23 @@ def median_interval(
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from phalanx.adversary.inversion.experiment import pinned_torch
+
     with pinned_torch(args.torch_threads):
         return _run_bench(args)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from phalanx.adversary.inversion.experiment import (
+        ExperimentSpec,
+        load_prior_for,
+        run_experiment,
+    )
+    from phalanx.learning.data import load_dataset
+
     console = Console()
     docs = Path(args.docs)
     dataset = load_dataset(args.dataset)
@@ -216,6 +230,10 @@ def _grid(
 ) -> None:
     """Every method at every batch size on ``--grid-model``: ``--grid-images`` images a cell
     (rounded up to whole batches), untrained weights unless ``--grid-trained``."""
+    from rich.table import Table
+
+    from phalanx.adversary.inversion.experiment import ExperimentSpec, run_experiment
+
     title = (
         f"{args.dataset} / {args.grid_model} ({'trained' if args.grid_trained else 'untrained'})"
         f", update target, >= {args.grid_images} images a cell, seed {args.seed}"
@@ -273,37 +291,108 @@ def _brief(result: ExperimentResult) -> dict[str, object]:
 def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     """Add ``phalanx bench inversion``."""
     parser = bench_subparsers.add_parser("inversion", help="gradient-inversion attack benchmark")
-    parser.add_argument("--dataset", default="mnist5k")
-    parser.add_argument("--model", default="lenet-zhu")
-    parser.add_argument("--images", type=int, default=8, help="images in the DLG/iDLG table")
-    parser.add_argument("--chart-images", type=int, default=2, help="images per point of the chart")
-    parser.add_argument("--ks", type=_parse_ks, default=[1, 2, 4, 8, 16])
-    parser.add_argument("--methods", nargs="*", default=["idlg", "ig", "diffusion"])
+    parser.add_argument(
+        "--dataset", default="mnist5k", help="data set of the victims (default %(default)s)"
+    )
+    parser.add_argument(
+        "--model", default="lenet-zhu", help="victim model of table and chart (default %(default)s)"
+    )
+    parser.add_argument(
+        "--images", type=int, default=8, help="images in the DLG/iDLG table (default %(default)s)"
+    )
+    parser.add_argument(
+        "--chart-images",
+        type=int,
+        default=2,
+        help="images per point of the PSNR-vs-k chart (default %(default)s)",
+    )
+    parser.add_argument(
+        "--ks",
+        type=_parse_ks,
+        default=[1, 2, 4, 8, 16],
+        metavar="K,K,...",
+        help="cluster sizes k of the chart, comma-separated (default 1,2,4,8,16)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=["idlg", "ig", "diffusion"],
+        help="attacks of the chart; none skips it (default idlg ig diffusion)",
+    )
     parser.add_argument(
         "--compare",
         action="store_true",
         help="also run diffusion vs IG at batch 4 on a trained CNN",
     )
-    parser.add_argument("--compare-iterations", type=int, default=None)
-    parser.add_argument("--prior-steps", type=int, default=None)
-    parser.add_argument("--prior-cache", default=None)
+    parser.add_argument(
+        "--compare-iterations",
+        type=int,
+        default=None,
+        help="optimiser steps of --compare (default: each method's own)",
+    )
+    parser.add_argument(
+        "--prior-steps",
+        type=int,
+        default=None,
+        help="training steps of a prior if not cached (default "
+        + ", ".join(f"{steps} {kind}" for kind, steps in DEFAULT_PRIOR_STEPS.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--prior-cache",
+        default=None,
+        help="prior cache directory (default $PHALANX_PRIOR_CACHE or ~/.cache/phalanx/priors)",
+    )
     parser.add_argument("--grid", action="store_true", help="also run methods x batch sizes")
-    parser.add_argument("--grid-methods", nargs="*", default=list(METHODS))
-    parser.add_argument("--grid-batches", type=_parse_ks, default=[1, 4, 16])
-    parser.add_argument("--grid-images", type=int, default=4, help="images a grid cell")
-    parser.add_argument("--grid-model", default="lenet-zhu")
-    parser.add_argument("--grid-trained", action="store_true")
-    parser.add_argument("--grid-iterations", type=int, default=None)
+    parser.add_argument(
+        "--grid-methods",
+        nargs="*",
+        default=list(METHODS),
+        help=f"attacks of --grid (default all: {' '.join(METHODS)})",
+    )
+    parser.add_argument(
+        "--grid-batches",
+        type=_parse_ks,
+        default=[1, 4, 16],
+        metavar="B,B,...",
+        help="batch sizes of --grid, comma-separated (default 1,4,16)",
+    )
+    parser.add_argument(
+        "--grid-images",
+        type=int,
+        default=4,
+        help="images a grid cell, rounded up to whole batches (default %(default)s)",
+    )
+    parser.add_argument(
+        "--grid-model", default="lenet-zhu", help="victim model of --grid (default %(default)s)"
+    )
+    parser.add_argument(
+        "--grid-trained", action="store_true", help="--grid attacks a trained model"
+    )
+    parser.add_argument(
+        "--grid-iterations",
+        type=int,
+        default=None,
+        help="optimiser steps of --grid (default: each method's own)",
+    )
     parser.add_argument("--skip-table", action="store_true", help="skip the DLG / iDLG table")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of victims and attacks (default %(default)s)"
+    )
     parser.add_argument(
         "--torch-threads",
         type=int,
         default=DEFAULT_TORCH_THREADS,
-        help="torch intra-op threads, fixed for reproducibility (default 1)",
+        help="torch intra-op threads, fixed for reproducibility (default %(default)s)",
     )
-    parser.add_argument("--docs", default="docs", help="where the chart and grids go")
-    parser.add_argument("--report", default="bench.json", help="JSON file name in DOCS/inversion")
+    parser.add_argument(
+        "--docs", default="docs", help="where the chart and grids go (default %(default)s)"
+    )
+    parser.add_argument(
+        "--report",
+        default="bench.json",
+        help="JSON file name in DOCS/inversion (default %(default)s)",
+    )
     parser.set_defaults(func=run_bench)
 
 

@@ -90,12 +90,26 @@ def _handle(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``mpc`` benchmark parser."""
     parser = subparsers.add_parser("mpc", help="benchmark secure aggregation inside one cluster")
-    parser.add_argument("--dim", type=int, default=1_000_000, help="update length D")
-    parser.add_argument("--cluster-size", type=int, default=10, help="cluster size K")
-    parser.add_argument("--mode", choices=MODES, default="secagg")
-    parser.add_argument("--repeats", type=int, default=3, help="median over this many runs")
     parser.add_argument(
-        "--packing", type=int, default=1, help="shamir: coordinates per sharing polynomial"
+        "--dim", type=int, default=1_000_000, help="update length D (default %(default)s)"
+    )
+    parser.add_argument(
+        "--cluster-size", type=int, default=10, help="cluster size K (default %(default)s)"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="secagg",
+        help="secure-sum protocol (default %(default)s)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="median over this many runs (default %(default)s)"
+    )
+    parser.add_argument(
+        "--packing",
+        type=int,
+        default=1,
+        help="shamir: coordinates per sharing polynomial (default %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=_handle)

@@ -52,34 +52,23 @@ import tomllib
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tomli_w
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from phalanx.adversary.inversion.attacks import invert
-from phalanx.adversary.inversion.experiment import (
-    ExperimentSpec,
-    load_prior_for,
-    run_experiment,
-    victim_model,
-)
-from phalanx.adversary.inversion.knowledge import AttackerKnowledge, Defense, InversionConfig
-from phalanx.adversary.inversion.metrics import psnr
-from phalanx.adversary.inversion.priors import auxiliary_split
-from phalanx.adversary.inversion.targets import (
-    fedavg_update,
-    flatten,
-    observed_cluster_sum,
-    unflatten,
-)
-from phalanx.defense import gaussian_epsilon
-from phalanx.defense.dpsgd import dpsgd_sample_rate
 from phalanx.learning.data import Dataset, load_dataset
-from phalanx.node.defenses import DefenseConfig, NodeDefense
+
+if TYPE_CHECKING:
+    import torch
+
+    from phalanx.adversary.inversion.knowledge import Defense
+    from phalanx.node.defenses import DefenseConfig
+
+# torch, the attacks and the node's defenses load in the functions that use them, so that
+# `phalanx bench privacy --help` loads none of them.
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BASE = REPO / "node" / "scenarios" / "default.toml"
@@ -97,6 +86,8 @@ class Setting:
 
     @property
     def config(self) -> DefenseConfig:
+        from phalanx.node.defenses import DefenseConfig
+
         return DefenseConfig(**self.defense)
 
 
@@ -191,6 +182,10 @@ def spent_epsilon(
     setting: Setting, summary: dict[str, Any], rounds: int, epochs: int, batch_size: int, nodes: int
 ) -> float | None:
     """The largest eps any node spent: from its records, else recomputed from the accountants."""
+    from phalanx.defense import gaussian_epsilon
+    from phalanx.defense.dpsgd import dpsgd_sample_rate
+    from phalanx.node.defenses import NodeDefense
+
     reported = [r.get("epsilon") for r in summary.get("node_privacy", {}).values()]
     if reported:
         finite = [e for e in reported if e is not None]
@@ -228,6 +223,10 @@ def attack_defense(
 ) -> Defense | None:
     """The defense callable the attack sees: `NodeDefense.protect` of node `node_index` on the
     flattened update (each call is the next round, so repeated calls draw fresh noise)."""
+    import torch
+
+    from phalanx.node.defenses import DefenseConfig, NodeDefense
+
     config = setting.config
     if config.dpsgd:
         dp_spec = f"clip-gauss:clip={lr * config.max_grad_norm!r},z={config.noise_multiplier!r}"
@@ -265,6 +264,12 @@ def attack_psnr(
     prior_cache: str | None = None,
     prior_steps: int | None = None,
 ) -> float:
+    from phalanx.adversary.inversion.experiment import (
+        ExperimentSpec,
+        load_prior_for,
+        run_experiment,
+    )
+
     prior = None
     if method in ("gan", "diffusion"):
         prior, _, _ = load_prior_for(method, dataset, prior_steps, prior_cache, seed=seed)
@@ -295,6 +300,8 @@ def _attack_job(
     prior_steps: int | None,
 ) -> float:
     """One attack cell in a worker process (spawned: it loads mnist5k and the prior itself)."""
+    import torch
+
     torch.set_num_threads(1)
     dataset = load_dataset("mnist5k")
     return attack_psnr(
@@ -329,6 +336,8 @@ def observe_cluster_sum(
     """``S = sum_i D_i(w_1^i - w_0)``: each member's one-step FedAvg delta on its own batch,
     defended by its own `D_i`, summed by ``mpc.secure_sum`` (fixed point, so S is within
     ``k 2^-(f+1)`` of the float sum of the clipped rows)."""
+    from phalanx.adversary.inversion.targets import fedavg_update, flatten, observed_cluster_sum
+
     if len(members) < 2:
         raise ValueError(f"a cluster sum needs k >= 2 members, got {len(members)}")
     if len(defenses) != len(members):
@@ -354,6 +363,8 @@ def cluster_victims(
     Member 0 of cluster c is the c-th victim of the member column (`run_experiment`'s seeded
     permutation of the victim split); the other k - 1 follow the first ``clusters`` images, as
     ``--target cluster-sum:K`` draws them."""
+    from phalanx.adversary.inversion.priors import auxiliary_split
+
     if k < 2 or clusters < 1:
         raise ValueError(f"need k >= 2 and clusters >= 1, got k={k}, clusters={clusters}")
     _, victim_index = auxiliary_split(len(dataset.train_x))
@@ -372,6 +383,8 @@ def cluster_victims(
 
 def best_match_psnr(victims: np.ndarray, reconstruction: np.ndarray) -> tuple[float, int]:
     """The attacker's best case over a cluster: ``max_j PSNR(x_j, x_hat)`` and its member j."""
+    from phalanx.adversary.inversion.metrics import psnr
+
     scores = [psnr(victim, reconstruction) for victim in victims]
     best = int(np.argmax(scores))
     return float(scores[best]), best
@@ -394,6 +407,14 @@ def cluster_sum_attack(
     The attacker knows k, lr and the one-step FedAvg target, divides S by k and reconstructs one
     image (batch 1) with `method`, seeded as `run_experiment` seeds its batches. Returns the
     median, per cluster the best PSNR and its member, the attacked sums S and the images."""
+    import torch
+
+    from phalanx.adversary.inversion.attacks import invert
+    from phalanx.adversary.inversion.experiment import victim_model
+    from phalanx.adversary.inversion.knowledge import AttackerKnowledge, InversionConfig
+    from phalanx.adversary.inversion.priors import auxiliary_split
+    from phalanx.adversary.inversion.targets import unflatten
+
     aux_index, _ = auxiliary_split(len(dataset.train_x))
     model = victim_model(model_name, dataset, seed, False, aux_index)
     like = [p.detach() for p in model.parameters()]
@@ -435,6 +456,8 @@ def cluster_sum_attack(
 def blank_image_reference(dataset: Dataset, k: int, clusters: int, seed: int) -> float:
     """Median best-of-k PSNR of an all-black "reconstruction": what the max over k victims gives
     without any attack (mnist's black background), the floor to read the columns against."""
+    from phalanx.adversary.inversion.priors import auxiliary_split
+
     if k == 1:
         _, victim_index = auxiliary_split(len(dataset.train_x))
         pool = victim_index[np.random.default_rng(seed).permutation(len(victim_index))]
@@ -458,6 +481,10 @@ def _cluster_attack_job(
     prior_steps: int | None,
 ) -> float:
     """One cluster-sum cell in a worker process (or inline with ``--jobs 1``)."""
+    import torch
+
+    from phalanx.adversary.inversion.experiment import load_prior_for
+
     torch.set_num_threads(1)
     dataset = load_dataset("mnist5k")
     prior = None
@@ -686,6 +713,8 @@ def cluster_description(images: int, lr: float, iterations: dict[str, int | None
 
 def run_merge(args: argparse.Namespace, console: Console) -> int:
     """``--merge PATH``: add the cluster-sum columns to an existing map, no testbed re-run."""
+    from phalanx.adversary.inversion.experiment import load_prior_for
+
     started = time.perf_counter()
     try:
         report = load_map(args.merge)
@@ -822,6 +851,10 @@ def write_report(report: dict[str, Any], docs: Path, model: str) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from phalanx.adversary.inversion.experiment import load_prior_for
+
     torch.set_num_threads(1)
     console = Console()
     started = time.perf_counter()
@@ -1081,30 +1114,85 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="4 nodes, 3 rounds, alpha 1.0, k=4, 4 victims (about 5 minutes)",
     )
-    parser.add_argument("--base", default=str(DEFAULT_BASE), help="base scenario TOML")
-    parser.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
-    parser.add_argument("--nodes", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--alphas", type=_float_list, default=None, help="e.g. 0.1,1.0")
-    parser.add_argument("--cluster-sizes", type=_int_list, default=None, help="e.g. 1,4,8")
-    parser.add_argument("--images", type=int, default=None, help="victim images per attack")
+    parser.add_argument(
+        "--base",
+        default=str(DEFAULT_BASE),
+        help="base scenario TOML (default node/scenarios/default.toml)",
+    )
+    parser.add_argument(
+        "--model",
+        default="mlp",
+        choices=["mlp", "cnn"],
+        help="model of testbeds and attacks (default %(default)s)",
+    )
+    parser.add_argument(
+        "--nodes", type=int, default=None, help="nodes per testbed (default 8; 4 with --quick)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="rounds per testbed (default 5; 3 with --quick)"
+    )
+    parser.add_argument(
+        "--alphas",
+        type=_float_list,
+        default=None,
+        help="Dirichlet alphas of the non-IID split, e.g. 0.1,1.0 (default 0.1,1.0; 1.0 with "
+        "--quick)",
+    )
+    parser.add_argument(
+        "--cluster-sizes",
+        type=_int_list,
+        default=None,
+        help="cluster sizes k, e.g. 1,4,8 (default 1,4,8; 4 with --quick)",
+    )
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="victim images per attack (default 8; 4 with --quick)",
+    )
     parser.add_argument("--ig", action="store_true", help="also run Inverting Gradients")
-    parser.add_argument("--ig-iterations", type=int, default=300)
+    parser.add_argument(
+        "--ig-iterations",
+        type=int,
+        default=300,
+        help="optimiser steps of Inverting Gradients (default %(default)s)",
+    )
     parser.add_argument(
         "--diffusion",
         action="store_true",
         help="also run the diffusion-prior attack (trains the prior once if not cached)",
     )
-    parser.add_argument("--prior-steps", type=int, default=None, help="diffusion prior steps")
-    parser.add_argument("--prior-cache", default=None, help="prior cache directory")
+    parser.add_argument(
+        "--prior-steps",
+        type=int,
+        default=None,
+        help="training steps of the diffusion prior if not cached (default 1000)",
+    )
+    parser.add_argument(
+        "--prior-cache",
+        default=None,
+        help="prior cache directory (default $PHALANX_PRIOR_CACHE or ~/.cache/phalanx/priors)",
+    )
     parser.add_argument(
         "--jobs",
         type=int,
         default=1,
-        help="testbeds and attack processes run at once (each pool); size to the cores",
+        help="testbeds and attack processes run at once (each pool); size to the cores "
+        "(default %(default)s)",
     )
-    parser.add_argument("--eval-samples", type=int, default=1000)
-    parser.add_argument("--only", nargs="*", default=None, help="labels of settings to run")
+    parser.add_argument(
+        "--eval-samples",
+        type=int,
+        default=1000,
+        help="test samples each testbed evaluates on (default %(default)s)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        metavar="LABEL",
+        help="labels of the settings to run, e.g. none 'prune 0.9' (default all)",
+    )
     parser.add_argument(
         "--merge",
         default=None,
@@ -1121,10 +1209,23 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--skip-testbed", action="store_true", help="attacks only")
     parser.add_argument("--skip-attacks", action="store_true", help="testbeds only")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per testbed run")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--docs", default=str(REPO / "docs"))
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds per testbed run (default %(default)g)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of victims and attacks (default %(default)s)"
+    )
+    parser.add_argument(
+        "--docs",
+        default=str(REPO / "docs"),
+        help="where privacy_utility.{json,md,png} go (default: the repository's docs/)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="also print the report as one JSON object"
+    )
     parser.set_defaults(func=run_bench)
 
 

@@ -283,31 +283,62 @@ def _int_list(text: str) -> list[int]:
 
 def register_bench(subparsers: argparse._SubParsersAction) -> None:
     rounds = subparsers.add_parser("rounds", help="round time: train vs communicate vs aggregate")
-    rounds.add_argument("--nodes", type=_int_list, default=[8, 16, 32])
-    rounds.add_argument("--models", type=lambda t: t.split(","), default=["mlp", "mlp-wide"])
-    rounds.add_argument("--rounds", type=int, default=3)
-    rounds.add_argument("--cluster-size", type=int, default=4)
+    rounds.add_argument(
+        "--nodes",
+        type=_int_list,
+        default=[8, 16, 32],
+        metavar="N,N,...",
+        help="testbed sizes, comma-separated (default 8,16,32)",
+    )
+    rounds.add_argument(
+        "--models",
+        type=lambda t: t.split(","),
+        default=["mlp", "mlp-wide"],
+        metavar="MODEL,...",
+        help="learning.models names, comma-separated (default mlp,mlp-wide)",
+    )
+    rounds.add_argument(
+        "--rounds", type=int, default=3, help="rounds per testbed (default %(default)s)"
+    )
+    rounds.add_argument(
+        "--cluster-size", type=int, default=4, help="nodes per cluster (default %(default)s)"
+    )
     rounds.add_argument(
         "--secure",
         type=lambda t: t.split(","),
         default=["none"],
         help="comma-separated modes among none,shamir,secagg, or shamir:packing=L (packed "
         "sharing); with none first, each secure row reports its round time over the plaintext "
-        "one of the same run",
+        "one of the same run (default none)",
     )
-    rounds.add_argument("--nodes-per-process", type=int, default=1)
+    rounds.add_argument(
+        "--nodes-per-process",
+        type=int,
+        default=1,
+        help="nodes sharing one process (default %(default)s)",
+    )
     rounds.add_argument(
         "--repeats",
         type=int,
         default=1,
-        help="testbeds per mode, interleaved across modes; rows report medians",
+        help="testbeds per mode, interleaved across modes; rows report medians "
+        "(default %(default)s)",
     )
-    rounds.add_argument("--json", action="store_true")
+    rounds.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rounds.set_defaults(func=_cmd_rounds)
     scale = subparsers.add_parser("scale", help="many nodes per process: memory per node")
-    scale.add_argument("--nodes", type=int, default=128)
-    scale.add_argument("--nodes-per-process", type=int, default=16)
-    scale.add_argument("--rounds", type=int, default=3)
-    scale.add_argument("--cluster-size", type=int, default=8)
-    scale.add_argument("--dataset", default="mnist5k")
+    scale.add_argument("--nodes", type=int, default=128, help="nodes (default %(default)s)")
+    scale.add_argument(
+        "--nodes-per-process",
+        type=int,
+        default=16,
+        help="nodes sharing one process (default %(default)s)",
+    )
+    scale.add_argument("--rounds", type=int, default=3, help="rounds (default %(default)s)")
+    scale.add_argument(
+        "--cluster-size", type=int, default=8, help="nodes per cluster (default %(default)s)"
+    )
+    scale.add_argument(
+        "--dataset", default="mnist5k", help="data set, IID split (default %(default)s)"
+    )
     scale.set_defaults(func=_cmd_scale)

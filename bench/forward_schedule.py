@@ -32,7 +32,7 @@ update.
 
     phalanx bench forward-schedule [--rounds 10] [--t-high 800] [--t-low 400] [--json]
     phalanx bench forward-schedule --matched-eps 500 [--clip 1.0]
-    python -m bench.forward_schedule               # standalone
+    python -m phalanx.bench.forward_schedule             # standalone
 """
 
 from __future__ import annotations
@@ -43,28 +43,21 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from phalanx.adversary.inversion.experiment import ExperimentSpec, run_experiment
-from phalanx.defense import alpha_bar_schedule, denoise_forward, parse_defense
-from phalanx.defense.forward_noise import ForwardNoising
-from phalanx.learning.data import Dataset, load_dataset, partition
-from phalanx.learning.models import build_model
-from phalanx.learning.train import (
-    TrainConfig,
-    evaluate,
-    flatten_parameters,
-    load_flat_parameters,
-    train_local,
-)
-from phalanx.node.defenses import DefenseConfig, NodeDefense
+    from phalanx.learning.data import Dataset
+    from phalanx.learning.train import TrainConfig
+
+# numpy, torch, the defenses and the training code load in the functions that use them, so that
+# `phalanx bench forward-schedule --help` loads none of them.
 
 SCHEDULES = ("decreasing", "increasing", "constant")
-DELTA = DefenseConfig().delta
-"""The delta at which the nodes report eps; the matched-eps specs are calibrated at the same."""
+DELTA = 1e-5
+"""The delta at which the nodes report eps (`node.defenses.DefenseConfig().delta`, which a test
+checks); the matched-eps specs are calibrated at the same."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +68,9 @@ class ScheduleRow:
     spec: str
 
     def levels(self, rounds: int) -> list[int]:
+        from phalanx.defense import parse_defense
+        from phalanx.defense.forward_noise import ForwardNoising
+
         defense = parse_defense(self.spec)
         if not isinstance(defense, ForwardNoising):
             return [0] * rounds
@@ -83,12 +79,20 @@ class ScheduleRow:
 
 def mean_noise_fraction(levels: list[int], diffusion: str, steps: int) -> float:
     """Mean over rounds of ``1 - abar_t``, the share of the release's variance that is noise."""
+    import numpy as np
+
+    from phalanx.defense import alpha_bar_schedule
+
     alpha_bar = alpha_bar_schedule(diffusion, steps)
     return float(np.mean([1 - alpha_bar[t] for t in levels]))
 
 
 def matched_constant_level(target_fraction: float, diffusion: str, steps: int) -> int:
     """The level t whose ``1 - abar_t`` is closest to `target_fraction`."""
+    import numpy as np
+
+    from phalanx.defense import alpha_bar_schedule
+
     alpha_bar = alpha_bar_schedule(diffusion, steps)
     return int(np.argmin(np.abs((1 - alpha_bar) - target_fraction)))
 
@@ -114,6 +118,9 @@ def schedule_rows(
 
 def default_clip() -> float:
     """The L2 clipping bound ``C`` that ``forward-dp`` uses when the spec gives none."""
+    from phalanx.defense import parse_defense
+    from phalanx.defense.forward_noise import ForwardNoising
+
     defense = parse_defense("forward-dp:eps=1,rounds=1")
     assert isinstance(defense, ForwardNoising) and defense.clip_norm is not None
     return defense.clip_norm
@@ -122,6 +129,8 @@ def default_clip() -> float:
 def matched_eps_rows(epsilon: float, rounds: int, clip: float | None = None) -> list[ScheduleRow]:
     """The undefended baseline and ``forward-dp`` with each level shape, all calibrated to
     (`epsilon`, `DELTA`) over `rounds` (the least noise with ``eps <= epsilon``)."""
+    from phalanx.defense import parse_defense
+
     clip = default_clip() if clip is None else clip
     rows = [ScheduleRow("none", "none")]
     for levels in SCHEDULES:
@@ -137,6 +146,10 @@ def released_noise_std(
     """Per round, the empirical std of node 0's release of a zero update of size `dim`
     (`NodeDefense.protect`): ``sqrt(1 - abar_t) s``, i.e. ``sqrt(1 - abar_t) C`` in hybrid mode
     (with ``scale=rms`` the RMS of a zero update is 0, so this is only informative for hybrid)."""
+    import numpy as np
+
+    from phalanx.node.defenses import DefenseConfig, NodeDefense
+
     node = NodeDefense(DefenseConfig(update=row.spec), node_index=0, seed=seed, num_nodes=1)
     zero = np.zeros(dim, dtype=np.float32)
     return [float(np.std(node.protect(zero, round_))) for round_ in range(1, rounds + 1)]
@@ -174,6 +187,19 @@ def federated_accuracy(
     """Test accuracy after each round of in-process FedAvg with every update defended by
     `NodeDefense.protect` (seeded by scenario seed, node index and round, as in the node), and
     the eps each node's ledger spent."""
+    import numpy as np
+    import torch
+
+    from phalanx.learning.data import partition
+    from phalanx.learning.models import build_model
+    from phalanx.learning.train import (
+        evaluate,
+        flatten_parameters,
+        load_flat_parameters,
+        train_local,
+    )
+    from phalanx.node.defenses import DefenseConfig, NodeDefense
+
     parts = partition(dataset.train_y, nodes, "iid", seed=seed)
     torch.manual_seed(seed)
     model = build_model(model_name, dataset.input_shape, dataset.num_classes)
@@ -197,6 +223,13 @@ def federated_accuracy(
 def _defended(row: ScheduleRow, round_: int, adaptive: bool, seed: int) -> Any:
     """The attacker's view of one update: the node's release in `round_` (1-based), optionally
     denoised by the adaptive attacker who knows that round's ``abar_t``."""
+    import numpy as np
+    import torch
+
+    from phalanx.defense import denoise_forward
+    from phalanx.defense.forward_noise import ForwardNoising
+    from phalanx.node.defenses import DefenseConfig, NodeDefense
+
     if row.spec == "none":
         return None
     node = NodeDefense(DefenseConfig(update=row.spec), node_index=0, seed=seed, num_nodes=1)
@@ -232,6 +265,8 @@ def idlg_psnr(
     lr: float,
     seed: int,
 ) -> float:
+    from phalanx.adversary.inversion.experiment import ExperimentSpec, run_experiment
+
     spec = ExperimentSpec(
         method="idlg",
         model=model_name,
@@ -272,6 +307,11 @@ def run_forward_schedule_bench(
 ) -> dict[str, Any]:
     """Measure every row; returns the table as JSON-safe data. With `matched_eps` the rows are
     `matched_eps_rows` (then `t_high`/`t_low` are unused); `psnr=False` skips the attacks."""
+    import torch
+
+    from phalanx.learning.data import load_dataset
+    from phalanx.learning.train import TrainConfig
+
     torch.set_num_threads(1)
     dataset = load_dataset(dataset_name, seed=seed)
     train_config = TrainConfig(epochs=1, batch_size=32, lr=0.05, momentum=0.9)
@@ -388,15 +428,42 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--t-high", type=int, default=800)
-    parser.add_argument("--t-low", type=int, default=400)
-    parser.add_argument("--nodes", type=int, default=4)
-    parser.add_argument("--seeds", type=int, default=3, help="training seeds (median reported)")
-    parser.add_argument("--images", type=int, default=4, help="victim images per attack")
-    parser.add_argument("--dataset", default="mnist5k", choices=["mnist5k", "digits"])
-    parser.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rounds", type=int, default=10, help="FedAvg rounds R (default %(default)s)"
+    )
+    parser.add_argument(
+        "--t-high",
+        type=int,
+        default=800,
+        help="highest noise level t of the linear schedules, of 1000 steps (default %(default)s)",
+    )
+    parser.add_argument(
+        "--t-low",
+        type=int,
+        default=400,
+        help="lowest noise level t of the linear schedules (default %(default)s)",
+    )
+    parser.add_argument(
+        "--nodes", type=int, default=4, help="IID nodes of the FedAvg run (default %(default)s)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="training seeds, median reported (default %(default)s)"
+    )
+    parser.add_argument(
+        "--images", type=int, default=4, help="victim images per attack (default %(default)s)"
+    )
+    parser.add_argument(
+        "--dataset",
+        default="mnist5k",
+        choices=["mnist5k", "digits"],
+        help="data set (default %(default)s)",
+    )
+    parser.add_argument(
+        "--model", default="mlp", choices=["mlp", "cnn"], help="model (default %(default)s)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="first training seed (default %(default)s)"
+    )
     parser.add_argument(
         "--matched-eps",
         type=float,
@@ -412,7 +479,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="L2 clipping bound C of --matched-eps (default: forward-dp's default)",
     )
     parser.add_argument("--no-attacks", action="store_true", help="skip the iDLG columns")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--json", action="store_true", help="print the report as JSON instead of a Markdown table"
+    )
     parser.set_defaults(func=run_bench)
 
 

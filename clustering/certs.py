@@ -263,7 +263,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="DNS names / IP addresses added to every node's SAN besides node-<i> "
         f"(default: {' '.join(DEFAULT_HOSTS)})",
     )
-    parser.add_argument("--valid-days", type=int, default=DEFAULT_VALID_DAYS)
+    parser.add_argument(
+        "--valid-days",
+        type=int,
+        default=DEFAULT_VALID_DAYS,
+        help="days the CA and node certificates stay valid (default %(default)s)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     parser.add_argument(
         "--k8s",

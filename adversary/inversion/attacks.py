@@ -40,11 +40,10 @@ from phalanx.adversary.inversion.matching import (
     total_variation,
     validate_observed_update,
 )
+from phalanx.adversary.inversion.names import METHODS as METHODS
+from phalanx.adversary.inversion.names import PRIOR_OF as PRIOR_OF
 from phalanx.adversary.inversion.priors import DiffusionPrior, GanPrior
 
-METHODS: tuple[str, ...] = ("dlg", "idlg", "ig", "gan", "diffusion", "diffusion-ig")
-# The generative prior each method needs (`adversary.inversion.priors.PRIOR_KINDS`).
-PRIOR_OF: dict[str, str] = {"gan": "gan", "diffusion": "diffusion", "diffusion-ig": "diffusion"}
 DEFAULT_ITERATIONS = {"dlg": 1000, "idlg": 1000, "ig": 1000, "gan": 600, "diffusion-ig": 300}
 LBFGS_CHUNK = 20
 STALL_CHUNKS = 5

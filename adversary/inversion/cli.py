@@ -12,23 +12,27 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-
-from phalanx.adversary.inversion.attacks import METHODS, PRIOR_OF
-from phalanx.adversary.inversion.experiment import (
+from phalanx.adversary.inversion.names import (
+    DEFAULT_PRIOR_STEPS,
     DEFAULT_TORCH_THREADS,
-    ExperimentResult,
-    ExperimentSpec,
-    load_prior_for,
-    pinned_torch,
-    run_experiment,
+    METHODS,
+    PRIOR_KINDS,
+    PRIOR_OF,
 )
-from phalanx.adversary.inversion.priors import PRIOR_KINDS
-from phalanx.adversary.inversion.targets import parse_defense
-from phalanx.learning.data import DATASETS, load_dataset
+from phalanx.learning.data import DATASETS
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from phalanx.adversary.inversion.experiment import ExperimentResult, ExperimentSpec
+
+# Parsing needs only the names above: torch, rich and the attacks load in the handlers.
+_PRIOR_STEPS = ", ".join(f"{steps} {kind}" for kind, steps in DEFAULT_PRIOR_STEPS.items())
+_DATA_DIR = "directory with the files of mnist, fashion-mnist or cifar10 (needed for those)"
+_PRIOR_CACHE = "prior cache directory (default $PHALANX_PRIOR_CACHE or ~/.cache/phalanx/priors)"
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -40,6 +44,14 @@ def _fail(message: str) -> int:
 
 
 def _progress(console: Console) -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -51,6 +63,8 @@ def _progress(console: Console) -> Progress:
 
 
 def _print_result(console: Console, spec: ExperimentSpec, result: ExperimentResult) -> None:
+    from rich.table import Table
+
     table = Table(title=f"{spec.method} / {spec.model} / batch {spec.batch} / {spec.target}")
     for column in ("image", "label", "recovered", "MSE", "PSNR (dB)", "SSIM"):
         table.add_column(column, justify="right")
@@ -80,6 +94,8 @@ def _pinned(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
     def run(args: argparse.Namespace) -> int:
         if args.torch_threads < 1:
             return _fail(f"--torch-threads must be >= 1, got {args.torch_threads}")
+        from phalanx.adversary.inversion.experiment import pinned_torch
+
         with pinned_torch(args.torch_threads):
             return command(args)
 
@@ -91,6 +107,16 @@ def _invert(args: argparse.Namespace) -> int:
         return _fail(f"unknown method {args.method!r}; known: {', '.join(METHODS)}")
     if args.dataset not in DATASETS:
         return _fail(f"unknown dataset {args.dataset!r}; known: {', '.join(DATASETS)}")
+    from rich.console import Console
+
+    from phalanx.adversary.inversion.experiment import (
+        ExperimentSpec,
+        load_prior_for,
+        run_experiment,
+    )
+    from phalanx.adversary.inversion.targets import parse_defense
+    from phalanx.learning.data import load_dataset
+
     console = Console(stderr=args.json)
     try:
         dataset = load_dataset(args.dataset, data_dir=args.data_dir)
@@ -147,6 +173,11 @@ def _invert(args: argparse.Namespace) -> int:
 def _train_prior(args: argparse.Namespace) -> int:
     if args.kind not in PRIOR_KINDS:
         return _fail(f"unknown prior kind {args.kind!r}; known: {', '.join(PRIOR_KINDS)}")
+    from rich.console import Console
+
+    from phalanx.adversary.inversion.experiment import load_prior_for
+    from phalanx.learning.data import load_dataset
+
     console = Console()
     try:
         dataset = load_dataset(args.dataset, data_dir=args.data_dir)
@@ -171,7 +202,7 @@ def _add_threads(parser: argparse.ArgumentParser) -> None:
         "--torch-threads",
         type=int,
         default=DEFAULT_TORCH_THREADS,
-        help="torch intra-op threads, fixed for reproducibility (default 1)",
+        help="torch intra-op threads, fixed for reproducibility (default %(default)s)",
     )
 
 
@@ -181,39 +212,92 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = attack.add_subparsers(dest="attack_command", required=True)
 
     invert = commands.add_parser("invert", help="reconstruct training images from an update")
-    invert.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    invert.add_argument("--method", required=True, help=f"attack: one of {', '.join(METHODS)}")
     invert.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
-    invert.add_argument("--data-dir", default=None, help="directory for file-backed data sets")
-    invert.add_argument("--model", required=True, help="victim model (learning.models)")
-    invert.add_argument("--batch", type=int, required=True, help="victim batch size")
-    invert.add_argument("--images", type=int, default=None, help="images attacked (default: B)")
-    invert.add_argument("--target", default="update", help="update | fedavg:STEPS | cluster-sum:K")
-    invert.add_argument("--defense", default=None, help="none | gaussian:SIGMA | prune:RATIO")
-    invert.add_argument("--trained", action="store_true", help="attack a trained global model")
-    invert.add_argument("--iterations", type=int, default=None, help="optimiser budget")
-    invert.add_argument("--restarts", type=int, default=1, help="random restarts")
-    invert.add_argument("--lr", type=float, default=0.1, help="victim's local learning rate")
-    invert.add_argument("--seed", type=int, default=0)
-    invert.add_argument("--prior-steps", type=int, default=None, help="training steps of a prior")
-    invert.add_argument("--prior-cache", default=None, help="prior cache directory")
-    invert.add_argument("--json", action="store_true", help="print a JSON summary")
+    invert.add_argument("--data-dir", default=None, help=_DATA_DIR)
+    invert.add_argument(
+        "--model", required=True, help="victim model, a learning.models name (e.g. lenet-zhu, cnn)"
+    )
+    invert.add_argument("--batch", type=int, required=True, help="victim batch size B")
+    invert.add_argument(
+        "--images", type=int, default=None, help="images attacked, in batches of B (default: B)"
+    )
+    invert.add_argument(
+        "--target",
+        default="update",
+        help="what the attacker observes: update | fedavg:STEPS | cluster-sum:K "
+        "(default %(default)s)",
+    )
+    invert.add_argument(
+        "--defense",
+        default=None,
+        help="defense on the observed update: none | gaussian:SIGMA | prune:RATIO (default none)",
+    )
+    invert.add_argument(
+        "--trained", action="store_true", help="attack a trained global model (default untrained)"
+    )
+    invert.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="optimiser steps per restart (default: the method's own, e.g. 1000 for dlg)",
+    )
+    invert.add_argument(
+        "--restarts", type=int, default=1, help="random restarts, best kept (default %(default)s)"
+    )
+    invert.add_argument(
+        "--lr",
+        type=float,
+        default=0.1,
+        help="victim's local learning rate for fedavg targets (default %(default)s)",
+    )
+    invert.add_argument(
+        "--seed", type=int, default=0, help="seed of data, model and attack (default %(default)s)"
+    )
+    invert.add_argument(
+        "--prior-steps",
+        type=int,
+        default=None,
+        help=f"training steps of a generative prior if not cached (default {_PRIOR_STEPS})",
+    )
+    invert.add_argument(
+        "--prior-cache",
+        default=None,
+        help=_PRIOR_CACHE,
+    )
+    invert.add_argument(
+        "--json", action="store_true", help="print a JSON summary instead of a table"
+    )
     _add_threads(invert)
-    invert.add_argument("--out", default=None, help="directory for the PNG grid and result.json")
+    invert.add_argument(
+        "--out", default=None, help="directory for the PNG grid and result.json (default: none)"
+    )
     invert.set_defaults(func=_pinned(_invert))
 
     train = commands.add_parser("train-prior", help="train and cache a generative prior")
-    train.add_argument("--kind", required=True, help=f"one of {', '.join(PRIOR_KINDS)}")
+    train.add_argument("--kind", required=True, help=f"prior: one of {', '.join(PRIOR_KINDS)}")
     train.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
-    train.add_argument("--data-dir", default=None)
-    train.add_argument("--steps", type=int, default=None, help="training steps")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--prior-cache", default=None, help="prior cache directory")
+    train.add_argument("--data-dir", default=None, help=_DATA_DIR)
+    train.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps (default {_PRIOR_STEPS})",
+    )
+    train.add_argument(
+        "--seed", type=int, default=0, help="seed of the prior's training (default %(default)s)"
+    )
+    train.add_argument(
+        "--prior-cache",
+        default=None,
+        help=_PRIOR_CACHE,
+    )
     _add_threads(train)
     train.set_defaults(func=_pinned(_train_prior))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m adversary.inversion.cli attack ...``."""
+    """Stand-alone entry point: ``python -m phalanx.adversary.inversion.cli attack ...``."""
     parser = argparse.ArgumentParser(prog="phalanx")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -28,6 +28,8 @@ from phalanx.adversary.inversion.metrics import (
     save_grid,
     ssim,
 )
+from phalanx.adversary.inversion.names import DEFAULT_PRIOR_STEPS as DEFAULT_PRIOR_STEPS
+from phalanx.adversary.inversion.names import DEFAULT_TORCH_THREADS as DEFAULT_TORCH_THREADS
 from phalanx.adversary.inversion.priors import (
     PriorSpec,
     ProgressCallback,
@@ -38,9 +40,6 @@ from phalanx.adversary.inversion.targets import observe, parse_target
 from phalanx.learning.data import Dataset
 from phalanx.learning.models import build_model
 from phalanx.learning.train import TrainConfig, train_local
-
-DEFAULT_PRIOR_STEPS = {"gan": 1500, "diffusion": 1000}
-DEFAULT_TORCH_THREADS = 1
 
 
 @contextmanager

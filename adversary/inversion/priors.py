@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-PRIOR_KINDS = ("gan", "diffusion")
+from phalanx.adversary.inversion.names import PRIOR_KINDS as PRIOR_KINDS
+
 DEFAULT_CACHE_DIR = Path("~/.cache/phalanx/priors")
 CACHE_ENV = "PHALANX_PRIOR_CACHE"
 

@@ -83,3 +83,11 @@ def test_matched_eps_is_checked_before_training() -> None:
     with pytest.raises(ValueError, match="out of reach"):
         matched_eps_rows(0.01, 500)
     assert parse_defense(matched_eps_rows(EPS, ROUNDS)[1].spec) is not None
+
+
+def test_delta_is_the_nodes_delta() -> None:
+    """`DELTA` is a literal (the bench's --help loads no pydantic or torch); it stays the
+    nodes' own."""
+    from phalanx.node.defenses import DefenseConfig
+
+    assert DefenseConfig().delta == DELTA

@@ -35,35 +35,6 @@ def _command_paths() -> list[tuple[str, ...]]:
     return [path for path, _ in _walk(build_parser(), ())]
 
 
-# Outside this change's files: these commands' modules import torch at module level, or leave
-# options without help. Checked both ways, so that fixing one fails here until its entry goes.
-LOADS_HEAVY = {
-    ("attack",),
-    ("attack", "invert"),
-    ("attack", "train-prior"),
-    ("bench", "aggregation"),
-    ("bench", "inversion"),
-    ("bench", "dpsgd"),
-    ("bench", "privacy"),
-    ("bench", "forward-schedule"),
-}
-UNDOCUMENTED = {
-    ("certs",),
-    ("attack", "invert"),
-    ("attack", "train-prior"),
-    *(
-        ("bench", name)
-        for name in ("rounds", "scale", "mpc", "inversion", "dpsgd", "privacy", "forward-schedule")
-    ),
-}
-
-
-def _mark(path: tuple[str, ...], known: set[tuple[str, ...]], reason: str):
-    if path in known:
-        return pytest.param(path, marks=pytest.mark.xfail(strict=True, reason=reason))
-    return path
-
-
 # One interpreter answers every `--help` in its own child process: `python -c` per command would
 # pay the interpreter's start-up some forty times.
 _PROBE = """
@@ -72,7 +43,7 @@ results = {}
 for words in json.loads(sys.argv[1]):
     code = (
         "import sys, time; t = time.perf_counter()\\n"
-        "from node.cli import main\\n"
+        "from phalanx.node.cli import main\\n"
         "try:\\n    main(sys.argv[1:])\\nexcept SystemExit as e:\\n    code = e.code\\n"
         "else:\\n    code = None\\n"
         "import json\\n"
@@ -99,28 +70,19 @@ def _probe(paths: list[tuple[str, ...]]) -> dict[str, dict]:
     return json.loads(run.stdout)
 
 
-LIGHT = [p for p in _command_paths() if p not in LOADS_HEAVY]
+PATHS = _command_paths()
 
 
 @pytest.fixture(scope="module")
 def help_runs() -> dict[str, dict]:
-    return _probe(LIGHT)
+    return _probe(PATHS)
 
 
-@pytest.mark.parametrize("path", LIGHT, ids=lambda p: " ".join(p) or "phalanx")
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: " ".join(p) or "phalanx")
 def test_help_loads_neither_torch_nor_grpc(help_runs: dict[str, dict], path) -> None:
     run = help_runs[" ".join(path)]
     assert run["code"] == 0
     assert run["heavy"] == []
-
-
-@pytest.mark.slow
-def test_the_known_heavy_commands_are_still_heavy() -> None:
-    """The exceptions above are real (and this fails once one is fixed: drop it from the list)."""
-    runs = _probe(sorted(LOADS_HEAVY))
-    assert {k for k, run in runs.items() if run["code"] == 0 and run["heavy"]} == {
-        " ".join(p) for p in LOADS_HEAVY
-    }
 
 
 def test_top_level_help_is_fast() -> None:
@@ -138,14 +100,10 @@ def test_top_level_help_is_fast() -> None:
     imported = {line.split("|")[-1].strip() for line in run.stderr.splitlines() if "|" in line}
     roots = {name.split(".")[0] for name in imported}
     assert not roots & {*HEAVY, "pydantic", "numpy", "rich"}, sorted(roots)
-    assert "node.config" not in imported
+    assert "phalanx.node.config" not in imported
 
 
-@pytest.mark.parametrize(
-    "path",
-    [_mark(p, UNDOCUMENTED, "options without help") for p in _command_paths()],
-    ids=lambda p: " ".join(p) or "phalanx",
-)
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: " ".join(p) or "phalanx")
 def test_every_option_and_subcommand_has_help(path: tuple[str, ...]) -> None:
     parser = dict(_walk(build_parser(), ()))[path]
     missing = []
@@ -161,7 +119,7 @@ def test_the_command_table_matches_what_each_module_registers() -> None:
     """`COMMANDS` and `BENCHES` list names and helps without importing the modules; the modules
     themselves register exactly those."""
     for table, hook in ((COMMANDS, "register"), (BENCHES, "register_bench")):
-        for module_name in sorted({m for m, _ in table.values()} - {"node.cli"}):
+        for module_name in sorted({m for m, _ in table.values()} - {"phalanx.node.cli"}):
             parser = argparse.ArgumentParser()
             sub = parser.add_subparsers()
             getattr(importlib.import_module(module_name), hook)(sub)
