@@ -215,7 +215,7 @@ def test_public_api_exports_resolve_to_mpc_objects() -> None:
     ):
         assert name in mpc.__all__
     for name in set(mpc.__all__) - {"MODES", "PRIME"}:
-        assert getattr(mpc, name).__module__.startswith("mpc.")
+        assert getattr(mpc, name).__module__.startswith("phalanx.mpc.")
 
 
 def test_shamir_holder_releases_partial_sums_over_one_dealer_set_per_round() -> None:
