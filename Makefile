@@ -6,6 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 OUT ?= out/demo
+# pytest-xdist workers: the tests start real processes, so more workers than cores only adds load
+TEST_WORKERS ?= 2
 
 .PHONY: run test test-slow test-all lint typecheck proto bench docs clean
 
@@ -27,11 +29,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	-@bash deploy/ci-setup.sh  # apt tools for the deploy tests when root; they skip otherwise
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-slow: $(STAMP)
 	-@bash deploy/ci-setup.sh
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS)
 
 test-all: test test-slow
 

@@ -171,14 +171,20 @@ def test_ray_cells_record_what_the_local_backend_records(sweeps: dict[str, Any])
         ]
 
 
-def test_the_cli_checks_the_backend_before_it_runs(
-    sweeps: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.slow
+def test_a_finished_folder_starts_no_ray(
+    sweeps: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder: Path = sweeps["folder"]
     spec, out = str(folder / "spec.toml"), str(folder / "ray")
-    # a finished folder: nothing to run, so no Ray is started
     assert main(["experiment", "run", spec, "--out", out, "--backend", "ray"]) == 0
     assert "0 to run" in capsys.readouterr().out
+
+
+def test_the_cli_checks_the_backend_before_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec, out = str(write_spec(tmp_path / "spec.toml")), str(tmp_path / "out")
     assert main(["experiment", "run", spec, "--out", out, "--address", "127.0.0.1:1"]) == 2
     assert "--address needs --backend ray" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
