@@ -403,7 +403,7 @@ def plot_map(cells: Sequence[MapCell], path: Path, level: float = LEVEL) -> Path
                 ax.scatter(
                     [x],
                     [cell.fault_fraction],
-                    s=260,
+                    s=150,
                     marker="s",
                     c=[cell.measured_rate],
                     cmap=cmap,
@@ -480,14 +480,16 @@ def plot_map(cells: Sequence[MapCell], path: Path, level: float = LEVEL) -> Path
         fig.legend(
             list(handles.values()),
             list(handles),
-            loc="lower center",
+            loc="upper center",
             ncol=len(handles),
             fontsize=8,
-            bbox_to_anchor=(0.45, -0.06),
+            bbox_to_anchor=(0.45, 0.975),
+            frameon=False,
         )
     fig.suptitle(
         f"Tolerance map at n = {cells[0].nodes} (f up to {top}): labels are overwhelmed/rounds",
         fontsize=10,
+        y=1.0,
     )
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
@@ -579,7 +581,7 @@ def plot_cost(cells: Sequence[MapCell], path: Path) -> Path | None:
                 yerr=[0.0 if math.isnan(s.half_width) else s.half_width for s in stats],
             )
     bytes_ax.set_ylabel("MB sent per peer and round")
-    time_ax.set_ylabel("memory-engine wall seconds per cell (start-up + rounds)")
+    time_ax.set_ylabel("wall seconds per cell (memory engine)")
     for ax in (bytes_ax, time_ax):
         ax.set_xlabel("cluster size k")
         ax.set_xticks(sorted({c.cluster_size for c in with_bytes}))
