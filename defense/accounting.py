@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.accountant import IAccountant
-from opacus.accountants.analysis import rdp as opacus_rdp
 
 from phalanx.defense._validation import (
     require_delta,
@@ -26,6 +23,9 @@ from phalanx.defense._validation import (
     require_non_negative,
     require_rate,
 )
+
+if TYPE_CHECKING:  # opacus costs seconds to import: loaded where an accountant is made
+    from opacus.accountants.accountant import IAccountant
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -35,6 +35,8 @@ INTEGER_RDP_ORDERS: tuple[int, ...] = (*range(2, 128), 128, 160, 192, 256, 384, 
 
 
 def _new_opacus_accountant(mechanism: str) -> IAccountant:
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
     if mechanism == "rdp":
         return RDPAccountant()
     if mechanism == "prv":
@@ -125,6 +127,8 @@ def epsilon_from_rdp(
     rdp: Sequence[float] | np.ndarray, orders: Sequence[float], delta: float
 ) -> tuple[float, float]:
     """(eps, best order) from an RDP curve, by Opacus's conversion (Balle et al. 2020, Thm 21)."""
+    from opacus.accountants.analysis import rdp as opacus_rdp
+
     require_delta("delta", delta)
     with warnings.catch_warnings():
         # An optimum at the smallest order is still a valid (if loose) bound.

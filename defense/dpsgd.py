@@ -20,9 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
-from opacus.data_loader import DPDataLoader
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -80,6 +77,11 @@ def dp_train_local(
     fresh one is used otherwise. The optimiser is SGD with the momentum and weight decay of
     `train_config` wrapped in Opacus's ``DPOptimizer``; ``ceil(N / B)`` steps per epoch.
     """
+    # opacus takes seconds to import: only runs that train with DP-SGD pay for it
+    from opacus import PrivacyEngine
+    from opacus.data_loader import DPDataLoader
+    from opacus.validators import ModuleValidator
+
     if accountant is None:
         accountant = PrivacyAccountant(dp_config.accountant)
     elif accountant.mechanism != dp_config.accountant:
