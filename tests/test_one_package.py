@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, checkout_wheel
 
 FOLDERS = ("node", "mpc", "learning", "clustering", "adversary", "defense", "deploy")
 FOLDERS += ("experiments", "bench")
@@ -56,42 +56,7 @@ def test_each_top_level_folder_is_a_subpackage_of_phalanx() -> None:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A wheel built from a copy of the checkout's files (tracked and untracked, not ignored)."""
-    base = tmp_path_factory.mktemp("wheel")
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    source = base / "source"
-    for name in filter(None, (entry.decode() for entry in listed)):
-        if name.startswith(("tests/", "docs/")) or not os.path.lexists(REPO / name):
-            continue
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        if (REPO / name).is_symlink():
-            (source / name).symlink_to(os.readlink(REPO / name))
-        else:
-            (source / name).write_bytes((REPO / name).read_bytes())
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            str(source),
-            "-w",
-            str(base / "dist"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (built,) = (base / "dist").glob("phalanx-*.whl")
-    return built
+    return checkout_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 def test_the_wheel_installs_exactly_one_top_level_name(wheel: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from tests.conftest import REPO
+from tests.conftest import REPO, build_wheel, checkout_wheel
 
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 PIP = (sys.executable, "-m", "pip")
@@ -95,37 +95,11 @@ def _wheel_files(wheel: Path) -> set[str]:
         return {n for n in archive.namelist() if ".dist-info/" not in n}
 
 
-def _build_wheel(source: Path, into: Path) -> Path:
-    subprocess.run(
-        [*PIP, "wheel", "--no-deps", "--no-build-isolation", "-q", str(source), "-w", str(into)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (wheel,) = into.glob("phalanx-*.whl")
-    return wheel
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> tuple[Path, Path]:
     """A real (non-editable) install of this checkout: (site folder, the wheel installed)."""
     base = tmp_path_factory.mktemp("installed")
-    tracked = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    source = base / "source"
-    for name in filter(None, (t.decode() for t in tracked)):
-        if name.startswith("tests/"):
-            continue
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        if (REPO / name).is_symlink():  # phalanx/node -> ../node, ...
-            (source / name).symlink_to(os.readlink(REPO / name))
-        elif (REPO / name).is_file():
-            shutil.copyfile(REPO / name, source / name)
-    wheel = _build_wheel(source, base / "dist")
+    wheel = checkout_wheel(base)
     site = base / "site"
     subprocess.run(
         [*PIP, "install", "--no-deps", "--no-compile", "-q", "--target", str(site), str(wheel)],
@@ -179,5 +153,5 @@ def test_compose_from_an_installed_package_writes_its_own_build_context(
         check = subprocess.run([compose, "-f", "compose.yml", "config", "-q"], cwd=out, timeout=60)
         assert check.returncode == 0
     # ... and `pip install .` in the image builds the very wheel that was installed.
-    rebuilt = _build_wheel(context, tmp_path / "rebuilt")
+    rebuilt = build_wheel(context, tmp_path / "rebuilt")
     assert _wheel_files(rebuilt) == _wheel_files(wheel)
