@@ -2,7 +2,7 @@
 # Tools the deploy tests need (Debian/Ubuntu, run as root): ip/tc (iproute2), nft/iptables for
 # netns partitions and loss, docker-compose and promtool/prometheus to validate and scrape, and
 # podman with runc, catatonit (its pause image), debootstrap (a base image without a registry,
-# deploy/podman-image.sh) and podman-compose for the slow container tests.
+# deploy/podman-image.sh), podman-compose and CNI's dnsname plugin for the slow container tests.
 # Idempotent and quiet: installs only what is missing.
 set -euo pipefail
 need=()
@@ -16,6 +16,8 @@ command -v runc >/dev/null || need+=(runc)
 command -v catatonit >/dev/null || need+=(catatonit)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v podman-compose >/dev/null || need+=(podman-compose)
+# podman 4.3's CNI networks resolve container names only with the dnsname plugin (compose DNS)
+[[ -e /usr/lib/cni/dnsname ]] || need+=(golang-github-containernetworking-plugin-dnsname)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "deploy/ci-setup.sh: need root to install: ${need[*]}" >&2

@@ -1,6 +1,6 @@
 """`phalanx deploy ...`: the docker-compose testbed generator and Prometheus helpers.
 
-``phalanx deploy compose --nodes N [--byzantine I=ATTACK ...] [--out DIR] [--tls]`` writes::
+``phalanx deploy compose --nodes N [--byzantine I=BEHAVIOUR ...] [--out DIR] [--tls]`` writes::
 
     DIR/compose.yml                       N node services, Prometheus, Grafana
     DIR/image/                            from an installed package: the image's build context
@@ -85,6 +85,35 @@ def identity_secret(index: int) -> str:
     return f"{service_name(index)}-identity"
 
 
+def effective_scenario(spec: ComposeSpec) -> Scenario:
+    """The scenario every node file carries: `spec.scenario` with one ``[[byzantine]]`` entry
+    per ``--byzantine INDEX=BEHAVIOUR`` (naming ``node-<INDEX>``), so the named nodes do
+    deviate; validated again as a whole (`ConfigError` names what the additions break)."""
+    from phalanx.node.config import parse_scenario
+
+    if not spec.byzantine:
+        return spec.scenario
+    data = spec.scenario.model_dump()
+    data["byzantine"] = [
+        *data["byzantine"],
+        *(
+            {"behaviour": behaviour, "nodes": [service_name(index)]}
+            for index, behaviour in sorted(spec.byzantine.items())
+        ),
+    ]
+    return parse_scenario(data)
+
+
+def behaviour_labels(spec: ComposeSpec) -> dict[int, str]:
+    """Node index -> behaviour, resolved the way the nodes resolve them
+    (`node.config.byzantine_nodes`), for the compose labels and Prometheus' ``byzantine``."""
+    from phalanx.node.config import byzantine_nodes
+
+    ids = [service_name(i) for i in range(spec.nodes)]
+    chosen = byzantine_nodes(effective_scenario(spec), ids)
+    return {int(node[len("node-") :]): entry.behaviour for node, entry in chosen.items()}
+
+
 def node_config(spec: ComposeSpec, index: int, public_keys: Sequence[str]) -> NodeConfig:
     """The node file of service `index`: binds 0.0.0.0, peers addressed by service name, each
     with its Ed25519 public key (every message is signed; without TLS the keys are what binds a
@@ -108,13 +137,14 @@ def node_config(spec: ComposeSpec, index: int, public_keys: Sequence[str]) -> No
             identity_key=f"/run/secrets/{identity_secret(index)}",
         ),
         peers=peers,
-        scenario=spec.scenario,
+        scenario=effective_scenario(spec),
     )
 
 
 def compose_document(spec: ComposeSpec) -> dict[str, Any]:
     """``compose.yml``: N nodes from ``deploy/Dockerfile``, Prometheus and Grafana."""
     services: dict[str, Any] = {}
+    behaviours = behaviour_labels(spec)
     for index in range(spec.nodes):
         name = service_name(index)
         services[name] = {
@@ -125,7 +155,7 @@ def compose_document(spec: ComposeSpec) -> dict[str, Any]:
             "volumes": [f"./config/{name}.toml:/etc/phalanx/node.toml:ro", f"{name}-data:/data"],
             "labels": {
                 "org.phalanx.node": name,
-                "org.phalanx.byzantine": spec.byzantine.get(index, "none"),
+                "org.phalanx.byzantine": behaviours.get(index, "none"),
             },
             "secrets": [identity_secret(index)],
             "networks": ["phalanx"],
@@ -217,6 +247,7 @@ def write_compose(spec: ComposeSpec, out_dir: str | Path) -> list[Path]:
     from phalanx.deploy.prometheus import DASHBOARD_PATH, ScrapeTarget, scrape_config
 
     out = Path(out_dir)
+    behaviours = behaviour_labels(spec)
     files: dict[str, str] = {
         "compose.yml": _yaml(compose_document(spec)),
         "compose.tls.yml": _yaml(tls_overlay(spec)),
@@ -226,7 +257,7 @@ def write_compose(spec: ComposeSpec, out_dir: str | Path) -> list[Path]:
                     ScrapeTarget(
                         service_name(i),
                         f"{service_name(i)}:{METRICS_PORT}",
-                        spec.byzantine.get(i, "none"),
+                        behaviours.get(i, "none"),
                     )
                     for i in range(spec.nodes)
                 ]
@@ -255,7 +286,31 @@ def write_compose(spec: ComposeSpec, out_dir: str | Path) -> list[Path]:
         from phalanx.clustering.certs import write_certificates
 
         written += write_certificates(out / "certs", spec.nodes, ["localhost"], overwrite=True)
+    give_node_secrets_to_image_user(out, spec.nodes)
     return written
+
+
+def node_secret_files(out: Path, nodes: int) -> list[Path]:
+    """The private files a node container reads: its identity key and, with TLS, its TLS key
+    (the CA's key is not among them: no node needs it)."""
+    files = [out / "keys" / f"{service_name(i)}.pem" for i in range(nodes)]
+    return files + [
+        path for i in range(nodes) if (path := out / "certs" / f"{service_name(i)}.key").exists()
+    ]
+
+
+def give_node_secrets_to_image_user(out: Path, nodes: int) -> bool:
+    """Make each node's private files (mode 0600) owned by the image's user, uid
+    `deploy.k8s.UID`, so that the container can read the compose secrets it mounts: compose
+    bind-mounts a file secret with its owner and mode. Possible only as root; returns whether
+    it was done (otherwise the CLI says what to run)."""
+    from phalanx.deploy.k8s import UID
+
+    if os.geteuid() != 0:
+        return False
+    for path in node_secret_files(out, nodes):
+        os.chown(path, UID, UID)
+    return True
 
 
 def identity_keys(folder: Path, nodes: int) -> list[str]:
@@ -346,15 +401,16 @@ def write_image_context(out_dir: str | Path, distribution: str = "phalanx") -> l
 
 
 def parse_byzantine(items: list[str] | None) -> dict[int, str]:
-    """``I=ATTACK`` items (e.g. ``2=sign-flip``, ``3=scaling:factor=10``), attacks validated."""
-    from phalanx.adversary.poisoning import parse_attack
+    """``I=BEHAVIOUR`` items (e.g. ``2=sign-flip``, ``3=scaling:factor=10``,
+    ``1=corrupt-partial``): any poisoning attack or message-level behaviour, validated."""
+    from phalanx.adversary.behaviours import parse_behaviour
 
     behaviours: dict[int, str] = {}
     for item in items or []:
         index, sep, attack = item.partition("=")
         if not sep or not index.isdigit() or not attack:
-            raise ValueError(f"--byzantine {item!r}: expected INDEX=ATTACK, e.g. 2=sign-flip")
-        parse_attack(attack)
+            raise ValueError(f"--byzantine {item!r}: expected INDEX=BEHAVIOUR, e.g. 2=sign-flip")
+        parse_behaviour(attack)
         behaviours[int(index)] = attack
     return behaviours
 
@@ -386,6 +442,15 @@ def _cmd_compose(args: argparse.Namespace) -> int:
         print(f"phalanx deploy compose: {error}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} files to {out}")
+    if os.geteuid() != 0:
+        from phalanx.deploy.k8s import UID
+
+        print(
+            f"note:     the node image runs as uid {UID} and reads its key files (mode 0600) "
+            f"as compose secrets; give them to that uid: cd {out} && sudo chown {UID}:{UID} "
+            f"keys/*.pem{' certs/node-*.key' if args.tls else ''}  (rootless podman: "
+            f"podman unshare chown {UID}:{UID} ...)"
+        )
     overlay = " -f compose.tls.yml" if args.tls else ""
     print(f"validate: cd {out} && docker-compose -f compose.yml{overlay} config -q")
     print(f"run:      cd {out} && docker compose -f compose.yml{overlay} up --build")
@@ -436,8 +501,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     compose.add_argument(
         "--byzantine",
         action="append",
-        metavar="INDEX=ATTACK",
-        help="make node INDEX Byzantine with ATTACK (repeatable)",
+        metavar="INDEX=BEHAVIOUR",
+        help="make node-INDEX Byzantine: an attack (sign-flip, alie, scaling:factor=10, ...) or a "
+        "message-level behaviour (corrupt-partial, equivocate, ...); repeatable",
     )
     compose.add_argument(
         "--out", default="phalanx-compose", help="output folder (default phalanx-compose)"

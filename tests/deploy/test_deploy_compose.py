@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tomllib
@@ -12,8 +13,9 @@ import pytest
 import yaml
 
 from phalanx.deploy.compose import ComposeSpec, parse_byzantine, register, write_compose
+from phalanx.deploy.k8s import UID
 from phalanx.deploy.prometheus import dashboard_exprs, dashboard_metric_names
-from phalanx.node.config import load_node_config, parse_scenario
+from phalanx.node.config import byzantine_nodes, load_node_config, parse_scenario
 
 
 def _spec(nodes: int = 4, **extra) -> ComposeSpec:
@@ -100,7 +102,7 @@ def test_broken_compose_file_is_rejected_by_the_validator(tmp_path: Path) -> Non
 
 def test_prometheus_config_passes_promtool_and_scrapes_every_node(tmp_path: Path) -> None:
     promtool = _tool("promtool")
-    write_compose(_spec(6, byzantine={1: "alie"}), tmp_path)
+    write_compose(_spec(6, byzantine={1: "sign-flip"}), tmp_path)
     config = tmp_path / "prometheus" / "prometheus.yml"
     result = subprocess.run(
         [promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60
@@ -108,7 +110,7 @@ def test_prometheus_config_passes_promtool_and_scrapes_every_node(tmp_path: Path
     assert result.returncode == 0, result.stdout + result.stderr
     static = yaml.safe_load(config.read_text())["scrape_configs"][0]["static_configs"]
     assert [s["targets"] for s in static] == [[f"node-{i}:9100"] for i in range(6)]
-    assert [s["labels"]["byzantine"] for s in static] == ["none", "alie", *["none"] * 4]
+    assert [s["labels"]["byzantine"] for s in static] == ["none", "sign-flip", *["none"] * 4]
 
 
 def test_node_files_agree_with_services_ports_and_peers(tmp_path: Path) -> None:
@@ -123,6 +125,56 @@ def test_node_files_agree_with_services_ports_and_peers(tmp_path: Path) -> None:
             in compose["services"][f"node-{i}"]["volumes"]
         )
     assert config.scenario.rounds == 3
+
+
+def test_byzantine_flag_makes_the_named_node_deviate_and_labels_it(tmp_path: Path) -> None:
+    scenario = parse_scenario(
+        {
+            "nodes": 5,
+            "rounds": 3,
+            "seed": 3,
+            "clustering": {"cluster_size": 2},
+            "byzantine": [{"behaviour": "sign-flip", "count": 1}],
+        }
+    )
+    write_compose(ComposeSpec(5, scenario, {1: "corrupt-partial"}), tmp_path)
+    ids = [f"node-{i}" for i in range(5)]
+    resolved = {
+        i: {
+            n: e.behaviour
+            for n, e in byzantine_nodes(
+                load_node_config(tmp_path / "config" / f"node-{i}.toml").scenario, ids
+            ).items()
+        }
+        for i in range(5)
+    }
+    # every node file resolves the same Byzantine set: node-1 as asked, one more by the seed
+    assert all(r == resolved[0] for r in resolved.values())
+    assert resolved[0]["node-1"] == "corrupt-partial" and len(resolved[0]) == 2
+    compose = yaml.safe_load((tmp_path / "compose.yml").read_text())
+    labels = {
+        name: service["labels"]["org.phalanx.byzantine"]
+        for name, service in compose["services"].items()
+        if name.startswith("node-")
+    }
+    assert {n: b for n, b in labels.items() if b != "none"} == resolved[0]
+    static = yaml.safe_load((tmp_path / "prometheus" / "prometheus.yml").read_text())
+    scraped = {
+        s["targets"][0].split(":")[0]: s["labels"]["byzantine"]
+        for s in static["scrape_configs"][0]["static_configs"]
+    }
+    assert scraped == labels
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to uid 10001 needs root")
+def test_node_key_files_belong_to_the_image_user_and_the_ca_key_does_not(tmp_path: Path) -> None:
+    write_compose(_spec(3, tls=True), tmp_path)
+    node_keys = [tmp_path / "keys" / f"node-{i}.pem" for i in range(3)]
+    node_keys += [tmp_path / "certs" / f"node-{i}.key" for i in range(3)]
+    for path in node_keys:
+        info = path.stat()
+        assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (UID, UID, 0o600), path
+    assert (tmp_path / "certs" / "ca.key").stat().st_uid == 0
 
 
 def test_grafana_provisioning_points_at_prometheus_and_the_dashboard(tmp_path: Path) -> None:
@@ -199,13 +251,16 @@ def test_bad_input_names_the_problem(tmp_path: Path, capsys) -> None:
         ComposeSpec(5, _spec(4).scenario)
     with pytest.raises(ValueError, match=r"index 7 is outside 0\.\.3"):
         _spec(4, byzantine={7: "alie"})
-    with pytest.raises(ValueError, match="expected INDEX=ATTACK"):
+    with pytest.raises(ValueError, match="expected INDEX=BEHAVIOUR"):
         parse_byzantine(["sign-flip"])
     assert (
         _cli("compose", "--nodes", "4", "--byzantine", "1=no-such-attack", "--out", str(tmp_path))
         == 2
     )
     assert "no-such-attack" in capsys.readouterr().err
+    # valid alone, refused with the scenario: ALIE needs two colluders
+    assert _cli("compose", "--nodes", "4", "--byzantine", "1=alie", "--out", str(tmp_path)) == 2
+    assert "needs at least 2 colluders" in capsys.readouterr().err
 
 
 def test_prometheus_config_command_reads_a_testbed_folder(tmp_path: Path, capsys) -> None:
