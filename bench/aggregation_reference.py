@@ -16,8 +16,7 @@ from phalanx.bench.bench_aggregation import SORT_REFERENCE_RULES
 from phalanx.learning.aggregation import (
     AggregationResult,
     Bulyan,
-    CoordinateWiseMedian,
-    TrimmedMean,
+    chance_corrected_flag_fraction,
     pairwise_squared_distances,
 )
 
@@ -110,12 +109,14 @@ def _bulyan_by_sort(vectors: torch.Tensor, f: int, flag_fraction: float) -> Aggr
 def sort_reference(name: str, vectors: torch.Tensor, f: int) -> AggregationResult:
     """The coordinate-wise rules as they were computed before selection: a stable sort of every
     column carrying row indices (CPU). The tests hold the rules to this bit for bit, and the
-    bench times it against the current path. Default parameters (trim = f, flag_fraction 0.5).
+    bench times it against the current path. Default parameters (trim = f, the default
+    chance-corrected flagging threshold `chance_corrected_flag_fraction`).
     """
+    m = vectors.shape[0]
     if name == "median":
-        return _median_by_sort(vectors, f, CoordinateWiseMedian().flag_fraction)
+        return _median_by_sort(vectors, f, chance_corrected_flag_fraction(2 * f, m))
     if name == "trimmed-mean":
-        return _trimmed_mean_by_sort(vectors, f, TrimmedMean().flag_fraction)
+        return _trimmed_mean_by_sort(vectors, f, chance_corrected_flag_fraction(2 * f, m))
     if name == "bulyan":
-        return _bulyan_by_sort(vectors, f, Bulyan().flag_fraction)
+        return _bulyan_by_sort(vectors, f, chance_corrected_flag_fraction(2 * f, m - 2 * f))
     raise ValueError(f"no sort reference for {name!r}; known: {', '.join(SORT_REFERENCE_RULES)}")

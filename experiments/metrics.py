@@ -194,6 +194,10 @@ def round_rows(summary: dict[str, Any], scenario: dict[str, Any]) -> list[dict[s
                 "bad_inputs": bad,
                 "overwhelmed": bad > tolerated_corrupted(count - len(dropped)),
                 "liars_count": len(record.get("liars") or []),
+                "named_liars": sorted(record.get("liars") or []),
+                "lying_faulty": sorted(faulty & liars),
+                "detection_precision": (record.get("detection") or {}).get("precision"),
+                "detection_recall": (record.get("detection") or {}).get("recall"),
             }
         )
     return rows
@@ -238,7 +242,33 @@ def cell_metrics(rows: list[dict[str, Any]], scenario: dict[str, Any]) -> dict[s
             r["failed_clusters_count"] / max(1, r["num_clusters"]) for r in counted
         )
         last_round = max(int(r["round"]) for r in counted)
+        metrics.update(detection_metrics(rows))
     metrics.update(predicted_metrics(scenario, last_round=last_round))
+    return metrics
+
+
+def detection_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Who the honest nodes name, against who is faulty.
+
+    - ``detection_precision`` / ``detection_recall``: group testing (`clustering.trust`), the
+      suspected set after the last round against the Byzantine set, as the summary records it.
+    - ``liar_precision`` / ``liar_recall``: the holders named by Berlekamp-Welch or by a failed
+      share check (``liars`` in the round records), pooled over the rounds, against the lying
+      holders in force; present when some round had a lying holder or named one.
+    """
+    metrics: dict[str, Any] = {}
+    last = rows[-1]
+    if last.get("detection_precision") is not None:
+        metrics["detection_precision"] = last["detection_precision"]
+        metrics["detection_recall"] = last["detection_recall"]
+    named = sum(len(r.get("named_liars") or []) for r in rows)
+    lying = sum(len(r.get("lying_faulty") or []) for r in rows)
+    if named or lying:
+        hits = sum(
+            len(set(r.get("named_liars") or []) & set(r.get("lying_faulty") or [])) for r in rows
+        )
+        metrics["liar_precision"] = hits / named if named else 1.0
+        metrics["liar_recall"] = hits / lying if lying else 1.0
     return metrics
 
 

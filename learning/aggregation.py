@@ -415,6 +415,23 @@ def _flag_by_fraction(excluded_counts: torch.Tensor, d: int, fraction: float) ->
     return [int(i) for i in torch.nonzero(excluded_counts > fraction * d).flatten().tolist()]
 
 
+def chance_corrected_flag_fraction(dropped_per_coordinate: int, m: int) -> float:
+    """The default flagging threshold of the coordinate-wise rules: halfway between chance and
+    always, ``(1 + q) / 2`` with ``q = dropped_per_coordinate / m``.
+
+    A coordinate-wise rule drops (or marks as extreme) ``dropped_per_coordinate`` of the m rows
+    in every coordinate, so among exchangeable honest rows each one is dropped in a fraction q of
+    the coordinates on average. A fixed threshold below q flags every row: the median with
+    f = 4 of m = 10 marks 8 rows extreme per coordinate, and a threshold of 1/2 would flag all
+    10 clusters in every round, so group testing (`clustering.trust`) would suspect everyone.
+    """
+    return (1.0 + dropped_per_coordinate / m) / 2.0
+
+
+def _optional_fraction_param(owner: str, key: str, value: Any) -> float | None:
+    return None if value is None else _fraction_param(owner, key, value)
+
+
 def _flag_by_relative_weight(
     weights: torch.Tensor, reference: torch.Tensor, below: float
 ) -> list[int]:
@@ -541,14 +558,15 @@ class CoordinateWiseMedian(AggregationRule):
 
     For even m the two middle values are averaged. Breakdown point 1/2: needs m > 2f.
     Report: a row is flagged when it is among the f smallest or f largest values (stable order,
-    lowest index first among ties) in more than ``flag_fraction`` of the coordinates.
+    lowest index first among ties) in more than ``flag_fraction`` of the coordinates; by default
+    halfway between chance (2f/m) and always (`chance_corrected_flag_fraction`).
     """
 
     name = "median"
     breakdown = "breakdown point 1/2: needs m > 2f"
 
-    def __init__(self, flag_fraction: float = 0.5) -> None:
-        self.flag_fraction = _fraction_param(self.name, "flag_fraction", flag_fraction)
+    def __init__(self, flag_fraction: float | None = None) -> None:
+        self.flag_fraction = _optional_fraction_param(self.name, "flag_fraction", flag_fraction)
 
     def max_f(self, m: int) -> int:
         return (m - 1) // 2
@@ -573,7 +591,10 @@ class CoordinateWiseMedian(AggregationRule):
             if f:
                 outside = raw.shape[1] - _ranks_below(raw, ordered, m - f)
                 extreme += _ranks_below(raw, ordered, f) + outside
-        flagged = _flag_by_fraction(extreme, d, self.flag_fraction)
+        threshold = self.flag_fraction
+        if threshold is None:
+            threshold = chance_corrected_flag_fraction(2 * f, m)
+        flagged = _flag_by_fraction(extreme, d, threshold)
         return AggregationResult(value, flagged, contribution / d)
 
 
@@ -583,15 +604,16 @@ class TrimmedMean(AggregationRule):
     For each coordinate, drop the ``trim`` smallest and ``trim`` largest values and average the
     remaining ``m - 2 trim``: ``out_j = mean(sorted(x_.j)[trim : m - trim])``. ``trim`` defaults
     to f and must be >= f. Breakdown point 1/2: needs m > 2 trim >= 2f.
-    Report: rows trimmed in more than ``flag_fraction`` of the coordinates are flagged.
+    Report: rows trimmed in more than ``flag_fraction`` of the coordinates are flagged; by default
+    halfway between chance (2 trim / m) and always (`chance_corrected_flag_fraction`).
     """
 
     name = "trimmed-mean"
     breakdown = "breakdown point 1/2: needs m > 2f"
 
-    def __init__(self, trim: int | None = None, flag_fraction: float = 0.5) -> None:
+    def __init__(self, trim: int | None = None, flag_fraction: float | None = None) -> None:
         self.trim = None if trim is None else _int_param(self.name, "trim", trim, low=0)
-        self.flag_fraction = _fraction_param(self.name, "flag_fraction", flag_fraction)
+        self.flag_fraction = _optional_fraction_param(self.name, "flag_fraction", flag_fraction)
 
     def max_f(self, m: int) -> int:
         limit = (m - 1) // 2
@@ -614,7 +636,10 @@ class TrimmedMean(AggregationRule):
             # the kept values in ascending order, so the float sum runs in a fixed order
             value[columns] = ordered[:, trim : m - trim].mean(dim=1)
             contribution += _ranks_below(raw, ordered, m - trim) - _ranks_below(raw, ordered, trim)
-        flagged = _flag_by_fraction(d - contribution, d, self.flag_fraction)
+        threshold = self.flag_fraction
+        if threshold is None:
+            threshold = chance_corrected_flag_fraction(2 * trim, m)
+        flagged = _flag_by_fraction(d - contribution, d, threshold)
         return AggregationResult(value, flagged, contribution / (kept * d))
 
 
@@ -838,14 +863,15 @@ class Bulyan(AggregationRule):
        median (stable order: lower row index first among equal distances).
 
     Needs m >= 4f + 3. Report: rows not selected in step 1, and rows left out of step 2 in more
-    than ``flag_fraction`` of the coordinates, are flagged.
+    than ``flag_fraction`` of the coordinates, are flagged; by default halfway between chance
+    (2f / theta) and always (`chance_corrected_flag_fraction`).
     """
 
     name = "bulyan"
     breakdown = "needs m >= 4f + 3"
 
-    def __init__(self, flag_fraction: float = 0.5) -> None:
-        self.flag_fraction = _fraction_param(self.name, "flag_fraction", flag_fraction)
+    def __init__(self, flag_fraction: float | None = None) -> None:
+        self.flag_fraction = _optional_fraction_param(self.name, "flag_fraction", flag_fraction)
 
     def max_f(self, m: int) -> int:
         return (m - 3) // 4
@@ -889,9 +915,10 @@ class Bulyan(AggregationRule):
             contribution += _row_counts(selected_rows[kept.cpu()], m)
         left_out = torch.zeros(m, dtype=torch.float64)
         left_out[selected_rows] = d - contribution[selected_rows]
-        flagged_rows = set(_others(m, selected)) | set(
-            _flag_by_fraction(left_out, d, self.flag_fraction)
-        )
+        threshold = self.flag_fraction
+        if threshold is None:
+            threshold = chance_corrected_flag_fraction(theta - beta, theta)
+        flagged_rows = set(_others(m, selected)) | set(_flag_by_fraction(left_out, d, threshold))
         return AggregationResult(value, sorted(flagged_rows), contribution / (beta * d))
 
 

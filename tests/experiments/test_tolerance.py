@@ -260,3 +260,36 @@ def test_report_writes_the_map(tmp_path: Path) -> None:
     # balanced at rounds 1-2 has the random law; static 2 of 5 clusters corrupted: tolerated
     assert "| balanced | 4 | 0.20 | random law (no scores yet) |" in text
     assert "| static | 4 | 0.10 | worst case | 4 | 0 |" in text
+
+
+def test_named_liars_and_group_testing_are_scored_against_the_faulty() -> None:
+    names = node_names(20)
+    liars = names[:2]
+    scenario = scenario_of(20, 10, "random", liars, secure="shamir", behaviour="corrupt-partial")
+    clusters = [names[:10], names[10:]]
+
+    def record(round_: int, named: list[str], suspected: dict[str, float]) -> dict[str, Any]:
+        return {
+            "round": round_,
+            "clusters": clusters,
+            "bytes_sent": {},
+            "liars": named,
+            "detection": suspected,
+        }
+
+    summary = {
+        "rounds": [
+            record(1, ["node-00"], {"precision": 1.0, "recall": 0.5}),
+            # one true liar and one honest holder named: precision 2/3 and recall 2/4 overall
+            record(2, ["node-01", "node-05"], {"precision": 0.5, "recall": 1.0}),
+        ]
+    }
+    metrics = cell_metrics(round_rows(summary, scenario), scenario)
+    assert metrics["liar_precision"] == pytest.approx(2 / 3)
+    assert metrics["liar_recall"] == pytest.approx(2 / 4)
+    # group testing: the suspected set after the last round, as recorded
+    assert (metrics["detection_precision"], metrics["detection_recall"]) == (0.5, 1.0)
+    # no liar in force and none named: no liar score at all
+    clean = scenario_of(20, 10, "random", [])
+    quiet = {"rounds": [{"round": 1, "clusters": clusters, "bytes_sent": {}}]}
+    assert "liar_precision" not in cell_metrics(round_rows(quiet, clean), clean)

@@ -530,3 +530,26 @@ def test_bench_times_a_selection_against_the_sort_path() -> None:
     argv = ["aggregation", "--m", "7", "--d", "9", "--repeats", "1", "--rules", "trimmed-mean"]
     args = parser.parse_args([*argv, "--pre", "", "--sort-reference", "trimmed-mean"])
     assert args.func(args) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "m", "f"),
+    [("median", 10, 4), ("trimmed-mean", 10, 4), ("median", 10, 1), ("bulyan", 11, 2)],
+)
+def test_coordinate_wise_flags_are_chance_corrected(name: str, m: int, f: int) -> None:
+    """Among exchangeable honest rows nobody is flagged, even when the rule drops most rows in
+    every coordinate (median, f = 4 of 10: 8 extremes per coordinate); one shifted row is."""
+    generator = torch.Generator().manual_seed(5)
+    honest = torch.randn(m, 2000, generator=generator, dtype=torch.float64)
+    # Bulyan also flags the 2f rows its Krum step leaves out, whatever they hold
+    expected = 2 * f if name == "bulyan" else 0
+    assert len(get_rule(name).aggregate_with_report(honest, f).flagged) == expected
+    # a fixed 1/2 would flag (nearly) every honest row here when 2f/m > 1/2
+    if 2 * f / m > 0.5:
+        assert (
+            len(get_rule(name, flag_fraction=0.5).aggregate_with_report(honest, f).flagged) >= m - 1
+        )
+    shifted = honest.clone()
+    shifted[3] += 4.0
+    assert 3 in get_rule(name).aggregate_with_report(shifted, f).flagged
+    assert agg.chance_corrected_flag_fraction(8, 10) == pytest.approx(0.9)
