@@ -6,6 +6,12 @@ all measured in the same run. With several ``--secure`` modes (``none,shamir,sec
 run back to back for each (n, model) and each secure row also reports its median round time
 divided by the plaintext row's (``secure_over_plaintext``). `phalanx bench scale` runs many
 nodes per process and reports the peak resident memory per node.
+
+``--scenario FILE`` starts every testbed from a scenario file (the flags given explicitly
+override it). ``--no-training`` sets ``training.mode = "synthetic"``: each node contributes a
+fixed update of ``--dim`` coordinates and nothing is trained or evaluated, so the rows measure the
+protocol alone; each row then also checks that every round's global step equals the known mean
+of the included nodes' synthetic updates (``aggregate_error``, the largest deviation seen).
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
 SECURE_MODES = ("none", "shamir", "secagg")
+AGGREGATE_TOLERANCE = 1e-5
+"""Largest accepted deviation of a synthetic round's step from the exact mean: the updates are
+exact in every encoding (learning/synthetic.py), so only the float32 division by the count
+rounds."""
 
 
 def run_testbed(out: Path, *args: str, timeout: float = 1800) -> dict[str, Any]:
@@ -45,6 +55,44 @@ def run_testbed(out: Path, *args: str, timeout: float = 1800) -> dict[str, Any]:
             f"testbed failed ({result.returncode}): {result.stdout[-2000:]}{result.stderr[-2000:]}"
         )
     return dict(json.loads(summary_path.read_text()))
+
+
+def synthetic_error(out: Path, seed: int, dim: int) -> float:
+    """The largest deviation, over every honest node's records of every round, between the
+    recorded global step at the probed coordinates and the exact mean of the included nodes'
+    synthetic updates (``training.mode = "synthetic"``). Raises when a round has no step."""
+    import numpy as np
+
+    from phalanx.learning.synthetic import synthetic_update
+
+    records = []
+    index: dict[str, int] = {}
+    for path in sorted((out / "nodes").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("event") == "start":
+                index[record["node"]] = record["index"]
+            elif record.get("event") == "round" and "synthetic_probe" in record:
+                records.append(record)
+    if not records:
+        raise RuntimeError(f"{out}: no round records with a synthetic probe")
+    updates: dict[int, np.ndarray] = {}
+    worst = 0.0
+    for record in records:
+        probe = record["synthetic_probe"]
+        if probe["step"] is None:
+            raise RuntimeError(f"{record['node']} round {record['round']}: no global step")
+        included = [n for out_ in record["cluster_outputs"].values() for n in out_["included"]]
+        positions = np.asarray(probe["indices"])
+        total = np.zeros(len(positions), dtype=np.float64)
+        for node in included:
+            i = index[node]
+            if i not in updates:
+                updates[i] = synthetic_update(seed, i, dim)[positions].astype(np.float64)
+            total += updates[i]
+        expected = total / len(included)
+        worst = max(worst, float(np.max(np.abs(np.asarray(probe["step"]) - expected))))
+    return worst
 
 
 def round_breakdown(summary: dict[str, Any]) -> dict[str, float]:
@@ -74,20 +122,78 @@ def round_breakdown(summary: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def model_parameters(scenario: Any) -> int:
+    """The parameter count of the scenario's model on its data set (builds it once)."""
+    from phalanx.learning.data import load_dataset
+    from phalanx.learning.models import build_model
+
+    data = load_dataset(
+        scenario.data.dataset, scenario.data.dir, scenario.seed, scenario.data.test_fraction
+    )
+    model = build_model(scenario.model.name, data.input_shape, data.num_classes)
+    return sum(p.numel() for p in model.parameters())
+
+
+def write_scenario(
+    path: Path,
+    base: Path | None,
+    model: str | None,
+    synthetic_dim: int | None,
+) -> tuple[Path, dict[str, Any]]:
+    """The scenario a testbed runs: `base` (or the default scenario) with the model and, when
+    `synthetic_dim` is not None, ``training.mode = "synthetic"`` (0: the model's parameter
+    count). Returns the file written and facts a row needs (seed, dimension)."""
+    import tomli_w
+
+    from phalanx.node.config import default_scenario_path, load_scenario, with_overrides
+
+    scenario = load_scenario(base or default_scenario_path())
+    scenario = with_overrides(scenario, {"model.name": model})
+    if synthetic_dim is not None:
+        dim = synthetic_dim or model_parameters(scenario)
+        scenario = with_overrides(
+            scenario, {"training.mode": "synthetic", "model.synthetic_dim": dim}
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tomli_w.dumps(scenario.model_dump(exclude_none=True)).encode())
+    facts = {
+        "seed": scenario.seed,
+        "synthetic_dim": scenario.model.synthetic_dim,
+        "nodes": scenario.nodes,
+        "cluster_size": scenario.clustering.cluster_size,
+        "model": scenario.model.name,
+    }
+    return path, facts
+
+
 def run_rounds_bench(
-    nodes: list[int],
-    models: list[str],
-    rounds: int,
-    cluster_size: int,
+    nodes: list[int] | None,
+    models: list[str] | None,
+    rounds: int | None,
+    cluster_size: int | None,
     secure: str | list[str] = "none",
-    per_process: int = 1,
+    per_process: int | None = 1,
     repeats: int = 1,
+    scenario: Path | None = None,
+    synthetic_dim: int | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (model, n, mode). With ``repeats`` > 1 the modes are interleaved
     (none, shamir, secagg, none, shamir, ...), so that load drifting on a shared machine hits
     every mode alike; each row holds the medians over the repeats, and a secure row's
     ``secure_over_plaintext`` is the median of the per-repeat ratios (each secure testbed over
-    the plaintext testbed that ran just before it)."""
+    the plaintext testbed that ran just before it).
+
+    With a `scenario` file, None for `nodes`, `models`, `rounds`, `cluster_size` or
+    `per_process` keeps the scenario's value; without one they default to 8,16,32 nodes,
+    mlp,mlp-wide, 3 rounds, clusters of 4, one node per process and an IID split.
+    `synthetic_dim` (not None) runs ``training.mode = "synthetic"`` with that dimension (0: the
+    model's parameter count) and checks each round's aggregate (`synthetic_error`)."""
+    if scenario is None:
+        nodes = nodes or [8, 16, 32]
+        models = models or ["mlp", "mlp-wide"]
+        rounds = rounds or 3
+        cluster_size = cluster_size or 4
+        per_process = per_process or 1
     modes = [secure] if isinstance(secure, str) else list(secure)
     if not modes:
         raise ValueError(f"secure modes must be among {SECURE_MODES}, got none")
@@ -97,8 +203,16 @@ def run_rounds_bench(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for model in models:
-            for n in nodes:
+        model_list: list[str | None] = list(models) if models else [None]
+        for model in model_list:
+            file: Path | None = None
+            facts: dict[str, Any] = {}
+            if scenario is not None or synthetic_dim is not None:
+                file, facts = write_scenario(
+                    Path(tmp) / f"{model}.toml", scenario, model, synthetic_dim
+                )
+            node_list: list[int | None] = list(nodes) if nodes else [None]
+            for n in node_list:
                 runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
                 ratios: dict[str, list[float]] = {mode: [] for mode in modes}
                 for repeat in range(repeats):
@@ -112,6 +226,8 @@ def run_rounds_bench(
                             cluster_size,
                             mode,
                             per_process,
+                            file,
+                            facts,
                         )
                         runs[mode].append(row)
                         if parse_mode(mode)[0] == "none":
@@ -129,6 +245,8 @@ def _median_row(runs: list[dict[str, Any]], ratios: list[float]) -> dict[str, An
     for key, value in runs[0].items():
         if isinstance(value, float):
             row[key] = statistics.median(r[key] for r in runs)
+    if "aggregate_error" in row:
+        row["aggregate_error"] = max(r["aggregate_error"] for r in runs)
     row["digests_identical"] = all(r["digests_identical"] for r in runs)
     row["repeats"] = len(runs)
     row["round_s_runs"] = [r["round_s"] for r in runs]
@@ -152,30 +270,37 @@ def parse_mode(token: str) -> tuple[str, int]:
 
 
 def _one_testbed(
-    tmp: Path, model: str, n: int, rounds: int, cluster_size: int, secure: str, per_process: int
+    tmp: Path,
+    model: str | None,
+    n: int | None,
+    rounds: int | None,
+    cluster_size: int | None,
+    secure: str,
+    per_process: int | None,
+    scenario: Path | None = None,
+    facts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """One testbed; None keeps the scenario file's value (only with `scenario`)."""
+    facts = facts or {}
     mode, packing = parse_mode(secure)
+    n = n or facts["nodes"]
+    model = model or facts["model"]
     out = tmp / f"{model}-{n}-{secure.replace(':', '-').replace('=', '')}"
-    summary = run_testbed(
-        out,
-        "--nodes",
-        str(n),
-        "--rounds",
-        str(rounds),
-        "--model",
-        model,
-        "--cluster-size",
-        str(min(cluster_size, n)),
-        "--partition",
-        "iid",
-        "--secure",
-        mode,
-        "--packing",
-        str(packing),
-        "--nodes-per-process",
-        str(per_process),
-    )
-    return {"nodes": n, "model": model, "secure": secure, **round_breakdown(summary)}
+    args = [str(scenario)] if scenario is not None else ["--partition", "iid"]
+    args += ["--nodes", str(n), "--model", model, "--secure", mode, "--packing", str(packing)]
+    if rounds is not None:
+        args += ["--rounds", str(rounds)]
+    size = cluster_size or facts.get("cluster_size")
+    if size is not None:
+        args += ["--cluster-size", str(min(size, n))]
+    if per_process is not None:
+        args += ["--nodes-per-process", str(per_process)]
+    summary = run_testbed(out, *args)
+    row: dict[str, Any] = {"nodes": n, "model": model, "secure": secure}
+    row.update(round_breakdown(summary))
+    if facts.get("synthetic_dim"):
+        row["aggregate_error"] = synthetic_error(out, facts["seed"], facts["synthetic_dim"])
+    return row
 
 
 def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -196,6 +321,7 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
         "accuracy",
         "identical",
         "secure/plain",
+        "aggregate error",
     )
     for r in rows:
         table.add_row(
@@ -212,6 +338,7 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
             f"{r['final_accuracy']:.3f}",
             str(r["digests_identical"]),
             f"{r['secure_over_plaintext']:.2f}" if "secure_over_plaintext" in r else "",
+            f"{r['aggregate_error']:.1e}" if "aggregate_error" in r else "",
         )
     Console().print(table)
 
@@ -226,6 +353,27 @@ def _cmd_rounds(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"--secure: {error}")
         return 2
+    if args.dim is not None and not args.no_training:
+        print("--dim needs --no-training")
+        return 2
+    if args.dim is not None and args.dim < 1:
+        print(f"--dim must be >= 1, got {args.dim}")
+        return 2
+    from phalanx.node.config import ConfigError, load_scenario, with_overrides
+
+    try:
+        if args.scenario is not None:
+            load_scenario(args.scenario)
+        if args.no_training:
+            # the synthetic settings checked before any testbed starts
+            base = load_scenario(args.scenario) if args.scenario else None
+            if base is not None:
+                with_overrides(
+                    base, {"training.mode": "synthetic", "model.synthetic_dim": args.dim or 1}
+                )
+    except ConfigError as error:
+        print(f"phalanx bench rounds: {error}")
+        return 2
     rows = run_rounds_bench(
         args.nodes,
         args.models,
@@ -234,8 +382,13 @@ def _cmd_rounds(args: argparse.Namespace) -> int:
         args.secure,
         args.nodes_per_process,
         args.repeats,
+        scenario=Path(args.scenario) if args.scenario else None,
+        synthetic_dim=(args.dim or 0) if args.no_training else None,
     )
     _print(rows, args.json)
+    if any(r.get("aggregate_error", 0.0) > AGGREGATE_TOLERANCE for r in rows):
+        print(f"aggregate differs from the known sum by more than {AGGREGATE_TOLERANCE}")
+        return 1
     return 0
 
 
@@ -284,24 +437,53 @@ def _int_list(text: str) -> list[int]:
 def register_bench(subparsers: argparse._SubParsersAction) -> None:
     rounds = subparsers.add_parser("rounds", help="round time: train vs communicate vs aggregate")
     rounds.add_argument(
+        "--scenario",
+        metavar="FILE",
+        default=None,
+        help="start every testbed from this scenario TOML (as `phalanx testbed run` takes); the "
+        "flags given explicitly override it, the others keep its values",
+    )
+    rounds.add_argument(
+        "--no-training",
+        action="store_true",
+        help='training.mode = "synthetic": each node sends a fixed synthetic update of --dim '
+        "coordinates, nothing is trained or evaluated, so the protocol is measured alone; every "
+        "round's aggregate is checked against the known sum",
+    )
+    rounds.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        metavar="D",
+        help="--no-training: the synthetic update's dimension (default: the model's "
+        "parameter count)",
+    )
+    rounds.add_argument(
         "--nodes",
         type=_int_list,
-        default=[8, 16, 32],
+        default=None,
         metavar="N,N,...",
-        help="testbed sizes, comma-separated (default 8,16,32)",
+        help="testbed sizes, comma-separated (default 8,16,32; with --scenario its nodes)",
     )
     rounds.add_argument(
         "--models",
         type=lambda t: t.split(","),
-        default=["mlp", "mlp-wide"],
+        default=None,
         metavar="MODEL,...",
-        help="learning.models names, comma-separated (default mlp,mlp-wide)",
+        help="learning.models names, comma-separated (default mlp,mlp-wide; with --scenario "
+        "its model)",
     )
     rounds.add_argument(
-        "--rounds", type=int, default=3, help="rounds per testbed (default %(default)s)"
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds per testbed (default 3; with --scenario its rounds)",
     )
     rounds.add_argument(
-        "--cluster-size", type=int, default=4, help="nodes per cluster (default %(default)s)"
+        "--cluster-size",
+        type=int,
+        default=None,
+        help="nodes per cluster (default 4; with --scenario its cluster size)",
     )
     rounds.add_argument(
         "--secure",
@@ -314,8 +496,8 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:
     rounds.add_argument(
         "--nodes-per-process",
         type=int,
-        default=1,
-        help="nodes sharing one process (default %(default)s)",
+        default=None,
+        help="nodes sharing one process (default 1; with --scenario its value)",
     )
     rounds.add_argument(
         "--repeats",

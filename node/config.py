@@ -51,6 +51,11 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     name: str = "cnn"
+    synthetic_dim: Annotated[int, Field(ge=0, le=1 << 28)] = Field(
+        default=0,
+        description='training.mode = "synthetic": the dimension d of the fixed synthetic '
+        "update (and of the model vector it is added to); 0 otherwise",
+    )
 
     @model_validator(mode="after")
     def _known(self) -> ModelConfig:
@@ -60,6 +65,14 @@ class ModelConfig(_Section):
 
 
 class TrainingConfig(_Section):
+    mode: Literal["sgd", "synthetic"] = Field(
+        default="sgd",
+        description='"sgd": local SGD on the node\'s data, then evaluation. "synthetic": no '
+        "training and no evaluation; every round each node contributes the same fixed update "
+        "of model.synthetic_dim coordinates, drawn from the seed and the node's index "
+        "(learning/synthetic.py), so that the protocol is measured alone; accuracy and loss "
+        "are recorded as 0",
+    )
     epochs: Annotated[int, Field(ge=1, le=1000)] = 1
     batch_size: Annotated[int, Field(ge=1)] = 32
     lr: Annotated[float, Field(gt=0)] = 0.05
@@ -279,6 +292,22 @@ class Scenario(_Section):
             raise ValueError(
                 f"clustering.cluster_size ({self.clustering.cluster_size}) is larger than "
                 f"nodes ({self.nodes})"
+            )
+        if self.training.mode == "synthetic":
+            if self.model.synthetic_dim < 1:
+                raise ValueError(
+                    'training.mode = "synthetic" needs model.synthetic_dim >= 1 (the update\'s '
+                    "dimension d)"
+                )
+            if self.defense.dpsgd or any(b.omniscient for b in self.byzantine):
+                raise ValueError(
+                    'training.mode = "synthetic" does not train: it cannot run DP-SGD '
+                    "(defense.dpsgd) or omniscient Byzantine nodes"
+                )
+        elif self.model.synthetic_dim:
+            raise ValueError(
+                f"model.synthetic_dim = {self.model.synthetic_dim} needs "
+                'training.mode = "synthetic"'
             )
         aggregation = self.aggregation
         colluders = sum(b.count + len(b.nodes) for b in self.byzantine)

@@ -284,9 +284,19 @@ class Peer:
             scenario.model.name, self.dataset.input_shape, self.dataset.num_classes
         )
         self.weights = flatten_parameters(self.model)
+        # training.mode = "synthetic": a fixed update of model.synthetic_dim coordinates, no
+        # training, no evaluation (learning/synthetic.py); the model vector is that long.
+        self.synthetic: np.ndarray | None = None
+        if scenario.training.mode == "synthetic":
+            from phalanx.learning.synthetic import probe_indices, synthetic_update
+
+            dim = scenario.model.synthetic_dim
+            self.synthetic = synthetic_update(scenario.seed, self.index, dim)
+            self.synthetic_probe = probe_indices(dim)
+            self.weights = torch.zeros(dim, dtype=torch.float32)
         self._digest_of: tuple[torch.Tensor, str] | None = None
         self.dimension = self.weights.numel()
-        self.train_config = TrainConfig(**scenario.training.model_dump())
+        self.train_config = TrainConfig(**scenario.training.model_dump(exclude={"mode"}))
         self.defense = NodeDefense(scenario.defense, self.index, scenario.seed, len(self.view))
 
         self.security = scenario.security
@@ -886,6 +896,10 @@ class Peer:
 
     # ----------------------------------------------------------------------------- learner
     async def _train(self, job: TrainJob) -> None:
+        if self.synthetic is not None:
+            job.done.set_result((self.synthetic.copy(), 0.0, 0.0))
+            return
+
         def work() -> tuple[np.ndarray, float, float]:
             started = time.perf_counter()
             load_flat_parameters(self.model, job.weights)
@@ -906,6 +920,9 @@ class Peer:
             raise
 
     async def _evaluate(self) -> tuple[float, float]:
+        if self.synthetic is not None:
+            return 0.0, 0.0
+
         def work() -> tuple[float, float]:
             load_flat_parameters(self.model, self.weights)
             return evaluate(self.model, self.test_x, self.test_y)
@@ -1087,6 +1104,15 @@ class Peer:
             "quarantined_clusters": sorted(quarantined),
             "time": time.time(),
         }
+        if self.synthetic is not None:
+            # The global step at a few coordinates, so that a benchmark can check the aggregate
+            # against the known sum of the synthetic updates (learning/synthetic.py).
+            record["synthetic_probe"] = {
+                "indices": self.synthetic_probe,
+                "step": [float(step.delta[i]) for i in self.synthetic_probe]
+                if step is not None
+                else None,
+            }
         self.results.write(record)
         for listener in self.round_listeners:
             listener(record)
