@@ -73,6 +73,10 @@ BENCHES: dict[str, tuple[str, str]] = {
         "phalanx.bench.bench_signing",
         "round time with every message signed, over the same run unsigned",
     ),
+    "flower": (
+        "phalanx.bench.bench_flower",
+        "Phalanx secure rounds beside Flower SecAgg+, interleaved, same workload",
+    ),
     "forward-schedule": (
         "phalanx.bench.forward_schedule",
         "forward-noising schedules at matched noise or matched eps: accuracy and iDLG",

@@ -1,0 +1,67 @@
+"""`phalanx bench flower`: Phalanx beside Flower's SecAgg+, both sides checked for correctness.
+
+Flower needs its own environment (flwr 1.42 pins protobuf < 7 and ray 2.55.1); the end-to-end
+test runs where one is given by PHALANX_FLOWER_PYTHON (or this Python imports flwr) and skips
+otherwise."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from phalanx.bench.bench_flower import find_flower_python
+from tests.conftest import run_phalanx
+
+
+def test_without_flower_it_says_how_to_get_it() -> None:
+    probe = find_flower_python(sys.executable)
+    if probe is not None:
+        pytest.skip("this Python imports flwr")
+    result = run_phalanx("bench", "flower", "--flower-python", sys.executable, timeout=120)
+    assert result.returncode == 2
+    assert "flwr[simulation]==1.42.0" in result.stdout and "--flower-python" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "flags", [["--threshold", "11"], ["--rounds", "1"], ["--dim", "0"], ["--shares", "20"]]
+)
+def test_bad_sizes_exit_2(flags: list[str]) -> None:
+    result = run_phalanx("bench", "flower", *flags, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_both_sides_aggregate_the_known_sum() -> None:
+    python = find_flower_python(None)
+    if python is None:
+        pytest.skip(
+            "no Python with flwr[simulation]: set PHALANX_FLOWER_PYTHON to one "
+            "(pip install 'flwr[simulation]==1.42.0' in its own venv)"
+        )
+    result = run_phalanx(
+        "bench",
+        "flower",
+        *("--nodes", "4", "--dim", "1000", "--shares", "3", "--threshold", "2"),
+        *("--rounds", "2", "--repeats", "1", "--nodes-per-process", "2"),
+        *("--flower-python", python, "--json"),
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    assert report["correct"] is True
+    assert [(r["side"], r["mode"]) for r in report["rows"]] == [
+        ("phalanx", "none"),
+        ("flower", "plain"),
+        ("phalanx", "secagg"),
+        ("flower", "secagg+"),
+        ("phalanx", "shamir:packing=2"),
+    ]
+    assert report["flwr"] == "1.42.0"
+    assert set(report["ratios"]) >= {
+        "phalanx_secagg_over_flower_secaggplus",
+        "flower_secaggplus_over_plain",
+        "phalanx_secagg_over_plain",
+    }
+    assert any("PRG" in line for line in report["differences"])
