@@ -299,18 +299,17 @@ def node_secret_files(out: Path, nodes: int) -> list[Path]:
     ]
 
 
-def give_node_secrets_to_image_user(out: Path, nodes: int) -> bool:
+def give_node_secrets_to_image_user(out: Path, nodes: int) -> None:
     """Make each node's private files (mode 0600) owned by the image's user, uid
     `deploy.k8s.UID`, so that the container can read the compose secrets it mounts: compose
-    bind-mounts a file secret with its owner and mode. Possible only as root; returns whether
-    it was done (otherwise the CLI says what to run)."""
+    bind-mounts a file secret with its owner and mode. Possible only as root (otherwise the CLI
+    says what to run)."""
     from phalanx.deploy.k8s import UID
 
     if os.geteuid() != 0:
-        return False
+        return
     for path in node_secret_files(out, nodes):
         os.chown(path, UID, UID)
-    return True
 
 
 def identity_keys(folder: Path, nodes: int) -> list[str]:

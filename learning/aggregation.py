@@ -432,6 +432,13 @@ def _optional_fraction_param(owner: str, key: str, value: Any) -> float | None:
     return None if value is None else _fraction_param(owner, key, value)
 
 
+def _flag_threshold(configured: float | None, dropped_per_coordinate: int, m: int) -> float:
+    """The configured ``flag_fraction``, else `chance_corrected_flag_fraction`."""
+    if configured is not None:
+        return configured
+    return chance_corrected_flag_fraction(dropped_per_coordinate, m)
+
+
 def _flag_by_relative_weight(
     weights: torch.Tensor, reference: torch.Tensor, below: float
 ) -> list[int]:
@@ -591,10 +598,7 @@ class CoordinateWiseMedian(AggregationRule):
             if f:
                 outside = raw.shape[1] - _ranks_below(raw, ordered, m - f)
                 extreme += _ranks_below(raw, ordered, f) + outside
-        threshold = self.flag_fraction
-        if threshold is None:
-            threshold = chance_corrected_flag_fraction(2 * f, m)
-        flagged = _flag_by_fraction(extreme, d, threshold)
+        flagged = _flag_by_fraction(extreme, d, _flag_threshold(self.flag_fraction, 2 * f, m))
         return AggregationResult(value, flagged, contribution / d)
 
 
@@ -636,9 +640,7 @@ class TrimmedMean(AggregationRule):
             # the kept values in ascending order, so the float sum runs in a fixed order
             value[columns] = ordered[:, trim : m - trim].mean(dim=1)
             contribution += _ranks_below(raw, ordered, m - trim) - _ranks_below(raw, ordered, trim)
-        threshold = self.flag_fraction
-        if threshold is None:
-            threshold = chance_corrected_flag_fraction(2 * trim, m)
+        threshold = _flag_threshold(self.flag_fraction, 2 * trim, m)
         flagged = _flag_by_fraction(d - contribution, d, threshold)
         return AggregationResult(value, flagged, contribution / (kept * d))
 
@@ -915,9 +917,7 @@ class Bulyan(AggregationRule):
             contribution += _row_counts(selected_rows[kept.cpu()], m)
         left_out = torch.zeros(m, dtype=torch.float64)
         left_out[selected_rows] = d - contribution[selected_rows]
-        threshold = self.flag_fraction
-        if threshold is None:
-            threshold = chance_corrected_flag_fraction(theta - beta, theta)
+        threshold = _flag_threshold(self.flag_fraction, theta - beta, theta)
         flagged_rows = set(_others(m, selected)) | set(_flag_by_fraction(left_out, d, threshold))
         return AggregationResult(value, sorted(flagged_rows), contribution / (beta * d))
 
