@@ -189,7 +189,7 @@ STEPS = 60
 def test_gradient_guidance_pulls_the_diffusion_sample_to_the_victim(
     digits: Dataset, tmp_path
 ) -> None:
-    prior, _, _ = load_prior_for("diffusion", digits, steps=100, cache_dir=tmp_path)
+    prior, _, _ = load_prior_for("diffusion", digits, steps=400, cache_dir=tmp_path)
     model = _model(0)
     x, y = digits.train_x[3:4], digits.train_y[3:4]
     update = observe(model, (x, y), TargetSpec("update")).update
