@@ -61,6 +61,25 @@ def reference_dlg(
     return x.detach().clamp(0, 1)[0].numpy(), float(loss.detach())
 
 
+def converged_reference_dlg(
+    model: torch.nn.Module, update: list[torch.Tensor], seed: int, restarts: int = 8
+) -> tuple[np.ndarray, float]:
+    """`reference_dlg` from fresh initialisations until one converges (loss < 1e-5).
+
+    Plain L-BFGS without a line search stalls from some starting points: on image 1 the seed-1
+    start stops at a loss of 321 with one thread and 1237 with two, while seed 101 reaches 1e-7.
+    Zhu et al. restart such runs; the first converged one is the reference."""
+    best: tuple[np.ndarray, float] | None = None
+    for attempt in range(restarts):
+        image, loss = reference_dlg(model, update, seed=seed + 100 * attempt)
+        if best is None or loss < best[1]:
+            best = (image, loss)
+        if loss < 1e-5:
+            break
+    assert best is not None
+    return best
+
+
 def test_dlg_default_budget_gets_past_the_fast_phase(mnist: Dataset) -> None:
     # 300 L-BFGS iterations stopped this image at 53.5 dB
     model, x, update = _victim(mnist, 3)
@@ -73,7 +92,7 @@ def test_dlg_default_budget_gets_past_the_fast_phase(mnist: Dataset) -> None:
 @pytest.mark.parametrize("number", [1, 3])
 def test_dlg_reaches_the_reference_dlg_psnr(mnist: Dataset, number: int) -> None:
     model, x, update = _victim(mnist, number)
-    reference, loss = reference_dlg(model, update, seed=number)
+    reference, loss = converged_reference_dlg(model, update, seed=number)
     assert loss < 1e-5, "the reference must converge on the images compared"
     reference_psnr = psnr(x[0], reference)
     assert reference_psnr > 65.0
