@@ -28,8 +28,8 @@ with a fault in force (all rounds when there is none); the cell keeps the counts
 (``overwhelmed_rounds`` of ``counted_rounds``) so that seeds can be pooled into one binomial
 sample (`experiments.tolerance`).
 
-Predicted side. With the same thresholds c_j (the lying-holder threshold when every faulty node
-is a lying holder, else 1) and b = 1/2 (`clustering.analysis`):
+Predicted side. With the same thresholds c_j (1 for any faulty member that is not a lying
+holder) and b = 1/2 (`clustering.analysis`):
 
 * ``random``: the exact hypergeometric law of the corrupted-cluster count
   (`corruption_distribution`); every round is a fresh uniform partition, so rounds are
@@ -42,6 +42,17 @@ is a lying holder, else 1) and b = 1/2 (`clustering.analysis`):
   (``balanced`` deals a shuffled order round-robin, ``isolate`` chunks it). For a cell whose
   counted rounds all lie there, the random law is exact and is given; otherwise nothing is.
 
+When every faulty node is a lying holder (`HolderLaw`), the law is that of what the decoder
+does with random lies rather than a threshold: Berlekamp-Welch corrects up to
+r = floor((s - T)/2) of the s partial sums, and beyond that the random values fit no polynomial of
+degree T - 1, so the publisher finds the cluster failed (no output, never a wrong one). A lying
+publisher reconstructs from its own true partial sum, so it sees one lie fewer: a cluster with
+e lying holders yields no output with probability 0 for e <= r, C(s - e, p)/C(s, p) for
+e = r + 1 (all p publishers honest, `clustering.publishers`) and 1 for e >= r + 2
+(`holder_failure_weights`). Publishers are a fresh uniform draw per round, but from round 2 on
+they skip the members of the clusters that failed in the round before, so the law is exact for
+round 1, and a sweep counting later rounds gets it as an approximation.
+
 We store P(outer aggregation overwhelmed) (``predicted_failed_round_rate``), the expected
 corrupted fraction (``predicted_corrupted_fraction``) and which law gave them
 (``predicted_law``).
@@ -49,8 +60,10 @@ corrupted fraction (``predicted_corrupted_fraction``) and which law gave them
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -269,6 +282,10 @@ def detection_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
         )
         metrics["liar_precision"] = hits / named if named else 1.0
         metrics["liar_recall"] = hits / lying if lying else 1.0
+        # the counts, so that seeds can be pooled (`experiments.tolerance`)
+        metrics["liars_named"] = named
+        metrics["liars_named_lying"] = hits
+        metrics["liars_in_force"] = lying
     return metrics
 
 
@@ -293,19 +310,117 @@ def cluster_thresholds(scenario: dict[str, Any]) -> tuple[tuple[int, ...], tuple
     return sizes, tuple(1 for _ in sizes)
 
 
+@dataclass(frozen=True)
+class HolderLaw:
+    """Random lying holders (`HOLDER_LIES`) in ``shamir`` clusters: the partial sums each
+    cluster's reconstruction needs (T = t + l - 1, one per cluster) and the publishers that
+    reconstruct it. See the module docstring for the law."""
+
+    needed: tuple[int, ...]
+    publishers: int
+
+
+def holder_law(scenario: dict[str, Any]) -> HolderLaw | None:
+    """The `HolderLaw` of the scenario when every faulty node is a lying Shamir holder."""
+    faulty = set(fault_schedule(scenario))
+    if not faulty or not faulty <= lying_holders(scenario):
+        return None
+    from phalanx.clustering.strategies import cluster_sizes
+    from phalanx.mpc.session import default_threshold
+
+    clustering = scenario.get("clustering") or {}
+    aggregation = scenario.get("aggregation") or {}
+    sizes = cluster_sizes(int(scenario["nodes"]), int(clustering["cluster_size"]))
+    packing = int(aggregation.get("packing") or 1)
+    threshold = int(aggregation.get("threshold") or 0)
+    needed = tuple((threshold or default_threshold("shamir", size)) + packing - 1 for size in sizes)
+    return HolderLaw(needed, int(clustering.get("publishers") or 2))
+
+
+def holder_failure_weights(size: int, needed: int, publishers: int) -> tuple[int, ...]:
+    """P(no output | e lying holders) for e = 0..size, each times C(size, publishers).
+
+    Berlekamp-Welch corrects r = floor((size - needed)/2) lies; a lying publisher sees one lie
+    fewer (its own partial sum is true), so the cluster fails at e = r + 1 only when all its
+    publishers are honest, and always from e = r + 2 on.
+    """
+    radius = max(0, size - needed) // 2
+    publishers = min(publishers, size)
+    scale = math.comb(size, publishers)
+    return tuple(
+        0 if e <= radius else math.comb(size - e, publishers) if e == radius + 1 else scale
+        for e in range(size + 1)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _holder_table(sizes: tuple[int, ...], law: HolderLaw) -> tuple[tuple[int, ...], ...]:
+    """table[a][x] * prod_j C(s_j, p_j) = the number of ways (placements of a liars, weighted by
+    the publisher draws) in which exactly x clusters yield no output."""
+    table: dict[int, dict[int, int]] = {0: {0: 1}}
+    for size, needed in zip(sizes, law.needed, strict=True):
+        weights = holder_failure_weights(size, needed, law.publishers)
+        scale = math.comb(size, min(law.publishers, size))
+        grown: dict[int, dict[int, int]] = {}
+        for used, row in table.items():
+            for liars in range(size + 1):
+                ways = math.comb(size, liars)
+                fail, keep = weights[liars] * ways, (scale - weights[liars]) * ways
+                cell = grown.setdefault(used + liars, {})
+                for bad, count in row.items():
+                    if keep:
+                        cell[bad] = cell.get(bad, 0) + count * keep
+                    if fail:
+                        cell[bad + 1] = cell.get(bad + 1, 0) + count * fail
+        table = grown
+    return tuple(
+        tuple(table.get(used, {}).get(bad, 0) for bad in range(len(sizes) + 1))
+        for used in range(sum(sizes) + 1)
+    )
+
+
+def holder_distribution(
+    sizes: tuple[int, ...], law: HolderLaw, faulty: int
+) -> tuple[Fraction, ...]:
+    """P(exactly x clusters yield no output), x = 0..m, for `faulty` lying holders placed by a
+    uniform random partition with these sizes, exactly."""
+    row = _holder_table(sizes, law)[faulty]
+    scale = math.comb(sum(sizes), faulty)
+    for size in sizes:
+        scale *= math.comb(size, min(law.publishers, size))
+    return tuple(Fraction(count, scale) for count in row)
+
+
 def predict(
-    sizes: tuple[int, ...], thresholds: tuple[int, ...], faulty: int, law: str
+    sizes: tuple[int, ...],
+    thresholds: tuple[int, ...],
+    faulty: int,
+    law: str,
+    holders: HolderLaw | None = None,
 ) -> tuple[Fraction, Fraction]:
-    """(P(outer aggregation overwhelmed), expected corrupted fraction) under `law`, exactly."""
+    """(P(outer aggregation overwhelmed), expected corrupted fraction) under `law`, exactly;
+    with `holders`, the lying-holder law replaces the thresholds (the worst case then takes
+    r + 1 liars per cluster, all publishers honest)."""
     from phalanx.clustering.analysis import (
         corruption_distribution,
         max_tolerated_corrupted,
         worst_case_placement,
     )
 
+    tolerated = max_tolerated_corrupted(len(sizes), Fraction(BREAKDOWN))
+    if holders is not None:
+        if law == LAWS["static"]:
+            thresholds = tuple(
+                max(0, size - needed) // 2 + 1
+                for size, needed in zip(sizes, holders.needed, strict=True)
+            )
+        else:
+            pmf = holder_distribution(sizes, holders, faulty)
+            overwhelm = sum(pmf[tolerated + 1 :], Fraction(0))
+            expected = sum((x * p for x, p in enumerate(pmf)), Fraction(0))
+            return overwhelm, expected / len(sizes)
     if law == LAWS["static"]:
         worst = worst_case_placement(sizes, thresholds, faulty)
-        tolerated = max_tolerated_corrupted(len(sizes), Fraction(BREAKDOWN))
         return Fraction(int(worst.corrupted > tolerated)), Fraction(worst.corrupted, len(sizes))
     distribution = corruption_distribution(sizes, thresholds, faulty)
     return distribution.overwhelm_probability(Fraction(BREAKDOWN)), distribution.expected_fraction()
@@ -329,7 +444,10 @@ def predicted_metrics(scenario: dict[str, Any], *, last_round: int | None = None
     if law is None:
         return result
     sizes, thresholds = cluster_thresholds(scenario)
-    overwhelm, fraction = predict(sizes, thresholds, faulty, law)
+    holders = holder_law(scenario)
+    overwhelm, fraction = predict(sizes, thresholds, faulty, law, holders)
+    if holders is not None:
+        result["holder_law"] = {"needed": list(holders.needed), "publishers": holders.publishers}
     result.update(
         {
             "predicted_law": law,

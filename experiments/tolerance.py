@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phalanx.experiments.metrics import predict
+from phalanx.experiments.metrics import HolderLaw, predict
 from phalanx.experiments.stats import MeanCI, mean_ci
 from phalanx.experiments.store import CellRecord
 
@@ -74,6 +74,19 @@ class MapCell:
     bytes_per_peer: MeanCI | None
     round_seconds: MeanCI | None
     cell_seconds: MeanCI
+    holders: HolderLaw | None = None
+    final_accuracy: MeanCI | None = None
+    liars_named: int = 0  # pooled over the seeds: holders named as liars,
+    liars_named_lying: int = 0  # those of them that lied,
+    liars_in_force: int = 0  # and the lying holders in force, summed over the rounds
+
+    @property
+    def liar_precision(self) -> float | None:
+        return self.liars_named_lying / self.liars_named if self.liars_named else None
+
+    @property
+    def liar_recall(self) -> float | None:
+        return self.liars_named_lying / self.liars_in_force if self.liars_in_force else None
 
     @property
     def fault_fraction(self) -> float:
@@ -125,6 +138,18 @@ class MapCell:
             "bytes_per_peer": None if self.bytes_per_peer is None else self.bytes_per_peer.mean,
             "round_seconds": None if self.round_seconds is None else self.round_seconds.mean,
             "cell_seconds": self.cell_seconds.mean,
+            "holder_law": None
+            if self.holders is None
+            else {"needed": list(self.holders.needed), "publishers": self.holders.publishers},
+            "final_accuracy": None if self.final_accuracy is None else self.final_accuracy.mean,
+            "final_accuracy_ci95": None
+            if self.final_accuracy is None
+            else _half(self.final_accuracy),
+            "liars_named": self.liars_named,
+            "liars_named_lying": self.liars_named_lying,
+            "liars_in_force": self.liars_in_force,
+            "liar_precision": self.liar_precision,
+            "liar_recall": self.liar_recall,
         }
 
 
@@ -172,6 +197,17 @@ def _thresholds(metrics: dict[str, Any], sizes: tuple[int, ...]) -> tuple[int, .
     if isinstance(recorded, list) and len(recorded) == 1:
         return tuple(int(recorded[0]) for _ in sizes)
     return tuple(1 for _ in sizes)
+
+
+def _holders(metrics: dict[str, Any]) -> HolderLaw | None:
+    recorded = metrics.get("holder_law")
+    if not isinstance(recorded, dict):
+        return None
+    return HolderLaw(tuple(int(t) for t in recorded["needed"]), int(recorded["publishers"]))
+
+
+def _count(group: Sequence[CellRecord], key: str) -> int:
+    return sum(int(c.metrics.get(key) or 0) for c in group)
 
 
 def _usable(record: CellRecord) -> bool:
@@ -236,6 +272,11 @@ def build_map(records: Sequence[CellRecord]) -> list[MapCell]:
                 bytes_per_peer=_stat([c.metrics.get("bytes_per_peer") for c in group]),
                 round_seconds=_stat([c.metrics.get("round_seconds") for c in group]),
                 cell_seconds=mean_ci([c.duration_s for c in group]),
+                holders=_holders(first),
+                final_accuracy=_stat([c.metrics.get("final_accuracy") for c in group]),
+                liars_named=_count(group, "liars_named"),
+                liars_named_lying=_count(group, "liars_named_lying"),
+                liars_in_force=_count(group, "liars_in_force"),
             )
         )
     return cells
@@ -249,7 +290,7 @@ def prediction_curve(cell: MapCell) -> list[tuple[int, float]]:
 
     sizes = cluster_sizes(cell.nodes, cell.cluster_size)
     return [
-        (f, float(predict(sizes, cell.thresholds, f, cell.law)[0]))
+        (f, float(predict(sizes, cell.thresholds, f, cell.law, cell.holders)[0]))
         for f in range(cell.nodes // 2 + 1)
     ]
 
@@ -655,6 +696,58 @@ def cell_table(cells: Sequence[MapCell]) -> list[str]:
     return lines
 
 
+def liar_table(cells: Sequence[MapCell]) -> list[str]:
+    """Cells with lying Shamir holders: overwhelmed rounds against the lying-holder law, the
+    liars named (pooled over seeds and rounds) and the final accuracy; empty without any."""
+    liar_cells = [c for c in cells if c.holders is not None or c.liars_in_force]
+    if not liar_cells:
+        return []
+    header = [
+        "facet",
+        "k",
+        "f/n",
+        "rounds",
+        "overwhelmed",
+        "measured rate [95%]",
+        "predicted P",
+        "binomial 95% (rounds)",
+        "inside",
+        "no output: measured",
+        "predicted",
+        "liar precision",
+        "liar recall",
+        "final accuracy",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for cell in liar_cells:
+        low, high = cell.rate_interval()
+        interval = cell.acceptance()
+        inside = cell.inside
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    _facet_name(cell.facet) or "-",
+                    str(cell.cluster_size),
+                    f"{cell.fault_fraction:.2f}",
+                    str(cell.rounds),
+                    str(cell.overwhelmed),
+                    f"{cell.measured_rate:.2f} [{low:.2f}, {high:.2f}]",
+                    _fmt(cell.predicted_rate, 4),
+                    "-" if interval is None else f"[{interval[0]}, {interval[1]}]",
+                    "-" if inside is None else ("yes" if inside else "**no**"),
+                    cell.corrupted.format(3),
+                    _fmt(cell.predicted_fraction),
+                    f"{_fmt(cell.liar_precision, 2)} ({cell.liars_named_lying}/{cell.liars_named})",
+                    f"{_fmt(cell.liar_recall, 2)} ({cell.liars_named_lying}/{cell.liars_in_force})",
+                    "-" if cell.final_accuracy is None else cell.final_accuracy.format(3),
+                ]
+            )
+            + " |"
+        )
+    return lines
+
+
 def tolerance_table(entries: Sequence[Tolerance], level: float = LEVEL) -> list[str]:
     sizes = sorted({t.cluster_size for t in entries})
     header = ["strategy", *(f"k={s}: predicted / measured" for s in sizes), "MB/peer/round by k"]
@@ -758,6 +851,20 @@ def tolerance_section(records: Sequence[CellRecord], out: Path) -> list[str]:
         *cell_table(cells),
         "",
     ]
+    liars = liar_table(cells)
+    if liars:
+        lines += [
+            "### Lying Shamir holders",
+            "",
+            "Predicted P: the lying-holder law (`experiments.metrics.HolderLaw`): a cluster",
+            "yields no output when its publishers see more lies than Berlekamp-Welch corrects.",
+            "*no output*: the fraction of clusters without one. Liar precision and recall:",
+            "holders named in the cluster outputs against the lying holders in force, pooled",
+            "over seeds and rounds (named that lied / named, and / in force).",
+            "",
+            *liars,
+            "",
+        ]
     for title, plot in plots:
         if plot is not None:
             lines += [f"### {title}", "", f"![{title}]({plot.name})", ""]

@@ -293,3 +293,50 @@ def test_named_liars_and_group_testing_are_scored_against_the_faulty() -> None:
     clean = scenario_of(20, 10, "random", [])
     quiet = {"rounds": [{"round": 1, "clusters": clusters, "bytes_sent": {}}]}
     assert "liar_precision" not in cell_metrics(round_rows(quiet, clean), clean)
+
+
+def test_lying_holders_follow_the_decoder_law_and_their_detection_is_pooled() -> None:
+    """Random lies: Berlekamp-Welch corrects r = floor((s - T)/2); a lying publisher sees one lie
+    fewer, so r + 1 liars fail a cluster only when both publishers are honest."""
+    from phalanx.experiments.metrics import (
+        HolderLaw,
+        holder_distribution,
+        holder_failure_weights,
+        holder_law,
+        predict,
+    )
+    from phalanx.experiments.tolerance import liar_table
+
+    # s = 10, t = 4: r = 3; 4 liars fail with P = C(6, 2)/C(10, 2) = 15/45; 5 always
+    assert holder_failure_weights(10, 4, 2) == (0, 0, 0, 0, 15, 45, 45, 45, 45, 45, 45)
+    # t = 7: r = 1; 2 liars fail with P = C(8, 2)/C(10, 2)
+    assert holder_failure_weights(10, 7, 2)[:4] == (0, 0, 28, 45)
+    # two clusters of 3, t = 2 (r = 0), one publisher, one liar: fails unless it publishes
+    law = HolderLaw((2, 2), 1)
+    assert holder_distribution((3, 3), law, 1) == (Fraction(1, 3), Fraction(2, 3), Fraction(0))
+    # two liars: together (prob 2/5) -> that cluster fails for sure; apart -> each fails w.p. 2/3
+    together, apart = Fraction(2, 5), Fraction(3, 5)
+    pmf = holder_distribution((3, 3), law, 2)
+    assert pmf == (apart / 9, together + apart * 4 / 9, apart * 4 / 9)
+    overwhelm, fraction = predict((3, 3), (3, 3), 2, "exact", law)
+    assert overwhelm == pmf[1] + pmf[2] and fraction == (pmf[1] + 2 * pmf[2]) / 2
+    # the scenario's law: t explicit or the mode's default, only when every faulty node lies
+    liars = node_names(20)[:3]
+    scenario = scenario_of(20, 10, "random", liars, secure="shamir", behaviour="corrupt-partial")
+    assert holder_law(scenario) == HolderLaw((4, 4), 2)
+    scenario["aggregation"]["threshold"] = 7
+    assert holder_law(scenario) == HolderLaw((7, 7), 2)
+    assert holder_law(scenario_of(20, 10, "random", liars, secure="shamir")) is None
+    metrics = cell_metrics(round_rows(recorded_summary(scenario, 2, 1), scenario), scenario)
+    assert metrics["holder_law"] == {"needed": [7, 7], "publishers": 2}
+    exact = predict((10, 10), (4, 4), 3, "exact", HolderLaw((7, 7), 2))[0]
+    assert metrics["predicted_failed_round_rate"] == pytest.approx(float(exact))
+    # nobody named in a clean recording: precision has no denominator, recall is 0 of 6
+    assert (metrics["liars_named"], metrics["liars_in_force"]) == (0, 6)
+    records = [record_of(scenario, 2, seed, seed) for seed in (1, 2)]
+    (cell,) = build_map(records)
+    assert cell.holders == HolderLaw((7, 7), 2) and cell.liars_in_force == 12
+    assert cell.liar_precision is None and cell.liar_recall == 0.0
+    assert prediction_curve(cell)[3][1] == pytest.approx(float(exact))
+    (_, _, row) = liar_table([cell])
+    assert "| 0.15 | 4 |" in row and "0.00 (0/12)" in row
