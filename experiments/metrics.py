@@ -11,12 +11,14 @@ the corruption threshold of the secure mode (`corruption_threshold`):
   member corrupts it (the plain-sum model of `clustering.analysis`).
 * ``shamir``, for members whose deviation is a lie as a holder (``corrupt-partial``, a wrong
   partial sum; `HOLDER_LIES`): c = s - T + 1 for a cluster of s members with T = t + l - 1
-  partial sums needed to reconstruct (threshold t, packing l): more than s - T lying holders can
-  move the reconstructed sum without Berlekamp-Welch noticing. Fewer liars are corrected (up to
-  floor((s - T)/2)) or detected, and a detected cluster fails, which is counted through
-  ``failed_clusters``. Any other faulty member (a poisoned update, inconsistent shares, which
-  amount to dealing another input, or a crash) corrupts its cluster alone in every mode: MPC
-  hides inputs, it does not check them.
+  partial sums needed to reconstruct (threshold t, packing l): with that many liars the honest
+  partial sums no longer determine the sum, whatever the decoder. Berlekamp-Welch corrects up
+  to r = floor((s - T)/2) lies; past r, random lies make the reconstruction fail, which is
+  counted through ``failed_clusters``, and colluding lies (no behaviour implements them) can
+  make it return a wrong sum from s - T + 1 - r liars on, naming honest holders as the liars.
+  Any other faulty member (a poisoned update, inconsistent shares, which amount to dealing
+  another input, or a crash) corrupts its cluster alone in every mode: MPC hides inputs, it
+  does not check them.
 
 The outer rule's verdict (``flagged_clusters``) is not corruption and is not counted. A round is
 *overwhelmed* when the bad inputs of the outer aggregation exceed what it tolerates,

@@ -340,3 +340,34 @@ def test_lying_holders_follow_the_decoder_law_and_their_detection_is_pooled() ->
     assert prediction_curve(cell)[3][1] == pytest.approx(float(exact))
     (_, _, row) = liar_table([cell])
     assert "| 0.15 | 4 |" in row and "0.00 (0/12)" in row
+
+
+def test_colluding_holders_past_the_decoding_radius_move_the_sum_and_frame_honest_ones() -> None:
+    """s = 10, t = 4 (r = 3): four liars that add a polynomial vanishing at three honest points
+    turn the partial sums into another codeword within distance r, so the decoder returns a
+    wrong sum and names the three honest holders; four random lies only fail it."""
+    import numpy as np
+
+    from phalanx.mpc.crypto import Csprng
+    from phalanx.mpc.field import PRIME
+    from phalanx.mpc.shamir import reconstruct_robust, share_vector
+
+    secret = np.array([5, 7, 11], dtype=np.uint32)
+    shares = {j + 1: share for j, share in enumerate(share_vector(secret, 4, 10, Csprng(None)))}
+    liars = (7, 8, 9, 10)
+
+    def shift(x: int) -> int:  # vanishes at the honest points 1, 2, 3; -6 at 0
+        return (x - 1) * (x - 2) * (x - 3) % PRIME
+
+    colluded = dict(shares)
+    for x in liars:
+        colluded[x] = ((shares[x].astype(np.int64) + shift(x)) % PRIME).astype(np.uint32)
+    result = reconstruct_robust(colluded, 4)
+    assert not result.failed and result.suspects == (4, 5, 6)
+    assert result.value is not None
+    assert [int(v) for v in result.value] == [(int(v) - 6) % PRIME for v in secret]
+    rng = np.random.default_rng(1)
+    garbled = dict(shares)
+    for x in liars:
+        garbled[x] = rng.integers(0, PRIME, 3, dtype=np.uint32)
+    assert reconstruct_robust(garbled, 4).failed
