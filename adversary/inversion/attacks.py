@@ -6,8 +6,9 @@ one (`adversary.inversion.matching`); they differ in the objective, the optimise
 - ``dlg`` (Zhu et al. 2019): L-BFGS on images and soft labels jointly,
   ``min_{x', y'} ||g(x', softmax(y')) - g||^2``; the budget counts L-BFGS iterations
   (`_lbfgs`).
-- ``idlg`` (Zhao et al. 2020): labels read analytically from the last layer, then L-BFGS on the
-  images with the same L2 objective.
+- ``idlg`` (Zhao et al. 2020): labels read analytically from the last layers
+  (`labels.recover_labels`, rule ``InversionConfig.labels``), then L-BFGS on the images with the
+  same L2 objective; the methods below use the same labels.
 - ``ig`` (Geiping et al. 2020): ``min_x 1 - cos(g(x), g) + alpha TV(x)`` with Adam on the signed
   gradient, projection onto the box [0, 1], step decay by 10 at 3/8, 5/8, 7/8 of the budget, and
   restarts keeping the best objective.
@@ -40,6 +41,7 @@ from phalanx.adversary.inversion.matching import (
     total_variation,
     validate_observed_update,
 )
+from phalanx.adversary.inversion.names import LABEL_METHODS
 from phalanx.adversary.inversion.names import METHODS as METHODS
 from phalanx.adversary.inversion.names import PRIOR_OF as PRIOR_OF
 from phalanx.adversary.inversion.priors import DiffusionPrior, GanPrior
@@ -475,6 +477,10 @@ def invert(
     config = config or InversionConfig()
     if config.restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {config.restarts}")
+    if config.labels not in LABEL_METHODS:
+        raise ValueError(
+            f"unknown label method {config.labels!r}; known: {', '.join(LABEL_METHODS)}"
+        )
     if config.iterations is not None and config.iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {config.iterations}")
     validate_observed_update(model, observed_update)
@@ -484,7 +490,7 @@ def invert(
     target = observed_pseudo_gradient(observed_update, knowledge, config.dtype)
     if method == "dlg":
         return _dlg(attack_model, target, knowledge, config, generator, None)
-    labels = recover_labels(attack_model, target, knowledge, generator)
+    labels = recover_labels(attack_model, target, knowledge, generator, config.labels)
     if method == "idlg":
         return _dlg(attack_model, target, knowledge, config, generator, labels)
     if method == "ig":

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phalanx.adversary.inversion.names import (
+    DEFAULT_LABEL_METHOD,
     DEFAULT_PRIOR_STEPS,
     DEFAULT_TORCH_THREADS,
+    LABEL_METHODS,
     METHODS,
     PRIOR_KINDS,
     PRIOR_OF,
@@ -107,6 +109,8 @@ def _invert(args: argparse.Namespace) -> int:
         return _fail(f"unknown method {args.method!r}; known: {', '.join(METHODS)}")
     if args.dataset not in DATASETS:
         return _fail(f"unknown dataset {args.dataset!r}; known: {', '.join(DATASETS)}")
+    if args.labels not in LABEL_METHODS:
+        return _fail(f"unknown label method {args.labels!r}; known: {', '.join(LABEL_METHODS)}")
     from rich.console import Console
 
     from phalanx.adversary.inversion.experiment import (
@@ -135,6 +139,7 @@ def _invert(args: argparse.Namespace) -> int:
             prior_steps=args.prior_steps,
             prior_cache_dir=args.prior_cache,
             out_dir=Path(args.out) if args.out else None,
+            labels=args.labels,
         )
         if args.batch > len(dataset.train_x):
             return _fail(f"batch {args.batch} is larger than the {len(dataset.train_x)} images")
@@ -241,6 +246,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="optimiser steps per restart (default: the method's own, e.g. 1000 for dlg)",
+    )
+    invert.add_argument(
+        "--labels",
+        default=DEFAULT_LABEL_METHOD,
+        help=f"label-recovery rule: one of {', '.join(LABEL_METHODS)} (default %(default)s; "
+        "ignored by dlg)",
     )
     invert.add_argument(
         "--restarts", type=int, default=1, help="random restarts, best kept (default %(default)s)"

@@ -28,6 +28,7 @@ from phalanx.adversary.inversion.metrics import (
     save_grid,
     ssim,
 )
+from phalanx.adversary.inversion.names import DEFAULT_LABEL_METHOD
 from phalanx.adversary.inversion.names import DEFAULT_PRIOR_STEPS as DEFAULT_PRIOR_STEPS
 from phalanx.adversary.inversion.names import DEFAULT_TORCH_THREADS as DEFAULT_TORCH_THREADS
 from phalanx.adversary.inversion.priors import (
@@ -85,6 +86,7 @@ class ExperimentSpec:
     prior_cache_dir: str | Path | None = None
     out_dir: Path | None = None
     mpc_mode: str | None = None
+    labels: str = DEFAULT_LABEL_METHOD
 
 
 @dataclass
@@ -211,7 +213,9 @@ def run_experiment(
         lr=spec.lr,
         cluster_size=target.cluster_size,
     )
-    config = InversionConfig(iterations=spec.iterations, restarts=spec.restarts, prior=prior)
+    config = InversionConfig(
+        iterations=spec.iterations, restarts=spec.restarts, prior=prior, labels=spec.labels
+    )
     rows: list[ImageResult] = []
     originals: list[np.ndarray] = []
     recons: list[np.ndarray] = []

@@ -9,6 +9,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from phalanx.adversary.inversion.names import DEFAULT_LABEL_METHOD
+
 TargetKind = Literal["update", "fedavg", "cluster-sum"]
 TARGET_KINDS: tuple[str, ...] = ("update", "fedavg", "cluster-sum")
 
@@ -61,6 +63,7 @@ class InversionConfig:
     ``gan``, ``diffusion`` and ``diffusion-ig``. ``diffusion_steps``, ``guidance_scale``
     (DPS's ``zeta'``) and ``guidance_loss`` (``cosine`` or ``l2``) set the guided sampler;
     ``refine_iterations`` and ``refine_tv_weight`` the IG refinement of ``diffusion-ig``.
+    ``labels`` is the label-recovery rule of every method but ``dlg`` (`labels.LABEL_METHODS`).
     """
 
     iterations: int | None = None
@@ -75,6 +78,7 @@ class InversionConfig:
     refine_iterations: int | None = None
     refine_tv_weight: float = 1e-4
     dtype: torch.dtype = torch.float64
+    labels: str = DEFAULT_LABEL_METHOD
 
 
 @dataclass

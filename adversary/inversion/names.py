@@ -14,3 +14,6 @@ PRIOR_KINDS: tuple[str, ...] = ("gan", "diffusion")
 DEFAULT_PRIOR_STEPS: dict[str, int] = {"gan": 1500, "diffusion": 1000}
 # torch intra-op threads of `experiment.pinned_torch` (fixed for reproducibility).
 DEFAULT_TORCH_THREADS = 1
+# Label-recovery rules of `labels.recover_labels`, the default first.
+LABEL_METHODS: tuple[str, ...] = ("peel", "ilrg", "llg")
+DEFAULT_LABEL_METHOD = "peel"
