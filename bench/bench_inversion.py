@@ -7,6 +7,8 @@
 4. ``--grid``: every method in ``--grid-methods`` at every batch size in ``--grid-batches``:
    median PSNR with its order-statistic interval (`median_interval`), median SSIM, label
    accuracy and seconds per image.
+5. ``--label-table``: label accuracy of every rule in `LABEL_METHODS` alone (no image attack)
+   on ``--label-model``, untrained and trained, at every batch size in ``--label-batches``.
 
 Runs under `pinned_torch` (``--torch-threads``, default 1, deterministic kernels): the same
 arguments give the same reconstructions on any machine and load; only the timings move.
@@ -24,8 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phalanx.adversary.inversion.names import (
+    DEFAULT_LABEL_METHOD,
     DEFAULT_PRIOR_STEPS,
     DEFAULT_TORCH_THREADS,
+    LABEL_METHODS,
     METHODS,
     PRIOR_OF,
 )
@@ -203,6 +207,7 @@ def _run_bench(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 iterations=args.compare_iterations,
                 out_dir=docs / "inversion",
+                labels=args.labels,
             )
             result = run_experiment(spec, dataset, prior_for(method))
             report[f"compare/{method}"] = _brief(result)
@@ -213,6 +218,8 @@ def _run_bench(args: argparse.Namespace) -> int:
             )
     if args.grid:
         _grid(args, dataset, prior_for, report, console)
+    if args.label_table:
+        _label_table(args, dataset, report, console)
     report["total_seconds"] = time.perf_counter() - started
     (docs / "inversion").mkdir(parents=True, exist_ok=True)
     out = docs / "inversion" / args.report
@@ -253,6 +260,7 @@ def _grid(
                 trained=args.grid_trained,
                 iterations=args.grid_iterations,
                 seed=args.seed,
+                labels=args.labels,
             )
             result = run_experiment(spec, dataset, prior_for(method))
             median, low, high, coverage = median_interval([r.psnr for r in result.rows])
@@ -269,6 +277,58 @@ def _grid(
             console.print(
                 f"grid {method:12s} b={batch:2d}: {median:6.2f} dB [{low:.2f}, {high:.2f}], "
                 f"labels {result.label_accuracy:.3f}, {result.seconds_per_image:.2f} s/image"
+            )
+    console.print(table)
+
+
+def _label_table(
+    args: argparse.Namespace, dataset: Dataset, report: dict[str, object], console: Console
+) -> None:
+    """Label accuracy of each rule on ``--label-model``, untrained and trained: victims and
+    observed updates as `run_experiment` draws them (``--label-images`` images a cell, rounded
+    up to whole batches, seed ``--seed``), labels as `invert` reads them (float64 copy). Each
+    batch's label multiset is scored on its own (`label_accuracy`), weighted by its size."""
+    import copy
+
+    import numpy as np
+    import torch
+    from rich.table import Table
+
+    from phalanx.adversary.inversion.experiment import victim_model
+    from phalanx.adversary.inversion.knowledge import AttackerKnowledge
+    from phalanx.adversary.inversion.labels import recover_labels
+    from phalanx.adversary.inversion.matching import observed_pseudo_gradient
+    from phalanx.adversary.inversion.metrics import label_accuracy
+    from phalanx.adversary.inversion.priors import auxiliary_split
+    from phalanx.adversary.inversion.targets import TargetSpec, observe
+
+    aux_index, victim_index = auxiliary_split(len(dataset.train_x))
+    pool = victim_index[np.random.default_rng(args.seed).permutation(len(victim_index))]
+    table = Table(title=f"label accuracy, {args.dataset} / {args.label_model}, update target")
+    for column in ("model", "batch", "images", *LABEL_METHODS):
+        table.add_column(column, justify="right")
+    for trained in (False, True):
+        model = victim_model(args.label_model, dataset, args.seed, trained, aux_index)
+        attack_model = copy.deepcopy(model).to(torch.float64).eval()
+        state = "trained" if trained else "untrained"
+        for batch in args.label_batches:
+            batches = math.ceil(args.label_images / batch)
+            knowledge = AttackerKnowledge(batch, dataset.input_shape, dataset.num_classes)
+            correct = dict.fromkeys(LABEL_METHODS, 0.0)
+            for number in range(batches):
+                chosen = pool[number * batch : (number + 1) * batch]
+                victim = (dataset.train_x[chosen], dataset.train_y[chosen])
+                update = observe(model, victim, TargetSpec("update")).update
+                target = observed_pseudo_gradient(update, knowledge, torch.float64)
+                for method in LABEL_METHODS:
+                    generator = torch.Generator().manual_seed(args.seed * 100_003 + number)
+                    labels = recover_labels(attack_model, target, knowledge, generator, method)
+                    correct[method] += batch * label_accuracy(victim[1], labels.numpy())
+            images = batches * batch
+            accuracy = {method: value / images for method, value in correct.items()}
+            report[f"labels/{state}/b={batch}"] = {"images": images, **accuracy}
+            table.add_row(
+                state, str(batch), str(images), *(f"{accuracy[m]:.3f}" for m in LABEL_METHODS)
             )
     console.print(table)
 
@@ -374,6 +434,33 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="optimiser steps of --grid (default: each method's own)",
+    )
+    parser.add_argument(
+        "--labels",
+        default=DEFAULT_LABEL_METHOD,
+        choices=LABEL_METHODS,
+        help="label-recovery rule of --compare and --grid (default %(default)s)",
+    )
+    parser.add_argument(
+        "--label-table",
+        action="store_true",
+        help="also compare the label-recovery rules alone, untrained and trained",
+    )
+    parser.add_argument(
+        "--label-model", default="cnn", help="victim model of --label-table (default %(default)s)"
+    )
+    parser.add_argument(
+        "--label-batches",
+        type=_parse_ks,
+        default=[4, 8, 16],
+        metavar="B,B,...",
+        help="batch sizes of --label-table, comma-separated (default 4,8,16)",
+    )
+    parser.add_argument(
+        "--label-images",
+        type=int,
+        default=32,
+        help="images a --label-table cell, rounded up to whole batches (default %(default)s)",
     )
     parser.add_argument("--skip-table", action="store_true", help="skip the DLG / iDLG table")
     parser.add_argument(
