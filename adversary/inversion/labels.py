@@ -44,9 +44,12 @@ from torch import nn
 from phalanx.adversary.inversion.knowledge import AttackerKnowledge
 from phalanx.adversary.inversion.names import DEFAULT_LABEL_METHOD, LABEL_METHODS
 
-# `_peel` accepts a candidate sample when its label equation holds to this fraction of the
-# spread of ``W_:k`` (float32 gradients keep about 1e-6 of it; mixtures miss by about 1e-1).
+# `_peel` accepts a candidate sample when its label equation holds to PEEL_TOLERANCE of the
+# spread of ``W_:k`` (float32 gradients keep about 1e-6 of it; mixtures miss by about 1e-1) and to
+# PEEL_SHARE of ``B dL/dc_k`` itself (float32: below 1e-4; a unit holding only noise saturates
+# ``p`` and misses by all of it).
 PEEL_TOLERANCE = 1e-4
+PEEL_SHARE = 1e-2
 
 
 @dataclass
@@ -237,9 +240,11 @@ def _peel(
         target = (column * probs).sum(dim=1) - grad_c[units]
         miss = (column - target[:, None]).abs().min(dim=1)
         fires = pre[torch.arange(len(units)), units] > 0
-        score = torch.where(fires, miss.values / spread[units], torch.full_like(target, torch.inf))
+        relative = miss.values / grad_c[units].abs()
+        valid = fires & (miss.values <= PEEL_TOLERANCE * spread[units]) & (relative <= PEEL_SHARE)
+        score = torch.where(valid, relative, torch.full_like(relative, torch.inf))
         best = int(torch.argmin(score))
-        if not float(score[best]) <= PEEL_TOLERANCE:
+        if not bool(valid[best]):
             break
         label = int(miss.indices[best])
         counts[label] += 1

@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from phalanx.adversary.inversion.experiment import victim_model
-from phalanx.adversary.inversion.knowledge import AttackerKnowledge
+from phalanx.adversary.inversion.knowledge import AttackerKnowledge, Defense
 from phalanx.adversary.inversion.labels import recover_labels, round_counts
+from phalanx.adversary.inversion.metrics import label_accuracy
 from phalanx.adversary.inversion.priors import auxiliary_split
-from phalanx.adversary.inversion.targets import TargetSpec, observe
+from phalanx.adversary.inversion.targets import TargetSpec, observe, parse_defense
 from phalanx.learning.data import Dataset, load_dataset
 
 
@@ -29,11 +30,16 @@ def _batch(dataset: Dataset, batch: int, number: int) -> tuple[np.ndarray, np.nd
 
 
 def _labels(
-    model: nn.Module, dataset: Dataset, batch: int, number: int, method: str
+    model: nn.Module,
+    dataset: Dataset,
+    batch: int,
+    number: int,
+    method: str,
+    defense: Defense | None = None,
 ) -> tuple[list[int], list[int]]:
     """(recovered, true) label multisets, sorted, for one victim batch."""
     x, y = _batch(dataset, batch, number)
-    update = observe(model, (x, y), TargetSpec("update")).update
+    update = observe(model, (x, y), TargetSpec("update"), defense=defense).update
     knowledge = AttackerKnowledge(batch, dataset.input_shape, dataset.num_classes)
     found = recover_labels(model, update, knowledge, torch.Generator().manual_seed(0), method)
     return sorted(found.tolist()), sorted(y.tolist())
@@ -73,6 +79,20 @@ def test_peeling_reads_every_sample_of_a_trained_cnn_at_batch_16(mnist: Dataset)
     for number in (0, 1):
         found, true = _labels(model, mnist, 16, number, "peel")
         assert found == true
+
+
+def test_noise_on_the_update_makes_peeling_give_way_to_llg(mnist: Dataset) -> None:
+    # noise breaks the exact label equation: no unit may pass for a sample, so peel gives at
+    # least what llg gives (a unit holding only noise saturates p and once matched any W_yk)
+    model = _model(mnist, "cnn", trained=True)
+    for number in range(4):
+        found = {
+            method: _labels(model, mnist, 8, number, method, parse_defense("gaussian:1e-4", number))
+            for method in ("peel", "llg")
+        }
+        true = np.array(found["peel"][1])
+        peel, llg = (label_accuracy(true, np.array(found[m][0])) for m in ("peel", "llg"))
+        assert peel >= llg
 
 
 def test_without_a_hidden_relu_layer_peel_falls_back_to_llg(mnist: Dataset) -> None:
