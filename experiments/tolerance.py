@@ -13,6 +13,8 @@ measurement beside the exact prediction. `phalanx experiment report DIR` adds it
   (Clopper-Pearson 95% intervals) and corrupted fraction (Student-t 95% intervals over seeds).
 * ``tolerance_cost.png``: bytes sent per peer and round, and the memory engine's wall time per
   cell (start-up and rounds, on the machine that ran the sweep), against k.
+* ``tolerance_liars.png``, for sweeps with lying Shamir holders: the lying-holder law's
+  P(overwhelmed) against f/n with the measured rates, and the liars named (recall, precision).
 
 Statistics.
 
@@ -595,6 +597,92 @@ def plot_predicted_vs_measured(cells: Sequence[MapCell], path: Path) -> Path | N
     return path
 
 
+def _liar_cells(cells: Sequence[MapCell]) -> list[MapCell]:
+    return [c for c in cells if c.holders is not None or c.liars_in_force]
+
+
+def plot_liars(cells: Sequence[MapCell], path: Path) -> Path | None:
+    """Lying Shamir holders against f/n, one colour per (facet, k): the predicted
+    P(overwhelmed) curve of the lying-holder law over every f with the measured rates
+    (Clopper-Pearson 95%), and the measured liar recall and precision."""
+    liar_cells = _liar_cells(cells)
+    if not liar_cells:
+        return None
+    plt = _pyplot()
+    fig, (rate_ax, liar_ax) = plt.subplots(1, 2, figsize=(10.5, 4.4), dpi=120)
+    keys = sorted({(c.facet, c.cluster_size) for c in liar_cells})
+    for index, (facet, size) in enumerate(keys):
+        colour = f"C{index}"
+        group = sorted(
+            (c for c in liar_cells if (c.facet, c.cluster_size) == (facet, size)),
+            key=lambda c: c.faulty,
+        )
+        name = f"{_facet_name(facet)}, k={size}" if facet else f"k={size}"
+        reference = next((c for c in group if c.law is not None), None)
+        if reference is not None:
+            curve = prediction_curve(reference)
+            rate_ax.plot(
+                [f / reference.nodes for f, _ in curve],
+                [p for _, p in curve],
+                color=colour,
+                linewidth=1.2,
+                label=f"{name}: predicted",
+            )
+        for cell in group:
+            low, high = cell.rate_interval()
+            rate_ax.errorbar(
+                [cell.fault_fraction],
+                [cell.measured_rate],
+                yerr=[[cell.measured_rate - low], [high - cell.measured_rate]],
+                color=colour,
+                marker="o",
+                linestyle="none",
+                capsize=3,
+                markersize=5,
+            )
+            rate_ax.annotate(
+                f"{cell.overwhelmed}/{cell.rounds}",
+                (cell.fault_fraction, cell.measured_rate),
+                textcoords="offset points",
+                xytext=(5, -10),
+                fontsize=6,
+                color=colour,
+            )
+        fractions = [c.fault_fraction for c in group]
+        recall = [c.liar_recall for c in group]
+        precision = [c.liar_precision for c in group]
+        liar_ax.plot(
+            [f for f, r in zip(fractions, recall, strict=True) if r is not None],
+            [r for r in recall if r is not None],
+            color=colour,
+            marker="o",
+            label=f"{name}: recall",
+        )
+        liar_ax.plot(
+            [f for f, q in zip(fractions, precision, strict=True) if q is not None],
+            [q for q in precision if q is not None],
+            color=colour,
+            marker="s",
+            linestyle="--",
+            label=f"{name}: precision",
+        )
+    rate_ax.set_xlabel("f/n (lying holders)")
+    rate_ax.set_ylabel("P(round overwhelmed)")
+    rate_ax.set_title("overwhelmed rounds: lying-holder law and measured (95%)", fontsize=9)
+    liar_ax.set_xlabel("f/n (lying holders)")
+    liar_ax.set_ylabel("fraction")
+    liar_ax.set_title("liars named: recall and precision (pooled)", fontsize=9)
+    for ax in (rate_ax, liar_ax):
+        ax.set_ylim(-0.04, 1.06)
+        ax.set_xlim(0, max(0.5, max(c.fault_fraction for c in liar_cells) + 0.05))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_cost(cells: Sequence[MapCell], path: Path) -> Path | None:
     with_bytes = [c for c in cells if c.bytes_per_peer is not None]
     if not with_bytes:
@@ -853,6 +941,7 @@ def tolerance_section(records: Sequence[CellRecord], out: Path) -> list[str]:
     ]
     liars = liar_table(cells)
     if liars:
+        plot = plot_liars(cells, out / "tolerance_liars.png")
         lines += [
             "### Lying Shamir holders",
             "",
@@ -865,6 +954,8 @@ def tolerance_section(records: Sequence[CellRecord], out: Path) -> list[str]:
             *liars,
             "",
         ]
+        if plot is not None:
+            lines += [f"![Lying Shamir holders]({plot.name})", ""]
     for title, plot in plots:
         if plot is not None:
             lines += [f"### {title}", "", f"![{title}]({plot.name})", ""]

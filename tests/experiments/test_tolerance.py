@@ -295,7 +295,9 @@ def test_named_liars_and_group_testing_are_scored_against_the_faulty() -> None:
     assert "liar_precision" not in cell_metrics(round_rows(quiet, clean), clean)
 
 
-def test_lying_holders_follow_the_decoder_law_and_their_detection_is_pooled() -> None:
+def test_lying_holders_follow_the_decoder_law_and_their_detection_is_pooled(
+    tmp_path: Path,
+) -> None:
     """Random lies: Berlekamp-Welch corrects r = floor((s - T)/2); a lying publisher sees one lie
     fewer, so r + 1 liars fail a cluster only when both publishers are honest."""
     from phalanx.experiments.metrics import (
@@ -305,7 +307,7 @@ def test_lying_holders_follow_the_decoder_law_and_their_detection_is_pooled() ->
         holder_law,
         predict,
     )
-    from phalanx.experiments.tolerance import liar_table
+    from phalanx.experiments.tolerance import liar_table, plot_liars
 
     # s = 10, t = 4: r = 3; 4 liars fail with P = C(6, 2)/C(10, 2) = 15/45; 5 always
     assert holder_failure_weights(10, 4, 2) == (0, 0, 0, 0, 15, 45, 45, 45, 45, 45, 45)
@@ -340,6 +342,8 @@ def test_lying_holders_follow_the_decoder_law_and_their_detection_is_pooled() ->
     assert prediction_curve(cell)[3][1] == pytest.approx(float(exact))
     (_, _, row) = liar_table([cell])
     assert "| 0.15 | 4 |" in row and "0.00 (0/12)" in row
+    plot = plot_liars([cell], tmp_path / "liars.png")
+    assert plot is not None and plot.stat().st_size > 1000
 
 
 def test_colluding_holders_past_the_decoding_radius_move_the_sum_and_frame_honest_ones() -> None:
