@@ -278,6 +278,8 @@ class ByzantineTransport(DelegatingTransport):
             blob[len(blob) // 2] ^= 0xFF
             tensors["ciphertext"] = blob
         elif name == "corrupt-output" and kind == pb.MESSAGE_KIND_CLUSTER_OUTPUT:
+            if "sum" not in tensors:  # a failure notice: nothing to corrupt
+                return message
             noise = self.rng.standard_normal(tensors["sum"].size).astype(np.float32)
             tensors["sum"] = tensors["sum"] + scale * noise
         elif name == "equivocate" and kind in (
@@ -285,7 +287,7 @@ class ByzantineTransport(DelegatingTransport):
             pb.MESSAGE_KIND_UPDATE,
         ):
             key = "sum" if kind == pb.MESSAGE_KIND_CLUSTER_OUTPUT else "update"
-            if _stable_bit(f"{peer}/{message.round}"):
+            if key in tensors and _stable_bit(f"{peer}/{message.round}"):
                 tensors[key] = tensors[key] * np.float32(-scale)
         else:
             return message

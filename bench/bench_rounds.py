@@ -117,6 +117,12 @@ def round_breakdown(summary: dict[str, Any]) -> dict[str, float]:
         "mb_sent_per_node": statistics.median(
             sum(r["bytes_sent"].values()) / len(r["bytes_sent"]) / 1e6 for r in rounds
         ),
+        "mb_sent_max_node": summary["bytes_per_node"]["sent"]["max"] / len(summary["rounds"]) / 1e6,
+        "mb_sent_median_node": summary["bytes_per_node"]["sent"]["median"]
+        / len(summary["rounds"])
+        / 1e6,
+        "sent_max_over_median": summary["bytes_per_node"]["sent"]["max_over_median"],
+        "failed_clusters": sum(len(r["failed_clusters"]) for r in summary["rounds"]),
         "final_accuracy": summary["final_accuracy"],
         "digests_identical": summary["all_digests_identical"],
         "parameters": summary["parameters"],
@@ -319,6 +325,8 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
         "aggregate s",
         "(comm+agg)/train",
         "MB/node",
+        "max/median",
+        "failed",
         "accuracy",
         "identical",
         "secure/plain",
@@ -336,6 +344,8 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
             f"{r['aggregate_s']:.4f}",
             f"{r['overhead_ratio']:.2f}",
             f"{r['mb_sent_per_node']:.1f}",
+            f"{r['sent_max_over_median']:.2f}",
+            str(r["failed_clusters"]),
             f"{r['final_accuracy']:.3f}",
             str(r["digests_identical"]),
             f"{r['secure_over_plaintext']:.2f}" if "secure_over_plaintext" in r else "",

@@ -184,6 +184,15 @@ class TimeoutConfig(_Section):
     collect_s: Annotated[float, Field(gt=0)] = Field(
         default=30.0, description="how long a cluster member waits for its members' updates"
     )
+    adaptive_factor: Annotated[float | None, Field(gt=1)] = Field(
+        default=None,
+        description="adapt the collect window to measured phase times: this multiple of the "
+        "95th percentile of the longest phase of the last 20 rounds, at least "
+        "adaptive_floor_s and at most collect_s (unset: collect_s in every round)",
+    )
+    adaptive_floor_s: Annotated[float, Field(gt=0)] = Field(
+        default=2.0, description="the shortest collect window adaptive_factor may choose"
+    )
     rpc_s: Annotated[float, Field(gt=0)] = 10.0
     round_period_s: Annotated[float, Field(ge=0)] = Field(
         default=0.0,

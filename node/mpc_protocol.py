@@ -64,9 +64,11 @@ from phalanx.node.protocols import (
     _names,
     await_cluster_outputs,
     broadcast,
+    publish_failure,
     publish_output,
     sender_cluster_members,
     validate_cluster_output,
+    wait_for_publisher,
 )
 from phalanx.node.server import Rejection
 from phalanx.v1 import node_pb2 as pb
@@ -435,6 +437,7 @@ class ShamirClusterProtocol:
         await broadcast(context, held, publishers)
         # A holder still waiting for a lost share reports at its share deadline, after ours.
         held_deadline = deadline_after(share_deadline, collect)
+        gave_up = False
         if me in publishers:
             reports = await inbox.wait_for(
                 r, pb.MESSAGE_KIND_HELD_DEALERS, mine, live, held_deadline
@@ -443,22 +446,28 @@ class ShamirClusterProtocol:
                 {s: _names(m.meta["held"]) for s, m in reports.items()},
                 session.reconstruction_threshold,
             )
-            decision = Message(
-                me, r, pb.MESSAGE_KIND_DEALER_SET, mine, meta={"dealers": ",".join(agreed)}
-            )
-            await broadcast(context, decision, members)
+            if agreed:
+                decision = Message(
+                    me, r, pb.MESSAGE_KIND_DEALER_SET, mine, meta={"dealers": ",".join(agreed)}
+                )
+                await broadcast(context, decision, members)
+            else:  # no dealer is held widely enough: the outcome is decided now
+                gave_up = True
+                await publish_failure(
+                    context, f"no dealer held by {session.reconstruction_threshold} holders"
+                )
         # In aggregator rank order, each answered as soon as its request arrives: a holder
         # answers one dealer set per round (the first aggregator's), and any other aggregator
         # that asked for the same set.
         requests: dict[str, Message] = {}
         for publisher in [p for p in publishers if p in adverts]:
-            got = await inbox.wait_for(
-                r, pb.MESSAGE_KIND_DEALER_SET, mine, [publisher], held_deadline + collect
+            request = await wait_for_publisher(
+                context, pb.MESSAGE_KIND_DEALER_SET, publisher, held_deadline + collect
             )
-            if publisher not in got:
+            if request is None:
                 continue
-            requests[publisher] = got[publisher]
-            dealer_set = _names(got[publisher].meta["dealers"])
+            requests[publisher] = request
+            dealer_set = _names(request.meta["dealers"])
             try:
                 partial = await asyncio.to_thread(member.partial_sum, dealer_set)
             except ValueError as error:
@@ -474,6 +483,8 @@ class ShamirClusterProtocol:
         if me in publishers and me in requests:
             agreed = _names(requests[me].meta["dealers"])
             await self._reconstruct_and_publish(context, session, agreed, live, phase)
+        elif me in publishers and not gave_up:
+            await publish_failure(context, "no dealer set")
         context.phase_seconds["reconstruct"] = clock.now() - phase
         return await await_cluster_outputs(context, phase, (self.phases + 1) * collect)
 
@@ -511,6 +522,7 @@ class ShamirClusterProtocol:
             log.warning(
                 "%s round %d: cluster %d reconstruction failed: %s", me, r, mine, outcome.reason
             )
+            await publish_failure(context, f"reconstruction failed: {outcome.reason}")
             return
         if outcome.suspects:
             log.warning(
@@ -803,17 +815,20 @@ class SecAggClusterProtocol:
                 log.warning(
                     "%s round %d: cluster %d unmasking failed: %s", me, r, mine, outcome.reason
                 )
+                await publish_failure(context, f"unmasking failed: {outcome.reason}")
             else:
                 total = decode_sum(outcome.field_sum, self.fixed_point, len(outcome.included))
                 liars = sorted({*outcome.suspects, *outcome.rejections})
                 output = publish_output(context, total.astype(np.float32), outcome.included, liars)
                 await broadcast(context, output, context.everyone)
-        elif me != aggregator and mask_set:
-            asks = await inbox.wait_for(
-                r, pb.MESSAGE_KIND_UNMASK, mine, [aggregator], phase + 2 * collect
+        elif me == aggregator:  # no mask set: the outcome is decided now
+            await publish_failure(context, "empty mask set")
+        elif mask_set:
+            asked = await wait_for_publisher(
+                context, pb.MESSAGE_KIND_UNMASK, aggregator, phase + 2 * collect
             )
-            if aggregator in asks:
-                ask = asks[aggregator]
+            if asked is not None:
+                ask = asked
                 try:
                     response = member.unmask(
                         UnmaskingRequest(

@@ -67,11 +67,13 @@ from phalanx.node.defenses import NodeDefense
 from phalanx.node.inbox import DuplicateMessage, RoundInbox
 from phalanx.node.metrics import NodeMetrics
 from phalanx.node.protocols import (
+    PHASE_HISTORY,
     ClusterOutput,
     ClusterProtocol,
     PlaintextClusterProtocol,
     RoundContext,
     choose_output,
+    collect_window,
     echo_outputs,
     parse_echo,
 )
@@ -261,6 +263,7 @@ class Peer:
         self._assignments: dict[int, ClusterAssignment] = {}
         self.trust = SuspicionTracker()
         self._trust_after: dict[int, dict[str, float]] = {0: {}}
+        self._longest_phase_s: list[float] = []  # per round, for an adaptive collect window
         self.port = config.node.port
         self.metrics_port: int | None = None
         self.supervisor = Supervisor(on_restart=self._actor_restarted)
@@ -955,6 +958,13 @@ class Peer:
             self.swim.begin_round()
         started = clock.now()
         assignment = self.assignment(round_)
+        timeouts = self.scenario.timeouts
+        window = collect_window(
+            self._longest_phase_s,
+            timeouts.collect_s,
+            timeouts.adaptive_factor,
+            timeouts.adaptive_floor_s,
+        )
         context = RoundContext(
             node_id=self.id,
             round=round_,
@@ -962,10 +972,11 @@ class Peer:
             dimension=self.dimension,
             inbox=self.inbox,
             send=self.transport.send,
-            collect_s=self.scenario.timeouts.collect_s,
+            collect_s=window,
             publishers=self.protocol.publishers or self.scenario.clustering.publishers,
             suspected=self.suspected,
             model_digest=self.weights_digest(),
+            role_seed=public_seed(self.scenario.seed),
         )
         prepare = getattr(self.protocol, "prepare", None)
         if prepare is not None:  # update-independent MPC phases (keys) overlap the training
@@ -991,9 +1002,7 @@ class Peer:
         try:
             outputs = await self.protocol.run(context, update.astype(np.float32, copy=False))
             if self.scenario.clustering.echo:
-                inconsistent, diverged = await echo_outputs(
-                    context, self.scenario.timeouts.collect_s
-                )
+                inconsistent, diverged = await echo_outputs(context, window)
                 if inconsistent:
                     log.warning(
                         "%s round %d: publishers %s equivocated; dropping their outputs",
@@ -1009,6 +1018,11 @@ class Peer:
         finally:
             await _settle(context.in_flight, self.scenario.timeouts.rpc_s)
         communicate_s = clock.now() - communicate_started
+        if context.phase_seconds:
+            self._longest_phase_s = [
+                *self._longest_phase_s[-PHASE_HISTORY + 1 :],
+                max(context.phase_seconds.values()),
+            ]
 
         self.phase = "aggregate"
         aggregate_started = clock.now()
@@ -1076,6 +1090,7 @@ class Peer:
             "communicate_s": communicate_s,
             "aggregate_s": aggregate_s,
             "phase_s": context.phase_seconds,
+            "collect_window_s": window,
             "bytes_sent": self._bytes_sent.pop(round_, 0),
             "bytes_received": self._bytes_received.pop(round_, 0),
             "bytes_by_kind": dict(sorted(self._bytes_by_kind.pop(round_, {}).items())),

@@ -3,20 +3,26 @@
 A `ClusterProtocol` takes this node's update for round r and returns the output of every cluster
 it could obtain. The plaintext protocol (`aggregation.secure = "none"`) runs two phases:
 
-1. *collect*: every dealer sends its update to the members of its cluster; each member waits for
-   its members' updates until the collect deadline and sums those that arrived, in sorted-id order.
-2. *publish*: the first `publishers` members of each cluster send (sum, included dealers) to every
-   node. Every node then picks, per cluster, the output with the most included dealers (ties: the
-   lowest-ranked publisher), so all nodes that saw the same outputs pick the same one.
+1. *collect*: every dealer sends its update to its cluster's aggregators, the round's
+   `publishers` (FedAvg's shape); each aggregator waits for its members' updates until the
+   collect deadline and sums those that arrived, in sorted-id order.
+2. *publish*: each aggregator sends (sum, included dealers) to every node. Every node then
+   picks, per cluster, the output with the most included dealers (ties: the higher-ranked
+   publisher), so all nodes that saw the same outputs pick the same one.
 
-Only cluster sums leave a cluster in the MPC protocols; the plaintext protocol shows members each
-other's updates by design and exists as the baseline.
+The aggregator and publisher roles rotate: each round ranks each cluster's members by a hash of
+the public seed, the round and the cluster (`role_order`). A cluster that cannot produce an
+output says so with a failure notice (`publish_failure`), so no node waits out a deadline for it.
+
+Only cluster sums leave a cluster in the MPC protocols; in the plaintext protocol the aggregators
+see their members' updates by design, and it exists as the baseline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -65,6 +71,9 @@ class RoundContext:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     in_flight: set[asyncio.Task[bool]] = field(default_factory=set)
     model_digest: str = ""
+    role_seed: bytes | None = None
+    """The public seed that ranks each cluster's members for the aggregator/publisher roles
+    each round (`role_order`); None keeps the sorted order in every round."""
 
     def post(self, peer: str, message: Message) -> None:
         """Send without waiting: a slow or unreachable peer must not stall this node's phases
@@ -93,11 +102,46 @@ class RoundContext:
         return sorted(node for members in self.clusters for node in members)
 
     def publishers_of(self, cluster: int) -> list[str]:
-        """The members that publish `cluster`'s output: the first `publishers` that were not
-        suspected after the previous round (the same on every node that agreed on that round)."""
+        """The members that aggregate and publish `cluster`'s output: the first `publishers` in
+        the round's role order (`role_order`) that were not suspected after the previous round.
+        The same on every node that agreed on that round; a different member each round, so
+        no node carries the roles, and their bytes, round after round."""
         members = sorted(self.clusters[cluster])
+        if self.role_seed is not None:
+            members = role_order(self.role_seed, self.round, cluster, members)
         trusted = [m for m in members if m not in self.suspected] or members
         return trusted[: self.publishers]
+
+
+PHASE_HISTORY = 20
+"""Rounds of phase times that an adaptive collect window is computed from."""
+
+
+def collect_window(
+    recent_phase_s: Sequence[float], collect_s: float, factor: float | None, floor_s: float
+) -> float:
+    """The round's collect window: `collect_s`, or with `factor` set and at least 3 rounds
+    measured, ``clamp(factor * p95(recent longest phases), floor_s, collect_s)``.
+
+    A failed phase records its whole wait, which raises the percentile again: the window
+    shrinks only while phases keep finishing early."""
+    if factor is None or len(recent_phase_s) < 3:
+        return collect_s
+    ordered = sorted(recent_phase_s[-PHASE_HISTORY:])
+    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+    return min(collect_s, max(floor_s, factor * p95))
+
+
+def role_order(seed: bytes, round_: int, cluster: int, members: Collection[str]) -> list[str]:
+    """`members` ranked by SHA-256(seed || round || cluster || member): a uniformly random
+    order, fresh each round, that every node derives alone from public values."""
+
+    def rank(member: str) -> bytes:
+        digest = hashlib.sha256(seed)
+        digest.update(f"|roles|{round_}|{cluster}|{member}".encode())
+        return digest.digest()
+
+    return sorted(members, key=lambda member: (rank(member), member))
 
 
 class ClusterProtocol(Protocol):
@@ -150,11 +194,19 @@ def choose_output(
     context: RoundContext, cluster: int, excluded: Collection[str] = ()
 ) -> ClusterOutput | None:
     """Per cluster, the published output with the most included dealers (ties: publisher rank),
-    ignoring `excluded` publishers."""
+    ignoring `excluded` publishers, failure notices and publishers named liars by another."""
     got = context.inbox.get(context.round, pb.MESSAGE_KIND_CLUSTER_OUTPUT, cluster)
-    ranked = [p for p in context.publishers_of(cluster) if p in got and p not in excluded]
+    ranked = [
+        p
+        for p in context.publishers_of(cluster)
+        if p in got and p not in excluded and FAILED not in got[p].meta
+    ]
     if not ranked:
         return None
+    # A publisher that another publisher of the cluster caught lying (a corrected holder) is
+    # passed over: its own output would not name itself.
+    named = {n for p in ranked for n in _names(got[p].meta.get("liars", "")) if n != p}
+    ranked = [p for p in ranked if p not in named] or ranked
 
     def preference(publisher: str) -> tuple[int, int]:
         size = len(got[publisher].meta["included"].split(","))
@@ -194,7 +246,10 @@ async def await_cluster_outputs(
 
 
 def output_digest(message: Message) -> str:
-    """SHA-256 over a published cluster output's sum and included list (for echoes)."""
+    """SHA-256 over a published cluster output's sum and included list (for echoes); over the
+    reason of a failure notice."""
+    if FAILED in message.meta:
+        return hashlib.sha256(b"failed|" + message.meta[FAILED].encode()).hexdigest()[:32]
     digest = hashlib.sha256(message.tensors["sum"].astype("<f4").tobytes())
     digest.update(message.meta.get("included", "").encode())
     digest.update(b"|" + message.meta.get("liars", "").encode())
@@ -264,6 +319,13 @@ def _names(text: str) -> list[str]:
 
 
 def validate_cluster_output(message: Message, members: Sequence[str], dimension: int) -> None:
+    """A cluster output (sum, included dealers, liars) or a failure notice (reason only)."""
+    if FAILED in message.meta:
+        if message.tensors or set(message.meta) != {FAILED}:
+            raise _invalid("a failure notice carries its reason and nothing else")
+        if len(message.meta[FAILED]) > 200:
+            raise _invalid("failure reason longer than 200 characters")
+        return
     _check_vector(message, "sum", dimension)
     included = _names(message.meta.get("included", ""))
     if not included or len(set(included)) != len(included):
@@ -296,6 +358,47 @@ def publish_output(
     )
 
 
+FAILED = "failed"
+"""Metadata key of a failure notice: a CLUSTER_OUTPUT with a reason and no sum."""
+
+
+async def publish_failure(context: RoundContext, reason: str) -> None:
+    """Tell every node that this cluster has no output this round, so that no node waits out
+    its publish deadline for it (a failed cluster costs one message, not a deadline)."""
+    notice = Message(
+        context.node_id,
+        context.round,
+        pb.MESSAGE_KIND_CLUSTER_OUTPUT,
+        context.my_cluster,
+        meta={FAILED: reason[:200]},
+    )
+    await broadcast(context, notice, context.everyone)
+
+
+def has_failed(context: RoundContext, cluster: int, publisher: str) -> bool:
+    """Whether `publisher` sent a failure notice for `cluster` this round."""
+    got = context.inbox.get(context.round, pb.MESSAGE_KIND_CLUSTER_OUTPUT, cluster)
+    return publisher in got and FAILED in got[publisher].meta
+
+
+async def wait_for_publisher(
+    context: RoundContext, kind: int, publisher: str, deadline: float
+) -> Message | None:
+    """`publisher`'s message of `kind` in our cluster, waiting until it arrives, the publisher
+    gives up on the cluster (failure notice) or is unreachable, or `deadline` passes."""
+    inbox, r, mine = context.inbox, context.round, context.my_cluster
+
+    def decided() -> bool:
+        return (
+            publisher in inbox.get(r, kind, mine)
+            or has_failed(context, mine, publisher)
+            or publisher in inbox.unreachable()
+        )
+
+    await inbox.wait_until(deadline, decided)
+    return inbox.get(r, kind, mine).get(publisher)
+
+
 async def broadcast(context: RoundContext, message: Message, recipients: Sequence[str]) -> None:
     """Put our own copy in the inbox and post it to every other recipient."""
     await context.inbox.put(message)
@@ -305,7 +408,8 @@ async def broadcast(context: RoundContext, message: Message, recipients: Sequenc
 
 
 class PlaintextClusterProtocol:
-    """Baseline: members see each other's updates; publishers broadcast the cluster sum."""
+    """Baseline, as in FedAvg (McMahan et al. 2017): each member sends its update in the clear
+    to its cluster's aggregators (the round's `publishers`) only; they sum and publish."""
 
     kinds = frozenset({pb.MESSAGE_KIND_UPDATE, pb.MESSAGE_KIND_CLUSTER_OUTPUT})
     publishers: int | None = None
@@ -321,16 +425,19 @@ class PlaintextClusterProtocol:
         me, r, mine = context.node_id, context.round, context.my_cluster
         members = sorted(context.clusters[mine])
         started = clock.now()
+        aggregators = context.publishers_of(mine)
         own = Message(me, r, pb.MESSAGE_KIND_UPDATE, mine, {"update": update})
-        await broadcast(context, own, members)
-        expected = [m for m in members if m not in context.suspected or m == me]
-        received = await context.inbox.wait_for(
-            r, pb.MESSAGE_KIND_UPDATE, mine, expected, started + context.collect_s
-        )
+        for aggregator in aggregators:
+            await context.deliver(aggregator, own)
+        if me in aggregators:
+            expected = [m for m in members if m not in context.suspected or m == me]
+            received = await context.inbox.wait_for(
+                r, pb.MESSAGE_KIND_UPDATE, mine, expected, started + context.collect_s
+            )
         context.phase_seconds["collect"] = clock.now() - started
 
         published = clock.now()
-        if me in context.publishers_of(mine):
+        if me in aggregators:
             included = tuple(sorted(received))
             total = np.zeros(context.dimension, dtype=np.float32)
             for dealer in included:

@@ -526,6 +526,9 @@ def build_summary(
                 "aggregate_s": max(rec["aggregate_s"] for rec in reports.values()),
                 "bytes_sent": {n: rec["bytes_sent"] for n, rec in reports.items()},
                 "bytes_received": {n: rec["bytes_received"] for n, rec in reports.items()},
+                "bytes_sent_balance": byte_balance(
+                    {n: rec["bytes_sent"] for n, rec in reports.items()}
+                ),
                 "bytes_by_kind": _sum_by_key(
                     rec.get("bytes_by_kind", {}) for rec in reports.values()
                 ),
@@ -585,6 +588,32 @@ def build_summary(
         "rounds": per_round,
         "final_accuracy": per_round[-1]["accuracy"] if per_round else None,
         "all_digests_identical": all(r["digests_identical"] for r in per_round),
+        "bytes_per_node": {
+            "sent": byte_balance(_run_totals(per_round, "bytes_sent")),
+            "received": byte_balance(_run_totals(per_round, "bytes_received")),
+        },
+    }
+
+
+def _run_totals(per_round: list[dict[str, Any]], key: str) -> dict[str, int]:
+    """Each node's bytes over the whole run (``key`` is bytes_sent or bytes_received)."""
+    totals: dict[str, int] = {}
+    for record in per_round:
+        for node, count in record[key].items():
+            totals[node] = totals.get(node, 0) + count
+    return totals
+
+
+def byte_balance(per_node: Mapping[str, int]) -> dict[str, float]:
+    """Maximum, median and their ratio of bytes per node: how far the busiest node (a hot
+    spot, such as a fixed aggregator) is above the typical one."""
+    if not per_node:
+        return {"max": 0, "median": 0, "max_over_median": 0.0}
+    most, typical = max(per_node.values()), statistics.median(per_node.values())
+    return {
+        "max": most,
+        "median": typical,
+        "max_over_median": round(most / typical, 4) if typical else 0.0,
     }
 
 

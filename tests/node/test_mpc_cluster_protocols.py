@@ -84,7 +84,9 @@ def _run_cluster(
             publishers,
             suspected,
         )
-        protocols[name].prepare(context)
+        prepare = getattr(protocols[name], "prepare", None)  # the MPC protocols' early phases
+        if prepare is not None:
+            prepare(context)
         await asyncio.sleep(train_s)  # the local training the early phases overlap
         outputs = await protocols[name].run(context, updates[name])
         PHASES[name] = context.phase_seconds
@@ -294,3 +296,86 @@ def test_packed_partial_sum_of_the_unpacked_length_is_rejected() -> None:
     assert rejected and all("<-d" in line and "partial sum needs" in line for line in rejected)
     for name in NAMES:
         _assert_sum(outputs[name][0], updates, NAMES)
+
+
+@pytest.mark.parametrize("protocol", ["shamir", "secagg"])
+def test_a_failed_cluster_says_so_and_no_member_waits_out_the_publish_deadline(
+    protocol: str,
+) -> None:
+    """Every partial sum (Shamir) or unmasking answer (SecAgg) is lost, so the aggregators cannot
+    reconstruct. They send a signed failure notice instead of staying silent, and every member
+    returns with no output one collect window later, not after the (phases + 1) * collect_s
+    publish wait (15 s for Shamir, 18 s for SecAgg at collect_s = 3)."""
+    updates = _updates()
+    lost = (pb.MESSAGE_KIND_PARTIAL_SUM, pb.MESSAGE_KIND_UNMASK)
+
+    def lose_answers(sender: str, peer: str, message: Message) -> bool:
+        return message.kind in lost and sender != peer and message.meta.get("survivors") is None
+
+    protocols = _shamir(NAMES) if protocol == "shamir" else _secagg(NAMES)
+    started = time.monotonic()
+    outputs, wire, rejected = _run_cluster(protocols, updates, drop=lose_answers)
+    elapsed = time.monotonic() - started
+    assert rejected == []
+    assert all(result == {} for result in outputs.values())
+    notices = [m for _, _, m in wire if m.kind == pb.MESSAGE_KIND_CLUSTER_OUTPUT]
+    assert notices and all("failed" in m.meta and not m.tensors for m in notices)
+    assert elapsed < 4 * 3.0
+
+
+def test_plaintext_members_send_their_update_to_the_aggregators_only() -> None:
+    """FedAvg's shape: with two publishers each of the 3 other members sends 2 updates (not 4),
+    and the 2 aggregators' outputs are the exact sum."""
+    from phalanx.node.protocols import PlaintextClusterProtocol
+
+    updates = _updates()
+    protocols = {n: PlaintextClusterProtocol() for n in NAMES}
+    outputs, wire, rejected = _run_cluster(protocols, updates)  # type: ignore[arg-type]
+    assert rejected == []
+    sent = [(s, p) for s, p, m in wire if m.kind == pb.MESSAGE_KIND_UPDATE]
+    assert sorted(sent) == sorted((s, p) for s in NAMES for p in ("a", "b") if s != p)
+    for name in NAMES:
+        assert outputs[name][0].included == tuple(NAMES)
+        np.testing.assert_allclose(
+            outputs[name][0].total, np.sum([updates[n] for n in NAMES], axis=0), rtol=1e-6
+        )
+
+
+def test_roles_rotate_with_the_round_and_every_node_derives_the_same_ones() -> None:
+    """`role_order` ranks a cluster's members by a hash of the public seed, round and cluster:
+    the aggregator changes from round to round, each of the 10 members takes the role in some
+    of 200 rounds, and two contexts with the same seed agree."""
+    from phalanx.node.protocols import role_order
+
+    members = [f"node-{i:02d}" for i in range(10)]
+    firsts = [role_order(b"seed", r, 0, members)[0] for r in range(1, 201)]
+    assert set(firsts) == set(members)
+    assert max(firsts.count(m) for m in members) < 40  # 20 expected per member
+    assert firsts == [role_order(b"seed", r, 0, list(reversed(members)))[0] for r in range(1, 201)]
+    assert firsts != [role_order(b"other", r, 0, members)[0] for r in range(1, 201)]
+
+    def first_publisher(round_: int) -> str:
+        context = RoundContext(
+            "node-00",
+            round_,
+            [members],
+            4,
+            RoundInbox(),
+            None,
+            1.0,
+            2,
+            role_seed=b"seed",  # type: ignore[arg-type]
+        )
+        return context.publishers_of(0)[0]
+
+    assert [first_publisher(r) for r in range(1, 201)] == firsts
+
+
+def test_collect_window_follows_measured_phases_within_its_bounds() -> None:
+    from phalanx.node.protocols import collect_window
+
+    assert collect_window([0.1, 0.2], 30.0, 4.0, 2.0) == 30.0  # too few rounds measured
+    assert collect_window([0.5] * 10, 30.0, None, 2.0) == 30.0  # not asked for
+    assert collect_window([1.0] * 18 + [2.0] * 2, 30.0, 4.0, 2.0) == 8.0  # 4 x p95 (= 2.0)
+    assert collect_window([0.1] * 10, 30.0, 4.0, 2.0) == 2.0  # the floor
+    assert collect_window([0.1] * 9 + [30.0] * 2, 30.0, 4.0, 2.0) == 30.0  # a failed phase

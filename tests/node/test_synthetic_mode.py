@@ -116,3 +116,33 @@ def test_bench_rounds_refuses_a_bad_dimension(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--dim" in result.stdout
     result = run_phalanx("bench", "rounds", "--dim", "10", timeout=60)
     assert result.returncode == 2 and "--no-training" in result.stdout
+
+
+def test_aggregator_roles_rotate_and_the_byte_balance_is_recorded(tmp_path: Path) -> None:
+    """Static clusters, 6 rounds of SecAgg: each cluster's aggregator (its one publisher) is
+    drawn afresh each round, so the role, and the bytes of publishing, do not stay on one node;
+    summary.json records the maximum and the median of bytes sent per node, per round and over
+    the run."""
+    path = tmp_path / "rotate.toml"
+    scenario = _scenario("secagg", nodes=8, rounds=6)
+    scenario["clustering"] = {"cluster_size": 4, "strategy": "static"}
+    path.write_text(tomli_w.dumps(scenario))
+    out = tmp_path / "out"
+    result = run_phalanx(
+        "testbed", "run", str(path), "--engine", "memory", "--no-metrics", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["all_digests_identical"] is True
+    publishers: dict[str, set[str]] = {}
+    for record in summary["rounds"]:
+        assert record["failed_clusters"] == []
+        for cluster, output in record["cluster_outputs"].items():
+            publishers.setdefault(cluster, set()).add(output["publisher"])
+        balance = record["bytes_sent_balance"]
+        assert balance["max"] == max(record["bytes_sent"].values())
+    assert all(len(names) > 1 for names in publishers.values()), publishers
+    sent = summary["bytes_per_node"]["sent"]
+    totals = [sum(r["bytes_sent"][n] for r in summary["rounds"]) for n in summary["nodes"]]
+    assert sent["max"] == max(totals) and sent["median"] == float(np.median(totals))
+    assert sent["max_over_median"] == pytest.approx(max(totals) / np.median(totals), abs=1e-4)
