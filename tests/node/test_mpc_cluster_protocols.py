@@ -379,3 +379,20 @@ def test_collect_window_follows_measured_phases_within_its_bounds() -> None:
     assert collect_window([1.0] * 18 + [2.0] * 2, 30.0, 4.0, 2.0) == 8.0  # 4 x p95 (= 2.0)
     assert collect_window([0.1] * 10, 30.0, 4.0, 2.0) == 2.0  # the floor
     assert collect_window([0.1] * 9 + [30.0] * 2, 30.0, 4.0, 2.0) == 30.0  # a failed phase
+
+
+def test_a_failure_notice_carries_its_reason_and_nothing_else() -> None:
+    from phalanx.node.protocols import validate_cluster_output
+
+    def notice(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> Message:
+        return Message("a", 1, pb.MESSAGE_KIND_CLUSTER_OUTPUT, 0, tensors, meta=meta)
+
+    validate_cluster_output(notice({}, {"failed": "empty mask set"}), NAMES, DIMENSION)
+    bad = [
+        notice({"sum": np.zeros(DIMENSION, np.float32)}, {"failed": "x"}),
+        notice({}, {"failed": "x", "included": "a,b"}),
+        notice({}, {"failed": "x" * 201}),
+    ]
+    for message in bad:
+        with pytest.raises(Rejection):
+            validate_cluster_output(message, NAMES, DIMENSION)
