@@ -64,6 +64,7 @@ from phalanx.node.protocols import (
     _names,
     await_cluster_outputs,
     broadcast,
+    has_failed,
     publish_failure,
     publish_output,
     sender_cluster_members,
@@ -437,7 +438,6 @@ class ShamirClusterProtocol:
         await broadcast(context, held, publishers)
         # A holder still waiting for a lost share reports at its share deadline, after ours.
         held_deadline = deadline_after(share_deadline, collect)
-        gave_up = False
         if me in publishers:
             reports = await inbox.wait_for(
                 r, pb.MESSAGE_KIND_HELD_DEALERS, mine, live, held_deadline
@@ -452,7 +452,6 @@ class ShamirClusterProtocol:
                 )
                 await broadcast(context, decision, members)
             else:  # no dealer is held widely enough: the outcome is decided now
-                gave_up = True
                 await publish_failure(
                     context, f"no dealer held by {session.reconstruction_threshold} holders"
                 )
@@ -483,7 +482,7 @@ class ShamirClusterProtocol:
         if me in publishers and me in requests:
             agreed = _names(requests[me].meta["dealers"])
             await self._reconstruct_and_publish(context, session, agreed, live, phase)
-        elif me in publishers and not gave_up:
+        elif me in publishers and not has_failed(context, mine, me):  # no notice sent yet
             await publish_failure(context, "no dealer set")
         context.phase_seconds["reconstruct"] = clock.now() - phase
         return await await_cluster_outputs(context, phase, (self.phases + 1) * collect)
