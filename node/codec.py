@@ -48,6 +48,9 @@ class Message:
     meta: Mapping[str, str] = field(default_factory=dict)
     recipient: str = ""
     signature: bytes = b""
+    relayed_by: str = ""
+    """The peer that forwarded this message for its `sender` (a relayed cluster output)."""
+    relay_signature: bytes = b""
 
     @property
     def kind_name(self) -> str:
@@ -144,6 +147,8 @@ def make_header(message: Message) -> pb.Header:
         meta=dict(message.meta),
         signature=message.signature,
         recipient=message.recipient,
+        relayed_by=message.relayed_by,
+        relay_signature=message.relay_signature,
     )
 
 
@@ -175,6 +180,8 @@ def _message(header: pb.Header, tensors: dict[str, np.ndarray]) -> Message:
         meta=dict(header.meta),
         recipient=header.recipient,
         signature=header.signature,
+        relayed_by=header.relayed_by,
+        relay_signature=header.relay_signature,
     )
 
 

@@ -91,6 +91,16 @@ class ClusteringConfig(_Section):
         description="echo step: drop publishers that sent different outputs to "
         "different nodes (one all-to-all exchange of digests per round)",
     )
+    dissemination: Literal["direct", "tree"] = Field(
+        default="direct",
+        description='how cluster outputs reach every node: "direct" (each publisher sends its '
+        'output to every node) or "tree" (the publisher signs it for every node and sends it '
+        "to relay_fanout peers, which forward it along a tree that rotates per output and "
+        "round, so no node sends more than a few outputs; needs security.sign_messages)",
+    )
+    relay_fanout: Annotated[int, Field(ge=1, le=16)] = Field(
+        default=2, description='peers each node forwards an output to, with dissemination = "tree"'
+    )
 
     @model_validator(mode="after")
     def _known_strategy(self) -> ClusteringConfig:
@@ -317,6 +327,11 @@ class Scenario(_Section):
             raise ValueError(
                 f"model.synthetic_dim = {self.model.synthetic_dim} needs "
                 'training.mode = "synthetic"'
+            )
+        if self.clustering.dissemination == "tree" and not self.security.sign_messages:
+            raise ValueError(
+                'clustering.dissemination = "tree" needs security.sign_messages = true (a relayed '
+                "output is trusted for its publisher's signature)"
             )
         aggregation = self.aggregation
         colluders = sum(b.count + len(b.nodes) for b in self.byzantine)

@@ -64,6 +64,7 @@ from phalanx.node.protocols import (
     _names,
     await_cluster_outputs,
     broadcast,
+    disseminate,
     has_failed,
     publish_failure,
     publish_output,
@@ -531,7 +532,7 @@ class ShamirClusterProtocol:
         self.last_outcomes[mine] = "ok"
         total = decode_sum(outcome.field_sum, self.fixed_point, len(agreed))
         output = publish_output(context, total.astype(np.float32), agreed, liars)
-        await broadcast(context, output, context.everyone)
+        await disseminate(context, output)
 
 
 class SecAggClusterProtocol:
@@ -819,7 +820,7 @@ class SecAggClusterProtocol:
                 total = decode_sum(outcome.field_sum, self.fixed_point, len(outcome.included))
                 liars = sorted({*outcome.suspects, *outcome.rejections})
                 output = publish_output(context, total.astype(np.float32), outcome.included, liars)
-                await broadcast(context, output, context.everyone)
+                await disseminate(context, output)
         elif me == aggregator:  # no mask set: the outcome is decided now
             await publish_failure(context, "empty mask set")
         elif mask_set:

@@ -71,6 +71,7 @@ from phalanx.node.protocols import (
     ClusterOutput,
     ClusterProtocol,
     PlaintextClusterProtocol,
+    RelayTree,
     RoundContext,
     choose_output,
     collect_window,
@@ -79,10 +80,12 @@ from phalanx.node.protocols import (
 )
 from phalanx.node.server import Rejection
 from phalanx.node.signing import (
+    RELAYED,
     SignatureError,
     SigningTransport,
     verify_envelope,
     verify_model_request,
+    verify_relay,
 )
 from phalanx.node.swim_service import MEMBERSHIP_KINDS, MembershipService
 from phalanx.node.transport import Transport
@@ -252,6 +255,17 @@ class Peer:
         self.inbox = RoundInbox()
         self.inbox.unreachable = self.unreachable
         self.protocol: ClusterProtocol = self._cluster_protocol()
+        clustering = self.scenario.clustering
+        self.relay = (
+            RelayTree(
+                public_seed(self.scenario.seed),
+                clustering.relay_fanout,
+                self.protocol.publishers or clustering.publishers,
+            )
+            if clustering.dissemination == "tree"
+            else None
+        )
+        self._forwarded: set[tuple[int, int, str]] = set()
         self.current_round = 1
         self.completed_round = 0
         self.peers_ahead: dict[str, int] = {}
@@ -307,7 +321,7 @@ class Peer:
             set(self.addresses), self.security.peer_rate_per_s, self.security.peer_burst
         )
         self.transport: Transport = SigningTransport(
-            wire(self), self.identity, enabled=self.security.sign_messages
+            wire(self), self.identity, enabled=self.security.sign_messages, owner=self.id
         )
         size = scenario.limits.mailbox_size
         self.learner: Actor[TrainJob] = FunctionActor("learner", self._train, size)
@@ -628,7 +642,11 @@ class Peer:
         """The checks a header allows before its payload is decoded or buffered: a known sender,
         the TLS identity it came with, and (with TLS, where the caller is authenticated already)
         its admission budget."""
-        self._known_sender(header.sender, tls_identity)
+        if header.relayed_by:
+            self._known_sender(header.relayed_by, tls_identity)
+            self._known_sender(header.sender, None)
+        else:
+            self._known_sender(header.sender, tls_identity)
         if tls_identity is not None:
             self._charge(tls_identity)
 
@@ -646,13 +664,89 @@ class Peer:
         except SignatureError as error:
             raise Rejection(grpc.StatusCode.UNAUTHENTICATED, "bad_signature", str(error)) from None
 
+    async def _authenticate_relay(self, message: Message, tls_identity: str | None) -> None:
+        """A cluster output that a peer forwards for its publisher: the relayer is a peer and
+        signed this hop to us (it is charged for it), the publisher is a peer and signed the
+        output for every node (`node.signing`)."""
+        self._known_sender(message.relayed_by, tls_identity)
+        self._known_sender(message.sender, None)
+        if self.relay is None:
+            raise Rejection(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "relay_refused",
+                f"{message.relayed_by} relayed a message of {message.sender}, but "
+                f'clustering.dissemination is not "tree" on {self.id}',
+            )
+        if message.kind != pb.MESSAGE_KIND_CLUSTER_OUTPUT or message.recipient != RELAYED:
+            raise Rejection(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "relay_refused",
+                f"{message.relayed_by} relayed {message.kind_name} of {message.sender} "
+                f"addressed to {message.recipient!r}: only cluster outputs signed for every "
+                f"node ({RELAYED!r}) are relayed",
+            )
+        relayer_key = self.peer_keys.get(message.relayed_by)
+        publisher_key = self.peer_keys.get(message.sender)
+        if relayer_key is None or publisher_key is None:
+            unkeyed = message.relayed_by if relayer_key is None else message.sender
+            raise Rejection(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "relay_refused",
+                f"no public key for {unkeyed}: a relayed output is trusted only for its signatures",
+            )
+        try:
+            verify_relay(message, relayer_key, self.id)
+        except SignatureError as error:
+            raise Rejection(grpc.StatusCode.UNAUTHENTICATED, "bad_signature", str(error)) from None
+        if tls_identity is None:
+            self._charge(message.relayed_by)  # authenticated by its relay signature just now
+        try:
+            if message.payload_bytes() > VERIFY_IN_THREAD_BYTES:
+                await asyncio.to_thread(verify_envelope, message, publisher_key)
+            else:
+                verify_envelope(message, publisher_key)
+        except SignatureError as error:
+            raise Rejection(grpc.StatusCode.UNAUTHENTICATED, "bad_signature", str(error)) from None
+
+    def _forward(self, message: Message) -> None:
+        """Pass a cluster output signed for every node on to our children in its relay tree,
+        once per (round, cluster, publisher)."""
+        if self.relay is None or message.recipient != RELAYED:
+            return
+        slot = (message.round, message.cluster, message.sender)
+        if slot in self._forwarded:
+            return
+        self._forwarded = {s for s in self._forwarded if s[0] >= message.round - 2}
+        self._forwarded.add(slot)
+        children = self.relay.children(
+            message.round,
+            self.assignment(message.round).clusters,
+            message.cluster,
+            message.sender,
+            self.id,
+            skip=self.unreachable(),
+        )
+        for child in children:
+            task = asyncio.get_running_loop().create_task(self._send_quietly(child, message))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _send_quietly(self, peer: str, message: Message) -> None:
+        await self.transport.send(peer, message)
+
     async def accept(self, message: Message, tls_identity: str | None = None) -> None:
         """Validate an incoming message and hand it to the actor of its role."""
-        self._known_sender(message.sender, tls_identity)
-        await self._authenticate(message)
-        if tls_identity is None:
-            self._charge(message.sender)  # authenticated by its signature just now
-        if message.recipient != self.id:
+        if message.relayed_by:
+            await self._authenticate_relay(message, tls_identity)
+        else:
+            self._known_sender(message.sender, tls_identity)
+            await self._authenticate(message)
+            if tls_identity is None:
+                self._charge(message.sender)  # authenticated by its signature just now
+        signed_for_all = message.recipient == RELAYED and message.kind == (
+            pb.MESSAGE_KIND_CLUSTER_OUTPUT
+        )
+        if message.recipient != self.id and not signed_for_all:
             raise Rejection(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "wrong_recipient",
@@ -717,6 +811,7 @@ class Peer:
                 f"{self.scenario.aggregation.secure!r}",
             )
         target.tell(message)
+        self._forward(message)
         if self.config.node.audit_traffic:
             self._audit(
                 f"recv-r{message.round}-{message.kind_name}-{message.sender}", message.tensors
@@ -977,6 +1072,7 @@ class Peer:
             suspected=self.suspected,
             model_digest=self.weights_digest(),
             role_seed=public_seed(self.scenario.seed),
+            relay=self.relay,
         )
         prepare = getattr(self.protocol, "prepare", None)
         if prepare is not None:  # update-independent MPC phases (keys) overlap the training

@@ -24,7 +24,7 @@ import asyncio
 import hashlib
 import math
 from collections.abc import Callable, Collection, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import grpc
@@ -34,6 +34,7 @@ from phalanx.node import clock
 from phalanx.node.codec import Message
 from phalanx.node.inbox import RoundInbox
 from phalanx.node.server import Rejection
+from phalanx.node.signing import RELAYED
 from phalanx.v1 import node_pb2 as pb
 
 Send = Callable[[str, Message], Coroutine[Any, Any, bool]]
@@ -74,6 +75,8 @@ class RoundContext:
     role_seed: bytes | None = None
     """The public seed that ranks each cluster's members for the aggregator/publisher roles
     each round (`role_order`); None keeps the sorted order in every round."""
+    relay: RelayTree | None = None
+    """How outputs reach every node: None sends each from its publisher to every node."""
 
     def post(self, peer: str, message: Message) -> None:
         """Send without waiting: a slow or unreachable peer must not stall this node's phases
@@ -142,6 +145,75 @@ def role_order(seed: bytes, round_: int, cluster: int, members: Collection[str])
         return digest.digest()
 
     return sorted(members, key=lambda member: (rank(member), member))
+
+
+@dataclass(frozen=True)
+class RelayTree:
+    """Dissemination of cluster outputs along one `fanout`-ary tree per output
+    (`clustering.dissemination = "tree"`), instead of from each publisher to every node.
+
+    Every node of the round is ranked once by SHA-256(seed, round) (`role_order` with cluster
+    -1). The tree of output j (cluster c, the publisher's role rank p among P publishers,
+    j = c P + (p mod P), T = m P outputs) is that ranking rotated by floor(j N / T), without
+    its publisher. The publisher sends to positions 0 .. F-1 and the node at position i
+    forwards to F (i + 1) .. F (i + 1) + F - 1, as in a heap. Each output crosses N - 1 links,
+    as it does sent directly, but the sending is spread: the interior of a tree is its first
+    (N - 1)/F positions, and the rotations place each node there in about T/F of the T trees.
+    So a node sends about T outputs a round (T (N - 1)/N on average), against N - 1 per
+    output for a publisher that sends directly, and the depth is ceil(log_F N) hops.
+
+    A forwarder skips a child it knows unreachable (SWIM, or two rounds ahead) and sends to
+    that child's children instead. A relayer that crashes or drops undetected cuts off its
+    subtree for that output and round; the post-round state sync repairs the nodes it cut off.
+    """
+
+    seed: bytes | None
+    fanout: int
+    publishers: int
+
+    def _order(
+        self, round_: int, clusters: Sequence[Sequence[str]], cluster: int, publisher: str
+    ) -> list[str]:
+        nodes = sorted(node for members in clusters for node in members)
+        ranked = role_order(self.seed, round_, -1, nodes) if self.seed is not None else nodes
+        members = sorted(clusters[cluster])
+        if self.seed is not None:
+            members = role_order(self.seed, round_, cluster, members)
+        rank = members.index(publisher) if publisher in members else 0
+        outputs = max(1, len(clusters) * self.publishers)
+        tree = cluster * self.publishers + rank % self.publishers
+        shift = tree * len(ranked) // outputs
+        rotated = ranked[shift:] + ranked[:shift]
+        return [node for node in rotated if node != publisher]
+
+    def children(
+        self,
+        round_: int,
+        clusters: Sequence[Sequence[str]],
+        cluster: int,
+        publisher: str,
+        node: str,
+        skip: Collection[str] = (),
+    ) -> list[str]:
+        """Whom `node` sends `publisher`'s output of `cluster` to (the publisher: the roots)."""
+        order = self._order(round_, clusters, cluster, publisher)
+        if node == publisher:
+            start = 0
+        elif node in order:
+            start = self.fanout * (order.index(node) + 1)
+        else:
+            return []
+        pending = list(range(start, min(start + self.fanout, len(order))))
+        chosen: list[str] = []
+        while pending:
+            position = pending.pop(0)
+            peer = order[position]
+            if peer in skip:
+                first = self.fanout * (position + 1)
+                pending += range(first, min(first + self.fanout, len(order)))
+            else:
+                chosen.append(peer)
+        return chosen
 
 
 class ClusterProtocol(Protocol):
@@ -399,6 +471,25 @@ async def wait_for_publisher(
     return inbox.get(r, kind, mine).get(publisher)
 
 
+async def disseminate(context: RoundContext, output: Message) -> None:
+    """Send our cluster's output to every node: directly, or signed for every node (`RELAYED`)
+    to the roots of its relay tree, whose nodes forward it (`RelayTree`)."""
+    if context.relay is None:
+        await broadcast(context, output, context.everyone)
+        return
+    output = replace(output, recipient=RELAYED)
+    await context.inbox.put(output)
+    for child in context.relay.children(
+        context.round,
+        context.clusters,
+        output.cluster,
+        context.node_id,
+        context.node_id,
+        skip=context.inbox.unreachable(),
+    ):
+        context.post(child, output)
+
+
 async def broadcast(context: RoundContext, message: Message, recipients: Sequence[str]) -> None:
     """Put our own copy in the inbox and post it to every other recipient."""
     await context.inbox.put(message)
@@ -442,7 +533,7 @@ class PlaintextClusterProtocol:
             total = np.zeros(context.dimension, dtype=np.float32)
             for dealer in included:
                 total += received[dealer].tensors["update"]
-            await broadcast(context, publish_output(context, total, included), context.everyone)
+            await disseminate(context, publish_output(context, total, included))
 
         # Other clusters may still be waiting out their own collect deadline.
         return await await_cluster_outputs(context, published, 2 * context.collect_s)

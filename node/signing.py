@@ -18,6 +18,13 @@ and shape with the SHA-256 of its little-endian bytes. So:
 signing, below any Byzantine wrapper: a Byzantine node holds its own key and signs whatever it
 chooses to send, but it cannot sign in another node's name.
 
+A cluster output disseminated along a tree (`clustering.dissemination = "tree"`) is signed by
+its publisher for every node at once (recipient `RELAYED`, "*"), so its signature still verifies
+after peers forward it. Each hop adds the forwarding peer's signature (`relay_signature`) over
+the publisher's signature and the hop's receiver, binding the relayer to what it passed on: a
+relayer can drop an output, never alter one, and the receiver authenticates the relayer as it
+does any sender.
+
 State transfer requests (`FetchModel`) are signed too (`sign_model_request`), with the time they
 were issued, so that without TLS only an allow-listed peer can read a node's model and a captured
 request cannot be replayed outside the allowed clock skew.
@@ -40,6 +47,12 @@ from phalanx.clustering.identity import SIGNATURE_BYTES, NodeIdentity, signing_p
 from phalanx.node.codec import Message, immutable_base, kind_name
 from phalanx.node.transport import DelegatingTransport, Transport
 from phalanx.v1 import node_pb2 as pb
+
+RELAYED = "*"
+"""The recipient of a message signed for every node: a cluster output that peers relay."""
+
+RELAY_KIND = "relay"
+"""The `signing_payload` kind of a relay signature (distinct from every envelope kind)."""
 
 MODEL_REQUEST_KIND = "model_request"
 """The `signing_payload` kind of a signed `ModelRequest` (distinct from every envelope kind)."""
@@ -172,6 +185,33 @@ def verify_envelope(message: Message, public_key: bytes) -> None:
     )
 
 
+def relay_bytes(message: Message, relayer: str, receiver: str) -> bytes:
+    """Canonical bytes a relayer signs for one hop: the publisher's signature (which binds the
+    whole envelope) and the hop's receiver."""
+    body = _field(message.signature) + _field(receiver.encode())
+    return signing_payload(RELAY_KIND, relayer, message.round, body)
+
+
+def sign_relay(message: Message, identity: NodeIdentity, relayer: str, receiver: str) -> Message:
+    """`message` as forwarded by `relayer` (holding `identity`) to `receiver`; the publisher's
+    signature is left as it is."""
+    return replace(
+        message,
+        relayed_by=relayer,
+        relay_signature=identity.sign(relay_bytes(message, relayer, receiver)),
+    )
+
+
+def verify_relay(message: Message, relayer_key: bytes, receiver: str) -> None:
+    """Raise `SignatureError` unless the relayer signed this hop to `receiver`."""
+    _verify(
+        relayer_key,
+        message.relay_signature,
+        relay_bytes(message, message.relayed_by, receiver),
+        f"{message.kind_name} of {message.sender} relayed by {message.relayed_by}",
+    )
+
+
 def model_request_bytes(request: pb.ModelRequest) -> bytes:
     """Canonical bytes of a state-transfer request (everything but its signature)."""
     body = b"".join(
@@ -211,16 +251,23 @@ class SigningTransport(DelegatingTransport):
     """Addresses and signs every outgoing envelope and model request with this node's identity.
 
     It sits below any Byzantine wrapper: a Byzantine node holds its own key and signs whatever it
-    chooses to send, in its own name only. ``enabled = False`` sends unsigned envelopes; it
-    exists to measure what signing costs and is never a deployment setting.
+    chooses to send, in its own name only. A message of another sender (`owner` is this node's
+    id) is a relayed cluster output: it keeps its publisher's signature and gets this node's
+    relay signature for the hop. ``enabled = False`` sends unsigned envelopes; it exists to
+    measure what signing costs and is never a deployment setting.
     """
 
-    def __init__(self, inner: Transport, identity: NodeIdentity, enabled: bool = True) -> None:
+    def __init__(
+        self, inner: Transport, identity: NodeIdentity, enabled: bool = True, owner: str = ""
+    ) -> None:
         super().__init__(inner)
         self.identity = identity
         self.enabled = enabled
+        self.owner = owner
 
     def _sealed(self, peer: str, message: Message) -> Message:
+        if self.owner and message.sender != self.owner:
+            return sign_relay(message, self.identity, self.owner, peer)
         if not message.recipient:
             message = replace(message, recipient=peer)
         return sign_envelope(message, self.identity) if self.enabled else message

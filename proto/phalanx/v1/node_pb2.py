@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15phalanx/v1/node.proto\x12\nphalanx.v1\"K\n\nTensorSpec\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.phalanx.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04name\x18\x03 \x01(\t\"<\n\x06Tensor\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.phalanx.v1.TensorSpec\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xf8\x01\n\x06Header\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.phalanx.v1.MessageKind\x12\x0f\n\x07\x63luster\x18\x05 \x01(\x05\x12*\n\x04meta\x18\x06 \x03(\x0b\x32\x1c.phalanx.v1.Header.MetaEntry\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x11\n\trecipient\x18\x08 \x01(\t\x1a+\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x08\x45nvelope\x12\"\n\x06header\x18\x01 \x01(\x0b\x32\x12.phalanx.v1.Header\x12#\n\x07tensors\x18\x02 \x03(\x0b\x32\x12.phalanx.v1.Tensor\"u\n\x05\x43hunk\x12\"\n\x06header\x18\x01 \x01(\x0b\x32\x12.phalanx.v1.Header\x12%\n\x05specs\x18\x02 \x03(\x0b\x32\x16.phalanx.v1.TensorSpec\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\"\'\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\x0f\n\rStatusRequest\"k\n\x0bStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x17\n\x0f\x63ompleted_round\x18\x05 \x01(\x04\"|\n\x0cModelRequest\x12\x11\n\trequester\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x04\x12\x11\n\trecipient\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\x0c*\x8c\x04\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_KIND_UPDATE\x10\x01\x12\x1f\n\x1bMESSAGE_KIND_CLUSTER_OUTPUT\x10\x02\x12\x16\n\x12MESSAGE_KIND_SHARE\x10\x03\x12\x1c\n\x18MESSAGE_KIND_PARTIAL_SUM\x10\x04\x12\x19\n\x15MESSAGE_KIND_MPC_KEYS\x10\x05\x12 \n\x1cMESSAGE_KIND_MPC_SEED_SHARES\x10\x06\x12\x1d\n\x19MESSAGE_KIND_MASKED_INPUT\x10\x07\x12\x17\n\x13MESSAGE_KIND_UNMASK\x10\x08\x12\x15\n\x11MESSAGE_KIND_PING\x10\t\x12\x19\n\x15MESSAGE_KIND_PING_REQ\x10\n\x12\x14\n\x10MESSAGE_KIND_ACK\x10\x0b\x12\x15\n\x11MESSAGE_KIND_JOIN\x10\x0c\x12\x16\n\x12MESSAGE_KIND_LEAVE\x10\r\x12\x15\n\x11MESSAGE_KIND_ECHO\x10\x0e\x12\x18\n\x14MESSAGE_KIND_COLLUDE\x10\x0f\x12\x1d\n\x19MESSAGE_KIND_HELD_DEALERS\x10\x10\x12\x1b\n\x17MESSAGE_KIND_DEALER_SET\x10\x11\x12\x16\n\x12MESSAGE_KIND_MODEL\x10\x12*\x89\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02\x12\x0f\n\x0b\x44TYPE_INT64\x10\x03\x12\x10\n\x0c\x44TYPE_UINT64\x10\x04\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x32\xe8\x01\n\x0bPhalanxNode\x12-\n\x04Send\x12\x14.phalanx.v1.Envelope\x1a\x0f.phalanx.v1.Ack\x12/\n\x07\x44\x65liver\x12\x11.phalanx.v1.Chunk\x1a\x0f.phalanx.v1.Ack(\x01\x12<\n\x06Status\x12\x19.phalanx.v1.StatusRequest\x1a\x17.phalanx.v1.StatusReply\x12;\n\nFetchModel\x12\x18.phalanx.v1.ModelRequest\x1a\x11.phalanx.v1.Chunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15phalanx/v1/node.proto\x12\nphalanx.v1\"K\n\nTensorSpec\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.phalanx.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04name\x18\x03 \x01(\t\"<\n\x06Tensor\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.phalanx.v1.TensorSpec\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xa5\x02\n\x06Header\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.phalanx.v1.MessageKind\x12\x0f\n\x07\x63luster\x18\x05 \x01(\x05\x12*\n\x04meta\x18\x06 \x03(\x0b\x32\x1c.phalanx.v1.Header.MetaEntry\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x11\n\trecipient\x18\x08 \x01(\t\x12\x12\n\nrelayed_by\x18\t \x01(\t\x12\x17\n\x0frelay_signature\x18\n \x01(\x0c\x1a+\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x08\x45nvelope\x12\"\n\x06header\x18\x01 \x01(\x0b\x32\x12.phalanx.v1.Header\x12#\n\x07tensors\x18\x02 \x03(\x0b\x32\x12.phalanx.v1.Tensor\"u\n\x05\x43hunk\x12\"\n\x06header\x18\x01 \x01(\x0b\x32\x12.phalanx.v1.Header\x12%\n\x05specs\x18\x02 \x03(\x0b\x32\x16.phalanx.v1.TensorSpec\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\"\'\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\x0f\n\rStatusRequest\"k\n\x0bStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x17\n\x0f\x63ompleted_round\x18\x05 \x01(\x04\"|\n\x0cModelRequest\x12\x11\n\trequester\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x04\x12\x11\n\trecipient\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\x0c*\x8c\x04\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_KIND_UPDATE\x10\x01\x12\x1f\n\x1bMESSAGE_KIND_CLUSTER_OUTPUT\x10\x02\x12\x16\n\x12MESSAGE_KIND_SHARE\x10\x03\x12\x1c\n\x18MESSAGE_KIND_PARTIAL_SUM\x10\x04\x12\x19\n\x15MESSAGE_KIND_MPC_KEYS\x10\x05\x12 \n\x1cMESSAGE_KIND_MPC_SEED_SHARES\x10\x06\x12\x1d\n\x19MESSAGE_KIND_MASKED_INPUT\x10\x07\x12\x17\n\x13MESSAGE_KIND_UNMASK\x10\x08\x12\x15\n\x11MESSAGE_KIND_PING\x10\t\x12\x19\n\x15MESSAGE_KIND_PING_REQ\x10\n\x12\x14\n\x10MESSAGE_KIND_ACK\x10\x0b\x12\x15\n\x11MESSAGE_KIND_JOIN\x10\x0c\x12\x16\n\x12MESSAGE_KIND_LEAVE\x10\r\x12\x15\n\x11MESSAGE_KIND_ECHO\x10\x0e\x12\x18\n\x14MESSAGE_KIND_COLLUDE\x10\x0f\x12\x1d\n\x19MESSAGE_KIND_HELD_DEALERS\x10\x10\x12\x1b\n\x17MESSAGE_KIND_DEALER_SET\x10\x11\x12\x16\n\x12MESSAGE_KIND_MODEL\x10\x12*\x89\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02\x12\x0f\n\x0b\x44TYPE_INT64\x10\x03\x12\x10\n\x0c\x44TYPE_UINT64\x10\x04\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x32\xe8\x01\n\x0bPhalanxNode\x12-\n\x04Send\x12\x14.phalanx.v1.Envelope\x1a\x0f.phalanx.v1.Ack\x12/\n\x07\x44\x65liver\x12\x11.phalanx.v1.Chunk\x1a\x0f.phalanx.v1.Ack(\x01\x12<\n\x06Status\x12\x19.phalanx.v1.StatusRequest\x1a\x17.phalanx.v1.StatusReply\x12;\n\nFetchModel\x12\x18.phalanx.v1.ModelRequest\x1a\x11.phalanx.v1.Chunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,30 +33,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HEADER_METAENTRY']._loaded_options = None
   _globals['_HEADER_METAENTRY']._serialized_options = b'8\001'
-  _globals['_MESSAGEKIND']._serialized_start=925
-  _globals['_MESSAGEKIND']._serialized_end=1449
-  _globals['_DTYPE']._serialized_start=1452
-  _globals['_DTYPE']._serialized_end=1589
+  _globals['_MESSAGEKIND']._serialized_start=970
+  _globals['_MESSAGEKIND']._serialized_end=1494
+  _globals['_DTYPE']._serialized_start=1497
+  _globals['_DTYPE']._serialized_end=1634
   _globals['_TENSORSPEC']._serialized_start=37
   _globals['_TENSORSPEC']._serialized_end=112
   _globals['_TENSOR']._serialized_start=114
   _globals['_TENSOR']._serialized_end=174
   _globals['_HEADER']._serialized_start=177
-  _globals['_HEADER']._serialized_end=425
-  _globals['_HEADER_METAENTRY']._serialized_start=382
-  _globals['_HEADER_METAENTRY']._serialized_end=425
-  _globals['_ENVELOPE']._serialized_start=427
-  _globals['_ENVELOPE']._serialized_end=510
-  _globals['_CHUNK']._serialized_start=512
-  _globals['_CHUNK']._serialized_end=629
-  _globals['_ACK']._serialized_start=631
-  _globals['_ACK']._serialized_end=670
-  _globals['_STATUSREQUEST']._serialized_start=672
-  _globals['_STATUSREQUEST']._serialized_end=687
-  _globals['_STATUSREPLY']._serialized_start=689
-  _globals['_STATUSREPLY']._serialized_end=796
-  _globals['_MODELREQUEST']._serialized_start=798
-  _globals['_MODELREQUEST']._serialized_end=922
-  _globals['_PHALANXNODE']._serialized_start=1592
-  _globals['_PHALANXNODE']._serialized_end=1824
+  _globals['_HEADER']._serialized_end=470
+  _globals['_HEADER_METAENTRY']._serialized_start=427
+  _globals['_HEADER_METAENTRY']._serialized_end=470
+  _globals['_ENVELOPE']._serialized_start=472
+  _globals['_ENVELOPE']._serialized_end=555
+  _globals['_CHUNK']._serialized_start=557
+  _globals['_CHUNK']._serialized_end=674
+  _globals['_ACK']._serialized_start=676
+  _globals['_ACK']._serialized_end=715
+  _globals['_STATUSREQUEST']._serialized_start=717
+  _globals['_STATUSREQUEST']._serialized_end=732
+  _globals['_STATUSREPLY']._serialized_start=734
+  _globals['_STATUSREPLY']._serialized_end=841
+  _globals['_MODELREQUEST']._serialized_start=843
+  _globals['_MODELREQUEST']._serialized_end=967
+  _globals['_PHALANXNODE']._serialized_start=1637
+  _globals['_PHALANXNODE']._serialized_end=1869
 # @@protoc_insertion_point(module_scope)

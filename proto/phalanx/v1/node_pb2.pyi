@@ -84,7 +84,7 @@ class Tensor(_message.Message):
     def __init__(self, spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("protocol_version", "sender", "round", "kind", "cluster", "meta", "signature", "recipient")
+    __slots__ = ("protocol_version", "sender", "round", "kind", "cluster", "meta", "signature", "recipient", "relayed_by", "relay_signature")
     class MetaEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,8 @@ class Header(_message.Message):
     META_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    RELAYED_BY_FIELD_NUMBER: _ClassVar[int]
+    RELAY_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     sender: str
     round: int
@@ -108,7 +110,9 @@ class Header(_message.Message):
     meta: _containers.ScalarMap[str, str]
     signature: bytes
     recipient: str
-    def __init__(self, protocol_version: _Optional[int] = ..., sender: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[MessageKind, str]] = ..., cluster: _Optional[int] = ..., meta: _Optional[_Mapping[str, str]] = ..., signature: _Optional[bytes] = ..., recipient: _Optional[str] = ...) -> None: ...
+    relayed_by: str
+    relay_signature: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., sender: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[MessageKind, str]] = ..., cluster: _Optional[int] = ..., meta: _Optional[_Mapping[str, str]] = ..., signature: _Optional[bytes] = ..., recipient: _Optional[str] = ..., relayed_by: _Optional[str] = ..., relay_signature: _Optional[bytes] = ...) -> None: ...
 
 class Envelope(_message.Message):
     __slots__ = ("header", "tensors")
