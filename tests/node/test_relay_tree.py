@@ -98,7 +98,7 @@ def test_a_forwarder_sends_to_the_children_of_a_child_it_knows_unreachable() -> 
     clusters = _clusters(50, 10)
     tree = RelayTree(SEED, 2, 1)
     publisher = role_order(SEED, 3, 0, clusters[0])[0]
-    parent, _, sends = _spread(tree, 3, clusters, 0, publisher)
+    _, _, sends = _spread(tree, 3, clusters, 0, publisher)
     interior = sorted(node for node in sends if node != publisher)[:6]
     skip = set(interior)
     rerouted, _, _ = _spread(tree, 3, clusters, 0, publisher, skip)
@@ -159,7 +159,7 @@ def test_tree_dissemination_gives_the_direct_result_and_balances_the_bytes(
 def test_tree_dissemination_needs_signed_messages() -> None:
     settings = _scenario("none", "tree")
     settings["security"] = {"sign_messages": False}
-    with pytest.raises(ConfigError, match="needs security.sign_messages"):
+    with pytest.raises(ConfigError, match=r"needs security\.sign_messages"):
         parse_scenario(settings)
 
 
