@@ -264,16 +264,33 @@ def _median_row(runs: list[dict[str, Any]], ratios: list[float]) -> dict[str, An
 
 
 def parse_mode(token: str) -> tuple[str, int]:
-    """``none``, ``secagg``, ``shamir`` or ``shamir:packing=L`` -> (mode, packing)."""
-    name, _, option = token.partition(":")
+    """``none``, ``secagg``, ``shamir`` or ``shamir:packing=L``, each optionally with ``:tree``
+    or ``:direct`` (`dissemination_of`) -> (mode, packing)."""
+    name, *options = token.split(":")
     if name not in SECURE_MODES:
         raise ValueError(f"secure modes must be among {SECURE_MODES}, got {token!r}")
-    if not option:
-        return name, 1
-    key, _, value = option.partition("=")
-    if name != "shamir" or key != "packing" or not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{token!r}: the only mode option is shamir:packing=L with L >= 1")
-    return name, int(value)
+    packing = 1
+    for option in options:
+        key, _, value = option.partition("=")
+        if option in DISSEMINATIONS:
+            continue
+        if name != "shamir" or key != "packing" or not value.isdigit() or int(value) < 1:
+            raise ValueError(
+                f"{token!r}: mode options are shamir:packing=L with L >= 1 and :tree "
+                "/ :direct (how outputs reach every node)"
+            )
+        packing = int(value)
+    return name, packing
+
+
+DISSEMINATIONS = ("direct", "tree")
+
+
+def dissemination_of(token: str) -> str | None:
+    """The ``:direct`` or ``:tree`` option of a mode token (clustering.dissemination), or None:
+    the scenario's."""
+    chosen = [option for option in token.split(":")[1:] if option in DISSEMINATIONS]
+    return chosen[-1] if chosen else None
 
 
 def _one_testbed(
@@ -295,6 +312,9 @@ def _one_testbed(
     out = tmp / f"{model}-{n}-{secure.replace(':', '-').replace('=', '')}"
     args = [str(scenario)] if scenario is not None else ["--partition", "iid"]
     args += ["--nodes", str(n), "--model", model, "--secure", mode, "--packing", str(packing)]
+    dissemination = dissemination_of(secure)
+    if dissemination is not None:
+        args += ["--dissemination", dissemination]
     if rounds is not None:
         args += ["--rounds", str(rounds)]
     size = cluster_size or facts.get("cluster_size")
@@ -501,7 +521,8 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:
         type=lambda t: t.split(","),
         default=["none"],
         help="comma-separated modes among none,shamir,secagg, or shamir:packing=L (packed "
-        "sharing); with none first, each secure row reports its round time over the plaintext "
+        "sharing), each optionally with :tree or :direct (clustering.dissemination, e.g. "
+        "secagg:tree); with none first, each secure row reports its round time over the plaintext "
         "one of the same run (default none)",
     )
     rounds.add_argument(

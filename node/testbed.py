@@ -933,6 +933,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
             "nodes_per_process": args.nodes_per_process,
             "clustering.cluster_size": args.cluster_size,
             "clustering.strategy": args.strategy,
+            "clustering.dissemination": args.dissemination,
             "aggregation.secure": args.secure,
             "aggregation.packing": args.packing,
             "aggregation.rule": args.rule,
@@ -1084,6 +1085,12 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--strategy",
         help="cluster assignment strategy, e.g. static, random, balanced [clustering.strategy]",
+    )
+    run.add_argument(
+        "--dissemination",
+        choices=("direct", "tree"),
+        help="how cluster outputs reach every node: from each publisher directly, or relayed "
+        "along rotating trees [clustering.dissemination]",
     )
     run.add_argument(
         "--secure",

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from phalanx.bench.bench_rounds import _median_row, parse_mode, run_rounds_bench
+from phalanx.bench.bench_rounds import (
+    _median_row,
+    dissemination_of,
+    parse_mode,
+    run_rounds_bench,
+)
 
 
 def _run(round_s: float, identical: bool = True) -> dict[str, object]:
@@ -57,3 +62,12 @@ def test_mode_tokens_name_the_packing() -> None:
     assert parse_mode("none") == ("none", 1)
     assert parse_mode("shamir") == ("shamir", 1)
     assert parse_mode("shamir:packing=2") == ("shamir", 2)
+    assert parse_mode("shamir:packing=2:tree") == ("shamir", 2)
+    assert parse_mode("secagg:tree") == ("secagg", 1)
+    assert dissemination_of("secagg:tree") == "tree"
+    assert dissemination_of("none:direct") == "direct"
+    assert dissemination_of("shamir:packing=2") is None
+    with pytest.raises(ValueError, match="mode options"):
+        parse_mode("secagg:packing=2")
+    with pytest.raises(ValueError, match="mode options"):
+        parse_mode("none:bush")
