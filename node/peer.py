@@ -706,7 +706,11 @@ class Peer:
             else:
                 verify_envelope(message, publisher_key)
         except SignatureError as error:
-            raise Rejection(grpc.StatusCode.UNAUTHENTICATED, "bad_signature", str(error)) from None
+            raise Rejection(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "bad_signature",
+                f"{error} (relayed by {message.relayed_by})",
+            ) from None
 
     def _forward(self, message: Message) -> None:
         """Pass a cluster output signed for every node on to our children in its relay tree,

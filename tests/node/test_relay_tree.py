@@ -286,3 +286,25 @@ def replace_sum(message: Message) -> Message:
     from dataclasses import replace
 
     return replace(message, tensors={"sum": message.tensors["sum"] * np.float32(-1)})
+
+
+def test_an_equivocating_publisher_is_still_caught_when_outputs_are_relayed(
+    tmp_path: Path,
+) -> None:
+    """node-00 signs different outputs for different receivers (here: its F = 2 tree roots) and
+    tampers with the outputs it relays. Relayers pass on what they got, so when its roots got
+    different contents the echo step sees both and every honest node drops node-00; its
+    tampered relays fail their publisher's signature, and the other publisher's tree still
+    brings each output, so the honest models stay identical in every round."""
+    settings = _scenario("none", "tree", cluster_size=2, publishers=2)
+    settings.update(nodes=6, rounds=3)
+    settings["byzantine"] = [{"behaviour": "equivocate", "nodes": ["node-00"]}]
+    summary = run_simulation(parse_scenario(settings), tmp_path / "run", 300, progress=False)
+    assert summary["byzantine"] == {"node-00": "equivocate"}
+    for record in summary["rounds"]:
+        assert "node-00" not in record["honest_digests"]
+        assert record["digests_identical"], record["honest_digests"]
+    honest_log = (tmp_path / "run" / "nodes" / "node-02.jsonl").read_text()
+    assert '"equivocating_publishers": ["node-00"]' in honest_log
+    log = (tmp_path / "run" / "logs" / "simulation.log").read_text()
+    assert "the signature does not verify (relayed by node-00)" in log
