@@ -127,14 +127,16 @@ def run_flower_bench(
     flower_python: str,
     seed: int = 7,
     per_process: int = 5,
+    dissemination: str = "direct",
 ) -> dict[str, Any]:
     from phalanx.bench.bench_rounds import AGGREGATE_TOLERANCE, _one_testbed
 
-    phalanx_modes = ["none", "secagg", f"shamir:packing={packing}"]
+    suffix = f":{dissemination}"
+    phalanx_modes = [f"none{suffix}", f"secagg{suffix}", f"shamir:packing={packing}{suffix}"]
     order = [
-        ("phalanx", "none"),
+        ("phalanx", phalanx_modes[0]),
         ("flower", "plain"),
-        ("phalanx", "secagg"),
+        ("phalanx", phalanx_modes[1]),
         ("flower", "secagg+"),
         ("phalanx", phalanx_modes[2]),
     ]
@@ -185,15 +187,15 @@ def run_flower_bench(
         }
         for side, mode in order
     ]
-    secagg, shamir = ("phalanx", "secagg"), ("phalanx", phalanx_modes[2])
+    secagg, shamir = ("phalanx", phalanx_modes[1]), ("phalanx", phalanx_modes[2])
     flower_secure, flower_plain = ("flower", "secagg+"), ("flower", "plain")
     ratios = {
         "phalanx_secagg_over_flower_secaggplus": paired(secagg, flower_secure),
         "phalanx_shamir_over_flower_secaggplus": paired(shamir, flower_secure),
-        "phalanx_plain_over_flower_plain": paired(("phalanx", "none"), flower_plain),
+        "phalanx_plain_over_flower_plain": paired(("phalanx", phalanx_modes[0]), flower_plain),
         "flower_secaggplus_over_plain": paired(flower_secure, flower_plain),
-        "phalanx_secagg_over_plain": paired(secagg, ("phalanx", "none")),
-        "phalanx_shamir_over_plain": paired(shamir, ("phalanx", "none")),
+        "phalanx_secagg_over_plain": paired(secagg, ("phalanx", phalanx_modes[0])),
+        "phalanx_shamir_over_plain": paired(shamir, ("phalanx", phalanx_modes[0])),
     }
     flower_version = runs[flower_secure][0].get("flwr")
     return {
@@ -205,6 +207,7 @@ def run_flower_bench(
         "rounds": rounds,
         "repeats": repeats,
         "nodes_per_process": per_process,
+        "dissemination": dissemination,
         "flwr": flower_version,
         "rows": rows,
         "ratios": ratios,
@@ -272,6 +275,7 @@ def _cmd_flower(args: argparse.Namespace) -> int:
         args.packing,
         python,
         per_process=args.nodes_per_process,
+        dissemination=args.dissemination,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -327,6 +331,13 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:  # type: ign
         metavar="PYTHON",
         help="a Python with flwr[simulation] installed (default: $PHALANX_FLOWER_PYTHON, or this "
         "one if it imports flwr)",
+    )
+    flower.add_argument(
+        "--dissemination",
+        choices=("direct", "tree"),
+        default="direct",
+        help="how Phalanx's cluster outputs reach every node (clustering.dissemination; "
+        "default %(default)s)",
     )
     flower.add_argument("--json", action="store_true", help="print JSON instead of a table")
     flower.set_defaults(func=_cmd_flower)

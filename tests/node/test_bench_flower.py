@@ -45,19 +45,20 @@ def test_both_sides_aggregate_the_known_sum() -> None:
         "flower",
         *("--nodes", "4", "--dim", "1000", "--shares", "3", "--threshold", "2"),
         *("--rounds", "2", "--repeats", "1", "--nodes-per-process", "2"),
-        *("--flower-python", python, "--json"),
+        *("--dissemination", "tree", "--flower-python", python, "--json"),
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["correct"] is True
     assert [(r["side"], r["mode"]) for r in report["rows"]] == [
-        ("phalanx", "none"),
+        ("phalanx", "none:tree"),
         ("flower", "plain"),
-        ("phalanx", "secagg"),
+        ("phalanx", "secagg:tree"),
         ("flower", "secagg+"),
-        ("phalanx", "shamir:packing=2"),
+        ("phalanx", "shamir:packing=2:tree"),
     ]
+    assert report["dissemination"] == "tree"
     assert report["flwr"] == "1.42.0"
     assert set(report["ratios"]) >= {
         "phalanx_secagg_over_flower_secaggplus",
