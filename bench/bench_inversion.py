@@ -3,7 +3,10 @@
 1. The DLG / iDLG table: ``--dataset mnist5k --model lenet-zhu --batch 1 --images 8``,
    untrained weights; label accuracy, median PSNR and seconds per image.
 2. PSNR against the cluster size k for ``cluster-sum:K`` (idlg, ig, diffusion), as a PNG chart.
-3. ``--compare``: IG, diffusion (DPS alone) and diffusion + IG at batch 4 on a trained CNN.
+3. ``--compare``: ``--compare-methods`` (default IG, diffusion (DPS alone) and diffusion + IG)
+   at batch 4 on a trained CNN over ``--compare-images`` images (default 4, one batch); each
+   method's median PSNR with its `median_interval`, and for every method but IG the paired
+   difference to IG on the same images (`paired_difference`).
 4. ``--grid``: every method in ``--grid-methods`` at every batch size in ``--grid-batches``:
    median PSNR with its order-statistic interval (`median_interval`), median SSIM, label
    accuracy and seconds per image.
@@ -22,6 +25,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +46,21 @@ if TYPE_CHECKING:
     from phalanx.learning.data import Dataset
 
 # torch, rich and the attacks load in the handler: building the parser needs only the names.
+
+
+# --compare: batch size and default attacks.
+COMPARE_BATCH = 4
+COMPARE_METHODS: tuple[str, ...] = ("ig", "diffusion", "diffusion-ig")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _parse_ks(text: str) -> list[int]:
@@ -197,12 +216,13 @@ def _run_bench(args: argparse.Namespace) -> int:
         console.print(f"chart: {chart}")
 
     if args.compare:
-        for method in ("ig", "diffusion", "diffusion-ig"):
+        compared: dict[str, ExperimentResult] = {}
+        for method in args.compare_methods:
             spec = ExperimentSpec(
                 method,
                 "cnn",
-                batch=4,
-                images=4,
+                batch=COMPARE_BATCH,
+                images=COMPARE_BATCH * math.ceil(args.compare_images / COMPARE_BATCH),
                 trained=True,
                 seed=args.seed,
                 iterations=args.compare_iterations,
@@ -210,12 +230,29 @@ def _run_bench(args: argparse.Namespace) -> int:
                 labels=args.labels,
             )
             result = run_experiment(spec, dataset, prior_for(method))
-            report[f"compare/{method}"] = _brief(result)
+            compared[method] = result
+            median, low, high, _ = median_interval([r.psnr for r in result.rows])
+            report[f"compare/{method}"] = {
+                **_brief(result),
+                "per_image": [vars(r) for r in result.rows],
+            }
             console.print(
-                f"trained cnn, batch 4, {method:9s}: median PSNR "
-                f"{result.median_psnr:.2f} dB, label acc {result.label_accuracy:.2f}, "
+                f"trained cnn, batch {COMPARE_BATCH}, {len(result.rows)} images, {method:12s}: "
+                f"median PSNR {median:.2f} dB [{low:.2f}, {high:.2f}], "
+                f"SSIM {result.median_ssim:.3f}, label acc {result.label_accuracy:.2f}, "
                 f"{result.seconds_per_image:.2f} s/image"
             )
+        if "ig" in compared:
+            for method, result in compared.items():
+                if method == "ig":
+                    continue
+                paired = paired_difference(result, compared["ig"])
+                report[f"compare/{method}-minus-ig"] = asdict(paired)
+                console.print(
+                    f"{method} - ig, paired over {paired.images} images: median "
+                    f"{paired.median:+.2f} dB [{paired.low:+.2f}, {paired.high:+.2f}], "
+                    f"{paired.coverage:.0%} coverage, above IG on {paired.wins}"
+                )
     if args.grid:
         _grid(args, dataset, prior_for, report, console)
     if args.label_table:
@@ -333,6 +370,31 @@ def _label_table(
     console.print(table)
 
 
+@dataclass(frozen=True)
+class PairedDifference:
+    """Per-image PSNR differences of one method minus a baseline on the same victim images."""
+
+    images: int
+    median: float
+    low: float
+    high: float
+    coverage: float
+    wins: int  # images where the method's PSNR is above the baseline's
+
+
+def paired_difference(result: ExperimentResult, baseline: ExperimentResult) -> PairedDifference:
+    """Median of the per-image PSNR differences ``result - baseline`` (paired by victim image
+    index) with its `median_interval` (95 %) and the achieved coverage."""
+    base = {r.index: r.psnr for r in baseline.rows}
+    if sorted(r.index for r in result.rows) != sorted(base):
+        raise ValueError("paired_difference needs both results on the same victim images")
+    differences = [r.psnr - base[r.index] for r in result.rows]
+    median, low, high, coverage = median_interval(differences)
+    return PairedDifference(
+        len(differences), median, low, high, coverage, sum(d > 0 for d in differences)
+    )
+
+
 def _brief(result: ExperimentResult) -> dict[str, object]:
     _, low, high, coverage = median_interval([r.psnr for r in result.rows])
     return {
@@ -382,7 +444,21 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--compare",
         action="store_true",
-        help="also run diffusion vs IG at batch 4 on a trained CNN",
+        help="also run the priors vs IG at batch 4 on a trained CNN",
+    )
+    parser.add_argument(
+        "--compare-methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(COMPARE_METHODS),
+        help=f"attacks of --compare (default {' '.join(COMPARE_METHODS)})",
+    )
+    parser.add_argument(
+        "--compare-images",
+        type=_positive,
+        default=COMPARE_BATCH,
+        help=f"images of --compare, rounded up to whole batches of {COMPARE_BATCH} "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--compare-iterations",

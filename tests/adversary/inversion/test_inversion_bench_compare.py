@@ -1,0 +1,83 @@
+"""``phalanx bench inversion --compare``: its options and the paired difference against IG."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from phalanx.adversary.inversion.experiment import ExperimentResult, ImageResult
+from phalanx.bench.bench_inversion import main, paired_difference, register_bench
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    register_bench(parser.add_subparsers(dest="bench", required=True))
+    return parser
+
+
+def _result(psnrs: dict[int, float]) -> ExperimentResult:
+    rows = [ImageResult(i, 0, 0, 0.0, p, 0.0) for i, p in psnrs.items()]
+    return ExperimentResult(rows, 1.0, 0.0, None)
+
+
+def test_compare_defaults_are_one_batch_of_the_three_attacks() -> None:
+    args = _parser().parse_args(["inversion"])
+    assert args.compare_images == 4
+    assert args.compare_methods == ["ig", "diffusion", "diffusion-ig"]
+
+
+def test_compare_options_parse_and_reject_bad_values() -> None:
+    args = _parser().parse_args(
+        ["inversion", "--compare-images", "32", "--compare-methods", "ig", "gan"]
+    )
+    assert args.compare_images == 32
+    assert args.compare_methods == ["ig", "gan"]
+    for bad in (["--compare-images", "0"], ["--compare-methods", "nope"]):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["inversion", *bad])
+
+
+def test_paired_difference_pairs_by_image_index() -> None:
+    baseline = _result({10: 10.0, 11: 12.0, 12: 11.0, 13: 9.0, 14: 10.0})
+    # same images, another order: differences +1, -1, +2, +3, +0.5
+    other = _result({14: 10.5, 12: 13.0, 10: 11.0, 13: 12.0, 11: 11.0})
+    paired = paired_difference(other, baseline)
+    assert paired.images == 5
+    assert paired.median == 1.0
+    assert paired.wins == 4
+    # n = 5: no k >= 2 reaches 95 %, so the interval is the full range
+    assert (paired.low, paired.high) == (-1.0, 3.0)
+    with pytest.raises(ValueError, match="same victim images"):
+        paired_difference(_result({1: 1.0}), baseline)
+
+
+def test_compare_runs_over_whole_batches_and_reports_pairs(tmp_path) -> None:
+    code = main(
+        [
+            "inversion",
+            "--dataset",
+            "digits",
+            "--skip-table",
+            "--methods",
+            "--compare",
+            "--compare-methods",
+            "ig",
+            "idlg",
+            "--compare-images",
+            "5",
+            "--compare-iterations",
+            "2",
+            "--docs",
+            str(tmp_path),
+            "--report",
+            "c.json",
+        ]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "inversion" / "c.json").read_text())
+    assert report["compare/ig"]["images"] == 8  # 5 rounded up to two batches of 4
+    assert len(report["compare/idlg"]["per_image"]) == 8
+    assert report["compare/idlg-minus-ig"]["images"] == 8
+    assert "compare/diffusion" not in report
