@@ -17,7 +17,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -251,7 +251,7 @@ class Peer:
         }
         self.metrics = NodeMetrics(self.id)
         self.swim: MembershipService | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[object]] = set()
         self.inbox = RoundInbox()
         self.inbox.unreachable = self.unreachable
         self.protocol: ClusterProtocol = self._cluster_protocol()
@@ -520,7 +520,11 @@ class Peer:
         return removed | ahead
 
     def _poke_inbox(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.inbox.poke())
+        self._spawn(self.inbox.poke())
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run `work` in the background, kept referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -656,13 +660,20 @@ class Peer:
         key = self.peer_keys.get(message.sender)
         if not self.security.sign_messages or key is None:
             return
+        await self._verify_envelope(message, key)
+
+    async def _verify_envelope(self, message: Message, key: bytes, note: str = "") -> None:
+        """`verify_envelope` (in a thread for a large payload), a failure as `bad_signature`
+        with `note` appended."""
         try:
             if message.payload_bytes() > VERIFY_IN_THREAD_BYTES:
                 await asyncio.to_thread(verify_envelope, message, key)
             else:
                 verify_envelope(message, key)
         except SignatureError as error:
-            raise Rejection(grpc.StatusCode.UNAUTHENTICATED, "bad_signature", str(error)) from None
+            raise Rejection(
+                grpc.StatusCode.UNAUTHENTICATED, "bad_signature", f"{error}{note}"
+            ) from None
 
     async def _authenticate_relay(self, message: Message, tls_identity: str | None) -> None:
         """A cluster output that a peer forwards for its publisher: the relayer is a peer and
@@ -700,17 +711,7 @@ class Peer:
             raise Rejection(grpc.StatusCode.UNAUTHENTICATED, "bad_signature", str(error)) from None
         if tls_identity is None:
             self._charge(message.relayed_by)  # authenticated by its relay signature just now
-        try:
-            if message.payload_bytes() > VERIFY_IN_THREAD_BYTES:
-                await asyncio.to_thread(verify_envelope, message, publisher_key)
-            else:
-                verify_envelope(message, publisher_key)
-        except SignatureError as error:
-            raise Rejection(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "bad_signature",
-                f"{error} (relayed by {message.relayed_by})",
-            ) from None
+        await self._verify_envelope(message, publisher_key, f" (relayed by {message.relayed_by})")
 
     def _forward(self, message: Message) -> None:
         """Pass a cluster output signed for every node on to our children in its relay tree,
@@ -731,12 +732,7 @@ class Peer:
             skip=self.unreachable(),
         )
         for child in children:
-            task = asyncio.get_running_loop().create_task(self._send_quietly(child, message))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _send_quietly(self, peer: str, message: Message) -> None:
-        await self.transport.send(peer, message)
+            self._spawn(self.transport.send(child, message))
 
     async def accept(self, message: Message, tls_identity: str | None = None) -> None:
         """Validate an incoming message and hand it to the actor of its role."""

@@ -477,17 +477,15 @@ async def disseminate(context: RoundContext, output: Message) -> None:
     if context.relay is None:
         await broadcast(context, output, context.everyone)
         return
-    output = replace(output, recipient=RELAYED)
-    await context.inbox.put(output)
-    for child in context.relay.children(
+    roots = context.relay.children(
         context.round,
         context.clusters,
         output.cluster,
         context.node_id,
         context.node_id,
         skip=context.inbox.unreachable(),
-    ):
-        context.post(child, output)
+    )
+    await broadcast(context, replace(output, recipient=RELAYED), roots)
 
 
 async def broadcast(context: RoundContext, message: Message, recipients: Sequence[str]) -> None:

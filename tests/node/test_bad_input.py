@@ -13,12 +13,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from phalanx.clustering.identity import NodeIdentity
-from phalanx.node.codec import Message, encode_chunks, encode_envelope
-from phalanx.node.config import NodeConfig, NodeSettings, PeerConfig, parse_scenario
+from phalanx.node.codec import Message, encode_chunks
+from phalanx.node.config import parse_scenario
 from phalanx.node.node import Node
-from phalanx.node.testbed import free_ports
 from phalanx.v1 import node_pb2 as pb
 from phalanx.v1 import node_pb2_grpc as pb_grpc
+from tests.node.live import live_node_config, send_envelope
 from tests.security.redteam import signed_as
 
 IDENTITIES = {f"node-0{i}": NodeIdentity.generate() for i in range(3)}
@@ -28,7 +28,6 @@ IDENTITIES = {f"node-0{i}": NodeIdentity.generate() for i in range(3)}
 @pytest.fixture
 async def live_node(tmp_path: Path):
     """A real node (digits, MLP) whose peers are node-01 (us) and node-02."""
-    port, metrics_port = free_ports(2)
     scenario = parse_scenario(
         {
             "nodes": 3,
@@ -39,25 +38,7 @@ async def live_node(tmp_path: Path):
             "limits": {"max_message_bytes": 2_000_000},
         }
     )
-    key_file = tmp_path / "node-00.pem"
-    IDENTITIES["node-00"].save(key_file, overwrite=True)
-
-    def peer(node_id: str, port: int) -> PeerConfig:
-        public = IDENTITIES[node_id].public_key_bytes.hex()
-        return PeerConfig(id=node_id, address=f"127.0.0.1:{port}", public_key=public)
-
-    config = NodeConfig(
-        node=NodeSettings(
-            insecure=True,
-            id="node-00",
-            port=port,
-            metrics_port=metrics_port,
-            out_dir=str(tmp_path),
-            identity_key=str(key_file),
-        ),
-        peers=[peer("node-00", port), *(peer(f"node-0{i}", free_ports(1)[0]) for i in (1, 2))],
-        scenario=scenario,
-    )
+    config = live_node_config(tmp_path, IDENTITIES, scenario, "node-00")
     node = Node(config)
     await node.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{node.port}")
@@ -81,15 +62,6 @@ def _update(
     return signed_as(message, identity, node.id)
 
 
-async def _send(channel: grpc.aio.Channel, message: Message) -> grpc.StatusCode:
-    stub = pb_grpc.PhalanxNodeStub(channel)
-    try:
-        await stub.Send(encode_envelope(message), timeout=5)
-    except grpc.aio.AioRpcError as error:
-        return error.code()
-    return grpc.StatusCode.OK
-
-
 async def _still_serving(channel: grpc.aio.Channel) -> bool:
     reply = await health_pb2_grpc.HealthStub(channel).Check(
         health_pb2.HealthCheckRequest(), timeout=5
@@ -107,7 +79,7 @@ def _metric(node: Node, name: str) -> float:
 
 async def test_valid_update_is_accepted(live_node) -> None:
     node, channel = live_node
-    assert await _send(channel, _update(node)) == grpc.StatusCode.OK
+    assert await send_envelope(channel, _update(node)) == grpc.StatusCode.OK
     await asyncio.sleep(0.1)
     assert "node-01" in node.inbox.get(1, pb.MESSAGE_KIND_UPDATE, 0)
 
@@ -148,11 +120,11 @@ async def test_bad_messages_get_a_status_a_log_line_and_a_metric(
     node, channel = live_node
     caplog.set_level(logging.WARNING)
     before = _metric(node, f'phalanx_messages_rejected_total{{reason="{reason}"}}')
-    assert await _send(channel, make(node)) == code
+    assert await send_envelope(channel, make(node)) == code
     assert log_text in caplog.text
     assert _metric(node, f'phalanx_messages_rejected_total{{reason="{reason}"}}') == before + 1
     assert await _still_serving(channel)
-    assert await _send(channel, _update(node)) == grpc.StatusCode.OK
+    assert await send_envelope(channel, _update(node)) == grpc.StatusCode.OK
 
 
 async def test_oversized_streamed_payload_is_refused(live_node, caplog) -> None:
@@ -191,14 +163,14 @@ async def test_malformed_protobuf_is_refused_and_node_keeps_serving(live_node, c
     assert "malformed Envelope protobuf" in caplog.text
     assert _metric(node, 'phalanx_messages_rejected_total{reason="malformed"}') == 1
     assert await _still_serving(channel)
-    assert await _send(channel, _update(node)) == grpc.StatusCode.OK
+    assert await send_envelope(channel, _update(node)) == grpc.StatusCode.OK
 
 
 async def test_duplicate_update_is_refused(live_node) -> None:
     node, channel = live_node
-    assert await _send(channel, _update(node)) == grpc.StatusCode.OK
+    assert await send_envelope(channel, _update(node)) == grpc.StatusCode.OK
     await asyncio.sleep(0.1)
-    assert await _send(channel, _update(node)) == grpc.StatusCode.ALREADY_EXISTS
+    assert await send_envelope(channel, _update(node)) == grpc.StatusCode.ALREADY_EXISTS
 
 
 async def test_update_with_nan_is_refused(live_node) -> None:
@@ -207,7 +179,7 @@ async def test_update_with_nan_is_refused(live_node) -> None:
     vector[3] = np.nan
     message = Message("node-01", 1, pb.MESSAGE_KIND_UPDATE, 0, {"update": vector})
     signed = signed_as(message, IDENTITIES["node-01"], node.id)
-    assert await _send(channel, signed) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await send_envelope(channel, signed) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_only_an_authenticated_message_from_ahead_marks_its_sender_ahead(live_node) -> None:
@@ -219,10 +191,13 @@ async def test_only_an_authenticated_message_from_ahead_marks_its_sender_ahead(l
         IDENTITIES["node-01"],
         node.id,
     )
-    assert await _send(channel, forged) == grpc.StatusCode.UNAUTHENTICATED
+    assert await send_envelope(channel, forged) == grpc.StatusCode.UNAUTHENTICATED
     assert node.peers_ahead == {}
     assert node.unreachable() == frozenset()
-    assert await _send(channel, _update(node, sender="node-02", round_=7)) == grpc.StatusCode.OK
+    assert (
+        await send_envelope(channel, _update(node, sender="node-02", round_=7))
+        == grpc.StatusCode.OK
+    )
     assert node.peers_ahead == {"node-02": 7}
     assert node.unreachable() == {"node-02"}
     assert node.inbox.get(7, pb.MESSAGE_KIND_UPDATE, 0) == {}  # the content is dropped

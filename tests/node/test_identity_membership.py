@@ -13,13 +13,13 @@ import pytest
 
 from phalanx.clustering.identity import NodeIdentity
 from phalanx.clustering.membership import SwimMember
-from phalanx.node.codec import Message, encode_envelope
+from phalanx.node.codec import Message
 from phalanx.node.config import ConfigError, NodeConfig, NodeSettings, PeerConfig, parse_scenario
 from phalanx.node.node import Node
 from phalanx.node.signing import sign_envelope
 from phalanx.node.testbed import free_ports
 from phalanx.v1 import node_pb2 as pb
-from phalanx.v1 import node_pb2_grpc as pb_grpc
+from tests.node.live import send_envelope
 from tests.security.redteam import signed_as
 
 
@@ -68,14 +68,6 @@ async def keyed_node(tmp_path: Path):
     await node.stop(0.5)
 
 
-async def _send(channel: grpc.aio.Channel, message: Message) -> grpc.StatusCode:
-    try:
-        await pb_grpc.PhalanxNodeStub(channel).Send(encode_envelope(message), timeout=5)
-    except grpc.aio.AioRpcError as error:
-        return error.code()
-    return grpc.StatusCode.OK
-
-
 def _rejected(node: Node, reason: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics").read().decode()
     prefix = f'phalanx_messages_rejected_total{{reason="{reason}"}}'
@@ -97,11 +89,13 @@ def _echo(sender: str = "node-01") -> Message:
 
 async def test_echo_must_carry_the_senders_signature(keyed_node) -> None:
     node, channel, keys, _ = keyed_node
-    assert await _send(channel, _echo()) == grpc.StatusCode.UNAUTHENTICATED
+    assert await send_envelope(channel, _echo()) == grpc.StatusCode.UNAUTHENTICATED
     forged = sign_envelope(_echo(), keys["node-02"])  # node-02's key, claiming to be node-01
-    assert await _send(channel, forged) == grpc.StatusCode.UNAUTHENTICATED
+    assert await send_envelope(channel, forged) == grpc.StatusCode.UNAUTHENTICATED
     assert _rejected(node, "bad_signature") == 2
-    assert await _send(channel, sign_envelope(_echo(), keys["node-01"])) == grpc.StatusCode.OK
+    assert (
+        await send_envelope(channel, sign_envelope(_echo(), keys["node-01"])) == grpc.StatusCode.OK
+    )
 
 
 async def test_a_signed_envelope_cannot_be_altered(keyed_node) -> None:
@@ -111,7 +105,7 @@ async def test_a_signed_envelope_cannot_be_altered(keyed_node) -> None:
         signed.sender, signed.round, signed.kind, signed.cluster,
         meta={"outputs": "", "model": "def"}, recipient="node-00", signature=signed.signature,
     )  # fmt: skip
-    assert await _send(channel, tampered) == grpc.StatusCode.UNAUTHENTICATED
+    assert await send_envelope(channel, tampered) == grpc.StatusCode.UNAUTHENTICATED
 
 
 def _join(
@@ -132,7 +126,7 @@ async def test_join_signed_with_the_configured_key_admits_the_member(keyed_node)
     assert node.swim is not None
     assert node.swim.states()["node-01"] == "unknown"
     join = _join(keys["node-01"], addresses["node-01"], node.port, keys["node-01"])
-    assert await _send(channel, join) == grpc.StatusCode.OK
+    assert await send_envelope(channel, join) == grpc.StatusCode.OK
     for _ in range(50):
         if node.swim.states()["node-01"] == "alive":
             break
@@ -146,7 +140,7 @@ async def test_membership_message_under_another_nodes_key_is_refused(keyed_node)
     # The envelope is node-01's (validly signed), the SWIM message inside is node-02's: SWIM's
     # own binding of the message to the envelope's sender refuses it.
     impostor = _join(keys["node-02"], addresses["node-01"], node.port, keys["node-01"])
-    assert await _send(channel, impostor) == grpc.StatusCode.OK  # accepted for the actor
+    assert await send_envelope(channel, impostor) == grpc.StatusCode.OK  # accepted for the actor
     for _ in range(50):
         if _rejected(node, "identity_mismatch"):
             break
@@ -163,13 +157,13 @@ async def test_key_outside_the_allow_list_and_garbage_are_refused(keyed_node) ->
     message = _join(stranger, addresses["node-01"], node.port, keys["node-01"])
     # Drop the sender binding so that the allow-list is what refuses it.
     node.swim._swim_id_by_name.pop("node-01")
-    assert await _send(channel, message) == grpc.StatusCode.OK
+    assert await send_envelope(channel, message) == grpc.StatusCode.OK
     garbage = signed_as(
         Message("node-02", 0, pb.MESSAGE_KIND_PING, -1, {"swim": np.arange(50, dtype=np.uint8)}),
         keys["node-02"],
         "node-00",
     )
-    assert await _send(channel, garbage) == grpc.StatusCode.OK
+    assert await send_envelope(channel, garbage) == grpc.StatusCode.OK
     for _ in range(50):
         if _rejected(node, "membership_notallowed") and _rejected(
             node, "membership_malformedmessage"

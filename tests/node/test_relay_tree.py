@@ -14,15 +14,14 @@ import numpy as np
 import pytest
 
 from phalanx.clustering.identity import NodeIdentity
-from phalanx.node.codec import Message, encode_envelope
-from phalanx.node.config import ConfigError, NodeConfig, NodeSettings, PeerConfig, parse_scenario
+from phalanx.node.codec import Message
+from phalanx.node.config import ConfigError, parse_scenario
 from phalanx.node.node import Node
 from phalanx.node.protocols import RelayTree, role_order
 from phalanx.node.signing import RELAYED, sign_relay
 from phalanx.node.simulate import run_simulation
-from phalanx.node.testbed import free_ports
 from phalanx.v1 import node_pb2 as pb
-from phalanx.v1 import node_pb2_grpc as pb_grpc
+from tests.node.live import live_node_config, send_envelope
 from tests.security.redteam import signed_as
 
 SEED = b"relay-test-seed"
@@ -169,7 +168,6 @@ IDENTITIES = {f"node-0{i}": NodeIdentity.generate() for i in range(4)}
 @pytest.fixture(params=["tree", "direct"])
 async def relay_node(request: pytest.FixtureRequest, tmp_path: Path):
     """A real node over gRPC (no TLS, signed messages) in one cluster of 4 with node-01..03."""
-    port, metrics_port = free_ports(2)
     scenario = parse_scenario(
         {
             "nodes": 4,
@@ -181,39 +179,13 @@ async def relay_node(request: pytest.FixtureRequest, tmp_path: Path):
             "timeouts": {"startup_s": 60.0},
         }
     )
-    key_file = tmp_path / "node-00.pem"
-    IDENTITIES["node-00"].save(key_file, overwrite=True)
-
-    def peer(node_id: str, port: int) -> PeerConfig:
-        public = IDENTITIES[node_id].public_key_bytes.hex()
-        return PeerConfig(id=node_id, address=f"127.0.0.1:{port}", public_key=public)
-
-    config = NodeConfig(
-        node=NodeSettings(
-            insecure=True,
-            id="node-00",
-            port=port,
-            metrics_port=metrics_port,
-            out_dir=str(tmp_path),
-            identity_key=str(key_file),
-        ),
-        peers=[peer("node-00", port), *(peer(f"node-0{i}", free_ports(1)[0]) for i in (1, 2, 3))],
-        scenario=scenario,
-    )
+    config = live_node_config(tmp_path, IDENTITIES, scenario, "node-00")
     node = Node(config)
     await node.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{node.port}")
     yield node, channel, request.param
     await channel.close()
     await node.stop(0.5)
-
-
-async def _send(channel: grpc.aio.Channel, message: Message) -> grpc.StatusCode:
-    try:
-        await pb_grpc.PhalanxNodeStub(channel).Send(encode_envelope(message), timeout=5)
-    except grpc.aio.AioRpcError as error:
-        return error.code()
-    return grpc.StatusCode.OK
 
 
 def _output(node: Node, publisher: str = "node-01", recipient: str = RELAYED) -> Message:
@@ -268,18 +240,18 @@ async def test_only_a_genuine_relay_of_a_signed_output_is_accepted(relay_node) -
     if dissemination == "direct":
         cases = [("any relay", genuine, grpc.StatusCode.FAILED_PRECONDITION)]
     for case, message, expected in cases:
-        assert await _send(channel, message) == expected, case
+        assert await send_envelope(channel, message) == expected, case
         await asyncio.sleep(0.05)
         assert node.inbox.get(1, pb.MESSAGE_KIND_CLUSTER_OUTPUT, 0) == {}, case
     if dissemination == "direct":
         return
-    assert await _send(channel, genuine) == grpc.StatusCode.OK
+    assert await send_envelope(channel, genuine) == grpc.StatusCode.OK
     await asyncio.sleep(0.1)
     stored = node.inbox.get(1, pb.MESSAGE_KIND_CLUSTER_OUTPUT, 0)
     assert list(stored) == ["node-01"]
     assert np.array_equal(stored["node-01"].tensors["sum"], genuine.tensors["sum"])
     again = _relayed(_output(node), relayer="node-03")  # the same output down another path
-    assert await _send(channel, again) == grpc.StatusCode.ALREADY_EXISTS
+    assert await send_envelope(channel, again) == grpc.StatusCode.ALREADY_EXISTS
 
 
 def replace_sum(message: Message) -> Message:
