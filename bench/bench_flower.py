@@ -92,27 +92,48 @@ def run_flower(
 
 
 def phalanx_scenario(
-    path: Path, n: int, dim: int, shares: int, threshold: int, rounds: int, seed: int, per: int
+    path: Path,
+    n: int,
+    dim: int,
+    shares: int,
+    threshold: int,
+    rounds: int,
+    seed: int,
+    per: int,
+    base: Path | None = None,
 ) -> Path:
+    """The scenario Phalanx's testbeds run: `base` (a scenario file, for its membership,
+    timeouts and clustering settings) or a minimal one, with the workload the bench compares
+    written over it: n, rounds, seed, nodes per process, synthetic updates of dimension `dim`,
+    clusters of `shares` share-holders and the reconstruction threshold."""
     import tomli_w
 
-    from phalanx.node.config import parse_scenario
+    from phalanx.node.config import load_scenario, parse_scenario, with_overrides
 
-    data = {
-        "name": "bench-flower",
+    workload = {
         "seed": seed,
         "nodes": n,
         "rounds": rounds,
         "nodes_per_process": per,
-        "data": {"dataset": "digits"},
-        "model": {"name": "mlp", "synthetic_dim": dim},
-        "training": {"mode": "synthetic"},
-        "clustering": {"cluster_size": shares},
-        "aggregation": {"threshold": threshold},
-        "timeouts": {"collect_s": 120.0, "rpc_s": 60.0},
+        "model.synthetic_dim": dim,
+        "training.mode": "synthetic",
+        "clustering.cluster_size": shares,
+        "aggregation.threshold": threshold,
     }
-    parse_scenario(data)  # a bad combination is refused before anything runs
-    path.write_text(tomli_w.dumps(data))
+    if base is None:
+        scenario = parse_scenario(
+            {
+                "name": "bench-flower",
+                "data": {"dataset": "digits"},
+                "model": {"name": "mlp"},
+                "timeouts": {"collect_s": 120.0, "rpc_s": 60.0},
+            }
+        )
+    else:
+        scenario = load_scenario(base)
+    # a bad combination is refused here, before anything runs
+    scenario = with_overrides(scenario, workload)
+    path.write_text(tomli_w.dumps(scenario.model_dump(exclude_none=True)))
     return path
 
 
@@ -128,6 +149,7 @@ def run_flower_bench(
     seed: int = 7,
     per_process: int = 5,
     dissemination: str = "direct",
+    scenario: Path | None = None,
 ) -> dict[str, Any]:
     from phalanx.bench.bench_rounds import AGGREGATE_TOLERANCE, _one_testbed
 
@@ -144,7 +166,15 @@ def run_flower_bench(
     facts = {"seed": seed, "synthetic_dim": dim, "nodes": n, "model": "mlp"}
     with tempfile.TemporaryDirectory() as tmp:
         file = phalanx_scenario(
-            Path(tmp) / "scenario.toml", n, dim, shares, threshold, rounds, seed, per_process
+            Path(tmp) / "scenario.toml",
+            n,
+            dim,
+            shares,
+            threshold,
+            rounds,
+            seed,
+            per_process,
+            scenario,
         )
         for repeat in range(repeats):
             for side, mode in order:
@@ -208,6 +238,7 @@ def run_flower_bench(
         "repeats": repeats,
         "nodes_per_process": per_process,
         "dissemination": dissemination,
+        "scenario": str(scenario) if scenario is not None else None,
         "flwr": flower_version,
         "rows": rows,
         "ratios": ratios,
@@ -256,6 +287,24 @@ def _cmd_flower(args: argparse.Namespace) -> int:
     if args.shares > args.nodes or args.threshold > args.shares:
         print("need threshold <= shares <= nodes")
         return 2
+    if args.scenario is not None:
+        from phalanx.node.config import ConfigError
+
+        try:
+            phalanx_scenario(
+                Path(tempfile.mkdtemp()) / "scenario.toml",
+                args.nodes,
+                args.dim,
+                args.shares,
+                args.threshold,
+                args.rounds,
+                7,
+                args.nodes_per_process,
+                args.scenario,
+            )
+        except (ConfigError, OSError) as error:
+            print(f"--scenario {args.scenario}: {error}")
+            return 2
     python = find_flower_python(args.flower_python)
     if python is None:
         print(
@@ -276,6 +325,7 @@ def _cmd_flower(args: argparse.Namespace) -> int:
         python,
         per_process=args.nodes_per_process,
         dissemination=args.dissemination,
+        scenario=args.scenario,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -338,6 +388,14 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:  # type: ign
         default="direct",
         help="how Phalanx's cluster outputs reach every node (clustering.dissemination; "
         "default %(default)s)",
+    )
+    flower.add_argument(
+        "--scenario",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="start Phalanx's testbeds from this scenario file (membership, timeouts, "
+        "publishers, ...); the bench writes n, d, rounds, seed, --shares and --threshold over it",
     )
     flower.add_argument("--json", action="store_true", help="print JSON instead of a table")
     flower.set_defaults(func=_cmd_flower)

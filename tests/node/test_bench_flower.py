@@ -66,3 +66,30 @@ def test_both_sides_aggregate_the_known_sum() -> None:
         "phalanx_secagg_over_plain",
     }
     assert any("PRG" in line for line in report["differences"])
+
+
+def test_a_scenario_file_keeps_its_settings_under_the_benchmarked_workload(tmp_path) -> None:
+    import tomllib
+    from pathlib import Path
+
+    from phalanx.bench.bench_flower import phalanx_scenario
+
+    base = Path(__file__).resolve().parents[2] / "bench" / "scenarios" / "protocol-n50.toml"
+    written = phalanx_scenario(tmp_path / "s.toml", 20, 5000, 5, 3, 2, 11, 4, base)
+    data = tomllib.loads(written.read_text())
+    # the file's own settings survive ...
+    assert data["membership"]["period_s"] == 3.0
+    assert data["clustering"]["publishers"] == 1
+    assert data["clustering"]["strategy"] == "static"
+    # ... and the benchmarked workload is written over it
+    assert (data["nodes"], data["rounds"], data["seed"], data["nodes_per_process"]) == (20, 2, 11, 4)
+    assert data["model"]["synthetic_dim"] == 5000 and data["training"]["mode"] == "synthetic"
+    assert data["clustering"]["cluster_size"] == 5 and data["aggregation"]["threshold"] == 3
+
+
+def test_a_missing_scenario_file_exits_2(tmp_path) -> None:
+    result = run_phalanx(
+        "bench", "flower", "--scenario", str(tmp_path / "absent.toml"), timeout=120
+    )
+    assert result.returncode == 2
+    assert "absent.toml" in result.stdout
