@@ -50,6 +50,17 @@ DIFFERENCES = (
 )
 
 
+def flower_num_shares(n: int, shares: int) -> int:
+    """The `num_shares` given to Flower's SecAgg+ for `shares` share-holders among n clients.
+
+    SecAgg+ links each client to the num_shares // 2 clients on either side of it in a shuffled
+    ring, so below n it needs an odd count. Flower 1.42 raises an even count by one for its own
+    neighbour graph after it has sent the unraised count to the clients, which then make one
+    share too few and fail (IndexError in ``secaggplus_mod._share_keys``). The bench passes the
+    odd count Flower would use, shares + 1, and says so in the report."""
+    return shares + 1 if shares < n and shares % 2 == 0 else shares
+
+
 def find_flower_python(explicit: str | None) -> str | None:
     """The Python to run Flower with, or None when none can import flwr."""
     candidates = [explicit, os.environ.get("PHALANX_FLOWER_PYTHON"), sys.executable]
@@ -163,6 +174,15 @@ def run_flower_bench(
         ("phalanx", phalanx_modes[2]),
     ]
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in order}
+    flower_shares = flower_num_shares(n, shares)
+    differences = list(DIFFERENCES)
+    if flower_shares != shares:
+        differences.append(
+            f"share count: Flower's SecAgg+ needs an odd num_shares below n (each client and "
+            f"num_shares // 2 ring neighbours on each side), so Flower ran with "
+            f"num_shares = {flower_shares} (itself and {flower_shares - 1} neighbours) where "
+            f"Phalanx's clusters hold {shares} share-holders"
+        )
     facts = {"seed": seed, "synthetic_dim": dim, "nodes": n, "model": "mlp"}
     with tempfile.TemporaryDirectory() as tmp:
         file = phalanx_scenario(
@@ -186,7 +206,9 @@ def run_flower_bench(
                         row["aggregate_error"] <= AGGREGATE_TOLERANCE and row["digests_identical"]
                     )
                 else:
-                    row = run_flower(flower_python, n, dim, shares, threshold, rounds, mode, seed)
+                    row = run_flower(
+                        flower_python, n, dim, flower_shares, threshold, rounds, mode, seed
+                    )
                     row["ok"] = row["aggregate_error"] <= FLOWER_TOLERANCE and all(
                         r["failures"] == 0 and r["results"] == n for r in row["rounds"]
                     )
@@ -232,6 +254,7 @@ def run_flower_bench(
         "nodes": n,
         "dim": dim,
         "shares": shares,
+        "flower_num_shares": flower_shares,
         "threshold": threshold,
         "packing": packing,
         "rounds": rounds,
@@ -243,7 +266,7 @@ def run_flower_bench(
         "rows": rows,
         "ratios": ratios,
         "correct": all(r["correct"] for r in rows),
-        "differences": list(DIFFERENCES),
+        "differences": differences,
     }
 
 

@@ -82,7 +82,8 @@ def test_a_scenario_file_keeps_its_settings_under_the_benchmarked_workload(tmp_p
     assert data["clustering"]["publishers"] == 1
     assert data["clustering"]["strategy"] == "static"
     # ... and the benchmarked workload is written over it
-    assert (data["nodes"], data["rounds"], data["seed"], data["nodes_per_process"]) == (20, 2, 11, 4)
+    workload = (data["nodes"], data["rounds"], data["seed"], data["nodes_per_process"])
+    assert workload == (20, 2, 11, 4)
     assert data["model"]["synthetic_dim"] == 5000 and data["training"]["mode"] == "synthetic"
     assert data["clustering"]["cluster_size"] == 5 and data["aggregation"]["threshold"] == 3
 
@@ -93,3 +94,11 @@ def test_a_missing_scenario_file_exits_2(tmp_path) -> None:
     )
     assert result.returncode == 2
     assert "absent.toml" in result.stdout
+
+
+def test_flower_gets_the_odd_share_count_its_ring_needs() -> None:
+    from phalanx.bench.bench_flower import flower_num_shares
+
+    assert flower_num_shares(50, 10) == 11  # ring: itself and 5 neighbours on each side
+    assert flower_num_shares(50, 9) == 9
+    assert flower_num_shares(10, 10) == 10  # every client holds a share of every other
