@@ -104,8 +104,9 @@ class Node(Peer):
         log.info("%s serving on port %d (metrics %s)", self.id, self.port, self.metrics_port)
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Graceful stop: leave the membership (SWIM LEAVE), NOT_SERVING, let in-flight calls
-        finish, then close."""
+        """Graceful stop: finish the sends under way (relayed outputs), leave the membership
+        (SWIM LEAVE), NOT_SERVING, let in-flight calls finish, then close."""
+        await self.drain(self.scenario.timeouts.rpc_s if grace_s > 0 else 0.0)
         await self.leave()
         await self._health.enter_graceful_shutdown()
         if self._server is not None:

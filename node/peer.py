@@ -542,9 +542,17 @@ class Peer:
         os.kill(os.getpid(), signal.SIGKILL)
 
     async def stop(self) -> None:
-        """Graceful stop: leave the membership, then close."""
+        """Graceful stop: finish the sends under way, leave the membership, then close."""
+        await self.drain(self.scenario.timeouts.rpc_s)
         await self.leave()
         await self.close()
+
+    async def drain(self, grace_s: float) -> None:
+        """Wait (at most `grace_s`) for the background sends already started: outputs this node
+        relays and its broadcasts still reach their receivers when it stops after its round."""
+        pending = [task for task in self._background if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=grace_s)
 
     async def leave(self) -> None:
         """Tell the others we go (SWIM LEAVE)."""

@@ -162,8 +162,10 @@ class RelayTree:
     So a node sends about T outputs a round (T (N - 1)/N on average), against N - 1 per
     output for a publisher that sends directly, and the depth is ceil(log_F N) hops.
 
-    A forwarder skips a child it knows unreachable (SWIM, or two rounds ahead) and sends to
-    that child's children instead. A relayer that crashes or drops undetected cuts off its
+    A forwarder that believes a child unreachable (SWIM, or two rounds ahead) sends to that
+    child's children as well as to the child: under load SWIM declares live nodes dead, and a
+    false death then costs F extra sends (a live child forwards too, and the second copies are
+    duplicates) instead of the child's output. A relayer that crashes or drops undetected cuts off its
     subtree for that output and round; the post-round state sync repairs the nodes it cut off.
     """
 
@@ -208,11 +210,10 @@ class RelayTree:
         while pending:
             position = pending.pop(0)
             peer = order[position]
+            chosen.append(peer)
             if peer in skip:
                 first = self.fanout * (position + 1)
                 pending += range(first, min(first + self.fanout, len(order)))
-            else:
-                chosen.append(peer)
         return chosen
 
 

@@ -41,7 +41,8 @@ def _spread(
     publisher: str,
     skip: Collection[str] = (),
 ) -> tuple[dict[str, str], dict[str, int], Counter[str]]:
-    """Follow one output down its tree: each receiver's parent and depth, and sends per node."""
+    """Follow one output down its tree: each receiver's parent and depth, and sends per node.
+    The nodes in `skip` are believed unreachable by every forwarder and do not forward."""
     parent: dict[str, str] = {}
     depth = {publisher: 0}
     sends: Counter[str] = Counter()
@@ -50,11 +51,11 @@ def _spread(
         node = frontier.pop(0)
         for child in tree.children(round_, clusters, cluster, publisher, node, skip):
             assert child != publisher and child not in parent, f"{child} reached twice"
-            assert child not in skip
             parent[child] = node
             depth[child] = depth[node] + 1
             sends[node] += 1
-            frontier.append(child)
+            if child not in skip:
+                frontier.append(child)
     return parent, depth, sends
 
 
@@ -93,16 +94,21 @@ def test_each_output_reaches_every_node_once_and_no_node_sends_much_more_than_th
     assert first != second
 
 
-def test_a_forwarder_sends_to_the_children_of_a_child_it_knows_unreachable() -> None:
+def test_a_forwarder_sends_to_the_children_of_a_child_it_believes_unreachable() -> None:
+    """Interior nodes believed dead do not forward, yet every node, those included, is sent the
+    output: their parents send it to them (a false death must not cost a live node its output)
+    and to their children, F extra sends for each."""
     clusters = _clusters(50, 10)
     tree = RelayTree(SEED, 2, 1)
     publisher = role_order(SEED, 3, 0, clusters[0])[0]
     _, _, sends = _spread(tree, 3, clusters, 0, publisher)
     interior = sorted(node for node in sends if node != publisher)[:6]
     skip = set(interior)
-    rerouted, _, _ = _spread(tree, 3, clusters, 0, publisher, skip)
+    rerouted, _, rerouted_sends = _spread(tree, 3, clusters, 0, publisher, skip)
     everyone = {n for members in clusters for n in members}
-    assert set(rerouted) == everyone - {publisher} - skip
+    assert set(rerouted) == everyone - {publisher}
+    assert not set(rerouted_sends) & skip
+    assert sum(rerouted_sends.values()) == sum(sends.values())
 
 
 def _scenario(secure: str, dissemination: str, **clustering: Any) -> dict[str, Any]:
@@ -280,3 +286,30 @@ def test_an_equivocating_publisher_is_still_caught_when_outputs_are_relayed(
     assert '"equivocating_publishers": ["node-00"]' in honest_log
     log = (tmp_path / "run" / "logs" / "simulation.log").read_text()
     assert "the signature does not verify (relayed by node-00)" in log
+
+
+async def test_a_stopping_node_first_finishes_the_relays_it_started(tmp_path: Path) -> None:
+    """A node that ends its last round while it still forwards an output (to a slow child)
+    completes that send before it leaves: its subtree would otherwise lose the output."""
+    scenario = parse_scenario(
+        {
+            "nodes": 4,
+            "rounds": 1,
+            "data": {"dataset": "digits"},
+            "model": {"name": "mlp", "synthetic_dim": 64},
+            "training": {"mode": "synthetic"},
+            "clustering": {"cluster_size": 4, "dissemination": "tree"},
+            "timeouts": {"startup_s": 60.0, "rpc_s": 5.0},
+        }
+    )
+    node = Node(live_node_config(tmp_path, IDENTITIES, scenario, "node-00"))
+    await node.start()
+    delivered: list[str] = []
+
+    async def slow_relay() -> None:
+        await asyncio.sleep(0.5)
+        delivered.append("node-03")
+
+    node._spawn(slow_relay())
+    await node.stop(0.5)
+    assert delivered == ["node-03"]
