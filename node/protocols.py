@@ -165,8 +165,9 @@ class RelayTree:
     A forwarder that believes a child unreachable (SWIM, or two rounds ahead) sends to that
     child's children as well as to the child: under load SWIM declares live nodes dead, and a
     false death then costs F extra sends (a live child forwards too, and the second copies are
-    duplicates) instead of the child's output. A relayer that crashes or drops undetected cuts off its
-    subtree for that output and round; the post-round state sync repairs the nodes it cut off.
+    duplicates) instead of the child's output. A relayer that crashes or drops undetected cuts
+    off its subtree for that output and round; the post-round state sync repairs the nodes it
+    cut off.
     """
 
     seed: bytes | None
