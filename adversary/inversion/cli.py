@@ -1,6 +1,7 @@
-"""``phalanx attack``: ``invert`` runs a gradient-inversion attack, ``train-prior`` caches a prior.
+"""``phalanx attack``: ``invert`` runs a gradient-inversion attack, ``train-prior`` caches a prior,
+``prior-quality`` scores a prior's samples (FID, Inception Score, confidence, class coverage).
 
-Both pin torch to ``--torch-threads`` intra-op threads (default 1) with deterministic kernels
+All pin torch to ``--torch-threads`` intra-op threads (default 1) with deterministic kernels
 (`pinned_torch`), so a seed gives the same reconstruction, byte for byte, on any machine and load.
 Exit codes: 0 success, 2 bad input (one line on stderr).
 """
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from phalanx.adversary.inversion.experiment import ExperimentResult, ExperimentSpec
+    from phalanx.adversary.inversion.quality import PriorQuality
 
 # Parsing needs only the names above: torch, rich and the attacks load in the handlers.
 _PRIOR_STEPS = ", ".join(f"{steps} {kind}" for kind, steps in DEFAULT_PRIOR_STEPS.items())
@@ -202,6 +204,86 @@ def _train_prior(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_quality(console: Console, quality: PriorQuality) -> None:
+    from rich.table import Table
+
+    steps = f", {quality.diffusion_steps} steps" if quality.diffusion_steps else ""
+    table = Table(
+        title=f"{quality.kind} prior on {quality.dataset}: {quality.samples} samples{steps}, "
+        f"seed {quality.seed}"
+    )
+    for column in ("set", "n", "FID", "IS", "confidence", "classes", "class shares (%)"):
+        table.add_column(
+            column,
+            justify="left" if column == "set" else "right",
+            no_wrap=not column.startswith("class shares"),
+        )
+    for row in quality.rows:
+        table.add_row(
+            row.name,
+            str(row.images),
+            f"{row.fid:.3f}",
+            f"{row.inception_score:.2f}",
+            f"{row.confidence:.3f}",
+            f"{row.classes_covered}/{len(row.class_shares)}",
+            " ".join(f"{100 * share:.0f}" for share in row.class_shares),
+        )
+    console.print(table)
+    console.print(
+        f"FID against {quality.dataset}'s held-out test images; features and softmax of the cnn "
+        f"classifier (test accuracy {quality.classifier_accuracy:.3f}); "
+        f"sampling took {quality.sampling_seconds:.1f} s"
+    )
+
+
+def _prior_quality(args: argparse.Namespace) -> int:
+    if args.kind not in PRIOR_KINDS:
+        return _fail(f"unknown prior kind {args.kind!r}; known: {', '.join(PRIOR_KINDS)}")
+    if args.dataset not in DATASETS:
+        return _fail(f"unknown dataset {args.dataset!r}; known: {', '.join(DATASETS)}")
+    if args.samples < 2:
+        return _fail(f"--samples must be >= 2 (FID needs a covariance), got {args.samples}")
+    if args.diffusion_steps is not None and args.kind != "diffusion":
+        return _fail("--diffusion-steps applies to --kind diffusion only")
+    from rich.console import Console
+
+    from phalanx.adversary.inversion.experiment import load_prior_for
+    from phalanx.adversary.inversion.quality import prior_quality
+    from phalanx.learning.data import load_dataset
+
+    console = Console(stderr=args.json)
+    try:
+        dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+        with _progress(console) as bar:
+            task = bar.add_task(f"loading {args.kind} prior", total=None)
+            prior, path, cached = load_prior_for(
+                args.kind,
+                dataset,
+                None,
+                args.prior_cache,
+                lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        console.print(f"{args.kind} prior {'loaded from' if cached else 'saved to'} {path}")
+        with _progress(console) as bar:
+            task = bar.add_task(f"sampling {args.kind} prior", total=None)
+            quality = prior_quality(
+                args.kind,
+                dataset,
+                args.samples,
+                args.seed,
+                prior=prior,
+                diffusion_steps=args.diffusion_steps,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except ValueError as error:
+        return _fail(str(error))
+    if args.json:
+        print(json.dumps(quality.to_dict(), indent=2))
+    else:
+        _print_quality(console, quality)
+    return EXIT_OK
+
+
 def _add_threads(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--torch-threads",
@@ -212,7 +294,8 @@ def _add_threads(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``attack invert`` and ``attack train-prior`` to the ``phalanx`` CLI."""
+    """Add ``attack invert``, ``attack train-prior`` and ``attack prior-quality`` to the
+    ``phalanx`` CLI."""
     attack = subparsers.add_parser("attack", help="privacy attacks on observed updates")
     commands = attack.add_subparsers(dest="attack_command", required=True)
 
@@ -305,6 +388,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_threads(train)
     train.set_defaults(func=_pinned(_train_prior))
+
+    quality = commands.add_parser(
+        "prior-quality",
+        help="score a prior's samples: FID, Inception Score, confidence, class coverage",
+    )
+    quality.add_argument("--kind", required=True, help=f"prior: one of {', '.join(PRIOR_KINDS)}")
+    quality.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    quality.add_argument("--data-dir", default=None, help=_DATA_DIR)
+    quality.add_argument(
+        "--samples", type=int, default=1000, help="images sampled (>= 2, default %(default)s)"
+    )
+    quality.add_argument(
+        "--seed", type=int, default=0, help="seed of the samples (default %(default)s)"
+    )
+    quality.add_argument(
+        "--diffusion-steps",
+        type=int,
+        default=None,
+        help="strided reverse-process steps of a diffusion prior (default: its whole schedule)",
+    )
+    quality.add_argument("--prior-cache", default=None, help=_PRIOR_CACHE)
+    quality.add_argument(
+        "--json", action="store_true", help="print a JSON summary instead of a table"
+    )
+    _add_threads(quality)
+    quality.set_defaults(func=_pinned(_prior_quality))
 
 
 def main(argv: list[str] | None = None) -> int:
