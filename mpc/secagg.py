@@ -189,6 +189,21 @@ class SecAggMember:
         """Members whose valid seed shares this member holds (input to the mask-set agreement)."""
         return tuple(sorted(self._held_shares))
 
+    def missing_keys(self, mask_set: Sequence[str]) -> list[str]:
+        """Members of ``mask_set`` whose key advertisement this member never received.
+
+        Such a member cannot compute its pairwise masks with them, so it must not send a masked
+        input: it drops out with `drop_out` and the aggregator removes its masks as for any
+        dropped member (Bonawitz et al. 2017, Sec. 4)."""
+        return sorted(set(mask_set) - {self.member} - set(self._advertisements))
+
+    def drop_out(self, mask_set: Sequence[str]) -> None:
+        """Take part in unmasking for ``mask_set`` without a masked input of one's own.
+
+        The aggregator counts this member as dropped: the survivors reveal shares of its key
+        s^SK (never of its self mask b), and this member still reveals the shares it holds."""
+        self._mask_set = tuple(sorted(mask_set))
+
     # Phase 2
     def masked_input(self, encoded_update: FieldVector, mask_set: Sequence[str]) -> MaskedInput:
         """y_i = x_i + PRG(b_i) +- PRG(s_ij) for j in the agreed set U2 of share senders.

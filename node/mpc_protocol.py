@@ -724,9 +724,11 @@ class SecAggClusterProtocol:
             reports = await inbox.wait_for(
                 r, pb.MESSAGE_KIND_HELD_DEALERS, mine, live, held_deadline
             )
-            mask_set = agree_dealer_set(
+            # U2 within the keys the aggregator holds: it unmasks with them (U2 of U1, Fig. 4)
+            agreed = agree_dealer_set(
                 {s: _names(m.meta["held"]) for s, m in reports.items()}, session.threshold
             )
+            mask_set = [dealer for dealer in agreed if dealer in adverts]
             await broadcast(
                 context,
                 Message(
@@ -755,7 +757,18 @@ class SecAggClusterProtocol:
 
         # 4. masked input to the aggregator (encoding and mask expansion in a worker thread)
         phase = clock.now()
-        if me in mask_set:
+        lacking = member.missing_keys(mask_set) if me in mask_set else []
+        if lacking:
+            # Their keys came after this member's deadline: without them it cannot mask, so it
+            # drops out and the aggregator removes its pairwise masks from the others' inputs.
+            log.warning(
+                "%s round %d: no key from %s in the mask set; dropping out of the sum",
+                me,
+                r,
+                ", ".join(lacking),
+            )
+            member.drop_out(mask_set)
+        elif me in mask_set:
 
             def mask() -> Any:
                 size = len(session.members)

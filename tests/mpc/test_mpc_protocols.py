@@ -57,6 +57,43 @@ def test_secagg_dropout_recovers_exact_sum_and_late_member_stays_masked() -> Non
         members["a"].unmask(second)
 
 
+def test_a_member_missing_a_key_of_the_mask_set_drops_out_and_the_sum_stays_exact() -> None:
+    """Member "a" got every key but "c"'s (it came after a's deadline). The others hold
+    shares of every dealer, so "c" is in the mask set; "a" cannot mask against it, drops out,
+    and the aggregator recovers the exact sum of the other four."""
+    dimension, threshold = 20, 3
+    session = ClusterSession(NAMES, 1, "c0", threshold, dimension)
+    rng = Csprng(11)
+    members = {name: SecAggMember(session, name, rng.child(name)) for name in NAMES}
+    adverts = {name: member.advertise_keys() for name, member in members.items()}
+    seen_by = {name: dict(adverts) for name in NAMES}
+    del seen_by["a"]["c"]
+    outbox = [m for n, member in members.items() for m in member.share_keys(seen_by[n]).values()]
+    for message in outbox:
+        try:
+            members[message.recipient].receive_share(message)
+        except ShareRejected:
+            assert (message.sender, message.recipient) == ("c", "a")
+    inputs = {name: rng.field_elements(dimension) for name in NAMES}
+    assert members["a"].missing_keys(NAMES) == ["c"]
+    assert members["b"].missing_keys(NAMES) == []
+    with pytest.raises(ValueError, match="missing keys"):
+        members["a"].masked_input(inputs["a"], NAMES)
+    members["a"].drop_out(NAMES)
+    survivors = ("b", "c", "d", "e")
+    aggregator = SecAggAggregator(session)
+    request = aggregator.unmasking_request(
+        adverts, NAMES, [members[n].masked_input(inputs[n], NAMES) for n in survivors]
+    )
+    assert request.dropped == ("a",)
+    outcome = aggregator.finalize([members[n].unmask(request) for n in NAMES])
+    expected = inputs["b"]
+    for name in ("c", "d", "e"):
+        expected = gf.add(expected, inputs[name])
+    assert not outcome.failed and outcome.field_sum is not None
+    assert np.array_equal(outcome.field_sum, expected)
+
+
 def test_secagg_masked_vector_hides_input_and_masks_cancel() -> None:
     _, _, _, inputs, masked = _secagg_until_masked(dimension=2000)
     for name in NAMES:
