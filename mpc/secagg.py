@@ -112,6 +112,7 @@ class SecAggMember:
         self._advertisements: dict[str, KeyAdvertisement] = {}
         self._held_shares: dict[str, tuple[FieldVector, FieldVector]] = {}
         self._mask_set: tuple[str, ...] = ()
+        self._precomputed: tuple[frozenset[str], FieldVector] | None = None
         self._revealed_self: set[str] = set()
         self._revealed_keys: set[str] = set()
         self.rejections: dict[str, str] = {}
@@ -204,6 +205,34 @@ class SecAggMember:
         s^SK (never of its self mask b), and this member still reveals the shares it holds."""
         self._mask_set = tuple(sorted(mask_set))
 
+    def _pairwise_seeds(self, peers: Sequence[str]) -> tuple[list[bytes], list[bytes]]:
+        """The seeds s_ij with each of ``peers``: added for j > i, subtracted for j < i."""
+        plus: list[bytes] = []
+        minus: list[bytes] = []
+        for peer in sorted(peers):
+            seed = pairwise_seed(
+                self._masking,
+                self._advertisements[peer].masking_public,
+                self.session,
+                self.member,
+                peer,
+            )
+            (plus if self.member < peer else minus).append(seed)
+        return plus, minus
+
+    def precompute_masks(self) -> None:
+        """Expand PRG(b_i) +- PRG(s_ij) for every advertiser j now, before the mask set is agreed.
+
+        The masks do not depend on the input, so a node runs this while it waits for the seed
+        shares and the mask set U2 to arrive (and, in a training round, during training). When
+        U2 is all advertisers, `masked_input` only adds the input; when some dropped, it removes
+        their PRG terms. The masked vector is the same field vector either way.
+        """
+        peers = sorted(set(self._advertisements) - {self.member})
+        plus, minus = self._pairwise_seeds(peers)
+        masks = _seal_masks([], [self._self_mask_seed, *plus], minus, self.session.dimension)
+        self._precomputed = (frozenset(peers), masks)
+
     # Phase 2
     def masked_input(self, encoded_update: FieldVector, mask_set: Sequence[str]) -> MaskedInput:
         """y_i = x_i + PRG(b_i) +- PRG(s_ij) for j in the agreed set U2 of share senders.
@@ -225,16 +254,18 @@ class SecAggMember:
                 f"mask_set must contain this member and only advertisers, missing keys: {missing}"
             )
         self._mask_set = tuple(sorted(mask_set))
-        plus: list[bytes] = []
-        minus: list[bytes] = []
-        for peer in peers:
-            seed = pairwise_seed(
-                self._masking, self._advertisements[peer].masking_public, session, self.member, peer
+        precomputed, self._precomputed = self._precomputed, None
+        if precomputed is not None and set(peers) <= precomputed[0]:
+            # remove the terms of advertisers outside U2: +PRG(s_ij) is undone by subtracting it
+            extra_plus, extra_minus = self._pairwise_seeds(sorted(precomputed[0] - set(peers)))
+            masked = _seal_masks(
+                [encoded_update, precomputed[1]], extra_minus, extra_plus, session.dimension
             )
-            (plus if self.member < peer else minus).append(seed)
-        masked = _seal_masks(
-            [encoded_update], [self._self_mask_seed, *plus], minus, session.dimension
-        )
+        else:
+            plus, minus = self._pairwise_seeds(peers)
+            masked = _seal_masks(
+                [encoded_update], [self._self_mask_seed, *plus], minus, session.dimension
+            )
         return MaskedInput(session.round, session.cluster, self.member, gf.to_bytes(masked))
 
     # Phase 3

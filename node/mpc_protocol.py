@@ -638,8 +638,11 @@ class SecAggClusterProtocol:
         during training is then a dropped member of U2, recovered as in Bonawitz et al."""
         _start_early(self._early, context, self._setup(context))
 
-    async def _setup(self, context: RoundContext) -> tuple[Any, dict[str, Any], list[str]]:
-        """Phases 1-3: keys, seed shares and the mask set U2; returns (member, adverts, U2)."""
+    async def _setup(
+        self, context: RoundContext
+    ) -> tuple[Any, dict[str, Any], list[str], asyncio.Future[None] | None]:
+        """Phases 1-3: keys, seed shares and the mask set U2; returns (member, adverts, U2, the
+        expansion of the masks, which runs in a worker thread from the seed-share phase on)."""
         from phalanx.mpc import SecAggMember
 
         me, r, mine = context.node_id, context.round, context.my_cluster
@@ -688,8 +691,12 @@ class SecAggClusterProtocol:
         # 2. seed shares
         phase = clock.now()
         share_deadline = phase + collect
+        precompute: asyncio.Future[None] | None = None
         if len(adverts) >= session.threshold:
-            for recipient, share in sorted(member.share_keys(adverts).items()):
+            outgoing = sorted(member.share_keys(adverts).items())
+            # the masks need only the keys: expand them while the shares and U2 are on the wire
+            precompute = asyncio.ensure_future(asyncio.to_thread(member.precompute_masks))
+            for recipient, share in outgoing:
                 context.post(
                     recipient,
                     Message(
@@ -741,7 +748,7 @@ class SecAggClusterProtocol:
         )
         context.phase_seconds["agree_early"] = clock.now() - phase
         mask_set = _names(decision[aggregator].meta["dealers"]) if aggregator in decision else []
-        return member, adverts, mask_set
+        return member, adverts, mask_set, precompute
 
     async def run(self, context: RoundContext, update: np.ndarray) -> dict[int, ClusterOutput]:
         from phalanx.mpc import MaskedInput, SecAggAggregator, UnmaskingRequest
@@ -751,12 +758,18 @@ class SecAggClusterProtocol:
         inbox, collect = context.inbox, context.collect_s
         # 1-3. keys, seed shares, mask set (started by `prepare` before training)
         waited = clock.now()
-        member, adverts, mask_set = await _take_early(self._early, context, self._setup)
+        member, adverts, mask_set, precompute = await _take_early(self._early, context, self._setup)
         context.phase_seconds["keys"] = clock.now() - waited
         session = member.session
 
-        # 4. masked input to the aggregator (encoding and mask expansion in a worker thread)
+        # 4. masked input to the aggregator (encoding, and what is left of the mask expansion,
+        # in a worker thread)
         phase = clock.now()
+        if precompute is not None:
+            try:
+                await precompute
+            except Exception as error:  # masked_input then expands the masks itself
+                log.warning("%s round %d: mask precomputation failed: %s", me, r, error)
         lacking = member.missing_keys(mask_set) if me in mask_set else []
         if lacking:
             # Their keys came after this member's deadline: without them it cannot mask, so it
