@@ -3,7 +3,9 @@
 A Byzantine node runs the honest code; its deviations live here:
 
 - `ByzantineTransport` wraps the node's transport and deviates at the message level:
-  ``corrupt-partial`` (random field elements as Shamir partial sums), ``corrupt-output``
+  ``corrupt-partial`` (random field elements as Shamir partial sums), ``collude-partial``
+  (partial sums shifted onto another codeword, in concert, see
+  `ByzantineTransport.partial_sum`), ``corrupt-output``
   (a noisy cluster sum), ``corrupt-shares`` (flipped ciphertext bytes, which AES-GCM rejects),
   ``inconsistent-shares`` (validly encrypted Shamir shares off the dealer's polynomial, see
   `ByzantineTransport.deal_shares`), ``equivocate`` (a
@@ -28,7 +30,7 @@ import hashlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,6 +43,7 @@ from phalanx.v1 import node_pb2 as pb
 if TYPE_CHECKING:
     from phalanx.mpc import EncryptedShare, KeyAdvertisement, ShamirMember
     from phalanx.mpc.field import FieldVector
+    from phalanx.mpc.messages import PartialSum
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class AggregationSettings(Protocol):
 
 PROTOCOL_BEHAVIOURS = (
     "corrupt-partial",
+    "collude-partial",
     "corrupt-output",
     "corrupt-shares",
     "inconsistent-shares",
@@ -124,6 +128,7 @@ def parse_behaviour(spec: str, start_round: int = 1) -> BehaviourSpec:
     name = name.lower()
     allowed: dict[str, tuple[str, ...]] = {
         "corrupt-partial": (),
+        "collude-partial": (),
         "corrupt-output": ("scale",),
         "corrupt-shares": (),
         "inconsistent-shares": ("holders", "secret"),
@@ -187,10 +192,13 @@ class ByzantineTransport(DelegatingTransport):
         deadline_s: float,
         seed: int,
         on_crash: Callable[[], None] | None = None,
+        colluders: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(inner)
         self.spec = spec
         self.node_id = node_id
+        self.colluders = colluders | {node_id}
+        """The Byzantine ids this node acts with (``collude-partial`` shifts in concert)."""
         self.deadline_s = deadline_s
         self.rng = np.random.default_rng(seed)
         self._previous: dict[tuple[str, int], Message] = {}
@@ -262,6 +270,46 @@ class ByzantineTransport(DelegatingTransport):
             ",".join(affected),
         )
         return deal_inconsistent(member, encoded, advertisements, affected, other)
+
+    def partial_sum(self, member: ShamirMember, dealers: Sequence[str]) -> PartialSum:
+        """The Shamir holder's partial sum (node.mpc_protocol asks the node's transport for it).
+
+        Honest unless ``collude-partial`` is active: then every colluding holder of the cluster
+        adds delta(x) = prod_{h in H} (x - h) to each coordinate of its partial sum, where x is
+        its evaluation point and H the points of the first T - 1 honest holders in the sorted
+        order (T = t + l - 1, the reconstruction threshold). Every colluder derives the same H
+        from the public membership, so they need no message to agree. The partial sums then
+        lie on the codeword f + delta, which differs from the true f only at the c colluders
+        and agrees with it at H: with s holders and r = floor((s - T) / 2), Berlekamp-Welch
+        corrects c <= r liars and names them; from c >= s - T + 1 - r on, the received sums lie
+        within r of f + delta, so the decoder returns the sum shifted by delta at the secret
+        points and names the s - c - (T - 1) honest holders outside H; in between the
+        reconstruction fails.
+        """
+        from phalanx.mpc import field as gf
+        from phalanx.mpc.field import PRIME
+        from phalanx.mpc.messages import PartialSum as Partial
+
+        honest = member.partial_sum(dealers)
+        session = member.session
+        if self.spec.name != "collude-partial" or session.round < self.spec.start_round:
+            return honest
+        members = list(session.members)
+        degree = session.reconstruction_threshold - 1
+        roots = [session.point(m) for m in members if m not in self.colluders][:degree]
+        x = session.point(self.node_id)
+        delta = 1
+        for root in roots:
+            delta = delta * (x - root) % PRIME
+        value = gf.from_bytes(honest.value, session.share_length, "partial sum")
+        shifted = gf.add(value, np.full_like(value, delta))
+        log.warning(
+            "%s round %d: colluding holder, partial sum shifted onto the codeword vanishing at %s",
+            self.node_id,
+            session.round,
+            ",".join(members[h - 1] for h in roots),
+        )
+        return Partial(honest.round, honest.cluster, honest.sender, gf.to_bytes(shifted))
 
     def _tamper(self, peer: str, message: Message) -> Message:
         name, kind = self.spec.name, message.kind

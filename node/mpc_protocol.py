@@ -109,6 +109,12 @@ def _byzantine_dealer(context: RoundContext) -> Dealer | None:
     return getattr(getattr(context.send, "__self__", None), "deal_shares", None)
 
 
+def _partial_sum_of(context: RoundContext) -> Callable[[Any, Sequence[str]], Any] | None:
+    """The node's transport's own partial sums, when it has them: a Byzantine transport
+    (`adversary.behaviours.ByzantineTransport.partial_sum`, ``collude-partial``)."""
+    return getattr(getattr(context.send, "__self__", None), "partial_sum", None)
+
+
 def agree_dealer_set(held_by: dict[str, Sequence[str]], threshold: int) -> list[str]:
     """Dealers held by at least `threshold` holders and by a majority of the reporting holders.
 
@@ -460,6 +466,7 @@ class ShamirClusterProtocol:
         # answers one dealer set per round (the first aggregator's), and any other aggregator
         # that asked for the same set.
         requests: dict[str, Message] = {}
+        byzantine_partial = _partial_sum_of(context)
         for publisher in [p for p in publishers if p in adverts]:
             request = await wait_for_publisher(
                 context, pb.MESSAGE_KIND_DEALER_SET, publisher, held_deadline + collect
@@ -469,7 +476,10 @@ class ShamirClusterProtocol:
             requests[publisher] = request
             dealer_set = _names(request.meta["dealers"])
             try:
-                partial = await asyncio.to_thread(member.partial_sum, dealer_set)
+                if byzantine_partial is not None:
+                    partial = await asyncio.to_thread(byzantine_partial, member, dealer_set)
+                else:
+                    partial = await asyncio.to_thread(member.partial_sum, dealer_set)
             except ValueError as error:
                 log.info("%s round %d: no partial sum for %s: %s", me, r, publisher, error)
                 continue

@@ -396,6 +396,7 @@ class Peer:
                 self.scenario.timeouts.collect_s,
                 seed,
                 on_crash=lambda: self.crash(),
+                colluders=frozenset(self.byzantine),
             )
         elif spec.name in DATA_BEHAVIOURS:
             self.train_x, self.train_y = poison_training_data(
