@@ -14,8 +14,11 @@ the corruption threshold of the secure mode (`corruption_threshold`):
   partial sums needed to reconstruct (threshold t, packing l): with that many liars the honest
   partial sums no longer determine the sum, whatever the decoder. Berlekamp-Welch corrects up
   to r = floor((s - T)/2) lies; past r, random lies make the reconstruction fail, which is
-  counted through ``failed_clusters``, and colluding lies (no behaviour implements them) can
-  make it return a wrong sum from s - T + 1 - r liars on, naming honest holders as the liars.
+  counted through ``failed_clusters``. Colluding holders (``collude-partial``,
+  `COLLUDING_HOLDER_LIES`) shift their partial sums onto one other codeword, so from
+  c = s - T + 1 - r of them the decoder returns a wrong sum, naming honest holders as the liars;
+  for them c is that threshold (`colluding_threshold`), and between r + 1 and c - 1 colluders
+  the reconstruction fails, which ``failed_clusters`` counts.
   Any other faulty member (a poisoned update, inconsistent shares, which amount to dealing
   another input, or a crash) corrupts its cluster alone in every mode: MPC hides inputs, it
   does not check them.
@@ -74,6 +77,9 @@ ANALYTIC_STRATEGIES = ("random", "static")
 SHUFFLE_STRATEGIES = ("balanced", "isolate")
 # deviations that only lie as a Shamir holder (a wrong partial sum): Berlekamp-Welch sees them
 HOLDER_LIES = frozenset({"corrupt-partial"})
+# holders that lie in concert, onto one other codeword: corrected up to r, a wrong sum from
+# s - T + 1 - r on (`adversary.behaviours.ByzantineTransport.partial_sum`)
+COLLUDING_HOLDER_LIES = frozenset({"collude-partial"})
 TRUST_LAG = 2  # round r draws its clusters with the suspicion scores after round r - TRUST_LAG
 LAWS = {
     "random": "exact",
@@ -124,17 +130,30 @@ def _byzantine_entries(scenario: dict[str, Any]) -> dict[str, tuple[int, str]]:
     }
 
 
-def lying_holders(scenario: dict[str, Any]) -> frozenset[str]:
-    """Byzantine members whose only deviation is a lie as a Shamir holder (`HOLDER_LIES`), in
-    ``shamir`` mode; empty otherwise."""
+def lying_holders(
+    scenario: dict[str, Any], kinds: frozenset[str] = HOLDER_LIES | COLLUDING_HOLDER_LIES
+) -> frozenset[str]:
+    """Byzantine members whose only deviation is a lie as a Shamir holder (by default random or
+    colluding lies; `HOLDER_LIES` alone for the random-lie law), in ``shamir`` mode; empty
+    otherwise."""
     aggregation = scenario.get("aggregation") or {}
     if aggregation.get("secure", "none") != "shamir":
         return frozenset()
     return frozenset(
         node
         for node, (_, behaviour) in _byzantine_entries(scenario).items()
-        if behaviour.split(":", 1)[0] in HOLDER_LIES
+        if behaviour.split(":", 1)[0] in kinds
     )
+
+
+def colluding_threshold(scenario: dict[str, Any], size: int) -> int:
+    """Colluding holders from which a cluster of `size` decodes a wrong sum: s - T + 1 - r, with
+    r = floor((s - T)/2) the lies Berlekamp-Welch corrects (`corruption_threshold` gives
+    s - T + 1)."""
+    beyond = corruption_threshold(scenario, size)  # s - T + 1
+    if beyond <= 1:
+        return beyond
+    return max(1, beyond - (beyond - 1) // 2)
 
 
 def corruption_threshold(scenario: dict[str, Any], size: int) -> int:
@@ -171,6 +190,7 @@ def round_rows(summary: dict[str, Any], scenario: dict[str, Any]) -> list[dict[s
     """
     schedule = fault_schedule(scenario)
     liars = lying_holders(scenario)
+    colluders = lying_holders(scenario, COLLUDING_HOLDER_LIES)
     rows = []
     for record in summary.get("rounds", []):
         round_ = int(record["round"])
@@ -184,6 +204,7 @@ def round_rows(summary: dict[str, Any], scenario: dict[str, Any]) -> list[dict[s
             for i, members in enumerate(clusters)
             if faulty & set(members) - liars
             or len(faulty & liars & set(members)) >= corruption_threshold(scenario, len(members))
+            or len(faulty & colluders & set(members)) >= colluding_threshold(scenario, len(members))
         }
         corrupted = failed | over_threshold
         used = _output_clusters(record, count, failed)
@@ -302,11 +323,15 @@ def predicted_law(strategy: Any, last_round: int | None) -> str | None:
 
 def cluster_thresholds(scenario: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The cluster sizes of the scenario's n and k, and each cluster's corruption threshold:
-    the lying-holder threshold when every faulty node is a lying Shamir holder, else 1."""
+    the lying-holder threshold when every faulty node is a lying Shamir holder (r + 1 when they
+    collude: past the r lies it corrects, the decoder yields no sum or a wrong one), else 1."""
     from phalanx.clustering.strategies import cluster_sizes
 
     sizes = cluster_sizes(int(scenario["nodes"]), int(scenario["clustering"]["cluster_size"]))
     faulty = set(fault_schedule(scenario))
+    if faulty and faulty <= lying_holders(scenario, COLLUDING_HOLDER_LIES):
+        # r + 1 colluders take the output away: no output up to c - 1, a wrong one from c on
+        return sizes, tuple((corruption_threshold(scenario, size) - 1) // 2 + 1 for size in sizes)
     if faulty and faulty <= lying_holders(scenario):
         return sizes, tuple(corruption_threshold(scenario, size) for size in sizes)
     return sizes, tuple(1 for _ in sizes)
@@ -325,7 +350,7 @@ class HolderLaw:
 def holder_law(scenario: dict[str, Any]) -> HolderLaw | None:
     """The `HolderLaw` of the scenario when every faulty node is a lying Shamir holder."""
     faulty = set(fault_schedule(scenario))
-    if not faulty or not faulty <= lying_holders(scenario):
+    if not faulty or not faulty <= lying_holders(scenario, HOLDER_LIES):
         return None
     from phalanx.clustering.strategies import cluster_sizes
     from phalanx.mpc.session import default_threshold

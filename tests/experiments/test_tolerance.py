@@ -16,7 +16,13 @@ import pytest
 
 from phalanx.clustering.analysis import corruption_distribution
 from phalanx.clustering.strategies import cluster_sizes, compute_assignment
-from phalanx.experiments.metrics import cell_metrics, corruption_threshold, round_rows
+from phalanx.experiments.metrics import (
+    cell_metrics,
+    colluding_threshold,
+    corruption_threshold,
+    holder_law,
+    round_rows,
+)
 from phalanx.experiments.report import write_report
 from phalanx.experiments.store import CellRecord, ResultStore
 from phalanx.experiments.tolerance import (
@@ -203,6 +209,32 @@ def test_shamir_corrupts_past_s_minus_t_liars_and_quarantine_leaves_the_rule() -
     assert "predicted_law" not in cell_metrics([row], scenario)
     early = cell_metrics([{**row, "round": 2}], scenario)
     assert early["predicted_law"] == "random law (no scores yet)"
+
+
+def test_colluding_holders_corrupt_from_s_minus_t_plus_1_minus_r_and_are_scored_as_liars() -> None:
+    # clusters of 10, t = 4: BW corrects r = 3; colluders decode wrong from 10 - 4 + 1 - 3 = 4
+    names = node_names(20)
+    colluders = [*names[:4], *names[10:13]]
+    scenario = scenario_of(
+        20, 10, "random", colluders, secure="shamir", behaviour="collude-partial"
+    )
+    assert colluding_threshold(scenario, 10) == 4
+    assert holder_law(scenario) is None  # not the random-lie law
+    assert cell_metrics([], scenario)["corrupt_thresholds"] == {"10": 4}
+    record = {
+        "round": 1,
+        "clusters": [names[:10], names[10:]],
+        "failed_clusters": [],
+        "bytes_sent": {},
+        "liars": ["node-07", "node-08", "node-09", "node-10", "node-11", "node-12"],
+    }
+    (row,) = round_rows({"rounds": [record]}, scenario)
+    # four colluders: a wrong sum that frames node-07..09; three: corrected and named
+    assert row["corrupted_clusters"] == 1 and row["bad_inputs"] == 1
+    assert row["lying_faulty"] == sorted(colluders)
+    metrics = cell_metrics([row], scenario)
+    assert metrics["liar_precision"] == pytest.approx(3 / 6)
+    assert metrics["liar_recall"] == pytest.approx(3 / 7)
 
 
 def test_intervals_and_tolerated_fractions() -> None:
