@@ -396,7 +396,11 @@ class Peer:
                 self.scenario.timeouts.collect_s,
                 seed,
                 on_crash=lambda: self.crash(),
-                colluders=frozenset(self.byzantine),
+                colluders=frozenset(
+                    node
+                    for node, other in self.byzantine.items()
+                    if other.behaviour == entry.behaviour
+                ),
             )
         elif spec.name in DATA_BEHAVIOURS:
             self.train_x, self.train_y = poison_training_data(
