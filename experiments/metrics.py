@@ -146,14 +146,15 @@ def lying_holders(
     )
 
 
+def corrected_lies(scenario: dict[str, Any], size: int) -> int:
+    """r = floor((s - T)/2), the wrong partial sums Berlekamp-Welch corrects in a cluster of
+    `size` (0 outside ``shamir``); `corruption_threshold` is s - T + 1."""
+    return (corruption_threshold(scenario, size) - 1) // 2
+
+
 def colluding_threshold(scenario: dict[str, Any], size: int) -> int:
-    """Colluding holders from which a cluster of `size` decodes a wrong sum: s - T + 1 - r, with
-    r = floor((s - T)/2) the lies Berlekamp-Welch corrects (`corruption_threshold` gives
-    s - T + 1)."""
-    beyond = corruption_threshold(scenario, size)  # s - T + 1
-    if beyond <= 1:
-        return beyond
-    return max(1, beyond - (beyond - 1) // 2)
+    """Colluding holders from which a cluster of `size` decodes a wrong sum: s - T + 1 - r."""
+    return corruption_threshold(scenario, size) - corrected_lies(scenario, size)
 
 
 def corruption_threshold(scenario: dict[str, Any], size: int) -> int:
@@ -331,7 +332,7 @@ def cluster_thresholds(scenario: dict[str, Any]) -> tuple[tuple[int, ...], tuple
     faulty = set(fault_schedule(scenario))
     if faulty and faulty <= lying_holders(scenario, COLLUDING_HOLDER_LIES):
         # r + 1 colluders take the output away: no output up to c - 1, a wrong one from c on
-        return sizes, tuple((corruption_threshold(scenario, size) - 1) // 2 + 1 for size in sizes)
+        return sizes, tuple(corrected_lies(scenario, size) + 1 for size in sizes)
     if faulty and faulty <= lying_holders(scenario):
         return sizes, tuple(corruption_threshold(scenario, size) for size in sizes)
     return sizes, tuple(1 for _ in sizes)

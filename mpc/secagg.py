@@ -22,7 +22,7 @@ lying responders are tolerated; a reconstructed key is also checked against its 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -205,7 +205,7 @@ class SecAggMember:
         s^SK (never of its self mask b), and this member still reveals the shares it holds."""
         self._mask_set = tuple(sorted(mask_set))
 
-    def _pairwise_seeds(self, peers: Sequence[str]) -> tuple[list[bytes], list[bytes]]:
+    def _pairwise_seeds(self, peers: Collection[str]) -> tuple[list[bytes], list[bytes]]:
         """The seeds s_ij with each of ``peers``: added for j > i, subtracted for j < i."""
         plus: list[bytes] = []
         minus: list[bytes] = []
@@ -228,10 +228,10 @@ class SecAggMember:
         U2 is all advertisers, `masked_input` only adds the input; when some dropped, it removes
         their PRG terms. The masked vector is the same field vector either way.
         """
-        peers = sorted(set(self._advertisements) - {self.member})
+        peers = frozenset(self._advertisements) - {self.member}
         plus, minus = self._pairwise_seeds(peers)
         masks = _seal_masks([], [self._self_mask_seed, *plus], minus, self.session.dimension)
-        self._precomputed = (frozenset(peers), masks)
+        self._precomputed = (peers, masks)
 
     # Phase 2
     def masked_input(self, encoded_update: FieldVector, mask_set: Sequence[str]) -> MaskedInput:
@@ -257,7 +257,7 @@ class SecAggMember:
         precomputed, self._precomputed = self._precomputed, None
         if precomputed is not None and set(peers) <= precomputed[0]:
             # remove the terms of advertisers outside U2: +PRG(s_ij) is undone by subtracting it
-            extra_plus, extra_minus = self._pairwise_seeds(sorted(precomputed[0] - set(peers)))
+            extra_plus, extra_minus = self._pairwise_seeds(precomputed[0] - set(peers))
             masked = _seal_masks(
                 [encoded_update, precomputed[1]], extra_minus, extra_plus, session.dimension
             )

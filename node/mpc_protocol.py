@@ -103,16 +103,15 @@ def deadline_after(previous_deadline: float, collect_s: float) -> float:
 Dealer = Callable[["ShamirMember", "FieldVector", Mapping[str, KeyAdvertisement]], Any]
 
 
+def _transport_hook(context: RoundContext, name: str) -> Any:
+    """The node's transport's own version of a holder step, when it has one: a Byzantine
+    transport's ``deal_shares`` (``inconsistent-shares``) or ``partial_sum``
+    (``collude-partial``), see `adversary.behaviours.ByzantineTransport`; None otherwise."""
+    return getattr(getattr(context.send, "__self__", None), name, None)
+
+
 def _byzantine_dealer(context: RoundContext) -> Dealer | None:
-    """The node's transport's own dealing, when it has one: a Byzantine transport
-    (`adversary.behaviours.ByzantineTransport.deal_shares`, ``inconsistent-shares``)."""
-    return getattr(getattr(context.send, "__self__", None), "deal_shares", None)
-
-
-def _partial_sum_of(context: RoundContext) -> Callable[[Any, Sequence[str]], Any] | None:
-    """The node's transport's own partial sums, when it has them: a Byzantine transport
-    (`adversary.behaviours.ByzantineTransport.partial_sum`, ``collude-partial``)."""
-    return getattr(getattr(context.send, "__self__", None), "partial_sum", None)
+    return _transport_hook(context, "deal_shares")  # type: ignore[no-any-return]
 
 
 def agree_dealer_set(held_by: dict[str, Sequence[str]], threshold: int) -> list[str]:
@@ -466,7 +465,7 @@ class ShamirClusterProtocol:
         # answers one dealer set per round (the first aggregator's), and any other aggregator
         # that asked for the same set.
         requests: dict[str, Message] = {}
-        byzantine_partial = _partial_sum_of(context)
+        partial_sum = _transport_hook(context, "partial_sum") or type(member).partial_sum
         for publisher in [p for p in publishers if p in adverts]:
             request = await wait_for_publisher(
                 context, pb.MESSAGE_KIND_DEALER_SET, publisher, held_deadline + collect
@@ -476,10 +475,7 @@ class ShamirClusterProtocol:
             requests[publisher] = request
             dealer_set = _names(request.meta["dealers"])
             try:
-                if byzantine_partial is not None:
-                    partial = await asyncio.to_thread(byzantine_partial, member, dealer_set)
-                else:
-                    partial = await asyncio.to_thread(member.partial_sum, dealer_set)
+                partial = await asyncio.to_thread(partial_sum, member, dealer_set)
             except ValueError as error:
                 log.info("%s round %d: no partial sum for %s: %s", me, r, publisher, error)
                 continue
