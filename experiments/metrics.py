@@ -27,11 +27,11 @@ The outer rule's verdict (``flagged_clusters``) is not corruption and is not cou
 *overwhelmed* when the bad inputs of the outer aggregation exceed what it tolerates,
 ``ceil(b m') - 1`` with breakdown b = 1/2 (the median; Donoho and Huber 1983): the bad inputs are
 the failed clusters plus the corrupted clusters whose output the rule ran on, and m' is the
-number of clusters less those whose output ``isolate`` dropped as quarantined (without quarantine,
-m' = m and the test is "corrupted clusters > ceil(m/2) - 1"). Rates are taken over the rounds
-with a fault in force (all rounds when there is none); the cell keeps the counts
-(``overwhelmed_rounds`` of ``counted_rounds``) so that seeds can be pooled into one binomial
-sample (`experiments.tolerance`).
+number of clusters less the quarantine clusters of ``isolate``, whose outputs are left out
+whether they failed or not (without quarantine, m' = m and the test is "corrupted clusters >
+ceil(m/2) - 1"). Rates are taken over the rounds with a fault in force (all rounds when there
+is none); the cell keeps the counts (``overwhelmed_rounds`` of ``counted_rounds``) so that seeds
+can be pooled into one binomial sample (`experiments.tolerance`).
 
 Predicted side. With the same thresholds c_j (1 for any faulty member that is not a lying
 holder) and b = 1/2 (`clustering.analysis`):
@@ -209,8 +209,11 @@ def round_rows(summary: dict[str, Any], scenario: dict[str, Any]) -> list[dict[s
         }
         corrupted = failed | over_threshold
         used = _output_clusters(record, count, failed)
-        dropped = set(range(count)) - used - failed
-        bad = len(failed) + len(over_threshold & used)
+        # A quarantine cluster (`isolate`) is left out of the global step whether it failed or
+        # not, so it is dropped rather than a bad input.
+        quarantine = {int(c) for c in record.get("quarantined_clusters") or []}
+        dropped = (set(range(count)) - used - failed) | (failed & quarantine)
+        bad = len(failed - quarantine) + len(over_threshold & used)
         rows.append(
             {
                 "round": round_,
@@ -280,8 +283,26 @@ def cell_metrics(rows: list[dict[str, Any]], scenario: dict[str, Any]) -> dict[s
         )
         last_round = max(int(r["round"]) for r in counted)
         metrics.update(detection_metrics(rows))
+        metrics["by_round"] = [round_outcome(r) for r in counted]
     metrics.update(predicted_metrics(scenario, last_round=last_round))
     return metrics
+
+
+def round_outcome(row: dict[str, Any]) -> dict[str, Any]:
+    """One counted round as the by-round view of a map needs it (`experiments.tolerance`): was
+    it overwhelmed, how many clusters had no output or were dropped, and the liars named."""
+    named = set(row.get("named_liars") or [])
+    lying = set(row.get("lying_faulty") or [])
+    return {
+        "round": int(row["round"]),
+        "overwhelmed": _overwhelmed(row),
+        "clusters": int(row["num_clusters"]),
+        "failed_clusters": int(row["failed_clusters_count"]),
+        "dropped_clusters": int(row.get("dropped_clusters") or 0),
+        "liars_named": len(named),
+        "liars_named_lying": len(named & lying),
+        "liars_in_force": len(lying),
+    }
 
 
 def detection_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:

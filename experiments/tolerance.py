@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phalanx.experiments.metrics import HolderLaw, predict
+from phalanx.experiments.metrics import TRUST_LAG, HolderLaw, predict
 from phalanx.experiments.stats import MeanCI, mean_ci
 from phalanx.experiments.store import CellRecord
 
@@ -868,6 +868,234 @@ def tolerance_table(entries: Sequence[Tolerance], level: float = LEVEL) -> list[
     return lines
 
 
+@dataclass(frozen=True)
+class RoundWindow:
+    """One configuration's rounds from `first` to `last`, pooled over its seeds."""
+
+    first: int
+    last: int
+    rounds: int
+    overwhelmed: int
+    clusters: int
+    failed: int
+    dropped: int
+    liars_named: int
+    liars_named_lying: int
+    liars_in_force: int
+
+    @property
+    def failed_fraction(self) -> float:
+        return self.failed / self.clusters if self.clusters else 0.0
+
+    @property
+    def liar_recall(self) -> float | None:
+        return self.liars_named_lying / self.liars_in_force if self.liars_in_force else None
+
+    @property
+    def liar_precision(self) -> float | None:
+        return self.liars_named_lying / self.liars_named if self.liars_named else None
+
+    def to_json(self) -> dict[str, Any]:
+        low, high = clopper_pearson(self.overwhelmed, self.rounds)
+        return {
+            "rounds": [self.first, self.last],
+            "counted_rounds": self.rounds,
+            "overwhelmed_rounds": self.overwhelmed,
+            "overwhelmed_rate_ci95": [low, high],
+            "failed_cluster_fraction": self.failed_fraction,
+            "dropped_clusters": self.dropped,
+            "liar_precision": self.liar_precision,
+            "liar_recall": self.liar_recall,
+        }
+
+
+@dataclass(frozen=True)
+class RoundSeries:
+    """A configuration run for more rounds than the suspicion scores lag (`TRUST_LAG`): its
+    rounds one by one and in two windows, before any score exists and after."""
+
+    facet: tuple[tuple[str, str], ...]
+    strategy: str
+    cluster_size: int
+    nodes: int
+    faulty: int
+    seeds: int
+    per_round: tuple[RoundWindow, ...]
+
+    def window(self, first: int, last: int) -> RoundWindow:
+        chosen = [w for w in self.per_round if first <= w.first <= last]
+        return RoundWindow(
+            first,
+            last,
+            *(
+                sum(getattr(w, name) for w in chosen)
+                for name in (
+                    "rounds",
+                    "overwhelmed",
+                    "clusters",
+                    "failed",
+                    "dropped",
+                    "liars_named",
+                    "liars_named_lying",
+                    "liars_in_force",
+                )
+            ),
+        )
+
+    @property
+    def last_round(self) -> int:
+        return max(w.last for w in self.per_round)
+
+    def unscored(self) -> RoundWindow:
+        return self.window(1, TRUST_LAG)
+
+    def scored(self) -> RoundWindow:
+        return self.window(TRUST_LAG + 1, self.last_round)
+
+
+def build_round_series(records: Sequence[CellRecord]) -> list[RoundSeries]:
+    """Configurations whose cells record more than `TRUST_LAG` rounds, seeds pooled round by
+    round (from each cell's ``by_round`` metrics); grid order kept."""
+    groups: dict[tuple[Any, ...], list[CellRecord]] = {}
+    for record in records:
+        outcomes = record.metrics.get("by_round")
+        if not _usable(record) or not isinstance(outcomes, list) or len(outcomes) <= TRUST_LAG:
+            continue
+        metrics = record.metrics
+        facet = tuple(
+            (key, label)
+            for key, label in sorted(record.labels.items())
+            if key not in (STRATEGY_KEY, CLUSTER_SIZE_KEY, *FAULT_AXES)
+        )
+        key = (
+            facet,
+            str(metrics.get("strategy")),
+            int(metrics["cluster_size"]),
+            int(metrics["nodes"]),
+            int(metrics["faulty_nodes"]),
+        )
+        groups.setdefault(key, []).append(record)
+    series = []
+    for (facet, strategy, size, nodes, faulty), group in groups.items():
+        by_round: dict[int, list[dict[str, Any]]] = {}
+        for record in group:
+            for outcome in record.metrics["by_round"]:
+                by_round.setdefault(int(outcome["round"]), []).append(outcome)
+        per_round = tuple(
+            RoundWindow(
+                round_,
+                round_,
+                len(outcomes),
+                sum(bool(o["overwhelmed"]) for o in outcomes),
+                sum(int(o["clusters"]) for o in outcomes),
+                sum(int(o["failed_clusters"]) for o in outcomes),
+                sum(int(o["dropped_clusters"]) for o in outcomes),
+                sum(int(o["liars_named"]) for o in outcomes),
+                sum(int(o["liars_named_lying"]) for o in outcomes),
+                sum(int(o["liars_in_force"]) for o in outcomes),
+            )
+            for round_, outcomes in sorted(by_round.items())
+        )
+        series.append(RoundSeries(facet, strategy, size, nodes, faulty, len(group), per_round))
+    return series
+
+
+def round_series_table(series: Sequence[RoundSeries]) -> list[str]:
+    """Before and after the scores: overwhelmed rounds, clusters without output, liars named."""
+    header = [
+        "strategy",
+        "k",
+        "f/n",
+        "seeds",
+        f"rounds 1-{TRUST_LAG}: overwhelmed",
+        "no output",
+        "rounds after: overwhelmed [95%]",
+        "no output",
+        "dropped outputs",
+        "liars named: precision / recall",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ordered = sorted(
+        series, key=lambda s: (s.facet, s.faulty, s.cluster_size, _strategy_rank(s.strategy))
+    )
+    for entry in ordered:
+        before, after = entry.unscored(), entry.scored()
+        low, high = clopper_pearson(after.overwhelmed, after.rounds)
+        name = f"{_facet_name(entry.facet)}: {entry.strategy}" if entry.facet else entry.strategy
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    str(entry.cluster_size),
+                    f"{entry.faulty / entry.nodes:.2f}",
+                    str(entry.seeds),
+                    f"{before.overwhelmed} of {before.rounds}",
+                    f"{before.failed_fraction:.3f}",
+                    f"{after.overwhelmed} of {after.rounds} [{low:.2f}, {high:.2f}]",
+                    f"{after.failed_fraction:.3f}",
+                    str(after.dropped),
+                    f"{_fmt(after.liar_precision, 2)} / {_fmt(after.liar_recall, 2)}",
+                ]
+            )
+            + " |"
+        )
+    return lines
+
+
+def plot_round_series(series: Sequence[RoundSeries], path: Path) -> Path | None:
+    """One panel per (facet, k, f/n): the fraction of clusters without an output (solid) and of
+    overwhelmed rounds (dashed) against the round, one colour per strategy; the grey band marks
+    the rounds drawn before any suspicion score exists."""
+    if not series:
+        return None
+    plt = _pyplot()
+    panels = sorted({(s.facet, s.cluster_size, s.faulty, s.nodes) for s in series})[:MAX_PANELS]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.2 * len(panels), 3.8), dpi=120, squeeze=False, sharey=True
+    )
+    strategies = sorted({s.strategy for s in series}, key=_strategy_rank)
+    for ax, (facet, size, faulty, nodes) in zip(axes[0], panels, strict=False):
+        for entry in series:
+            if (entry.facet, entry.cluster_size, entry.faulty, entry.nodes) != (
+                facet,
+                size,
+                faulty,
+                nodes,
+            ):
+                continue
+            colour = f"C{strategies.index(entry.strategy)}"
+            rounds = [w.first for w in entry.per_round]
+            ax.plot(
+                rounds,
+                [w.failed_fraction for w in entry.per_round],
+                color=colour,
+                marker="o",
+                markersize=4,
+                label=f"{entry.strategy}: no output",
+            )
+            ax.plot(
+                rounds,
+                [w.overwhelmed / w.rounds for w in entry.per_round],
+                color=colour,
+                linestyle="--",
+                linewidth=1,
+                label=f"{entry.strategy}: overwhelmed",
+            )
+        ax.axvspan(0.5, TRUST_LAG + 0.5, color="0.9", zorder=0)
+        title = f"k={size}, f/n={faulty / nodes:.2f}"
+        ax.set_title(f"{_facet_name(facet)}, {title}" if facet else title, fontsize=9)
+        ax.set_xlabel("round (grey: no scores yet)")
+        ax.set_ylim(-0.04, 1.06)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("fraction of clusters / of seeds")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def tolerance_section(records: Sequence[CellRecord], out: Path) -> list[str]:
     """The map's part of ``report.md`` (empty when no cell has the counts); writes
     ``tolerance.json`` and the plots into `out`."""
@@ -910,6 +1138,22 @@ def tolerance_section(records: Sequence[CellRecord], out: Path) -> list[str]:
             "inside": sum(bool(c.inside) for c in random_cells),
         },
     }
+    series = build_round_series(records)
+    if series:
+        summary["by_round"] = [
+            {
+                "facet": dict(s.facet),
+                "strategy": s.strategy,
+                "cluster_size": s.cluster_size,
+                "nodes": s.nodes,
+                "faulty": s.faulty,
+                "seeds": s.seeds,
+                "unscored": s.unscored().to_json(),
+                "scored": s.scored().to_json(),
+                "per_round": [w.to_json() for w in s.per_round],
+            }
+            for s in series
+        ]
     (out / "tolerance.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     lines = [
         "## Tolerance map",
@@ -956,6 +1200,21 @@ def tolerance_section(records: Sequence[CellRecord], out: Path) -> list[str]:
         ]
         if plot is not None:
             lines += [f"![Lying Shamir holders]({plot.name})", ""]
+    if series:
+        plot = plot_round_series(series, out / "tolerance_by_round.png")
+        lines += [
+            "### Before and after the suspicion scores",
+            "",
+            f"Round r draws its clusters with the scores after round r - {TRUST_LAG}, so rounds",
+            f"1-{TRUST_LAG} are drawn before any score exists. *no output*: the fraction of",
+            "clusters without one; *dropped outputs*: outputs `isolate` quarantined, summed",
+            "over seeds and rounds; liars named: over the rounds after, pooled.",
+            "",
+            *round_series_table(series),
+            "",
+        ]
+        if plot is not None:
+            lines += [f"![Before and after the suspicion scores]({plot.name})", ""]
     for title, plot in plots:
         if plot is not None:
             lines += [f"### {title}", "", f"![{title}]({plot.name})", ""]

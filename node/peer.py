@@ -115,6 +115,28 @@ def under_way_sample(serving: Sequence[str], poll: int) -> list[str]:
     return [serving[(start + i) % len(serving)] for i in range(UNDER_WAY_SAMPLE)]
 
 
+def unresponsive_after(
+    view: Sequence[str],
+    clusters: Sequence[Sequence[str]],
+    outputs: Mapping[int, ClusterOutput],
+) -> frozenset[str]:
+    """The peers the next round does not wait for: those that a published cluster output left
+    out (they sent nothing its publisher could use), and peers in no cluster.
+
+    The members of a cluster without an output are not among them. A failed cluster (too many
+    lying holders for Berlekamp-Welch, a silent publisher) says nothing about which of its members
+    answered, and treating them all as gone makes the next round skip their keys and shares,
+    which fails more clusters, until nobody is waited for. The set depends only on the agreed
+    clusters and outputs, so every node that agreed on the round computes the same one (the
+    publishers of the next round are chosen with it).
+    """
+    undecided = {
+        node for index, members in enumerate(clusters) if index not in outputs for node in members
+    }
+    included = {node for output in outputs.values() for node in output.included}
+    return frozenset(set(view) - included - undecided)
+
+
 _DATASETS: dict[tuple[str, str | None, int, float], Dataset] = {}
 
 
@@ -1175,10 +1197,16 @@ class Peer:
         self.phase = "aggregate"
         aggregate_started = clock.now()
         flagged: list[int] = []
-        quarantined = set(assignment.quarantined) & set(outputs)
-        if quarantined and len(quarantined) < len(outputs):
-            # `isolate`: the quarantine clusters' outputs are dropped from the global step.
+        received = outputs
+        # `isolate`: the quarantine clusters' outputs are left out of the global step, as long
+        # as another cluster's output remains. A quarantine cluster stays flagged for the trust
+        # scores whether or not it produced an output (its suspects failing their own
+        # reconstruction must not clear their scores and send them back among the trusted).
+        quarantined = set(assignment.quarantined)
+        if quarantined and set(outputs) - quarantined:
             outputs = {c: o for c, o in outputs.items() if c not in quarantined}
+        else:
+            quarantined = set()
         step_skipped: str | None = None
         step: GlobalStep | None = None
         if outputs:
@@ -1224,7 +1252,7 @@ class Peer:
         backdoor = await self._backdoor_success() if self.backdoor is not None else None
         included = sorted({node for out in outputs.values() for node in out.included})
         excluded = sorted(set(self.view) - set(included))
-        self.suspected = frozenset(excluded)
+        self.suspected = unresponsive_after(self.view, assignment.clusters, received)
         duration = clock.now() - started
         record = {
             "event": "round",

@@ -205,6 +205,10 @@ def test_shamir_corrupts_past_s_minus_t_liars_and_quarantine_leaves_the_rule() -
     (row,) = round_rows({"rounds": [record]}, scenario)
     assert (row["corrupted_clusters"], row["dropped_clusters"], row["bad_inputs"]) == (2, 2, 0)
     assert not row["overwhelmed"]
+    # a quarantine cluster without an output is left out too, not a bad input
+    failed_quarantine = {**record, "failed_clusters": [1], "cluster_outputs": {"2": {}, "3": {}}}
+    (row,) = round_rows({"rounds": [failed_quarantine]}, scenario)
+    assert (row["dropped_clusters"], row["bad_inputs"], row["overwhelmed"]) == (2, 0, False)
     # isolate past round 2 has no law; in rounds 1 and 2 (no scores yet) the random law holds
     assert "predicted_law" not in cell_metrics([row], scenario)
     early = cell_metrics([{**row, "round": 2}], scenario)
