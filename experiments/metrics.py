@@ -229,6 +229,7 @@ def round_rows(summary: dict[str, Any], scenario: dict[str, Any]) -> list[dict[s
                 "clusters_with_faulty": len(with_faulty),
                 "corrupted_clusters": len(corrupted),
                 "digests_identical": bool(record.get("digests_identical")),
+                "failed_outside_quarantine": len(failed - quarantine),
                 "used_clusters": len(used),
                 "dropped_clusters": len(dropped),
                 "bad_inputs": bad,
@@ -290,14 +291,15 @@ def cell_metrics(rows: list[dict[str, Any]], scenario: dict[str, Any]) -> dict[s
 
 def round_outcome(row: dict[str, Any]) -> dict[str, Any]:
     """One counted round as the by-round view of a map needs it (`experiments.tolerance`): was
-    it overwhelmed, how many clusters had no output or were dropped, and the liars named."""
+    it overwhelmed, how many clusters outside the quarantine had no output, how many were
+    dropped (the quarantine clusters of `isolate`), and the liars named."""
     named = set(row.get("named_liars") or [])
     lying = set(row.get("lying_faulty") or [])
     return {
         "round": int(row["round"]),
         "overwhelmed": _overwhelmed(row),
         "clusters": int(row["num_clusters"]),
-        "failed_clusters": int(row["failed_clusters_count"]),
+        "failed_clusters": int(row.get("failed_outside_quarantine", row["failed_clusters_count"])),
         "dropped_clusters": int(row.get("dropped_clusters") or 0),
         "liars_named": len(named),
         "liars_named_lying": len(named & lying),

@@ -792,6 +792,7 @@ def liar_table(cells: Sequence[MapCell]) -> list[str]:
         return []
     header = [
         "facet",
+        "strategy",
         "k",
         "f/n",
         "rounds",
@@ -816,6 +817,7 @@ def liar_table(cells: Sequence[MapCell]) -> list[str]:
             + " | ".join(
                 [
                     _facet_name(cell.facet) or "-",
+                    cell.strategy,
                     str(cell.cluster_size),
                     f"{cell.fault_fraction:.2f}",
                     str(cell.rounds),

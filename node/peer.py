@@ -1276,7 +1276,7 @@ class Peer:
                 str(c): {"included": list(o.included), "publisher": o.publisher}
                 for c, o in sorted(outputs.items())
             },
-            "failed_clusters": sorted(set(range(len(assignment.clusters))) - set(outputs)),
+            "failed_clusters": sorted(set(range(len(assignment.clusters))) - set(received)),
             "step_skipped": step_skipped,
             "flagged_clusters": flagged,
             "liars": liars,

@@ -411,3 +411,33 @@ def test_colluding_holders_past_the_decoding_radius_move_the_sum_and_frame_hones
     for x in liars:
         garbled[x] = rng.integers(0, PRIME, 3, dtype=np.uint32)
     assert reconstruct_robust(garbled, 4).failed
+
+
+def test_maps_run_past_the_trust_lag_are_split_before_and_after_the_scores(
+    tmp_path: Path,
+) -> None:
+    from phalanx.experiments.metrics import TRUST_LAG
+    from phalanx.experiments.tolerance import (
+        build_round_series,
+        plot_round_series,
+        round_series_table,
+    )
+
+    faulty = ["node-00", "node-05", "node-10"]
+    scenario = scenario_of(20, 4, "random", faulty)
+    records = [record_of(scenario, 5, seed, seed) for seed in (1, 2)]
+    (series,) = build_round_series(records)
+    assert [w.first for w in series.per_round] == [1, 2, 3, 4, 5] and series.seeds == 2
+    before, after = series.unscored(), series.scored()
+    assert (before.rounds, after.rounds) == (2 * TRUST_LAG, 2 * (5 - TRUST_LAG))
+    # the windows add up to what the cells counted, round by round
+    counted = sum(r.metrics["overwhelmed_rounds"] for r in records)
+    assert before.overwhelmed + after.overwhelmed == counted
+    per_round = {int(o["round"]): o["overwhelmed"] for r in records for o in r.metrics["by_round"]}
+    assert set(per_round) == {1, 2, 3, 4, 5}
+    (_, _, row) = round_series_table([series])
+    assert f"| {before.overwhelmed} of 4 |" in row and f"| {after.overwhelmed} of 6 [" in row
+    plot = plot_round_series([series], tmp_path / "by_round.png")
+    assert plot is not None and plot.stat().st_size > 1000
+    # cells that stop within the lag have nothing after the scores to show
+    assert build_round_series([record_of(scenario, TRUST_LAG, 1, 1)]) == []

@@ -147,6 +147,8 @@ def test_trust_singles_out_the_attacker_and_isolate_quarantines_it(tmp_path: Pat
     # Scores of round r-2 place the suspected attacker in a quarantine cluster, dropped.
     quarantined = {node for c in last["quarantined_clusters"] for node in last["clusters"][c]}
     assert attacker in quarantined, last
+    # A quarantine cluster that produced its output is dropped, not failed.
+    assert not set(last["quarantined_clusters"]) & set(last["failed_clusters"]), last
     # Every honest node holds the same scores (they come from agreed outputs only).
     out = tmp_path / "isolate" / "nodes"
     scores = {
