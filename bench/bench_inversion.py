@@ -24,7 +24,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,6 +96,65 @@ def _chart(curves: dict[str, list[float]], ks: list[int], path: Path, title: str
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+GRID_LABELS = {
+    "dlg": "DLG",
+    "idlg": "iDLG",
+    "ig": "IG",
+    "gan": "GAN prior",
+    "diffusion": "diffusion (DPS)",
+    "diffusion-ig": "diffusion + IG",
+}
+
+
+def grid_chart(report: Mapping[str, object], path: Path, title: str) -> Path | None:
+    """Median PSNR against batch size, one line per method, from the ``grid/METHOD/b=B``
+    entries of a bench report; the bars are each cell's distribution-free median interval."""
+    cells: dict[str, list[tuple[int, float, float, float]]] = {}
+    for key, value in report.items():
+        parts = key.split("/")
+        if len(parts) != 3 or parts[0] != "grid" or not isinstance(value, dict):
+            continue
+        low, high = value["psnr_interval"]
+        batch = int(parts[2].removeprefix("b="))
+        cells.setdefault(parts[1], []).append((batch, value["median_psnr"], low, high))
+    if not cells:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.8))
+    batches: set[int] = set()
+    for offset, (method, rows) in enumerate(cells.items()):
+        rows.sort()
+        batches.update(b for b, *_ in rows)
+        shift = 2 ** ((offset - (len(cells) - 1) / 2) * 0.04)  # side by side on a log axis
+        axis.errorbar(
+            [b * shift for b, *_ in rows],
+            [m for _, m, _, _ in rows],
+            yerr=[[m - lo for _, m, lo, _ in rows], [hi - m for _, m, _, hi in rows]],
+            marker="o",
+            markersize=4,
+            capsize=3,
+            label=GRID_LABELS.get(method, method),
+        )
+    ticks = sorted(batches)
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(ticks)
+    axis.set_xticklabels([str(b) for b in ticks])
+    axis.set_xlabel("batch size")
+    axis.set_ylabel("median PSNR (dB)")
+    axis.set_title(title, fontsize=9)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def median_interval(
@@ -255,6 +314,14 @@ def _run_bench(args: argparse.Namespace) -> int:
                 )
     if args.grid:
         _grid(args, dataset, prior_for, report, console)
+        grid_png = grid_chart(
+            report,
+            docs / "inversion" / Path(args.report).with_suffix(".png").name,
+            f"{args.dataset} / {args.grid_model} "
+            f"({'trained' if args.grid_trained else 'untrained'}): every method by batch size",
+        )
+        if grid_png is not None:
+            console.print(f"grid chart: {grid_png}")
     if args.label_table:
         _label_table(args, dataset, report, console)
     report["total_seconds"] = time.perf_counter() - started

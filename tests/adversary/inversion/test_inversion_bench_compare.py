@@ -81,3 +81,16 @@ def test_compare_runs_over_whole_batches_and_reports_pairs(tmp_path) -> None:
     assert len(report["compare/idlg"]["per_image"]) == 8
     assert report["compare/idlg-minus-ig"]["images"] == 8
     assert "compare/diffusion" not in report
+
+
+def test_the_grid_chart_draws_every_method_of_the_report_and_nothing_without_a_grid(
+    tmp_path,
+) -> None:
+    from phalanx.bench.bench_inversion import grid_chart
+
+    cell = {"median_psnr": 12.0, "psnr_interval": [10.0, 14.0]}
+    report = {f"grid/{m}/b={b}": cell for m in ("ig", "gan") for b in (1, 4, 16)}
+    chart = grid_chart({**report, "total_seconds": 3.0}, tmp_path / "grid.png", "t")
+    assert chart is not None and chart.stat().st_size > 1000
+    assert grid_chart({"compare/ig": cell}, tmp_path / "none.png", "t") is None
+    assert not (tmp_path / "none.png").exists()
