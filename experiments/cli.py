@@ -84,6 +84,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_rescore(args: argparse.Namespace) -> int:
+    from phalanx.experiments.runner import rescore_cells
+
+    try:
+        result = rescore_cells(args.dir)
+    except (FileNotFoundError, ValueError) as error:
+        return _error(str(error))
+    skipped = (
+        f"; skipped (files missing or changed): {', '.join(result.skipped)}"
+        if result.skipped
+        else ""
+    )
+    console.print(f"{result.rescored} cells scored again in {args.dir}{skipped}")
+    return EXIT_CELLS_FAILED if result.skipped else EXIT_OK
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from phalanx.experiments.store import open_existing
 
@@ -121,7 +137,8 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``phalanx experiment`` with ``run``, ``report``, ``export`` and ``rerun``."""
+    """Add ``phalanx experiment`` with ``run``, ``report``, ``rescore``, ``export`` and
+    ``rerun``."""
     from phalanx.node.cli import float_in, int_in
 
     experiment = subparsers.add_parser(
@@ -161,6 +178,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report = sub.add_parser("report", help="write report.md and PNG plots into DIR")
     report.add_argument("dir", type=Path, help="results folder of `phalanx experiment run`")
     report.set_defaults(func=_cmd_report)
+    rescore = sub.add_parser(
+        "rescore",
+        help="score the stored testbed cells again from their kept summaries (no cell runs)",
+    )
+    rescore.add_argument("dir", type=Path, help="results folder of `phalanx experiment run`")
+    rescore.set_defaults(func=_cmd_rescore)
     export = sub.add_parser("export", help="export the results store")
     export.add_argument("dir", type=Path, help="results folder of `phalanx experiment run`")
     export.add_argument("--csv", action="store_true", help="write DIR/cells.csv and DIR/rounds.csv")

@@ -292,7 +292,8 @@ def cell_metrics(rows: list[dict[str, Any]], scenario: dict[str, Any]) -> dict[s
 def round_outcome(row: dict[str, Any]) -> dict[str, Any]:
     """One counted round as the by-round view of a map needs it (`experiments.tolerance`): was
     it overwhelmed, how many clusters outside the quarantine had no output, how many were
-    dropped (the quarantine clusters of `isolate`), and the liars named."""
+    dropped (the quarantine clusters of `isolate`), the bad inputs of the outer rule (failed or
+    corrupted, `round_rows`), and the liars named."""
     named = set(row.get("named_liars") or [])
     lying = set(row.get("lying_faulty") or [])
     return {
@@ -301,6 +302,7 @@ def round_outcome(row: dict[str, Any]) -> dict[str, Any]:
         "clusters": int(row["num_clusters"]),
         "failed_clusters": int(row.get("failed_outside_quarantine", row["failed_clusters_count"])),
         "dropped_clusters": int(row.get("dropped_clusters") or 0),
+        "bad_inputs": int(row.get("bad_inputs") or 0),
         "liars_named": len(named),
         "liars_named_lying": len(named & lying),
         "liars_in_force": len(lying),

@@ -641,3 +641,41 @@ def rerun_cell(out_dir: str | Path, cell_id: str, timeout_s: float | None = None
     if record is None:
         raise SweepInterrupted
     return RerunResult(original, record, out / "reruns" / cell_id)
+
+
+@dataclass(frozen=True)
+class RescoreResult:
+    rescored: int
+    skipped: list[str]
+
+
+def rescore_cells(out_dir: str | Path) -> RescoreResult:
+    """Score every stored testbed cell of a sweep again from the files it kept
+    (``cells/ID/params.json`` and ``summary.json``) with the current `experiments.metrics`, and
+    store the new metrics and rounds. Nothing runs again: the runs' results are unchanged, only
+    what is derived from them. Cells whose files are missing or no longer match the recorded
+    scenario hash are skipped and named."""
+    from dataclasses import replace
+
+    from phalanx.experiments.store import open_existing
+
+    out = Path(out_dir)
+    rescored, skipped = 0, []
+    with open_existing(out) as store:
+        if (store.get_meta("kind") or "testbed") != "testbed":
+            raise ValueError(f"{out}: only testbed sweeps are scored from their summaries")
+        for record in store.cells():
+            cell_dir = out / "cells" / record.id
+            try:
+                params = json.loads((cell_dir / "params.json").read_text())
+                summary = json.loads((cell_dir / "summary.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                skipped.append(record.id)
+                continue
+            if canonical_hash(params) != record.scenario_hash:
+                skipped.append(record.id)
+                continue
+            rows = round_rows(summary, params)
+            store.record_cell(replace(record, metrics=cell_metrics(rows, params), rounds=rows))
+            rescored += 1
+    return RescoreResult(rescored, skipped)

@@ -881,6 +881,7 @@ class RoundWindow:
     clusters: int
     failed: int
     dropped: int
+    bad_inputs: int
     liars_named: int
     liars_named_lying: int
     liars_in_force: int
@@ -888,6 +889,13 @@ class RoundWindow:
     @property
     def failed_fraction(self) -> float:
         return self.failed / self.clusters if self.clusters else 0.0
+
+    @property
+    def bad_fraction(self) -> float:
+        """Bad inputs of the outer rule (failed, or corrupted and used) over the clusters
+        it did not drop."""
+        kept = self.clusters - self.dropped
+        return self.bad_inputs / kept if kept else 0.0
 
     @property
     def liar_recall(self) -> float | None:
@@ -905,6 +913,7 @@ class RoundWindow:
             "overwhelmed_rounds": self.overwhelmed,
             "overwhelmed_rate_ci95": [low, high],
             "failed_cluster_fraction": self.failed_fraction,
+            "bad_input_fraction": self.bad_fraction,
             "dropped_clusters": self.dropped,
             "liar_precision": self.liar_precision,
             "liar_recall": self.liar_recall,
@@ -937,6 +946,7 @@ class RoundSeries:
                     "clusters",
                     "failed",
                     "dropped",
+                    "bad_inputs",
                     "liars_named",
                     "liars_named_lying",
                     "liars_in_force",
@@ -992,6 +1002,7 @@ def build_round_series(records: Sequence[CellRecord]) -> list[RoundSeries]:
                 sum(int(o["clusters"]) for o in outcomes),
                 sum(int(o["failed_clusters"]) for o in outcomes),
                 sum(int(o["dropped_clusters"]) for o in outcomes),
+                sum(int(o.get("bad_inputs") or 0) for o in outcomes),
                 sum(int(o["liars_named"]) for o in outcomes),
                 sum(int(o["liars_named_lying"]) for o in outcomes),
                 sum(int(o["liars_in_force"]) for o in outcomes),
@@ -1010,8 +1021,9 @@ def round_series_table(series: Sequence[RoundSeries]) -> list[str]:
         "f/n",
         "seeds",
         f"rounds 1-{TRUST_LAG}: overwhelmed",
-        "no output",
+        "bad inputs",
         "rounds after: overwhelmed [95%]",
+        "bad inputs",
         "no output",
         "dropped outputs",
         "liars named: precision / recall",
@@ -1033,8 +1045,9 @@ def round_series_table(series: Sequence[RoundSeries]) -> list[str]:
                     f"{entry.faulty / entry.nodes:.2f}",
                     str(entry.seeds),
                     f"{before.overwhelmed} of {before.rounds}",
-                    f"{before.failed_fraction:.3f}",
+                    f"{before.bad_fraction:.3f}",
                     f"{after.overwhelmed} of {after.rounds} [{low:.2f}, {high:.2f}]",
+                    f"{after.bad_fraction:.3f}",
                     f"{after.failed_fraction:.3f}",
                     str(after.dropped),
                     f"{_fmt(after.liar_precision, 2)} / {_fmt(after.liar_recall, 2)}",
@@ -1046,8 +1059,9 @@ def round_series_table(series: Sequence[RoundSeries]) -> list[str]:
 
 
 def plot_round_series(series: Sequence[RoundSeries], path: Path) -> Path | None:
-    """One panel per (facet, k, f/n): the fraction of clusters without an output (solid) and of
-    overwhelmed rounds (dashed) against the round, one colour per strategy; the grey band marks
+    """One panel per (facet, k, f/n): the outer rule's bad inputs (failed or corrupted outputs)
+    over the clusters it kept (solid) and the fraction of overwhelmed rounds (dashed) against the
+    round, one colour per strategy; the grey band marks
     the rounds drawn before any suspicion score exists."""
     if not series:
         return None
@@ -1070,11 +1084,11 @@ def plot_round_series(series: Sequence[RoundSeries], path: Path) -> Path | None:
             rounds = [w.first for w in entry.per_round]
             ax.plot(
                 rounds,
-                [w.failed_fraction for w in entry.per_round],
+                [w.bad_fraction for w in entry.per_round],
                 color=colour,
                 marker="o",
                 markersize=4,
-                label=f"{entry.strategy}: no output",
+                label=f"{entry.strategy}: bad inputs",
             )
             ax.plot(
                 rounds,
@@ -1208,9 +1222,11 @@ def tolerance_section(records: Sequence[CellRecord], out: Path) -> list[str]:
             "### Before and after the suspicion scores",
             "",
             f"Round r draws its clusters with the scores after round r - {TRUST_LAG}, so rounds",
-            f"1-{TRUST_LAG} are drawn before any score exists. *no output*: the fraction of",
-            "clusters without one; *dropped outputs*: outputs `isolate` quarantined, summed",
-            "over seeds and rounds; liars named: over the rounds after, pooled.",
+            f"1-{TRUST_LAG} are drawn before any score exists. *bad inputs*: the failed and",
+            "corrupted outputs over the clusters the outer rule kept (the median is overwhelmed",
+            "past one half); *no output*: clusters outside the quarantine without one;",
+            "*dropped outputs*: quarantine clusters of `isolate`, summed over seeds and rounds;",
+            "liars named: over the rounds after, pooled.",
             "",
             *round_series_table(series),
             "",

@@ -441,3 +441,42 @@ def test_maps_run_past_the_trust_lag_are_split_before_and_after_the_scores(
     assert plot is not None and plot.stat().st_size > 1000
     # cells that stop within the lag have nothing after the scores to show
     assert build_round_series([record_of(scenario, TRUST_LAG, 1, 1)]) == []
+
+
+def test_rescore_derives_the_metrics_again_from_the_kept_summaries(tmp_path: Path) -> None:
+    """`phalanx experiment rescore`: stale stored metrics are replaced by what the current
+    metrics code derives from the cell's own params.json and summary.json; a cell whose files
+    no longer match its recorded scenario hash is skipped, not scored from the wrong inputs."""
+    import dataclasses
+    import json
+
+    from phalanx.experiments.runner import rescore_cells
+    from phalanx.experiments.spec import canonical_hash
+
+    scenario = scenario_of(20, 4, "random", ["node-00", "node-05", "node-10"])
+    records = []
+    for seed in (1, 2):
+        stale = dataclasses.replace(
+            record_of(scenario, 5, seed, seed),
+            scenario_hash=canonical_hash(scenario),
+            metrics={"stale": True},
+            rounds=[],
+        )
+        cell_dir = tmp_path / "cells" / stale.id
+        cell_dir.mkdir(parents=True)
+        params = scenario if seed == 1 else {**scenario, "nodes": 21}
+        (cell_dir / "params.json").write_text(json.dumps(params))
+        (cell_dir / "summary.json").write_text(json.dumps(recorded_summary(scenario, 5, seed)))
+        records.append(stale)
+    with ResultStore(tmp_path) as store:
+        store.set_meta({"kind": "testbed"})
+        for record in records:
+            store.record_cell(record)
+    result = rescore_cells(tmp_path)
+    assert (result.rescored, result.skipped) == (1, [records[1].id])
+    with ResultStore(tmp_path) as store:
+        fresh, untouched = store.cells()
+    expected = record_of(scenario, 5, 1, 1).metrics
+    assert fresh.metrics == expected and len(fresh.metrics["by_round"]) == 5
+    assert len(fresh.rounds) == 5
+    assert untouched.metrics == {"stale": True}
