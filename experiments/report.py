@@ -358,6 +358,56 @@ def seed_table(configs: Sequence[Configuration], metrics: Sequence[str]) -> list
     return lines
 
 
+BASELINE_AXIS = "byzantine"
+BASELINE_LABEL = "none"
+
+
+def paired_baseline_table(
+    configs: Sequence[Configuration],
+    metric: str = "final_accuracy",
+    axis: str = BASELINE_AXIS,
+    baseline: str = BASELINE_LABEL,
+) -> list[str]:
+    """Each configuration against its clean counterpart (the same labels with `axis` =
+    `baseline`), paired by seed: mean ± 95 % Student-t half width of the per-seed difference in
+    `metric`. Empty when no configuration has a baseline to pair with."""
+    by_labels = {config.labels: config for config in configs}
+    lines: list[str] = []
+    for config in configs:
+        labels = dict(config.labels)
+        if labels.get(axis, baseline) == baseline:
+            continue
+        clean = by_labels.get(
+            tuple((key, baseline if key == axis else value) for key, value in config.labels)
+        )
+        if clean is None:
+            continue
+        clean_by_seed = {
+            c.seed: float(c.metrics[metric])
+            for c in clean.ok_cells()
+            if isinstance(c.metrics.get(metric), int | float)
+        }
+        differences = [
+            float(c.metrics[metric]) - clean_by_seed[c.seed]
+            for c in config.ok_cells()
+            if c.seed in clean_by_seed and isinstance(c.metrics.get(metric), int | float)
+        ]
+        if not differences:
+            continue
+        stat = mean_ci(differences)
+        lines.append(
+            f"| {config.name} | {len(differences)} | {stat.format(_digits(metric))} | "
+            f"{sum(d < 0 for d in differences)} of {len(differences)} |"
+        )
+    if not lines:
+        return []
+    return [
+        f"| configuration | seeds paired | {metric} minus clean, same seed | seeds below clean |",
+        "|---|---|---|---|",
+        *lines,
+    ]
+
+
 def _digits(metric: str) -> int:
     return 0 if metric == "bytes_sent" else 2 if metric in ("round_seconds", "psnr") else 4
 
@@ -439,6 +489,17 @@ def write_report(out_dir: str | Path) -> Path:
         *seed_table(configs, metrics),
         "",
     ]
+    paired = paired_baseline_table(configs)
+    if paired:
+        lines += [
+            "## Against the clean run of the same seed",
+            "",
+            f"Each configuration minus the one with `{BASELINE_AXIS}` = {BASELINE_LABEL} and",
+            "the same other labels, paired by seed (mean ± 95 % Student-t half width).",
+            "",
+            *paired,
+            "",
+        ]
     from phalanx.experiments.tolerance import tolerance_section
 
     lines += tolerance_section(records, out)

@@ -318,3 +318,30 @@ def test_the_engine_goes_to_the_command_not_the_scenario_file(tmp_path: Path) ->
     prepare_cell_dir(tmp_path / "cell", "testbed", cell.params)
     assert "engine" not in (tmp_path / "cell" / "scenario.toml").read_text()
     assert json.loads((tmp_path / "cell" / "params.json").read_text())["engine"] == "memory"
+
+
+def test_each_attack_is_paired_with_the_clean_run_of_its_seed() -> None:
+    import dataclasses
+
+    from phalanx.experiments.report import group_configurations, paired_baseline_table
+
+    def cell(byzantine: str, size: str, seed: int, accuracy: float) -> CellRecord:
+        labels = {"byzantine": byzantine, "clustering.cluster_size": size}
+        return dataclasses.replace(
+            record(f"c{seed}", []),
+            labels=labels,
+            axes=labels,
+            seed=seed,
+            metrics={"final_accuracy": accuracy},
+        )
+
+    records = [
+        *(cell("none", "5", s, a) for s, a in ((1, 0.8), (2, 0.6), (3, 0.7))),
+        *(cell("ipm", "5", s, a) for s, a in ((1, 0.5), (2, 0.5), (3, 0.8))),
+        cell("ipm", "10", 1, 0.1),  # no clean run at k = 10: nothing to pair with
+    ]
+    configs = group_configurations(records, ["byzantine", "clustering.cluster_size"])
+    _, _, row = paired_baseline_table(configs)
+    stat = mean_ci([0.5 - 0.8, 0.5 - 0.6, 0.8 - 0.7])
+    assert row == f"| byzantine=ipm, cluster_size=5 | 3 | {stat.format(4)} | 2 of 3 |"
+    assert paired_baseline_table([c for c in configs if c.name.startswith("byzantine=ipm")]) == []
