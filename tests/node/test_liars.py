@@ -34,16 +34,19 @@ def test_a_lying_shamir_holder_is_named_every_round(tmp_path: Path, phalanx) -> 
     assert summary["rounds"][-1]["trust_suspected"] == ["node-03"]
 
 
-def _simulate_liars(tmp_path: Path, phalanx, strategy: str) -> list[dict]:
-    """40 peers in random clusters of 10 under Shamir (T = 4, so r = 3 lies are corrected), 14 of
-    them lying holders: some clusters get more than 3 liars and have no output."""
+def _simulate_liars(
+    tmp_path: Path, phalanx, strategy: str, liars: int = 14, rounds: int = 5
+) -> list[dict]:
+    """40 peers in clusters of 10 under Shamir (T = 4, so r = 3 lies are corrected), `liars` of
+    them lying holders: a cluster that gets more than 3 liars has no output."""
     scenario = tmp_path / f"{strategy}.toml"
     scenario.write_text(
-        'name = "liar-cascade"\nseed = 2\nnodes = 40\nrounds = 5\n[data]\ndataset = "digits"\n'
+        f'name = "liar-cascade"\nseed = 2\nnodes = 40\nrounds = {rounds}\n'
+        '[data]\ndataset = "digits"\n'
         f'[model]\nname = "mlp"\n[clustering]\ncluster_size = 10\nstrategy = "{strategy}"\n'
         'echo = false\n[aggregation]\nsecure = "shamir"\nthreshold = 4\n'
         '[membership]\nprotocol = "off"\n'
-        '[[byzantine]]\nbehaviour = "corrupt-partial"\ncount = 14\n'
+        f'[[byzantine]]\nbehaviour = "corrupt-partial"\ncount = {liars}\n'
     )
     out = tmp_path / strategy
     result = phalanx("simulate", str(scenario), "--out", str(out), timeout=600)
@@ -82,3 +85,21 @@ def test_only_peers_a_published_output_left_out_are_not_waited_for() -> None:
     # (node-3..5) are undecided and still waited for
     assert unresponsive_after(view, clusters, outputs) == {"node-2", "node-6"}
     assert unresponsive_after(view, clusters, {}) == {"node-6"}
+
+
+def test_balanced_clusters_spread_the_named_liars_until_every_cluster_decodes(
+    tmp_path: Path, phalanx
+) -> None:
+    """12 liars among 40 peers in 4 clusters of 10: dealt 3 to a cluster they are all corrected
+    (r = 3). Before any score exists (rounds 1-2) `balanced` draws random clusters and some get
+    4 or more liars; once the named liars' scores rank them above the honest peers, it deals
+    them round-robin and every cluster decodes and names its liars."""
+    rounds = _simulate_liars(tmp_path, phalanx, "balanced", liars=12, rounds=7)
+    assert any(record["failed_clusters"] for record in rounds[:2]), rounds
+    liars = sorted(json.loads((tmp_path / "balanced" / "summary.json").read_text())["byzantine"])
+    # Liars in a cluster without an output are not named, so the scores fill in over rounds;
+    # by round 7 (seed 2) every liar has been named and ranks above every honest peer.
+    last = rounds[-1]
+    assert last["failed_clusters"] == [] and last["liars"] == liars, last["round"]
+    per_cluster = [len(set(members) & set(liars)) for members in last["clusters"]]
+    assert per_cluster == [3, 3, 3, 3]
