@@ -225,6 +225,24 @@ def _stat(values: Sequence[Any]) -> MeanCI | None:
     return mean_ci(numbers) if numbers else None
 
 
+def _configuration_key(record: CellRecord) -> tuple[Any, ...]:
+    """(facet, strategy, k, n, faulty): what the cells of one configuration share but the seed;
+    the facet holds the labels of every axis other than strategy, k and the fault fraction."""
+    metrics = record.metrics
+    facet = tuple(
+        (key, label)
+        for key, label in sorted(record.labels.items())
+        if key not in (STRATEGY_KEY, CLUSTER_SIZE_KEY, *FAULT_AXES)
+    )
+    return (
+        facet,
+        str(metrics.get("strategy")),
+        int(metrics["cluster_size"]),
+        int(metrics["nodes"]),
+        int(metrics["faulty_nodes"]),
+    )
+
+
 def build_map(records: Sequence[CellRecord]) -> list[MapCell]:
     """Pool the seeds of every configuration that has the counts; grid order kept."""
     from phalanx.clustering.strategies import cluster_sizes
@@ -233,20 +251,7 @@ def build_map(records: Sequence[CellRecord]) -> list[MapCell]:
     for record in records:
         if not _usable(record):
             continue
-        metrics = record.metrics
-        facet = tuple(
-            (key, label)
-            for key, label in sorted(record.labels.items())
-            if key not in (STRATEGY_KEY, CLUSTER_SIZE_KEY, *FAULT_AXES)
-        )
-        key = (
-            facet,
-            str(metrics.get("strategy")),
-            int(metrics["cluster_size"]),
-            int(metrics["nodes"]),
-            int(metrics["faulty_nodes"]),
-        )
-        groups.setdefault(key, []).append(record)
+        groups.setdefault(_configuration_key(record), []).append(record)
     cells = []
     for (facet, strategy, size, nodes, faulty), group in groups.items():
         first = group[0].metrics
@@ -973,20 +978,7 @@ def build_round_series(records: Sequence[CellRecord]) -> list[RoundSeries]:
         outcomes = record.metrics.get("by_round")
         if not _usable(record) or not isinstance(outcomes, list) or len(outcomes) <= TRUST_LAG:
             continue
-        metrics = record.metrics
-        facet = tuple(
-            (key, label)
-            for key, label in sorted(record.labels.items())
-            if key not in (STRATEGY_KEY, CLUSTER_SIZE_KEY, *FAULT_AXES)
-        )
-        key = (
-            facet,
-            str(metrics.get("strategy")),
-            int(metrics["cluster_size"]),
-            int(metrics["nodes"]),
-            int(metrics["faulty_nodes"]),
-        )
-        groups.setdefault(key, []).append(record)
+        groups.setdefault(_configuration_key(record), []).append(record)
     series = []
     for (facet, strategy, size, nodes, faulty), group in groups.items():
         by_round: dict[int, list[dict[str, Any]]] = {}
