@@ -101,6 +101,14 @@ class ClusteringConfig(_Section):
     relay_fanout: Annotated[int, Field(ge=1, le=16)] = Field(
         default=2, description='peers each node forwards an output to, with dissemination = "tree"'
     )
+    missing_output_suspicion: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.5,
+        description="severity with which a cluster that published no output this round counts "
+        "in the suspicion scores (clustering.trust): a positive pooled test, since an honest "
+        "cluster always publishes (too many lying Shamir holders, a withholding or crashed "
+        "publisher); 0 counts it as a negative test, like an accepted cluster. Below 1, so a "
+        "liar named by Berlekamp-Welch (weight 1) outranks an honest member of a failed cluster",
+    )
 
     @model_validator(mode="after")
     def _known_strategy(self) -> ClusteringConfig:

@@ -17,7 +17,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -135,6 +135,29 @@ def unresponsive_after(
     }
     included = {node for output in outputs.values() for node in output.included}
     return frozenset(set(view) - included - undecided)
+
+
+def pooled_tests(
+    clusters: int,
+    flagged: Collection[int],
+    published: Collection[int],
+    missing_severity: float,
+) -> dict[int, float]:
+    """The round's pooled tests for the suspicion scores (`clustering.trust`): severity 1 for a
+    cluster the outer rule flagged or quarantined, `missing_severity` for one that published no
+    output, and 0 (a negative test) for the rest, which are left out of the mapping.
+
+    A cluster of honest members always publishes, so a missing output is a positive pooled test
+    in Dorfman's sense: under Shamir it means more than floor((s - t)/2) lying holders, where
+    Berlekamp-Welch names no one; otherwise a withholding or crashed publisher.
+    """
+    severity = {
+        index: missing_severity
+        for index in range(clusters)
+        if index not in published and missing_severity > 0
+    }
+    severity.update(dict.fromkeys(flagged, 1.0))
+    return dict(sorted(severity.items()))
 
 
 _DATASETS: dict[tuple[str, str | None, int, float], Dataset] = {}
@@ -1236,11 +1259,20 @@ class Peer:
                     )
         self.completed_round = round_
         # Group testing across reshuffled clusters: every member of a flagged or quarantined
-        # cluster becomes more suspected (`clustering.trust`).
+        # cluster becomes more suspected (`clustering.trust`), and so does every member of a
+        # cluster that published no output (with `clustering.missing_output_suspicion`).
         liars = sorted({liar for out in outputs.values() for liar in out.liars})
         if round_ > (self.trust.last_round or 0):
             self.trust.update(
-                round_, assignment.clusters, sorted({*flagged, *quarantined}), named=liars
+                round_,
+                assignment.clusters,
+                pooled_tests(
+                    len(assignment.clusters),
+                    flagged=[*flagged, *quarantined],
+                    published=received,
+                    missing_severity=self.scenario.clustering.missing_output_suspicion,
+                ),
+                named=liars,
             )
             self._trust_after[round_] = self.trust.scores
             for old in [r for r in self._trust_after if r < round_ - 3]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phalanx.node.peer import unresponsive_after
+from phalanx.node.peer import pooled_tests, unresponsive_after
 from phalanx.node.protocols import ClusterOutput
 
 
@@ -91,15 +91,59 @@ def test_balanced_clusters_spread_the_named_liars_until_every_cluster_decodes(
     tmp_path: Path, phalanx
 ) -> None:
     """12 liars among 40 peers in 4 clusters of 10: dealt 3 to a cluster they are all corrected
-    (r = 3). Before any score exists (rounds 1-2) `balanced` draws random clusters and some get
-    4 or more liars; once the named liars' scores rank them above the honest peers, it deals
-    them round-robin and every cluster decodes and names its liars."""
-    rounds = _simulate_liars(tmp_path, phalanx, "balanced", liars=12, rounds=7)
+    (r = 3). Before any score exists `balanced` draws random clusters and some get 4 or more
+    liars. Named liars (weight 1) and members of failed clusters (weight 0.5, the default
+    `clustering.missing_output_suspicion`) gain suspicion, so the liars soon rank above the
+    honest peers; `balanced` then deals them round-robin and every cluster decodes.
+
+    Seed 2 measured: failed clusters in rounds 1-2 only, 3 liars in every cluster from round 4,
+    all 12 liars suspected from round 6 (11 at rounds 4-5), never an honest peer."""
+    rounds = _simulate_liars(tmp_path, phalanx, "balanced", liars=12, rounds=6)
     assert any(record["failed_clusters"] for record in rounds[:2]), rounds
     liars = sorted(json.loads((tmp_path / "balanced" / "summary.json").read_text())["byzantine"])
-    # Liars in a cluster without an output are not named, so the scores fill in over rounds;
-    # by round 7 (seed 2) every liar has been named and ranks above every honest peer.
-    last = rounds[-1]
-    assert last["failed_clusters"] == [] and last["liars"] == liars, last["round"]
-    per_cluster = [len(set(members) & set(liars)) for members in last["clusters"]]
-    assert per_cluster == [3, 3, 3, 3]
+    for record in rounds:
+        assert set(record["liars"]) <= set(liars), record["round"]
+        assert set(record["trust_suspected"]) <= set(liars), record["round"]
+        if record["round"] >= 3:
+            assert record["failed_clusters"] == [], record["round"]
+        if record["round"] >= 4:
+            per_cluster = [len(set(members) & set(liars)) for members in record["clusters"]]
+            assert per_cluster == [3, 3, 3, 3], record["round"]
+    assert rounds[-1]["trust_suspected"] == liars
+
+
+def test_a_cluster_without_an_output_is_a_positive_pooled_test() -> None:
+    # cluster 1 flagged by the outer rule, cluster 2 published nothing, 0 and 3 accepted
+    assert pooled_tests(4, flagged=[1], published=[0, 1, 3], missing_severity=1.0) == {
+        1: 1.0,
+        2: 1.0,
+    }
+    assert pooled_tests(4, flagged=[1], published=[0, 1, 3], missing_severity=0.5) == {
+        1: 1.0,
+        2: 0.5,
+    }
+    # a quarantine cluster without output stays at severity 1; 0 turns the missing test off
+    assert pooled_tests(3, flagged=[2], published=[0], missing_severity=0.0) == {2: 1.0}
+
+
+def test_members_of_a_failed_cluster_become_suspected_and_named_liars_more_so(
+    tmp_path: Path, phalanx
+) -> None:
+    """A Shamir cluster past Berlekamp-Welch's radius names nobody, but its lack of an output
+    is a positive pooled test: every member's score rises by the learning rate (0.3) times the
+    default severity 0.5. Members of a cluster that decoded keep 0 unless named, and a named
+    liar's score rises by the full learning rate, so it outranks them."""
+    rounds = _simulate_liars(tmp_path, phalanx, "random", rounds=1)
+    record = rounds[0]
+    assert record["failed_clusters"], record
+    byzantine = set(json.loads((tmp_path / "random" / "summary.json").read_text())["byzantine"])
+    members = {node for cluster in record["clusters"] for node in cluster}
+    honest = min(members - byzantine)
+    node_log = tmp_path / "random" / "nodes" / f"{honest}.jsonl"
+    events = [json.loads(line) for line in node_log.read_text().splitlines()]
+    scores = next(event for event in events if event["event"] == "round")["trust"]["scores"]
+    assert len(scores) == 40
+    failed = {node for index in record["failed_clusters"] for node in record["clusters"][index]}
+    for node, score in scores.items():
+        expected = 0.3 if node in record["liars"] else 0.15 if node in failed else 0.0
+        assert score == pytest.approx(expected), (node, score)
