@@ -90,7 +90,8 @@ def test_only_peers_a_published_output_left_out_are_not_waited_for() -> None:
 def test_balanced_clusters_spread_the_named_liars_until_every_cluster_decodes(
     tmp_path: Path, phalanx
 ) -> None:
-    """12 liars among 40 peers in 4 clusters of 10: dealt 3 to a cluster they are all corrected
+    """`node/scenarios/liar-cascade.toml`: 12 liars among 40 peers in 4 clusters of 10, dealt 3
+    to a cluster they are all corrected
     (r = 3). Before any score exists `balanced` draws random clusters and some get 4 or more
     liars. Named liars (weight 1) and members of failed clusters (weight 0.5, the default
     `clustering.missing_output_suspicion`) gain suspicion, so the liars soon rank above the
@@ -98,9 +99,15 @@ def test_balanced_clusters_spread_the_named_liars_until_every_cluster_decodes(
 
     Seed 2 measured: failed clusters in rounds 1-2 only, 3 liars in every cluster from round 4,
     all 12 liars suspected from round 6 (11 at rounds 4-5), never an honest peer."""
-    rounds = _simulate_liars(tmp_path, phalanx, "balanced", liars=12, rounds=6)
+    scenario = Path(__file__).resolve().parents[2] / "node" / "scenarios" / "liar-cascade.toml"
+    out = tmp_path / "balanced"
+    result = phalanx("simulate", str(scenario), "--rounds", "6", "--out", str(out), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["all_digests_identical"]
+    rounds = summary["rounds"]
     assert any(record["failed_clusters"] for record in rounds[:2]), rounds
-    liars = sorted(json.loads((tmp_path / "balanced" / "summary.json").read_text())["byzantine"])
+    liars = sorted(summary["byzantine"])
     for record in rounds:
         assert set(record["liars"]) <= set(liars), record["round"]
         assert set(record["trust_suspected"]) <= set(liars), record["round"]
