@@ -151,13 +151,9 @@ def pooled_tests(
     in Dorfman's sense: under Shamir it means more than floor((s - t)/2) lying holders, where
     Berlekamp-Welch names no one; otherwise a withholding or crashed publisher.
     """
-    severity = {
-        index: missing_severity
-        for index in range(clusters)
-        if index not in published and missing_severity > 0
-    }
-    severity.update(dict.fromkeys(flagged, 1.0))
-    return dict(sorted(severity.items()))
+    missing = [index for index in range(clusters) if index not in published]
+    severity = dict.fromkeys(missing, missing_severity) if missing_severity > 0 else {}
+    return severity | dict.fromkeys(flagged, 1.0)
 
 
 _DATASETS: dict[tuple[str, str | None, int, float], Dataset] = {}

@@ -48,13 +48,17 @@ def _simulate_liars(
         '[membership]\nprotocol = "off"\n'
         f'[[byzantine]]\nbehaviour = "corrupt-partial"\ncount = {liars}\n'
     )
-    out = tmp_path / strategy
-    result = phalanx("simulate", str(scenario), "--out", str(out), timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["all_digests_identical"]
-    rounds: list[dict] = summary["rounds"]
+    rounds: list[dict] = _simulate(phalanx, scenario, tmp_path / strategy)["rounds"]
     return rounds
+
+
+def _simulate(phalanx, scenario: Path, out: Path, *flags: str) -> dict:
+    """`phalanx simulate SCENARIO FLAGS --out OUT`: its `summary.json`, honest models identical."""
+    result = phalanx("simulate", str(scenario), *flags, "--out", str(out), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary: dict = json.loads((out / "summary.json").read_text())
+    assert summary["all_digests_identical"]
+    return summary
 
 
 def test_members_of_a_failed_cluster_are_still_waited_for_in_the_next_round(
@@ -91,20 +95,16 @@ def test_balanced_clusters_spread_the_named_liars_until_every_cluster_decodes(
     tmp_path: Path, phalanx
 ) -> None:
     """`node/scenarios/liar-cascade.toml`: 12 liars among 40 peers in 4 clusters of 10, dealt 3
-    to a cluster they are all corrected
-    (r = 3). Before any score exists `balanced` draws random clusters and some get 4 or more
-    liars. Named liars (weight 1) and members of failed clusters (weight 0.5, the default
-    `clustering.missing_output_suspicion`) gain suspicion, so the liars soon rank above the
-    honest peers; `balanced` then deals them round-robin and every cluster decodes.
+    to a cluster they are all corrected (r = 3). Before any score exists `balanced` draws random
+    clusters and some get 4 or more liars. Named liars (weight 1) and members of failed
+    clusters (weight 0.5, the default `clustering.missing_output_suspicion`) gain suspicion, so
+    the liars soon rank above the honest peers; `balanced` then deals them round-robin and
+    every cluster decodes.
 
     Seed 2 measured: failed clusters in rounds 1-2 only, 3 liars in every cluster from round 4,
     all 12 liars suspected from round 6 (11 at rounds 4-5), never an honest peer."""
     scenario = Path(__file__).resolve().parents[2] / "node" / "scenarios" / "liar-cascade.toml"
-    out = tmp_path / "balanced"
-    result = phalanx("simulate", str(scenario), "--rounds", "6", "--out", str(out), timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["all_digests_identical"]
+    summary = _simulate(phalanx, scenario, tmp_path / "balanced", "--rounds", "6")
     rounds = summary["rounds"]
     assert any(record["failed_clusters"] for record in rounds[:2]), rounds
     liars = sorted(summary["byzantine"])
