@@ -130,6 +130,13 @@ def _byzantine_entries(scenario: dict[str, Any]) -> dict[str, tuple[int, str]]:
     }
 
 
+def behaviours(scenario: dict[str, Any]) -> str:
+    """The scenario's Byzantine behaviours, sorted and joined by "+" ("" when clean): what tells
+    apart the attacks of a sweep that share their faulty peers and clusters."""
+    entries = scenario.get("byzantine") or []
+    return "+".join(sorted({str(entry.get("behaviour", "")) for entry in entries}))
+
+
 def lying_holders(
     scenario: dict[str, Any], kinds: frozenset[str] = HOLDER_LIES | COLLUDING_HOLDER_LIES
 ) -> frozenset[str]:
@@ -263,6 +270,7 @@ def cell_metrics(rows: list[dict[str, Any]], scenario: dict[str, Any]) -> dict[s
     metrics["cluster_size"] = clustering.get("cluster_size")
     metrics["nodes"] = nodes
     metrics["secure"] = (scenario.get("aggregation") or {}).get("secure", "none")
+    metrics["behaviours"] = behaviours(scenario)
     last_round = None
     if rows:
         metrics["final_accuracy"] = rows[-1]["accuracy"]

@@ -50,6 +50,7 @@ from phalanx.experiments.store import CellRecord
 STRATEGY_KEY = "clustering.strategy"
 CLUSTER_SIZE_KEY = "clustering.cluster_size"
 FAULT_AXES = ("byzantine", "faults")
+BEHAVIOUR_KEY = "behaviour"
 LEVEL = 0.99
 CONFIDENCE = 0.95
 STRATEGY_ORDER = ("static", "random", "balanced", "isolate")
@@ -225,15 +226,20 @@ def _stat(values: Sequence[Any]) -> MeanCI | None:
     return mean_ci(numbers) if numbers else None
 
 
-def _configuration_key(record: CellRecord) -> tuple[Any, ...]:
+def _configuration_key(record: CellRecord, by_behaviour: bool) -> tuple[Any, ...]:
     """(facet, strategy, k, n, faulty): what the cells of one configuration share but the seed;
-    the facet holds the labels of every axis other than strategy, k and the fault fraction."""
+    the facet holds the labels of every axis other than strategy, k and the fault fraction, and,
+    where the sweep runs several behaviours, the behaviour. Cells of different attacks on the
+    same seed share their faulty peers and clusters, so pooling them would count the same
+    rounds once per attack."""
     metrics = record.metrics
     facet = tuple(
         (key, label)
         for key, label in sorted(record.labels.items())
         if key not in (STRATEGY_KEY, CLUSTER_SIZE_KEY, *FAULT_AXES)
     )
+    if by_behaviour:
+        facet = (*facet, (BEHAVIOUR_KEY, str(metrics.get("behaviours") or "none")))
     return (
         facet,
         str(metrics.get("strategy")),
@@ -243,16 +249,22 @@ def _configuration_key(record: CellRecord) -> tuple[Any, ...]:
     )
 
 
+def _configurations(records: Sequence[CellRecord]) -> dict[tuple[Any, ...], list[CellRecord]]:
+    """The records grouped by `_configuration_key`, in grid order; split by behaviour only when
+    the attacked cells run more than one."""
+    attacks = {r.metrics.get("behaviours") for r in records if r.metrics.get("faulty_nodes")}
+    groups: dict[tuple[Any, ...], list[CellRecord]] = {}
+    for record in records:
+        groups.setdefault(_configuration_key(record, len(attacks) > 1), []).append(record)
+    return groups
+
+
 def build_map(records: Sequence[CellRecord]) -> list[MapCell]:
     """Pool the seeds of every configuration that has the counts; grid order kept."""
     from phalanx.clustering.strategies import cluster_sizes
 
-    groups: dict[tuple[Any, ...], list[CellRecord]] = {}
-    for record in records:
-        if not _usable(record):
-            continue
-        groups.setdefault(_configuration_key(record), []).append(record)
     cells = []
+    groups = _configurations([record for record in records if _usable(record)])
     for (facet, strategy, size, nodes, faulty), group in groups.items():
         first = group[0].metrics
         laws = {cell.metrics.get("predicted_law") for cell in group}
@@ -973,12 +985,15 @@ class RoundSeries:
 def build_round_series(records: Sequence[CellRecord]) -> list[RoundSeries]:
     """Configurations whose cells record more than `TRUST_LAG` rounds, seeds pooled round by
     round (from each cell's ``by_round`` metrics); grid order kept."""
-    groups: dict[tuple[Any, ...], list[CellRecord]] = {}
-    for record in records:
-        outcomes = record.metrics.get("by_round")
-        if not _usable(record) or not isinstance(outcomes, list) or len(outcomes) <= TRUST_LAG:
-            continue
-        groups.setdefault(_configuration_key(record), []).append(record)
+    groups = _configurations(
+        [
+            record
+            for record in records
+            if _usable(record)
+            and isinstance(record.metrics.get("by_round"), list)
+            and len(record.metrics["by_round"]) > TRUST_LAG
+        ]
+    )
     series = []
     for (facet, strategy, size, nodes, faulty), group in groups.items():
         by_round: dict[int, list[dict[str, Any]]] = {}

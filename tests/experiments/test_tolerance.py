@@ -268,6 +268,24 @@ def test_intervals_and_tolerated_fractions() -> None:
     )
 
 
+def test_attacks_sharing_their_seeds_are_separate_configurations() -> None:
+    """Two attacks on the same seeds share the faulty peers and every round's clusters, so they
+    are two configurations of 2 rounds each, not one of 4; one behaviour keeps the facet empty."""
+    faulty = node_names(20)[:2]
+    records = [
+        record_of(scenario_of(20, 4, "random", faulty, behaviour=behaviour), 1, seed, index)
+        for index, (behaviour, seed) in enumerate(
+            [("sign-flip", 1), ("sign-flip", 2), ("ipm", 1), ("ipm", 2)]
+        )
+    ]
+    cells = build_map(records)
+    assert sorted(dict(c.facet)["behaviour"] for c in cells) == ["ipm", "sign-flip"]
+    assert [(c.seeds, c.rounds) for c in cells] == [(2, 2), (2, 2)]
+    assert cells[0].overwhelmed == cells[1].overwhelmed  # the same clusters, counted per attack
+    (pooled,) = build_map(records[:2])
+    assert pooled.facet == () and pooled.rounds == 2
+
+
 def test_report_writes_the_map(tmp_path: Path) -> None:
     records = []
     for index, (strategy, faulty) in enumerate(
