@@ -18,9 +18,17 @@ softmax output ``sum_b p_b`` (`recover_labels` picks the rule, `LABEL_METHODS`).
 - ``ilrg``: iLRG (Ma et al., ICLR 2023, Sec. 4): class-wise embeddings ``e_j = dL/dW_j / dL/db_j``,
   their probabilities ``p_j = softmax(W e_j + b)``, and the linear system
   ``sum_j n_j p_ji - n_i = B dL/db_i`` for every class ``i`` with ``sum_j n_j = B``, solved with
-  the Moore-Penrose pseudoinverse and rounded to counts that sum to ``B`` (`_ilrg_counts`). It
-  needs ``b`` and logits equal to the output layer's (a linear head); otherwise ``llg``. The
-  paper's SVD test of which classes exist is not used: the system covers every class.
+  the Moore-Penrose pseudoinverse and rounded to counts that sum to ``B`` (`_ilrg_counts`). As
+  in the paper (Sec. 4.3), the unknowns and equations are first restricted to the classes that
+  the SVD test finds in the batch (`present_classes`). It needs ``b`` and logits equal to the
+  output layer's (a linear head); otherwise ``llg``.
+- The SVD test (Dang et al. 2021, "Revealing and protecting labels in distributed training",
+  Sec. 3): ``dL/dW = (1/B) sum_b g_b h_b^T`` with ``g_b = p_b - y_b``, so the column space of
+  ``dL/dW`` is ``span{g_b}``, and each ``-g_b`` is positive at its label and negative elsewhere.
+  Class ``i`` is in the batch when some vector of that span, ``U x`` (``U`` the left singular
+  vectors of the numerical rank), has ``(U x)_i >= 1`` and ``(U x)_j <= 0`` for every other
+  ``j``: a linear feasibility problem (``scipy.optimize.linprog``). Where the rank reaches the
+  number of classes every class passes, and the test says nothing.
 - ``peel`` (the default): per-instance reading first, then ``llg`` on what is left. When a
   ReLU linear layer ``h = relu(V x + c)`` feeds the output layer and hidden unit ``k`` fires for
   one sample only, ``dL/dV_k / dL/dc_k`` is that sample's input ``x`` exactly (Phong et al. 2018,
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -180,12 +189,46 @@ def round_counts(estimate: torch.Tensor, batch: int) -> torch.Tensor:
     return counts
 
 
+def present_classes(weight_grad: torch.Tensor, batch: int) -> torch.Tensor:
+    """The classes (sorted indices) that the SVD test of Dang et al. (2021) finds in a batch,
+    from the output layer's weight gradient (C, m); see the module docstring. The numerical rank
+    counts the singular values above float32 rounding of the largest, capped at `batch`."""
+    from scipy.optimize import linprog
+
+    gradient = weight_grad.detach().to(torch.float64)
+    classes = gradient.shape[0]
+    left, singular, _ = torch.linalg.svd(gradient, full_matrices=False)
+    tolerance = float(singular[0]) * max(gradient.shape) * torch.finfo(torch.float32).eps
+    rank = int((singular > tolerance).sum())
+    if rank != batch or rank >= classes:
+        return torch.arange(classes)
+    basis = left[:, :rank].numpy()
+    found = []
+    for index in range(classes):
+        # (U x)_index >= 1 and (U x)_j <= 0 for j != index, written as A_ub x <= b_ub
+        rows = basis.copy()
+        rows[index] = -rows[index]
+        limits = np.zeros(classes)
+        limits[index] = -1.0
+        result = linprog(
+            np.zeros(rank),
+            A_ub=rows,
+            b_ub=limits,
+            bounds=[(None, None)] * rank,
+            method="highs",
+        )
+        if result.status == 0:
+            found.append(index)
+    return torch.tensor(found, dtype=torch.int64)
+
+
 def _ilrg_counts(
     layer: nn.Linear, weight_grad: torch.Tensor, bias_grad: torch.Tensor, batch: int
 ) -> torch.Tensor:
     """Real-valued class counts (C,) by iLRG (Ma et al. 2023): class-wise embeddings
     ``e_j = dL/dW_j / dL/db_j``, ``p_j = softmax(W e_j + b)``, then the pseudoinverse solution of
-    ``[1^T; P^T - I] n = [B; B dL/db]`` (``P`` holds ``p_j`` as rows)."""
+    ``[1^T; P^T - I] n = [B; B dL/db]`` (``P`` holds ``p_j`` as rows), over the classes that
+    `present_classes` finds (zero for the others)."""
     weight = layer.weight.detach().to(torch.float64)
     bias = (
         layer.bias.detach().to(torch.float64)
@@ -196,12 +239,18 @@ def _ilrg_counts(
     safe = torch.where(bias_grad.abs() > tiny, bias_grad, torch.full_like(bias_grad, tiny))
     embeddings = weight_grad / safe[:, None]
     probs = torch.softmax(embeddings @ weight.T + bias, dim=1)
-    classes = weight.shape[0]
+    present = present_classes(weight_grad, batch)
+    kept = probs[present][:, present]
     system = torch.cat(
-        [torch.ones(1, classes, dtype=torch.float64), probs.T - torch.eye(classes).double()]
+        [
+            torch.ones(1, len(present), dtype=torch.float64),
+            kept.T - torch.eye(len(present), dtype=torch.float64),
+        ]
     )
-    rhs = torch.cat([torch.tensor([float(batch)], dtype=torch.float64), batch * bias_grad])
-    return torch.linalg.pinv(system) @ rhs
+    rhs = torch.cat([torch.tensor([float(batch)], dtype=torch.float64), batch * bias_grad[present]])
+    counts = torch.zeros(weight.shape[0], dtype=torch.float64)
+    counts[present] = torch.linalg.pinv(system) @ rhs
+    return counts
 
 
 def _peel(

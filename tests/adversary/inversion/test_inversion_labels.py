@@ -9,7 +9,7 @@ from torch import nn
 
 from phalanx.adversary.inversion.experiment import victim_model
 from phalanx.adversary.inversion.knowledge import AttackerKnowledge, Defense
-from phalanx.adversary.inversion.labels import recover_labels, round_counts
+from phalanx.adversary.inversion.labels import present_classes, recover_labels, round_counts
 from phalanx.adversary.inversion.metrics import label_accuracy
 from phalanx.adversary.inversion.priors import auxiliary_split
 from phalanx.adversary.inversion.targets import TargetSpec, observe, parse_defense
@@ -48,6 +48,33 @@ def _labels(
 def _model(dataset: Dataset, name: str, trained: bool) -> nn.Module:
     aux, _ = auxiliary_split(len(dataset.train_x))
     return victim_model(name, dataset, 0, trained, aux)
+
+
+def _head_gradient(
+    classes: int, labels: list[int], generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/dW (C, m) of a linear head over ReLU features for a batch with these labels, in
+    float32 as a client sends it, and the labels."""
+    weight = 0.1 * torch.randn(classes, 64, generator=generator)
+    features = torch.relu(torch.randn(len(labels), 64, generator=generator))
+    y = torch.tensor(labels)
+    error = torch.softmax(features @ weight.T, dim=1) - nn.functional.one_hot(y, classes)
+    return (error.T @ features / len(labels)).float(), y
+
+
+def test_the_svd_test_finds_exactly_the_classes_of_a_small_batch() -> None:
+    """Dang et al. (2021): with B << C distinct labels each -g_b in the span of dL/dW is the only
+    kind of vector positive at one class and nowhere else."""
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(10):
+        labels = torch.randperm(20, generator=generator)[:4].tolist()
+        gradient, y = _head_gradient(20, labels, generator)
+        assert present_classes(gradient, 4).tolist() == sorted(set(y.tolist()))
+    # rank reaching the classes, or a sample hidden below rounding: no verdict, every class
+    gradient, _ = _head_gradient(5, [0, 1, 2, 3, 4, 0], generator)
+    assert present_classes(gradient, 6).tolist() == [0, 1, 2, 3, 4]
+    gradient, _ = _head_gradient(20, [2, 7], generator)
+    assert present_classes(gradient, 3).tolist() == list(range(20))
 
 
 def test_ilrg_is_exact_on_untrained_models_where_llg_errs(mnist: Dataset) -> None:
