@@ -217,7 +217,7 @@ def present_classes(weight_grad: torch.Tensor, batch: int) -> torch.Tensor:
             bounds=[(None, None)] * rank,
             method="highs",
         )
-        if result.status == 0:
+        if result.status != 2:  # only a proven infeasibility rules a class out
             found.append(index)
     return torch.tensor(found, dtype=torch.int64)
 
