@@ -355,6 +355,8 @@ def tolerances(cells: Sequence[MapCell], level: float = LEVEL) -> list[Tolerance
         by_key.setdefault((cell.facet, cell.strategy, cell.cluster_size), []).append(cell)
     result = []
     for (facet, strategy, size), group in by_key.items():
+        if not any(c.faulty for c in group):
+            continue  # clean runs alone (a sweep's attack-free behaviour): nothing to tolerate
         group = sorted(group, key=lambda c: c.faulty)
         with_law = next((c for c in group if c.law is not None), None)
         predicted = (
@@ -405,7 +407,10 @@ def _strategy_rank(strategy: str) -> tuple[int, str]:
 
 
 def _panels(cells: Sequence[MapCell]) -> list[tuple[tuple[tuple[str, str], ...], str]]:
-    keys = {(c.facet, c.strategy) for c in cells}
+    # a panel per attacked (facet, strategy); clean-only facets have no map to draw
+    keys = {(c.facet, c.strategy) for c in cells if c.faulty} or {
+        (c.facet, c.strategy) for c in cells
+    }
     return sorted(keys, key=lambda key: (key[0], _strategy_rank(key[1])))[:MAX_PANELS]
 
 

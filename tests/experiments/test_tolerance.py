@@ -101,7 +101,7 @@ def record_of(scenario: dict[str, Any], rounds: int, seed: int, index: int) -> C
         labels={
             "clustering.strategy": scenario["clustering"]["strategy"],
             "clustering.cluster_size": str(scenario["clustering"]["cluster_size"]),
-            "byzantine": f"f={len(scenario['byzantine'][0]['nodes'])}",
+            "byzantine": f"f={sum(len(entry['nodes']) for entry in scenario['byzantine'])}",
         },
         seed=seed,
         status="ok",
@@ -284,6 +284,14 @@ def test_attacks_sharing_their_seeds_are_separate_configurations() -> None:
     assert cells[0].overwhelmed == cells[1].overwhelmed  # the same clusters, counted per attack
     (pooled,) = build_map(records[:2])
     assert pooled.facet == () and pooled.rounds == 2
+    # the clean runs of such a sweep are a configuration of their own, with nothing to tolerate
+    clean = record_of(scenario_of(20, 4, "random", []), 1, 1, 4)
+    with_clean = build_map([*records, clean])
+    assert [dict(c.facet)["behaviour"] for c in with_clean if not c.faulty] == ["none"]
+    assert sorted(dict(t.facet)["behaviour"] for t in tolerances(with_clean)) == [
+        "ipm",
+        "sign-flip",
+    ]
 
 
 def test_report_writes_the_map(tmp_path: Path) -> None:
