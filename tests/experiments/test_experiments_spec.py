@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import sqlite3
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +346,16 @@ def test_each_attack_is_paired_with_the_clean_run_of_its_seed() -> None:
     stat = mean_ci([0.5 - 0.8, 0.5 - 0.6, 0.8 - 0.7])
     assert row == f"| byzantine=ipm, cluster_size=5 | 3 | {stat.format(4)} | 2 of 3 |"
     assert paired_baseline_table([c for c in configs if c.name.startswith("byzantine=ipm")]) == []
+
+
+@pytest.mark.parametrize("path", sorted(SPECS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_bundled_spec_resolves_to_valid_cells(path: Path) -> None:
+    """A bundled spec that a config change broke fails here, not an hour into a sweep."""
+    full = load_spec(path)
+    assert full.cells and len({cell.id for cell in full.cells}) == len(full.cells)
+    if "quick" in tomllib.loads(path.read_text()):
+        quick = load_spec(path, quick=True)
+        assert 0 < len(quick.cells) <= len(full.cells)
+    else:
+        with pytest.raises(SpecError, match="no \\[quick\\] table"):
+            load_spec(path, quick=True)
