@@ -223,6 +223,81 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SpecError(f"{path}: invalid TOML: {error}") from None
 
 
+def _deep_merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """`child` over `parent`: tables merge key by key, any other value replaces."""
+    merged = dict(parent)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _base_table(data: dict[str, Any], base_dir: Path) -> dict[str, Any] | str:
+    """A spec's ``base`` as a table, or its file path made absolute (so it resolves anywhere)."""
+    base = data.get("base", {})
+    if isinstance(base, str):
+        path = Path(base)
+        return str(path if path.is_absolute() else base_dir / path)
+    if not isinstance(base, dict):
+        raise SpecError("base: must be a table or the path of a scenario file")
+    return base
+
+
+def _inherit(parent: dict[str, Any], child: dict[str, Any], parent_dir: Path) -> dict[str, Any]:
+    """A spec that ``extends`` another: see `read_spec_data`."""
+    merged = {k: v for k, v in parent.items() if k not in ("base", "axes")}
+    merged.update({k: v for k, v in child.items() if k not in ("base", "axes")})
+    parent_base = _base_table(parent, parent_dir)
+    child_base = child.get("base")
+    if child_base is None:
+        merged["base"] = parent_base
+    elif isinstance(child_base, dict):
+        if isinstance(parent_base, str):
+            parent_base = _read_toml(Path(parent_base))
+        merged["base"] = _deep_merge(parent_base, child_base)
+    else:
+        merged["base"] = child_base
+    axes = parent.get("axes", {})
+    if not isinstance(axes, dict) or not isinstance(child.get("axes", {}), dict):
+        raise SpecError("axes: must be a table of axes")
+    merged["axes"] = {**axes, **child.get("axes", {})}
+    return merged
+
+
+def read_spec_data(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A spec file's mapping, with ``extends = "parent.toml"`` resolved.
+
+    A spec that extends another (path relative to the extending file, chains allowed) takes the
+    parent's keys and replaces those it gives: ``[base]`` tables merge key by key (a nested table
+    such as ``[base.training]`` merges too), an axis it names replaces the parent's axis of that
+    name (new axes come after the parent's), and a ``[quick]`` table it gives replaces the
+    parent's whole.
+    """
+    resolved_path = path.resolve()
+    if resolved_path in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, resolved_path))
+        raise SpecError(f"extends: a cycle ({cycle})")
+    data = _read_toml(path)
+    parent_name = data.pop("extends", None)
+    if parent_name is None:
+        return data
+    if not isinstance(parent_name, str):
+        raise SpecError(f"{path}: extends: must be the path of a spec file")
+    parent_path = Path(parent_name)
+    if not parent_path.is_absolute():
+        parent_path = path.parent / parent_path
+    try:
+        parent = read_spec_data(parent_path, (*_chain, resolved_path))
+    except SpecError as error:
+        message = str(error)
+        raise SpecError(
+            message if message.startswith(str(parent_path)) else f"{parent_path}: {message}"
+        ) from None
+    return _inherit(parent, data, parent_path.parent)
+
+
 def parse_spec(data: dict[str, Any]) -> SweepSpec:
     """Validate a spec mapping; raises `SpecError` naming the bad key."""
     try:
@@ -347,7 +422,7 @@ def load_spec(path: str | Path, *, quick: bool = False) -> ResolvedSpec:
     path = Path(path)
     try:
         return resolve_spec(
-            parse_spec(_read_toml(path)), quick=quick, source=str(path), base_dir=path.parent
+            parse_spec(read_spec_data(path)), quick=quick, source=str(path), base_dir=path.parent
         )
     except SpecError as error:
         message = str(error)

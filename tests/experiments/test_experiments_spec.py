@@ -359,3 +359,107 @@ def test_every_bundled_spec_resolves_to_valid_cells(path: Path) -> None:
     else:
         with pytest.raises(SpecError, match="no \\[quick\\] table"):
             load_spec(path, quick=True)
+
+
+def write_toml(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+PARENT_SPEC = """
+name = "parent"
+seeds = [1, 2]
+metrics = ["final_accuracy"]
+[base]
+name = "parent"
+nodes = 4
+rounds = 2
+[base.data]
+dataset = "digits"
+[base.model]
+name = "mlp"
+[base.training]
+epochs = 1
+batch_size = 16
+[base.clustering]
+cluster_size = 2
+[axes]
+"clustering.strategy" = ["static", "random"]
+"aggregation.rule" = ["mean", "median"]
+[quick]
+seeds = [1]
+"""
+
+
+def test_extends_merges_base_replaces_named_axes_and_keeps_the_rest(tmp_path: Path) -> None:
+    write_toml(tmp_path / "parent.toml", PARENT_SPEC)
+    child = write_toml(
+        tmp_path / "child.toml",
+        'extends = "parent.toml"\nname = "child"\n'
+        "[base]\nnodes = 6\n[base.training]\nbatch_size = 5\n"
+        '[axes]\n"aggregation.rule" = ["trimmed-mean"]\n"rounds" = [1, 3]\n',
+    )
+    resolved = load_spec(child)
+    assert resolved.spec.name == "child" and resolved.seeds == [1, 2]
+    assert resolved.spec.metrics == ["final_accuracy"]
+    assert list(resolved.axes) == ["clustering.strategy", "aggregation.rule", "rounds"]
+    assert [v for _, v in resolved.axes["aggregation.rule"]] == ["trimmed-mean"]
+    assert len(resolved.cells) == 2 * 1 * 2 * 2
+    params = resolved.cells[0].params
+    assert params["nodes"] == 6
+    # the nested table merged: batch_size replaced, epochs inherited
+    assert params["training"]["batch_size"] == 5 and params["training"]["epochs"] == 1
+    assert params["data"]["dataset"] == "digits"
+    assert load_spec(child, quick=True).seeds == [1]  # [quick] inherited whole
+
+
+def test_a_spec_extending_another_with_its_own_values_has_the_same_grid(tmp_path: Path) -> None:
+    parent = write_toml(tmp_path / "parent.toml", PARENT_SPEC)
+    child = write_toml(tmp_path / "sub" / "same.toml", 'extends = "../parent.toml"\n')
+    assert load_spec(child).fingerprint == load_spec(parent).fingerprint
+
+
+def test_extends_chains_and_reads_a_parent_base_file_relative_to_the_parent(
+    tmp_path: Path,
+) -> None:
+    write_toml(
+        tmp_path / "scenarios" / "small.toml",
+        'nodes = 4\nrounds = 2\n[data]\ndataset = "digits"\n[model]\nname = "mlp"\n'
+        "[clustering]\ncluster_size = 2\n",
+    )
+    write_toml(
+        tmp_path / "a.toml",
+        'base = "scenarios/small.toml"\n[axes]\n"clustering.strategy" = ["static", "random"]\n',
+    )
+    write_toml(tmp_path / "specs" / "b.toml", 'extends = "../a.toml"\nseeds = [7]\n')
+    c = write_toml(tmp_path / "specs" / "c.toml", 'extends = "b.toml"\n[base]\nnodes = 8\n')
+    resolved = load_spec(c)
+    assert resolved.seeds == [7]
+    assert {cell.params["nodes"] for cell in resolved.cells} == {8}
+    assert {cell.params["rounds"] for cell in resolved.cells} == {2}
+
+
+def test_extends_errors_name_the_file_and_the_cycle(tmp_path: Path) -> None:
+    missing = write_toml(tmp_path / "orphan.toml", 'extends = "nowhere.toml"\n')
+    with pytest.raises(SpecError, match=r"nowhere\.toml: no such file"):
+        load_spec(missing)
+    write_toml(tmp_path / "x.toml", 'extends = "y.toml"\n')
+    y = write_toml(tmp_path / "y.toml", 'extends = "x.toml"\n')
+    with pytest.raises(SpecError, match="extends: a cycle"):
+        load_spec(y)
+    bad = write_toml(tmp_path / "bad.toml", "extends = 3\n")
+    with pytest.raises(SpecError, match="extends: must be the path of a spec file"):
+        load_spec(bad)
+    broken_parent = write_toml(tmp_path / "p.toml", 'colour = "red"\n')
+    child = write_toml(tmp_path / "q.toml", f'extends = "{broken_parent.name}"\n')
+    with pytest.raises(SpecError, match="colour: unknown key"):
+        load_spec(child)
+
+
+def test_the_n300_specs_differ_from_their_n100_parents_only_where_they_say() -> None:
+    parent = load_spec(SPECS / "suspicion-map.toml").cells[0].params
+    child = load_spec(SPECS / "suspicion-map-300.toml").cells[0].params
+    differing = {key for key in parent if parent[key] != child[key]}
+    assert differing == {"name", "nodes", "byzantine"}
+    assert child["nodes"] == 300 and child["byzantine"][0]["count"] == 90
