@@ -427,6 +427,11 @@ def _sweep_spec() -> list[str]:
         "examples are in `experiments/specs/`. Every cell's scenario is validated against the "
         "tables above before the first cell runs.",
         "",
+        '`extends = "parent.toml"` (a path relative to the spec) derives a spec from another: '
+        "it takes the parent's keys and replaces those it gives. `[base]` merges key by key, "
+        "nested tables too; an axis it names replaces the parent's axis of that name; a "
+        "`[quick]` table it gives replaces the parent's whole. Chains are allowed.",
+        "",
     ]
     for prefix, header, model in _sections(spec.SweepSpec, "", ""):
         lines += _table(model, prefix, header, SWEEP_NOTES)

@@ -60,6 +60,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             console=console,
             backend=args.backend,
             address=args.address,
+            reuse_from=args.reuse,
         )
     except ValueError as error:
         return _error(str(error))
@@ -160,6 +161,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--retry-failed",
         action="store_true",
         help="run failed cells again (finished ok cells are always skipped)",
+    )
+    run.add_argument(
+        "--reuse",
+        metavar="OLD_DIR",
+        help="copy in the finished cells of an earlier results folder that this grid holds "
+        "unchanged (same id and scenario), instead of running them",
     )
     run.add_argument(
         "--backend",

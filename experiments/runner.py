@@ -403,6 +403,37 @@ def check_folder(store: ResultStore, resolved: ResolvedSpec, out_dir: Path) -> N
         )
 
 
+def reuse_cells(resolved: ResolvedSpec, store: ResultStore, out_dir: Path, from_dir: Path) -> int:
+    """Copy into `store` the finished cells of `from_dir` that this grid holds unchanged.
+
+    A cell is taken when `from_dir` recorded it as ``ok`` under the same id and the same scenario
+    hash, and its folder is there; its files are copied under `out_dir`/cells. Cells the new
+    store already holds are left alone. Returns the number copied.
+    """
+    if not (from_dir / "results.sqlite").exists():
+        raise ValueError(f"--reuse {from_dir}: not a results folder (no results.sqlite)")
+    if from_dir.resolve() == out_dir.resolve():
+        raise ValueError("--reuse: give another folder than --out")
+    done = store.finished_ids()
+    with ResultStore(from_dir) as old:
+        records = {r.id: r for r in old.cells() if r.status == "ok"}
+    copied = 0
+    for cell in resolved.cells:
+        record = records.get(cell.id)
+        source = from_dir / "cells" / cell.id
+        if cell.id in done or record is None or record.scenario_hash != cell.params_hash:
+            continue
+        if not source.is_dir():
+            continue
+        target = out_dir / "cells" / cell.id
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+        store.record_cell(record)
+        copied += 1
+    return copied
+
+
 @dataclass
 class CellSink:
     """The driver's end of either backend: each finished cell goes to the store, then on screen."""
@@ -452,8 +483,12 @@ def run_sweep(
     on_record: Callable[[CellRecord], None] | None = None,
     backend: str = "local",
     address: str | None = None,
+    reuse_from: str | Path | None = None,
 ) -> SweepOutcome:
     """Run the cells that have no row yet (plus failed ones with `retry_failed`).
+
+    `reuse_from` names an earlier results folder whose finished cells this grid holds unchanged
+    (same id, same scenario hash): they are copied in, not run (`reuse_cells`).
 
     `backend` ``"ray"`` runs each cell as a Ray task on the cluster at `address` (default:
     ``$RAY_ADDRESS``, else a local Ray sized to `jobs` cells or this machine's cores).
@@ -482,6 +517,9 @@ def run_sweep(
                 "cells": len(resolved.cells),
             }
         )
+        if reuse_from is not None:
+            reused = reuse_cells(resolved, store, out, Path(reuse_from))
+            console.print(f"{reused} finished cells reused from {reuse_from}")
         done = store.finished_ids(include_failed=not retry_failed)
         todo = [c for c in resolved.cells if c.id not in done]
         if backend == "ray" and todo:

@@ -7,6 +7,7 @@ import json
 import math
 import sqlite3
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -463,3 +464,51 @@ def test_the_n300_specs_differ_from_their_n100_parents_only_where_they_say() -> 
     differing = {key for key in parent if parent[key] != child[key]}
     assert differing == {"name", "nodes", "byzantine"}
     assert child["nodes"] == 300 and child["byzantine"][0]["count"] == 90
+
+
+def finished(cell: Any) -> CellRecord:
+    return CellRecord(
+        id=cell.id,
+        cell_index=cell.index,
+        axes=cell.axes,
+        labels=cell.labels,
+        seed=cell.seed,
+        status="ok",
+        error=None,
+        scenario_hash=cell.params_hash,
+        final_accuracy=0.5,
+        final_digest="d",
+        digests_identical=True,
+        duration_s=1.0,
+        versions={},
+        git_commit=None,
+        metrics={"final_accuracy": 0.5},
+        rounds=[{"round": 1, "accuracy": 0.5}],
+    )
+
+
+def test_reuse_copies_the_unchanged_cells_of_an_earlier_grid(tmp_path: Path) -> None:
+    from phalanx.experiments.runner import reuse_cells
+
+    old_grid = resolve(spec_of())
+    old_dir = tmp_path / "old"
+    with ResultStore(old_dir) as old:
+        for cell in old_grid.cells:
+            old.record_cell(finished(cell))
+            (old_dir / "cells" / cell.id).mkdir(parents=True)
+            (old_dir / "cells" / cell.id / "summary.json").write_text(cell.id)
+        broken = old_grid.cells[1]
+        old.record_cell(replace(finished(broken), scenario_hash="another scenario"))
+    # one value appended to the only axis: the first four cells keep their ids
+    wider = resolve(spec_of(axes={"clustering.strategy": ["static", "random", "balanced"]}))
+    assert [c.id for c in wider.cells[:4]] == [c.id for c in old_grid.cells]
+    new_dir = tmp_path / "new"
+    with ResultStore(new_dir) as store:
+        assert reuse_cells(wider, store, new_dir, old_dir) == 3
+        assert store.finished_ids() == {c.id for c in old_grid.cells} - {broken.id}
+        assert reuse_cells(wider, store, new_dir, old_dir) == 0  # already there
+    kept = old_grid.cells[0].id
+    assert (new_dir / "cells" / kept / "summary.json").read_text() == kept
+    assert not (new_dir / "cells" / broken.id).exists()
+    with ResultStore(new_dir) as store, pytest.raises(ValueError, match="not a results folder"):
+        reuse_cells(wider, store, new_dir, tmp_path / "nowhere")
