@@ -6,6 +6,7 @@ Local training is mini-batch SGD with heavy-ball momentum (Polyak 1964):
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +83,25 @@ def train_local(
             total_loss += float(loss.detach())
             steps += 1
     return TrainResult(loss=total_loss / max(steps, 1), samples=len(x), steps=steps)
+
+
+_WARMED_UP: set[type[nn.Module]] = set()
+
+
+def warm_up_training(model: nn.Module, x: np.ndarray, y: np.ndarray, config: TrainConfig) -> bool:
+    """Pay torch's one-off first-step costs (kernel selection, autograd engine start-up, about a
+    second on a CPU) once per process and model class, on a throwaway copy of `model` and two
+    batches of (x, y), so that a node's first round is as fast as the rest and a first-round
+    deadline measures the network rather than start-up. `model` and every RNG are left as they
+    were (the copy trains with its own seeded generator). True when it did the work."""
+    if type(model) in _WARMED_UP or len(x) == 0:
+        return False
+    count = min(len(x), 2 * config.batch_size)
+    throwaway = copy.deepcopy(model)
+    train_local(throwaway, x[:count], y[:count], TrainConfig(batch_size=config.batch_size), 0)
+    evaluate(throwaway, x[:count], y[:count])
+    _WARMED_UP.add(type(model))
+    return True
 
 
 @torch.no_grad()

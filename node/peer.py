@@ -49,6 +49,7 @@ from phalanx.learning.train import (
     flatten_parameters,
     load_flat_parameters,
     train_local,
+    warm_up_training,
 )
 from phalanx.node import clock
 from phalanx.node.actors import Actor, FunctionActor, Supervisor
@@ -1372,6 +1373,10 @@ class Peer:
     async def run(self) -> None:
         """All rounds of the scenario; a node that starts late or falls out of step first joins
         the majority's state (`sync_with_majority`), at a round boundary."""
+        if self.synthetic is None:
+            await asyncio.to_thread(
+                warm_up_training, self.model, self.train_x, self.train_y, self.train_config
+            )
         missing = await self.wait_for_peers()
         if self.swim is not None and self.scenario.membership.view == "swim":
             await self._wait_for_settled_membership(len(self.view) - len(missing))

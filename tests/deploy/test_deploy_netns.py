@@ -224,16 +224,18 @@ def test_partition_excludes_the_cut_off_nodes_and_they_rejoin_after_heal(tmp_pat
     cut = ["node-04", "node-05"]
     faults = [{"round": 2, "action": "partition", "nodes": cut}, {"round": 4, "action": "heal"}]
     prefix = new_prefix()
-    # Lock-step rounds: every node starts a round every 8 s, longer than a partitioned round
-    # (about 7 s: echo and publish deadlines), so both sides stay in the same round, the
-    # partition and the heal land between rounds rather than mid-publish, and four rounds
-    # follow the heal, so that the rejoined nodes take part in regular rounds before the end.
+    # Lock-step rounds: every node starts a round every 12 s, longer than a partitioned round
+    # (under 3 s idle; its echo and publish deadlines bound it near 10 s), so both sides stay in
+    # the same round, the partition and the heal land between rounds rather than mid-publish,
+    # and four rounds follow the heal, so that the rejoined nodes take part in regular rounds
+    # before the end. The 4 s collect deadline keeps an unpartitioned node from missing it when
+    # the other tests load the 2 CI cores (rounds 1 and 2 must exclude nobody).
     scenario = _scenario(
         tmp_path,
         nodes=6,
         rounds=8,
         faults=faults,
-        timeouts={"collect_s": 2.0, "rpc_s": 1.0, "startup_s": 60.0, "round_period_s": 8.0},
+        timeouts={"collect_s": 4.0, "rpc_s": 1.0, "startup_s": 60.0, "round_period_s": 12.0},
     )
     run = _start(scenario, tmp_path / "out", prefix)
     output, _ = run.communicate(timeout=500)

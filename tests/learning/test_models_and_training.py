@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import phalanx.learning.train as train_module
 from phalanx.learning.data import load_dataset
 from phalanx.learning.models import MODELS, build_model, count_parameters
 from phalanx.learning.train import (
@@ -14,6 +15,7 @@ from phalanx.learning.train import (
     flatten_parameters,
     load_flat_parameters,
     train_local,
+    warm_up_training,
 )
 
 
@@ -74,3 +76,27 @@ def test_training_on_no_data_returns_nan_loss_without_steps() -> None:
         model, np.zeros((0, 1, 8, 8), np.float32), np.zeros(0, np.int64), TrainConfig(), seed=0
     )
     assert result.steps == 0 and np.isnan(result.loss)
+
+
+def test_warm_up_runs_once_per_model_class_and_leaves_the_model_and_rngs_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(train_module, "_WARMED_UP", set())
+    data = load_dataset("digits")
+    x, y = data.train_x[:200], data.train_y[:200]
+    torch.manual_seed(5)
+    model = build_model("mlp", data.input_shape, data.num_classes)
+    twin = build_model("mlp", data.input_shape, data.num_classes)
+    load_flat_parameters(twin, flatten_parameters(model))
+    before = flatten_parameters(model).clone()
+    config = TrainConfig(epochs=1)
+    train_local(twin, x, y, config, seed=9)
+    rng_before = torch.get_rng_state()
+    assert warm_up_training(model, x, y, config) is True
+    assert torch.equal(flatten_parameters(model), before)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert warm_up_training(model, x, y, config) is False
+    assert warm_up_training(model, x[:0], y[:0], config) is False
+    # Training after the warm-up gives the very bits its twin got before it.
+    train_local(model, x, y, config, seed=9)
+    assert torch.equal(flatten_parameters(model), flatten_parameters(twin))
