@@ -312,8 +312,20 @@ def _run_bench(args: argparse.Namespace) -> int:
                     f"{paired.median:+.2f} dB [{paired.low:+.2f}, {paired.high:+.2f}], "
                     f"{paired.coverage:.0%} coverage, above IG on {paired.wins}"
                 )
+    (docs / "inversion").mkdir(parents=True, exist_ok=True)
+    out = docs / "inversion" / args.report
+    earlier: dict[str, object] = {}
+    if args.resume and out.exists():
+        earlier = json.loads(out.read_text())
+
+    def checkpoint() -> None:
+        """The report so far, written atomically: an interrupted run keeps its finished cells."""
+        partial = out.with_suffix(".partial")
+        partial.write_text(json.dumps({**report, "complete": False}, indent=2))
+        partial.replace(out)
+
     if args.grid:
-        _grid(args, dataset, prior_for, report, console)
+        _grid(args, dataset, prior_for, report, console, checkpoint, earlier)
         grid_png = grid_chart(
             report,
             docs / "inversion" / Path(args.report).with_suffix(".png").name,
@@ -325,11 +337,46 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.label_table:
         _label_table(args, dataset, report, console)
     report["total_seconds"] = time.perf_counter() - started
-    (docs / "inversion").mkdir(parents=True, exist_ok=True)
-    out = docs / "inversion" / args.report
     out.write_text(json.dumps(report, indent=2))
     console.print(f"total {report['total_seconds']:.0f} s; numbers in {out}")
     return 0
+
+
+def _grid_cell(
+    spec_fields: dict[str, object],
+    dataset_name: str,
+    prior_steps: int | None,
+    prior_cache: str | None,
+    torch_threads: int,
+) -> dict[str, object]:
+    """One grid cell in a worker process: the same pinned threads, the same cached prior and
+    the same seed as in the parent, so the same reconstruction bytes as a serial run."""
+    from phalanx.adversary.inversion.experiment import (
+        ExperimentSpec,
+        load_prior_for,
+        pinned_torch,
+        run_experiment,
+    )
+    from phalanx.learning.data import load_dataset
+
+    with pinned_torch(torch_threads):
+        dataset = load_dataset(dataset_name)
+        spec = ExperimentSpec(**spec_fields)  # type: ignore[arg-type]
+        prior = None
+        if spec.method in PRIOR_OF:
+            prior, _, _ = load_prior_for(spec.method, dataset, prior_steps, prior_cache)
+        return _brief(run_experiment(spec, dataset, prior))
+
+
+def _cell_key(spec_fields: Mapping[str, object], args: argparse.Namespace) -> dict[str, object]:
+    """What a grid cell's numbers depend on: a report cell with the same key is reused by
+    ``--resume``."""
+    return {
+        **spec_fields,
+        "dataset": args.dataset,
+        "prior_steps": args.prior_steps,
+        "torch_threads": args.torch_threads,
+    }
 
 
 def _grid(
@@ -338,9 +385,19 @@ def _grid(
     prior_for: Callable[[str], torch.nn.Module | None],
     report: dict[str, object],
     console: Console,
+    checkpoint: Callable[[], None] = lambda: None,
+    earlier: Mapping[str, object] | None = None,
 ) -> None:
     """Every method at every batch size on ``--grid-model``: ``--grid-images`` images a cell
-    (rounded up to whole batches), untrained weights unless ``--grid-trained``."""
+    (rounded up to whole batches), untrained weights unless ``--grid-trained``.
+
+    ``--jobs N`` runs the cells in N worker processes (each pinned to ``--torch-threads``, so
+    the reconstructions are those of a serial run); `checkpoint` saves the report after every
+    cell, and a cell of `earlier` (``--resume``: the report file from before) with the same
+    key is taken over instead of run again."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
+
     from rich.table import Table
 
     from phalanx.adversary.inversion.experiment import ExperimentSpec, run_experiment
@@ -349,39 +406,82 @@ def _grid(
         f"{args.dataset} / {args.grid_model} ({'trained' if args.grid_trained else 'untrained'})"
         f", update target, >= {args.grid_images} images a cell, seed {args.seed}"
     )
+    cells: dict[str, dict[str, object]] = {}
+    for method in args.grid_methods:
+        for batch in args.grid_batches:
+            cells[f"grid/{method}/b={batch}"] = {
+                "method": method,
+                "model": args.grid_model,
+                "batch": batch,
+                "images": batch * math.ceil(args.grid_images / batch),
+                "trained": args.grid_trained,
+                "iterations": args.grid_iterations,
+                "seed": args.seed,
+                "labels": args.labels,
+            }
+    todo: list[str] = []
+    for name, fields in cells.items():
+        old = (earlier or {}).get(name)
+        if isinstance(old, dict) and old.get("key") == _cell_key(fields, args):
+            report[name] = old
+            console.print(f"{name}: taken over from the earlier report")
+        else:
+            todo.append(name)
+
+    def finished(name: str, brief: dict[str, object]) -> None:
+        report[name] = {**brief, "key": _cell_key(cells[name], args)}
+        checkpoint()
+        interval: list[float] = brief["psnr_interval"]  # type: ignore[assignment]
+        low, high = interval
+        console.print(
+            f"grid {cells[name]['method']!s:12s} b={cells[name]['batch']!s:>2}: "
+            f"{brief['median_psnr']:6.2f} dB [{low:.2f}, {high:.2f}], "
+            f"labels {brief['label_accuracy']:.3f}, {brief['seconds_per_image']:.2f} s/image "
+            f"({len(cells) - len(todo) - pending_count()} of {len(cells)} cells done)"
+        )
+
+    pending: dict[Future[dict[str, object]], str] = {}
+
+    def pending_count() -> int:
+        return len(pending)
+
+    if args.jobs <= 1:
+        while todo:
+            name = todo.pop(0)
+            spec = ExperimentSpec(**cells[name])  # type: ignore[arg-type]
+            finished(name, _brief(run_experiment(spec, dataset, prior_for(spec.method))))
+    else:
+        for method in {str(cells[name]["method"]) for name in todo}:
+            prior_for(method)  # trained once here, then read from the cache by the workers
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            for name in todo:
+                work = (cells[name], args.dataset, args.prior_steps, args.prior_cache)
+                pending[pool.submit(_grid_cell, *work, args.torch_threads)] = name
+            todo = []
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    name = pending.pop(future)
+                    finished(name, future.result())
+
     table = Table(title=title)
     columns = ("method", "batch", "images", "median PSNR (dB) [interval, coverage]")
     for column in (*columns, "median SSIM", "label accuracy", "s / image"):
         table.add_column(column, justify="right")
-    for method in args.grid_methods:
-        for batch in args.grid_batches:
-            images = batch * math.ceil(args.grid_images / batch)
-            spec = ExperimentSpec(
-                method,
-                args.grid_model,
-                batch=batch,
-                images=images,
-                trained=args.grid_trained,
-                iterations=args.grid_iterations,
-                seed=args.seed,
-                labels=args.labels,
-            )
-            result = run_experiment(spec, dataset, prior_for(method))
-            median, low, high, coverage = median_interval([r.psnr for r in result.rows])
-            report[f"grid/{method}/b={batch}"] = _brief(result)
-            table.add_row(
-                method,
-                str(batch),
-                str(images),
-                f"{median:.2f} [{low:.2f}, {high:.2f}, {coverage:.0%}]",
-                f"{result.median_ssim:.3f}",
-                f"{result.label_accuracy:.3f}",
-                f"{result.seconds_per_image:.2f}",
-            )
-            console.print(
-                f"grid {method:12s} b={batch:2d}: {median:6.2f} dB [{low:.2f}, {high:.2f}], "
-                f"labels {result.label_accuracy:.3f}, {result.seconds_per_image:.2f} s/image"
-            )
+    for name, fields in cells.items():
+        cell = report[name]
+        assert isinstance(cell, dict)
+        low, high = cell["psnr_interval"]
+        table.add_row(
+            str(fields["method"]),
+            str(fields["batch"]),
+            str(cell["images"]),
+            f"{cell['median_psnr']:.2f} [{low:.2f}, {high:.2f}, "
+            f"{cell['psnr_interval_coverage']:.0%}]",
+            f"{cell['median_ssim']:.3f}",
+            f"{cell['label_accuracy']:.3f}",
+            f"{cell['seconds_per_image']:.2f}",
+        )
     console.print(table)
 
 
@@ -604,6 +704,19 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=32,
         help="images a --label-table cell, rounded up to whole batches (default %(default)s)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_positive,
+        default=1,
+        help="worker processes for the --grid cells (default %(default)s; the same "
+        "reconstructions as one)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="take over the --grid cells that DOCS/inversion/REPORT already holds with the "
+        "same settings (the report is saved after every cell)",
     )
     parser.add_argument("--skip-table", action="store_true", help="skip the DLG / iDLG table")
     parser.add_argument(

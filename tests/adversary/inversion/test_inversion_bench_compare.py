@@ -94,3 +94,52 @@ def test_the_grid_chart_draws_every_method_of_the_report_and_nothing_without_a_g
     assert chart is not None and chart.stat().st_size > 1000
     assert grid_chart({"compare/ig": cell}, tmp_path / "none.png", "t") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def _grid_args(tmp_path, report: str, *extra: str) -> list[str]:
+    return [
+        "inversion",
+        "--dataset",
+        "digits",
+        "--skip-table",
+        "--methods",
+        "--grid",
+        "--grid-methods",
+        "idlg",
+        "ig",
+        "--grid-batches",
+        "1,2",
+        "--grid-images",
+        "2",
+        "--grid-iterations",
+        "3",
+        "--docs",
+        str(tmp_path),
+        "--report",
+        report,
+        *extra,
+    ]
+
+
+def test_grid_jobs_give_the_serial_reconstructions_and_resume_takes_over_finished_cells(
+    tmp_path, capsys
+) -> None:
+    assert main(_grid_args(tmp_path, "serial.json")) == 0
+    assert main(_grid_args(tmp_path, "parallel.json", "--jobs", "2")) == 0
+    serial = json.loads((tmp_path / "inversion" / "serial.json").read_text())
+    parallel = json.loads((tmp_path / "inversion" / "parallel.json").read_text())
+    cells = [f"grid/{m}/b={b}" for m in ("idlg", "ig") for b in (1, 2)]
+    for cell in cells:
+        assert serial[cell]["images"] == 2
+        assert serial[cell]["reconstruction_sha256"] == parallel[cell]["reconstruction_sha256"]
+        assert serial[cell]["key"] == parallel[cell]["key"]
+    assert "complete" not in serial
+    capsys.readouterr()
+    # --resume: every cell of the earlier report is taken over, none is run again ...
+    assert main(_grid_args(tmp_path, "serial.json", "--resume")) == 0
+    assert capsys.readouterr().out.count("taken over from the earlier report") == 4
+    again = json.loads((tmp_path / "inversion" / "serial.json").read_text())
+    assert all(again[cell] == serial[cell] for cell in cells)
+    # ... and a changed setting runs them all.
+    assert main(_grid_args(tmp_path, "serial.json", "--resume", "--seed", "1")) == 0
+    assert "taken over" not in capsys.readouterr().out
