@@ -220,6 +220,7 @@ def test_no_namespace_is_left_after_sigkill_or_ctrl_c(tmp_path: Path, signum: in
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 8 paced rounds of 12 s after the namespaces come up
 def test_partition_excludes_the_cut_off_nodes_and_they_rejoin_after_heal(tmp_path: Path) -> None:
     cut = ["node-04", "node-05"]
     faults = [{"round": 2, "action": "partition", "nodes": cut}, {"round": 4, "action": "heal"}]

@@ -213,6 +213,7 @@ def test_node_daemon_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 30 paced rounds of 2.5 s after two process starts
 def test_restarted_node_rejoins_with_the_majority_model(tmp_path: Path, phalanx) -> None:
     out = tmp_path / "restart"
     scenario = tmp_path / "paced.toml"
@@ -347,6 +348,7 @@ def test_nodes_speak_mutual_tls_and_refuse_plaintext_clients(tmp_path: Path, pha
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 30 paced rounds of 2.5 s after two process starts
 def test_swim_view_leaves_a_removed_node_out_of_the_clusters(tmp_path: Path, phalanx) -> None:
     out = tmp_path / "swim-view"
     scenario = tmp_path / "swim.toml"

@@ -14,6 +14,7 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 30 paced rounds of 2.5 s after two process starts
 def test_restarted_node_syncs_without_waiting_for_a_dead_peer(tmp_path: Path, phalanx) -> None:
     out = tmp_path / "rejoin"
     scenario = tmp_path / "paced.toml"
