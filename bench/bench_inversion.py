@@ -437,27 +437,21 @@ def _grid(
             f"grid {cells[name]['method']!s:12s} b={cells[name]['batch']!s:>2}: "
             f"{brief['median_psnr']:6.2f} dB [{low:.2f}, {high:.2f}], "
             f"labels {brief['label_accuracy']:.3f}, {brief['seconds_per_image']:.2f} s/image "
-            f"({len(cells) - len(todo) - pending_count()} of {len(cells)} cells done)"
+            f"({sum(cell in report for cell in cells)} of {len(cells)} cells done)"
         )
 
-    pending: dict[Future[dict[str, object]], str] = {}
-
-    def pending_count() -> int:
-        return len(pending)
-
     if args.jobs <= 1:
-        while todo:
-            name = todo.pop(0)
+        for name in todo:
             spec = ExperimentSpec(**cells[name])  # type: ignore[arg-type]
             finished(name, _brief(run_experiment(spec, dataset, prior_for(spec.method))))
     else:
         for method in {str(cells[name]["method"]) for name in todo}:
             prior_for(method)  # trained once here, then read from the cache by the workers
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            pending: dict[Future[dict[str, object]], str] = {}
             for name in todo:
                 work = (cells[name], args.dataset, args.prior_steps, args.prior_cache)
                 pending[pool.submit(_grid_cell, *work, args.torch_threads)] = name
-            todo = []
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
