@@ -188,11 +188,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from phalanx.adversary.inversion.experiment import (
-        ExperimentSpec,
-        load_prior_for,
-        run_experiment,
-    )
+    from phalanx.adversary.inversion.experiment import load_prior_for
     from phalanx.learning.data import load_dataset
 
     console = Console()
@@ -202,34 +198,6 @@ def _run_bench(args: argparse.Namespace) -> int:
         "command_args": {k: v for k, v in vars(args).items() if k != "func"}
     }
     started = time.perf_counter()
-
-    table = Table(
-        title=f"{args.dataset} / {args.model} / batch 1 / {args.images} images, untrained"
-    )
-    columns = ("method", "label accuracy", "median PSNR (dB) [interval]", "median SSIM")
-    for column in (*columns, "s / image"):
-        table.add_column(column, justify="right")
-    for method in () if args.skip_table else ("dlg", "idlg"):
-        spec = ExperimentSpec(
-            method,
-            args.model,
-            batch=1,
-            images=args.images,
-            seed=args.seed,
-            out_dir=docs / "inversion",
-        )
-        result = run_experiment(spec, dataset)
-        _, low, high, _ = median_interval([r.psnr for r in result.rows])
-        table.add_row(
-            method,
-            f"{result.label_accuracy:.3f}",
-            f"{result.median_psnr:.2f} [{low:.2f}, {high:.2f}]",
-            f"{result.median_ssim:.3f}",
-            f"{result.seconds_per_image:.2f}",
-        )
-        report[f"table/{method}"] = _brief(result)
-    if not args.skip_table:
-        console.print(table)
 
     priors: dict[str, torch.nn.Module] = {}
 
@@ -244,74 +212,6 @@ def _run_bench(args: argparse.Namespace) -> int:
             console.print(f"{kind} prior {'loaded from' if cached else 'trained into'} {path}")
         return priors[kind]
 
-    curves: dict[str, list[float]] = {}
-    for method in args.methods:
-        curves[method] = []
-        for k in args.ks:
-            spec = ExperimentSpec(
-                method,
-                args.model,
-                batch=1,
-                images=args.chart_images,
-                target=f"cluster-sum:{k}",
-                seed=args.seed,
-            )
-            result = run_experiment(spec, dataset, prior_for(method))
-            curves[method].append(result.median_psnr)
-            report[f"chart/{method}/k={k}"] = _brief(result)
-            console.print(
-                f"{method:9s} k={k:2d}: median PSNR {result.median_psnr:6.2f} dB "
-                f"({result.seconds_per_image:.2f} s/image, "
-                f"secure_sum={result.used_secure_sum})"
-            )
-    if curves:
-        chart = docs / "inversion" / "psnr_vs_k.png"
-        _chart(
-            curves,
-            args.ks,
-            chart,
-            f"{args.dataset} / {args.model}, batch 1, untrained: attack on cluster-sum:K",
-        )
-        console.print(f"chart: {chart}")
-
-    if args.compare:
-        compared: dict[str, ExperimentResult] = {}
-        for method in args.compare_methods:
-            spec = ExperimentSpec(
-                method,
-                "cnn",
-                batch=COMPARE_BATCH,
-                images=COMPARE_BATCH * math.ceil(args.compare_images / COMPARE_BATCH),
-                trained=True,
-                seed=args.seed,
-                iterations=args.compare_iterations,
-                out_dir=docs / "inversion",
-                labels=args.labels,
-            )
-            result = run_experiment(spec, dataset, prior_for(method))
-            compared[method] = result
-            median, low, high, _ = median_interval([r.psnr for r in result.rows])
-            report[f"compare/{method}"] = {
-                **_brief(result),
-                "per_image": [vars(r) for r in result.rows],
-            }
-            console.print(
-                f"trained cnn, batch {COMPARE_BATCH}, {len(result.rows)} images, {method:12s}: "
-                f"median PSNR {median:.2f} dB [{low:.2f}, {high:.2f}], "
-                f"SSIM {result.median_ssim:.3f}, label acc {result.label_accuracy:.2f}, "
-                f"{result.seconds_per_image:.2f} s/image"
-            )
-        if "ig" in compared:
-            for method, result in compared.items():
-                if method == "ig":
-                    continue
-                paired = paired_difference(result, compared["ig"])
-                report[f"compare/{method}-minus-ig"] = asdict(paired)
-                console.print(
-                    f"{method} - ig, paired over {paired.images} images: median "
-                    f"{paired.median:+.2f} dB [{paired.low:+.2f}, {paired.high:+.2f}], "
-                    f"{paired.coverage:.0%} coverage, above IG on {paired.wins}"
-                )
     (docs / "inversion").mkdir(parents=True, exist_ok=True)
     out = docs / "inversion" / args.report
     earlier: dict[str, object] = {}
@@ -324,8 +224,58 @@ def _run_bench(args: argparse.Namespace) -> int:
         partial.write_text(json.dumps({**report, "complete": False}, indent=2))
         partial.replace(out)
 
+    cells = bench_cells(args)
+    _run_cells(cells, args, dataset, prior_for, report, console, checkpoint, earlier)
+
+    if not args.skip_table:
+        table = Table(
+            title=f"{args.dataset} / {args.model} / batch 1 / {args.images} images, untrained"
+        )
+        columns = ("method", "label accuracy", "median PSNR (dB) [interval]", "median SSIM")
+        for column in (*columns, "s / image"):
+            table.add_column(column, justify="right")
+        for method in ("dlg", "idlg"):
+            cell = _entry(report, f"table/{method}")
+            low, high = cell["psnr_interval"]
+            table.add_row(
+                method,
+                f"{cell['label_accuracy']:.3f}",
+                f"{cell['median_psnr']:.2f} [{low:.2f}, {high:.2f}]",
+                f"{cell['median_ssim']:.3f}",
+                f"{cell['seconds_per_image']:.2f}",
+            )
+        console.print(table)
+
+    if args.methods:
+        curves = {
+            method: [_entry(report, f"chart/{method}/k={k}")["median_psnr"] for k in args.ks]
+            for method in args.methods
+        }
+        chart = docs / "inversion" / "psnr_vs_k.png"
+        _chart(
+            curves,
+            args.ks,
+            chart,
+            f"{args.dataset} / {args.model}, batch 1, untrained: attack on cluster-sum:K, "
+            f"{args.chart_images} images a point",
+        )
+        console.print(f"chart: {chart}")
+
+    if args.compare and "ig" in args.compare_methods:
+        baseline = _entry(report, "compare/ig")["per_image"]
+        for method in args.compare_methods:
+            if method == "ig":
+                continue
+            paired = paired_rows(_entry(report, f"compare/{method}")["per_image"], baseline)
+            report[f"compare/{method}-minus-ig"] = asdict(paired)
+            console.print(
+                f"{method} - ig, paired over {paired.images} images: median "
+                f"{paired.median:+.2f} dB [{paired.low:+.2f}, {paired.high:+.2f}], "
+                f"{paired.coverage:.0%} coverage, above IG on {paired.wins}"
+            )
+
     if args.grid:
-        _grid(args, dataset, prior_for, report, console, checkpoint, earlier)
+        _grid_table(args, cells, report, console)
         grid_png = grid_chart(
             report,
             docs / "inversion" / Path(args.report).with_suffix(".png").name,
@@ -342,72 +292,54 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _grid_cell(
-    spec_fields: dict[str, object],
-    dataset_name: str,
-    prior_steps: int | None,
-    prior_cache: str | None,
-    torch_threads: int,
-) -> dict[str, object]:
-    """One grid cell in a worker process: the same pinned threads, the same cached prior and
-    the same seed as in the parent, so the same reconstruction bytes as a serial run."""
-    from phalanx.adversary.inversion.experiment import (
-        ExperimentSpec,
-        load_prior_for,
-        pinned_torch,
-        run_experiment,
-    )
-    from phalanx.learning.data import load_dataset
-
-    with pinned_torch(torch_threads):
-        dataset = load_dataset(dataset_name)
-        spec = ExperimentSpec(**spec_fields)  # type: ignore[arg-type]
-        prior = None
-        if spec.method in PRIOR_OF:
-            prior, _, _ = load_prior_for(spec.method, dataset, prior_steps, prior_cache)
-        return _brief(run_experiment(spec, dataset, prior))
+def _entry(report: Mapping[str, object], name: str) -> dict:  # type: ignore[type-arg]
+    cell = report[name]
+    assert isinstance(cell, dict)
+    return cell
 
 
-def _cell_key(spec_fields: Mapping[str, object], args: argparse.Namespace) -> dict[str, object]:
-    """What a grid cell's numbers depend on: a report cell with the same key is reused by
-    ``--resume``."""
-    return {
-        **spec_fields,
-        "dataset": args.dataset,
-        "prior_steps": args.prior_steps,
-        "torch_threads": args.torch_threads,
-    }
+# Cells whose report entry keeps every image's row (the paired differences need them).
+_PER_IMAGE_PREFIXES = ("compare/",)
 
 
-def _grid(
-    args: argparse.Namespace,
-    dataset: Dataset,
-    prior_for: Callable[[str], torch.nn.Module | None],
-    report: dict[str, object],
-    console: Console,
-    checkpoint: Callable[[], None] = lambda: None,
-    earlier: Mapping[str, object] | None = None,
-) -> None:
-    """Every method at every batch size on ``--grid-model``: ``--grid-images`` images a cell
-    (rounded up to whole batches), untrained weights unless ``--grid-trained``.
-
-    ``--jobs N`` runs the cells in N worker processes (each pinned to ``--torch-threads``, so
-    the reconstructions are those of a serial run); `checkpoint` saves the report after every
-    cell, and a cell of `earlier` (``--resume``: the report file from before) with the same
-    key is taken over instead of run again."""
-    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-    from multiprocessing import get_context
-
-    from rich.table import Table
-
-    from phalanx.adversary.inversion.experiment import ExperimentSpec, run_experiment
-
-    title = (
-        f"{args.dataset} / {args.grid_model} ({'trained' if args.grid_trained else 'untrained'})"
-        f", update target, >= {args.grid_images} images a cell, seed {args.seed}"
-    )
+def bench_cells(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """Every attack run of one ``bench inversion`` call, by report entry, in report order:
+    ``table/METHOD``, ``chart/METHOD/k=K``, ``compare/METHOD`` and ``grid/METHOD/b=B``, each as
+    the `ExperimentSpec` fields it runs (``out_dir`` is where the reconstructions are drawn)."""
+    docs = str(Path(args.docs) / "inversion")
     cells: dict[str, dict[str, object]] = {}
-    for method in args.grid_methods:
+    for method in () if args.skip_table else ("dlg", "idlg"):
+        cells[f"table/{method}"] = {
+            "method": method,
+            "model": args.model,
+            "batch": 1,
+            "images": args.images,
+            "seed": args.seed,
+            "out_dir": docs,
+        }
+    for method in args.methods:
+        for k in args.ks:
+            cells[f"chart/{method}/k={k}"] = {
+                "method": method,
+                "model": args.model,
+                "batch": 1,
+                "images": args.chart_images,
+                "target": f"cluster-sum:{k}",
+                "seed": args.seed,
+            }
+    for method in args.compare_methods if args.compare else ():
+        cells[f"compare/{method}"] = {
+            "method": method,
+            "model": "cnn",
+            "batch": COMPARE_BATCH,
+            "images": COMPARE_BATCH * math.ceil(args.compare_images / COMPARE_BATCH),
+            "trained": True,
+            "seed": args.seed,
+            "iterations": args.compare_iterations,
+            "out_dir": docs,
+            "labels": args.labels,
+        }
+    for method in args.grid_methods if args.grid else ():
         for batch in args.grid_batches:
             cells[f"grid/{method}/b={batch}"] = {
                 "method": method,
@@ -419,52 +351,175 @@ def _grid(
                 "seed": args.seed,
                 "labels": args.labels,
             }
+    return cells
+
+
+def _bench_cell(
+    spec_fields: dict[str, object],
+    dataset_name: str,
+    prior_steps: int | None,
+    prior_cache: str | None,
+    torch_threads: int,
+    per_image: bool,
+) -> dict[str, object]:
+    """One cell in a worker process: the same pinned threads, the same cached prior and the
+    same seed as in the parent, so the same reconstruction bytes as a serial run."""
+    from phalanx.adversary.inversion.experiment import load_prior_for, pinned_torch
+    from phalanx.learning.data import load_dataset
+
+    with pinned_torch(torch_threads):
+        dataset = load_dataset(dataset_name)
+        prior = None
+        method = str(spec_fields["method"])
+        if method in PRIOR_OF:
+            prior, _, _ = load_prior_for(method, dataset, prior_steps, prior_cache)
+        return _run_cell(spec_fields, dataset, prior, per_image)
+
+
+def _run_cell(
+    spec_fields: Mapping[str, object],
+    dataset: Dataset,
+    prior: torch.nn.Module | None,
+    per_image: bool,
+) -> dict[str, object]:
+    from phalanx.adversary.inversion.experiment import ExperimentSpec, run_experiment
+
+    fields = dict(spec_fields)
+    if fields.get("out_dir") is not None:
+        fields["out_dir"] = Path(str(fields["out_dir"]))
+    result = run_experiment(ExperimentSpec(**fields), dataset, prior)  # type: ignore[arg-type]
+    brief = _brief(result)
+    if per_image:
+        brief["per_image"] = [vars(row) for row in result.rows]
+    return brief
+
+
+def cell_key(spec_fields: Mapping[str, object], args: argparse.Namespace) -> dict[str, object]:
+    """What a cell's numbers depend on: a report cell with the same key is reused by
+    ``--resume`` (where the reconstructions are drawn is not part of it)."""
+    return {
+        **{name: value for name, value in spec_fields.items() if name != "out_dir"},
+        "dataset": args.dataset,
+        "prior_steps": args.prior_steps,
+        "torch_threads": args.torch_threads,
+    }
+
+
+def _recorded_keys(earlier: Mapping[str, object]) -> dict[str, dict[str, object]]:
+    """The cell keys of a report, read from each cell's ``key`` or, for a report written before
+    cells carried one, rebuilt from the report's ``command_args`` (the options it was run
+    with, missing ones at today's defaults)."""
+    keys: dict[str, dict[str, object]] = {}
+    recorded = earlier.get("command_args")
+    if isinstance(recorded, dict):
+        parser = argparse.ArgumentParser()
+        register_bench(parser.add_subparsers(dest="bench"))
+        defaults = vars(parser.parse_args(["inversion"]))
+        old_args = argparse.Namespace(**{**defaults, **recorded})
+        try:
+            old_cells = bench_cells(old_args)
+        except (TypeError, ValueError, KeyError):
+            old_cells = {}
+        keys = {name: cell_key(fields, old_args) for name, fields in old_cells.items()}
+    for name, cell in earlier.items():
+        if isinstance(cell, dict) and isinstance(cell.get("key"), dict):
+            keys[name] = cell["key"]
+    return keys
+
+
+def _run_cells(
+    cells: Mapping[str, dict[str, object]],
+    args: argparse.Namespace,
+    dataset: Dataset,
+    prior_for: Callable[[str], torch.nn.Module | None],
+    report: dict[str, object],
+    console: Console,
+    checkpoint: Callable[[], None] = lambda: None,
+    earlier: Mapping[str, object] | None = None,
+) -> None:
+    """Run `cells` into `report`, in `cells` order whatever order they finish in.
+
+    ``--jobs N`` runs them in N worker processes (each pinned to ``--torch-threads``, so the
+    reconstructions are those of a serial run); `checkpoint` saves the report after every
+    cell, and a cell of `earlier` (``--resume``: the report file from before) with the same
+    key is taken over instead of run again."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
+
+    recorded = _recorded_keys(earlier or {})
+    done: dict[str, dict[str, object]] = {}
     todo: list[str] = []
     for name, fields in cells.items():
         old = (earlier or {}).get(name)
-        if isinstance(old, dict) and old.get("key") == _cell_key(fields, args):
-            report[name] = old
+        if isinstance(old, dict) and recorded.get(name) == cell_key(fields, args):
+            done[name] = {**old, "key": cell_key(fields, args)}
             console.print(f"{name}: taken over from the earlier report")
         else:
             todo.append(name)
 
+    def publish() -> None:
+        for name in cells:
+            if name in done:
+                report[name] = done[name]
+
     def finished(name: str, brief: dict[str, object]) -> None:
-        report[name] = {**brief, "key": _cell_key(cells[name], args)}
+        done[name] = {**brief, "key": cell_key(cells[name], args)}
+        publish()
         checkpoint()
         interval: list[float] = brief["psnr_interval"]  # type: ignore[assignment]
         low, high = interval
         console.print(
-            f"grid {cells[name]['method']!s:12s} b={cells[name]['batch']!s:>2}: "
-            f"{brief['median_psnr']:6.2f} dB [{low:.2f}, {high:.2f}], "
+            f"{name}: {brief['median_psnr']:6.2f} dB [{low:.2f}, {high:.2f}], "
             f"labels {brief['label_accuracy']:.3f}, {brief['seconds_per_image']:.2f} s/image "
-            f"({sum(cell in report for cell in cells)} of {len(cells)} cells done)"
+            f"({len(done)} of {len(cells)} cells done)"
         )
 
+    def per_image(name: str) -> bool:
+        return name.startswith(_PER_IMAGE_PREFIXES)
+
+    publish()
     if args.jobs <= 1:
         for name in todo:
-            spec = ExperimentSpec(**cells[name])  # type: ignore[arg-type]
-            finished(name, _brief(run_experiment(spec, dataset, prior_for(spec.method))))
-    else:
+            method = str(cells[name]["method"])
+            finished(name, _run_cell(cells[name], dataset, prior_for(method), per_image(name)))
+    elif todo:
         for method in {str(cells[name]["method"]) for name in todo}:
             prior_for(method)  # trained once here, then read from the cache by the workers
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
             pending: dict[Future[dict[str, object]], str] = {}
             for name in todo:
                 work = (cells[name], args.dataset, args.prior_steps, args.prior_cache)
-                pending[pool.submit(_grid_cell, *work, args.torch_threads)] = name
+                future = pool.submit(_bench_cell, *work, args.torch_threads, per_image(name))
+                pending[future] = name
             while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
+                finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished_now:
                     name = pending.pop(future)
                     finished(name, future.result())
 
+
+def _grid_table(
+    args: argparse.Namespace,
+    cells: Mapping[str, Mapping[str, object]],
+    report: Mapping[str, object],
+    console: Console,
+) -> None:
+    """The ``--grid`` cells of `report` as one table: every method at every batch size on
+    ``--grid-model``, ``--grid-images`` images a cell (rounded up to whole batches)."""
+    from rich.table import Table
+
+    title = (
+        f"{args.dataset} / {args.grid_model} ({'trained' if args.grid_trained else 'untrained'})"
+        f", update target, >= {args.grid_images} images a cell, seed {args.seed}"
+    )
     table = Table(title=title)
     columns = ("method", "batch", "images", "median PSNR (dB) [interval, coverage]")
     for column in (*columns, "median SSIM", "label accuracy", "s / image"):
         table.add_column(column, justify="right")
     for name, fields in cells.items():
-        cell = report[name]
-        assert isinstance(cell, dict)
+        if not name.startswith("grid/"):
+            continue
+        cell = _entry(report, name)
         low, high = cell["psnr_interval"]
         table.add_row(
             str(fields["method"]),
@@ -546,10 +601,15 @@ class PairedDifference:
 def paired_difference(result: ExperimentResult, baseline: ExperimentResult) -> PairedDifference:
     """Median of the per-image PSNR differences ``result - baseline`` (paired by victim image
     index) with its `median_interval` (95 %) and the achieved coverage."""
-    base = {r.index: r.psnr for r in baseline.rows}
-    if sorted(r.index for r in result.rows) != sorted(base):
+    return paired_rows([vars(r) for r in result.rows], [vars(r) for r in baseline.rows])
+
+
+def paired_rows(rows: list[dict[str, float]], baseline: list[dict[str, float]]) -> PairedDifference:
+    """`paired_difference` on the ``per_image`` rows of two report cells."""
+    base = {int(r["index"]): r["psnr"] for r in baseline}
+    if sorted(int(r["index"]) for r in rows) != sorted(base):
         raise ValueError("paired_difference needs both results on the same victim images")
-    differences = [r.psnr - base[r.index] for r in result.rows]
+    differences = [r["psnr"] - base[int(r["index"])] for r in rows]
     median, low, high, coverage = median_interval(differences)
     return PairedDifference(
         len(differences), median, low, high, coverage, sum(d > 0 for d in differences)
@@ -703,14 +763,14 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
         "--jobs",
         type=_positive,
         default=1,
-        help="worker processes for the --grid cells (default %(default)s; the same "
+        help="worker processes for the attack runs (default %(default)s; the same "
         "reconstructions as one)",
     )
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="take over the --grid cells that DOCS/inversion/REPORT already holds with the "
-        "same settings (the report is saved after every cell)",
+        help="take over the cells that DOCS/inversion/REPORT already holds with the same "
+        "settings (the report is saved after every cell)",
     )
     parser.add_argument("--skip-table", action="store_true", help="skip the DLG / iDLG table")
     parser.add_argument(

@@ -64,6 +64,10 @@ BENCHES: dict[str, tuple[str, str]] = {
         "time each robust aggregation rule as a ratio to the mean",
     ),
     "inversion": ("phalanx.bench.bench_inversion", "gradient-inversion attack benchmark"),
+    "inversion-page": (
+        "phalanx.bench.inversion_page",
+        "every run of the inversion results page, and its tables redrawn",
+    ),
     "dpsgd": (
         "phalanx.bench.bench_dpsgd",
         "DP-SGD throughput against plain training, as a ratio in one run",

@@ -143,3 +143,66 @@ def test_grid_jobs_give_the_serial_reconstructions_and_resume_takes_over_finishe
     # ... and a changed setting runs them all.
     assert main(_grid_args(tmp_path, "serial.json", "--resume", "--seed", "1")) == 0
     assert "taken over" not in capsys.readouterr().out
+
+
+def _compare_args(tmp_path, report: str, *extra: str) -> list[str]:
+    return [
+        "inversion",
+        "--dataset",
+        "digits",
+        "--skip-table",
+        "--methods",
+        "--compare",
+        "--compare-methods",
+        "ig",
+        "idlg",
+        "--compare-images",
+        "4",
+        "--compare-iterations",
+        "2",
+        "--docs",
+        str(tmp_path),
+        "--report",
+        report,
+        *extra,
+    ]
+
+
+def test_compare_cells_run_in_workers_and_resume_keeps_their_per_image_rows(
+    tmp_path, capsys
+) -> None:
+    assert main(_compare_args(tmp_path, "serial.json")) == 0
+    assert main(_compare_args(tmp_path, "parallel.json", "--jobs", "2")) == 0
+    serial = json.loads((tmp_path / "inversion" / "serial.json").read_text())
+    parallel = json.loads((tmp_path / "inversion" / "parallel.json").read_text())
+    for cell in ("compare/ig", "compare/idlg"):
+        assert serial[cell]["reconstruction_sha256"] == parallel[cell]["reconstruction_sha256"]
+        assert serial[cell]["per_image"] == parallel[cell]["per_image"]
+    assert serial["compare/idlg-minus-ig"] == parallel["compare/idlg-minus-ig"]
+    capsys.readouterr()
+    assert main(_compare_args(tmp_path, "serial.json", "--resume")) == 0
+    assert capsys.readouterr().out.count("taken over from the earlier report") == 2
+    again = json.loads((tmp_path / "inversion" / "serial.json").read_text())
+    # the paired row is recomputed from the per-image rows that were taken over
+    assert again["compare/idlg-minus-ig"] == serial["compare/idlg-minus-ig"]
+    assert again["compare/idlg"] == serial["compare/idlg"]
+
+
+def test_a_report_without_cell_keys_is_keyed_by_its_command_args(tmp_path, capsys) -> None:
+    assert main(_compare_args(tmp_path, "old.json")) == 0
+    path = tmp_path / "inversion" / "old.json"
+    report = json.loads(path.read_text())
+    for cell in ("compare/ig", "compare/idlg"):
+        del report[cell]["key"]  # as a report written before cells carried keys
+    del report["command_args"]["jobs"]  # an option the old report did not know
+    path.write_text(json.dumps(report))
+    capsys.readouterr()
+    assert main(_compare_args(tmp_path, "old.json", "--resume")) == 0
+    assert capsys.readouterr().out.count("taken over from the earlier report") == 2
+    # a report recorded with other settings is not taken over
+    report["command_args"]["compare_iterations"] = 3
+    for cell in ("compare/ig", "compare/idlg"):
+        report[cell].pop("key", None)
+    path.write_text(json.dumps(report))
+    assert main(_compare_args(tmp_path, "old.json", "--resume")) == 0
+    assert "taken over" not in capsys.readouterr().out

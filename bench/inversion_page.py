@@ -1,0 +1,396 @@
+"""``phalanx bench inversion-page``: every run of the gradient-inversion results page, and the
+page's tables rewritten from their reports.
+
+`PAGE` lists the page's sections, each one ``phalanx bench inversion`` call with its report
+``DOCS/inversion/NAME.json``. The command runs them in order with ``--resume`` (a cell whose
+settings are unchanged is taken over from the report, ``--fresh`` runs everything), then
+replaces every generated block of ``DOCS/inversion.md``::
+
+    <!-- generated: NAME/command -->  ...  <!-- end generated -->
+    <!-- generated: NAME/table -->  ...  <!-- end generated -->
+
+with the section's command line and the table drawn from its report. The prose around the
+blocks is left as it is. Figures (``NAME.png``, ``psnr_vs_k.png`` and the reconstructions) are
+drawn by the runs themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from phalanx.adversary.inversion.names import DEFAULT_TORCH_THREADS
+from phalanx.bench.bench_inversion import GRID_LABELS, _positive
+
+Report = Mapping[str, object]
+
+_GRID = ("--skip-table", "--methods", "--grid", "--grid-batches", "1,4,16,64", "--grid-images")
+
+
+@dataclass(frozen=True)
+class PageSection:
+    """One ``phalanx bench inversion`` call of the page; its report is ``NAME.json``."""
+
+    name: str
+    argv: tuple[str, ...]
+
+    @property
+    def report(self) -> str:
+        return f"{self.name}.json"
+
+    def command_line(self, width: int = 96) -> str:
+        """The call as the page shows it, wrapped at `width` with ``\\`` continuations between
+        options (an option stays on the line of its values)."""
+        words = [*self.argv, "--report", self.report]
+        groups: list[str] = ["phalanx bench inversion"]
+        for word in words:
+            if word.startswith("--"):
+                groups.append(word)
+            else:
+                groups[-1] += f" {word}"
+        lines: list[str] = []
+        line = ""
+        for group in groups:
+            if line and len(line) + 1 + len(group) > width - 2:
+                lines.append(line + " \\")
+                line = "    " + group
+            else:
+                line = f"{line} {group}" if line else group
+        return "\n".join([*lines, line])
+
+
+PAGE: tuple[PageSection, ...] = (
+    PageSection("table", ("--images", "32", "--methods")),
+    PageSection("grid-digits-32", ("--dataset", "digits", *_GRID, "32")),
+    PageSection("grid-digits-mlp", ("--dataset", "digits", *_GRID, "32", "--grid-model", "mlp")),
+    PageSection(
+        "grid-digits-resnet", ("--dataset", "digits", *_GRID, "32", "--grid-model", "resnet")
+    ),
+    PageSection(
+        "grid-digits-mlp-trained",
+        ("--dataset", "digits", *_GRID, "32", "--grid-model", "mlp", "--grid-trained"),
+    ),
+    PageSection("grid-cnn-trained", (*_GRID, "32", "--grid-model", "cnn", "--grid-trained")),
+    PageSection(
+        "labels", ("--skip-table", "--methods", "--label-table", "--label-batches", "4,8,16,32,64")
+    ),
+    PageSection(
+        "labels-lenet-zhu",
+        (
+            "--skip-table",
+            "--methods",
+            "--label-table",
+            "--label-model",
+            "lenet-zhu",
+            "--label-batches",
+            "4,8,16,32,64",
+        ),
+    ),
+    PageSection("compare", ("--skip-table", "--methods", "--compare", "--compare-images", "32")),
+    PageSection(
+        "compare-gan",
+        (
+            "--skip-table",
+            "--methods",
+            "--compare",
+            "--compare-images",
+            "32",
+            "--compare-methods",
+            "ig",
+            "gan",
+        ),
+    ),
+    PageSection(
+        "chart",
+        (
+            "--skip-table",
+            "--ks",
+            "1,2,4,8,16",
+            "--methods",
+            "idlg",
+            "ig",
+            "diffusion",
+            "--chart-images",
+            "32",
+        ),
+    ),
+)
+SECTIONS = {section.name: section for section in PAGE}
+
+
+def _cell(report: Report, name: str) -> dict:  # type: ignore[type-arg]
+    cell = report.get(name)
+    if not isinstance(cell, dict):
+        raise KeyError(f"the report has no cell {name!r}: run its section first")
+    return cell
+
+
+def _psnr(cell: Mapping[str, object]) -> str:
+    interval: list[float] = cell["psnr_interval"]  # type: ignore[assignment]
+    low, high = interval
+    return f"{cell['median_psnr']:.2f} dB [{low:.2f}, {high:.2f}]"
+
+
+def table_rows(report: Report) -> str:
+    """The DLG / iDLG table at batch 1."""
+    rows = [
+        "| method | images | label accuracy | median PSNR [interval] | median SSIM | s / image |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method in ("dlg", "idlg"):
+        cell = _cell(report, f"table/{method}")
+        rows.append(
+            f"| {GRID_LABELS[method]} | {cell['images']} | {cell['label_accuracy']:.3f} | "
+            f"{_psnr(cell)} | {cell['median_ssim']:.3f} | {cell['seconds_per_image']:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def grid_rows(report: Report) -> str:
+    """Every ``grid/METHOD/b=B`` cell, in the report's order."""
+    rows = [
+        "| method | batch | images | median PSNR [interval] | median SSIM | label accuracy "
+        "| s / image |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, cell in report.items():
+        parts = name.split("/")
+        if len(parts) != 3 or parts[0] != "grid" or not isinstance(cell, dict):
+            continue
+        rows.append(
+            f"| {GRID_LABELS.get(parts[1], parts[1])} | {parts[2].removeprefix('b=')} | "
+            f"{cell['images']} | {_psnr(cell)} | {cell['median_ssim']:.3f} | "
+            f"{cell['label_accuracy']:.3f} | {cell['seconds_per_image']:.2f} |"
+        )
+    if len(rows) == 2:
+        raise KeyError("the report has no grid cells: run its section first")
+    return "\n".join(rows)
+
+
+def label_rows(report: Report) -> str:
+    """Label accuracy of every rule, untrained then trained, by batch size."""
+    from phalanx.adversary.inversion.names import DEFAULT_LABEL_METHOD, LABEL_METHODS
+
+    heads = [f"`{m}`" + (" (default)" if m == DEFAULT_LABEL_METHOD else "") for m in LABEL_METHODS]
+    rows = [
+        "| model | batch | images | " + " | ".join(heads) + " |",
+        "|---|---|---|" + "---|" * len(LABEL_METHODS),
+    ]
+    for name, cell in report.items():
+        parts = name.split("/")
+        if len(parts) != 3 or parts[0] != "labels" or not isinstance(cell, dict):
+            continue
+        scores = " | ".join(f"{cell[m]:.3f}" for m in LABEL_METHODS)
+        rows.append(f"| {parts[1]} | {parts[2].removeprefix('b=')} | {cell['images']} | {scores} |")
+    if len(rows) == 2:
+        raise KeyError("the report has no label cells: run its section first")
+    return "\n".join(rows)
+
+
+def compare_rows(reports: Sequence[Report]) -> str:
+    """The ``compare/METHOD`` cells of `reports` (IG once, from the first), then each method's
+    paired difference to IG on the same images."""
+    methods: dict[str, dict] = {}  # type: ignore[type-arg]
+    paired: dict[str, dict] = {}  # type: ignore[type-arg]
+    for report in reports:
+        for name, cell in report.items():
+            parts = name.split("/")
+            if len(parts) != 2 or parts[0] != "compare" or not isinstance(cell, dict):
+                continue
+            if parts[1].endswith("-minus-ig"):
+                paired.setdefault(parts[1].removesuffix("-minus-ig"), cell)
+            else:
+                methods.setdefault(parts[1], cell)
+    if not methods:
+        raise KeyError("the reports have no compare cells: run their sections first")
+    coverage = min(float(cell["psnr_interval_coverage"]) for cell in methods.values())
+    rows = [
+        f"| method | images | median PSNR [{coverage:.0%} interval] | median SSIM "
+        "| label accuracy | s / image |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, cell in methods.items():
+        rows.append(
+            f"| {GRID_LABELS.get(method, method)} | {cell['images']} | {_psnr(cell)} | "
+            f"{cell['median_ssim']:.3f} | {cell['label_accuracy']:.3f} | "
+            f"{cell['seconds_per_image']:.2f} |"
+        )
+    rows += [
+        "",
+        "| against IG, same images | median difference [interval] | images better than IG |",
+        "|---|---|---|",
+    ]
+    for method, cell in paired.items():
+        rows.append(
+            f"| {GRID_LABELS.get(method, method)} | {cell['median']:+.2f} dB "
+            f"[{cell['low']:+.2f}, {cell['high']:+.2f}] | {cell['wins']} of {cell['images']} |"
+        )
+    return "\n".join(rows)
+
+
+def chart_rows(report: Report) -> str:
+    """Median PSNR with its interval of every ``chart/METHOD/k=K`` cell, a row per method."""
+    cells: dict[str, dict[int, dict]] = {}  # type: ignore[type-arg]
+    for name, cell in report.items():
+        parts = name.split("/")
+        if len(parts) == 3 and parts[0] == "chart" and isinstance(cell, dict):
+            cells.setdefault(parts[1], {})[int(parts[2].removeprefix("k="))] = cell
+    if not cells:
+        raise KeyError("the report has no chart cells: run its section first")
+    ks = sorted({k for row in cells.values() for k in row})
+    images = min(int(c["images"]) for row in cells.values() for c in row.values())
+    rows = [
+        f"| method ({images} images a point) | " + " | ".join(f"k={k}" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+    ]
+    for method, row in cells.items():
+        rows.append(
+            f"| {GRID_LABELS.get(method, method)} | "
+            + " | ".join(_psnr(row[k]) if k in row else "" for k in ks)
+            + " |"
+        )
+    return "\n".join(rows)
+
+
+def _tables() -> dict[str, Callable[[Callable[[str], Report]], str]]:
+    """Generated table blocks by name, each drawn from the reports it reads."""
+    tables: dict[str, Callable[[Callable[[str], Report]], str]] = {
+        "table/table": lambda read: table_rows(read("table")),
+        "labels/table": lambda read: label_rows(read("labels")),
+        "labels-lenet-zhu/table": lambda read: label_rows(read("labels-lenet-zhu")),
+        "compare/table": lambda read: compare_rows([read("compare"), read("compare-gan")]),
+        "chart/table": lambda read: chart_rows(read("chart")),
+    }
+    for section in PAGE:
+        if section.name.startswith("grid-"):
+            tables[f"{section.name}/table"] = _grid_table_of(section.name)
+    return tables
+
+
+def _grid_table_of(name: str) -> Callable[[Callable[[str], Report]], str]:
+    return lambda read: grid_rows(read(name))
+
+
+_BLOCK = re.compile(
+    r"(<!-- generated: (?P<name>[\w./-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S
+)
+
+
+def render_page(page: str, docs: Path) -> str:
+    """`page` with every generated block rewritten from the reports in ``docs/inversion``.
+
+    Raises `ValueError` for a block this module does not know, and `KeyError` when a block's
+    report lacks the cells it draws."""
+    tables = _tables()
+    reports: dict[str, Report] = {}
+
+    def read(name: str) -> Report:
+        if name not in reports:
+            path = docs / "inversion" / SECTIONS[name].report
+            if not path.exists():
+                raise KeyError(f"{path} is missing: run section {name!r} first")
+            reports[name] = json.loads(path.read_text())
+        return reports[name]
+
+    def block(match: re.Match[str]) -> str:
+        name = match["name"]
+        section, _, part = name.partition("/")
+        if part == "command" and section in SECTIONS:
+            body = f"```\n{SECTIONS[section].command_line()}\n```"
+        elif name in tables:
+            body = tables[name](read)
+        else:
+            known = [f"{s}/command" for s in SECTIONS] + sorted(tables)
+            raise ValueError(f"unknown generated block {name!r}; known: {', '.join(known)}")
+        return f"{match[1]}\n{body}\n\n{match[4]}"
+
+    return _BLOCK.sub(block, page)
+
+
+def blocks_of(page: str) -> list[str]:
+    """The names of the generated blocks of `page`, in order."""
+    return [match["name"] for match in _BLOCK.finditer(page)]
+
+
+def run_page(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from phalanx.bench.bench_inversion import main as bench_main
+
+    console = Console()
+    docs = Path(args.docs)
+    page_path = docs / "inversion.md"
+    if not page_path.exists():
+        console.print(f"[red]{page_path} does not exist[/red]")
+        return 2
+    unknown = [name for name in args.only or () if name not in SECTIONS]
+    if unknown:
+        console.print(f"[red]unknown section {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+        return 2
+    chosen = [s for s in PAGE if not args.only or s.name in args.only]
+    for number, section in enumerate([] if args.render_only else chosen, start=1):
+        console.rule(f"section {number} of {len(chosen)}: {section.name}")
+        argv = ["inversion", *section.argv, "--docs", str(docs), "--report", section.report]
+        argv += ["--jobs", str(args.jobs), "--torch-threads", str(args.torch_threads)]
+        if args.prior_cache:
+            argv += ["--prior-cache", args.prior_cache]
+        if not args.fresh:
+            argv.append("--resume")
+        started = time.perf_counter()
+        code = bench_main(argv)
+        if code != 0:
+            console.print(f"[red]section {section.name} failed with exit code {code}[/red]")
+            return code
+        console.print(f"section {section.name}: {time.perf_counter() - started:.0f} s")
+    page = page_path.read_text()
+    try:
+        rendered = render_page(page, docs)
+    except (KeyError, ValueError) as error:
+        console.print(f"[red]{error.args[0]}[/red]")
+        return 1
+    page_path.write_text(rendered)
+    console.print(
+        f"{page_path}: {len(blocks_of(rendered))} generated blocks "
+        f"({'changed' if rendered != page else 'unchanged'})"
+    )
+    return 0
+
+
+def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``phalanx bench inversion-page``."""
+    parser = bench_subparsers.add_parser(
+        "inversion-page", help="run every section of the inversion results page and redraw it"
+    )
+    parser.add_argument(
+        "--docs", default="docs", help="folder of inversion.md and inversion/ (default %(default)s)"
+    )
+    parser.add_argument(
+        "--jobs", type=_positive, default=1, help="worker processes a section (default %(default)s)"
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="run every cell again instead of taking over unchanged ones from the reports",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="SECTION",
+        help=f"run these sections only (of {', '.join(SECTIONS)}); every block is redrawn",
+    )
+    parser.add_argument(
+        "--render-only", action="store_true", help="redraw the page from the reports, run nothing"
+    )
+    parser.add_argument("--prior-cache", default=None, help="prior cache directory")
+    parser.add_argument(
+        "--torch-threads",
+        type=_positive,
+        default=DEFAULT_TORCH_THREADS,
+        help="torch threads a run, fixed for reproducibility (default %(default)s)",
+    )
+    parser.set_defaults(func=run_page)
