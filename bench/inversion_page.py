@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phalanx.adversary.inversion.names import DEFAULT_TORCH_THREADS
-from phalanx.bench.bench_inversion import GRID_LABELS, _positive
+from phalanx.bench.bench_inversion import GRID_LABELS, _positive, cell_seconds
 
 Report = Mapping[str, object]
 
@@ -74,6 +74,10 @@ PAGE: tuple[PageSection, ...] = (
     PageSection(
         "grid-digits-mlp-trained",
         ("--dataset", "digits", *_GRID, "32", "--grid-model", "mlp", "--grid-trained"),
+    ),
+    PageSection(
+        "grid-digits-resnet-trained",
+        ("--dataset", "digits", *_GRID, "32", "--grid-model", "resnet", "--grid-trained"),
     ),
     PageSection("grid-cnn-trained", (*_GRID, "32", "--grid-model", "cnn", "--grid-trained")),
     PageSection(
@@ -358,6 +362,9 @@ def run_page(args: argparse.Namespace) -> int:
         f"{page_path}: {len(blocks_of(rendered))} generated blocks "
         f"({'changed' if rendered != page else 'unchanged'})"
     )
+    recorded = [docs / "inversion" / s.report for s in PAGE]
+    seconds = sum(cell_seconds(json.loads(r.read_text())) for r in recorded if r.exists())
+    console.print(f"the page's attack runs cost {seconds / 3600:.1f} CPU-hours when they ran")
     return 0
 
 

@@ -134,6 +134,9 @@ def test_grid_jobs_give_the_serial_reconstructions_and_resume_takes_over_finishe
         assert serial[cell]["reconstruction_sha256"] == parallel[cell]["reconstruction_sha256"]
         assert serial[cell]["key"] == parallel[cell]["key"]
     assert "complete" not in serial
+    # the cells are in grid order in both, whichever worker finished first
+    assert [k for k in parallel if k.startswith("grid/")] == cells
+    assert [k for k in serial if k.startswith("grid/")] == cells
     capsys.readouterr()
     # --resume: every cell of the earlier report is taken over, none is run again ...
     assert main(_grid_args(tmp_path, "serial.json", "--resume")) == 0
