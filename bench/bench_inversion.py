@@ -14,7 +14,10 @@
    on ``--label-model``, untrained and trained, at every batch size in ``--label-batches``.
 
 Runs under `pinned_torch` (``--torch-threads``, default 1, deterministic kernels): the same
-arguments give the same reconstructions on any machine and load; only the timings move.
+arguments give the same reconstructions on any machine and load; only the timings move. Every
+attack run of 1-4 is a cell (`bench_cells`): ``--jobs N`` runs the cells in N worker processes,
+the report is saved after each, and ``--resume`` takes over the cells it already holds with the
+same settings. ``phalanx bench inversion-page`` runs all the calls of ``docs/inversion.md``.
 """
 
 from __future__ import annotations

@@ -371,7 +371,7 @@ def run_page(args: argparse.Namespace) -> int:
 def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``phalanx bench inversion-page``."""
     parser = bench_subparsers.add_parser(
-        "inversion-page", help="run every section of the inversion results page and redraw it"
+        "inversion-page", help="every run of the inversion results page, and its tables redrawn"
     )
     parser.add_argument(
         "--docs", default="docs", help="folder of inversion.md and inversion/ (default %(default)s)"
