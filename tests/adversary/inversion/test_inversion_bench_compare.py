@@ -96,29 +96,18 @@ def test_the_grid_chart_draws_every_method_of_the_report_and_nothing_without_a_g
     assert not (tmp_path / "none.png").exists()
 
 
+_DIGITS = ("inversion", "--dataset", "digits", "--skip-table", "--methods")
+_GRID = ("--grid", "--grid-methods", "idlg", "ig", "--grid-batches", "1,2", "--grid-images", "2")
+_COMPARE = ("--compare", "--compare-methods", "ig", "idlg", "--compare-images", "4")
+
+
+def _bench_args(tmp_path, report: str, options: tuple[str, ...], *extra: str) -> list[str]:
+    """A small digits run of `options`, its report at ``tmp_path/inversion/report``."""
+    return [*_DIGITS, *options, "--docs", str(tmp_path), "--report", report, *extra]
+
+
 def _grid_args(tmp_path, report: str, *extra: str) -> list[str]:
-    return [
-        "inversion",
-        "--dataset",
-        "digits",
-        "--skip-table",
-        "--methods",
-        "--grid",
-        "--grid-methods",
-        "idlg",
-        "ig",
-        "--grid-batches",
-        "1,2",
-        "--grid-images",
-        "2",
-        "--grid-iterations",
-        "3",
-        "--docs",
-        str(tmp_path),
-        "--report",
-        report,
-        *extra,
-    ]
+    return _bench_args(tmp_path, report, (*_GRID, "--grid-iterations", "3"), *extra)
 
 
 def test_grid_jobs_give_the_serial_reconstructions_and_resume_takes_over_finished_cells(
@@ -149,26 +138,7 @@ def test_grid_jobs_give_the_serial_reconstructions_and_resume_takes_over_finishe
 
 
 def _compare_args(tmp_path, report: str, *extra: str) -> list[str]:
-    return [
-        "inversion",
-        "--dataset",
-        "digits",
-        "--skip-table",
-        "--methods",
-        "--compare",
-        "--compare-methods",
-        "ig",
-        "idlg",
-        "--compare-images",
-        "4",
-        "--compare-iterations",
-        "2",
-        "--docs",
-        str(tmp_path),
-        "--report",
-        report,
-        *extra,
-    ]
+    return _bench_args(tmp_path, report, (*_COMPARE, "--compare-iterations", "2"), *extra)
 
 
 def test_compare_cells_run_in_workers_and_resume_keeps_their_per_image_rows(
