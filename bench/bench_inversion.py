@@ -279,6 +279,12 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     if args.grid:
         _grid_table(args, cells, report, console)
+        for name, paired in grid_pairs(report).items():
+            report[name] = asdict(paired)
+            console.print(
+                f"{name}: median {paired.median:+.2f} dB [{paired.low:+.2f}, {paired.high:+.2f}]"
+                f", above IG on {paired.wins} of {paired.images}"
+            )
         grid_png = grid_chart(
             report,
             docs / "inversion" / Path(args.report).with_suffix(".png").name,
@@ -306,6 +312,24 @@ def cell_seconds(report: Mapping[str, object]) -> float:
     )
 
 
+def grid_pairs(report: Mapping[str, object]) -> dict[str, PairedDifference]:
+    """``paired/METHOD/b=B``: each grid cell minus IG's at the same batch size on the same
+    victims (`paired_rows`), for every pair of cells that kept their per-image rows."""
+    pairs: dict[str, PairedDifference] = {}
+    for name, cell in report.items():
+        parts = name.split("/")
+        if len(parts) != 3 or parts[0] != "grid" or parts[1] == "ig":
+            continue
+        baseline = report.get(f"grid/ig/{parts[2]}")
+        if not isinstance(cell, dict) or not isinstance(baseline, dict):
+            continue
+        if "per_image" in cell and "per_image" in baseline:
+            pairs[f"paired/{parts[1]}/{parts[2]}"] = paired_rows(
+                cell["per_image"], baseline["per_image"]
+            )
+    return pairs
+
+
 def _entry(report: Mapping[str, object], name: str) -> dict:  # type: ignore[type-arg]
     cell = report[name]
     assert isinstance(cell, dict)
@@ -313,7 +337,7 @@ def _entry(report: Mapping[str, object], name: str) -> dict:  # type: ignore[typ
 
 
 # Cells whose report entry keeps every image's row (the paired differences need them).
-_PER_IMAGE_PREFIXES = ("compare/",)
+_PER_IMAGE_PREFIXES = ("compare/", "grid/")
 
 
 def bench_cells(args: argparse.Namespace) -> dict[str, dict[str, object]]:

@@ -176,6 +176,26 @@ def grid_rows(report: Report) -> str:
     return "\n".join(rows)
 
 
+def paired_grid_rows(report: Report) -> str:
+    """Every ``paired/METHOD/b=B`` entry: a grid cell minus IG's on the same victims."""
+    rows = [
+        "| method | batch | images | median difference to IG [interval] | images better than IG |",
+        "|---|---|---|---|---|",
+    ]
+    for name, cell in report.items():
+        parts = name.split("/")
+        if len(parts) != 3 or parts[0] != "paired" or not isinstance(cell, dict):
+            continue
+        rows.append(
+            f"| {GRID_LABELS.get(parts[1], parts[1])} | {parts[2].removeprefix('b=')} | "
+            f"{cell['images']} | {cell['median']:+.2f} dB [{cell['low']:+.2f}, "
+            f"{cell['high']:+.2f}] | {cell['wins']} of {cell['images']} |"
+        )
+    if len(rows) == 2:
+        raise KeyError("the report has no paired cells: run its section first")
+    return "\n".join(rows)
+
+
 def label_rows(report: Report) -> str:
     """Label accuracy of every rule, untrained then trained, by batch size."""
     from phalanx.adversary.inversion.names import DEFAULT_LABEL_METHOD, LABEL_METHODS
@@ -272,12 +292,15 @@ def _tables() -> dict[str, Callable[[Callable[[str], Report]], str]]:
     }
     for section in PAGE:
         if section.name.startswith("grid-"):
-            tables[f"{section.name}/table"] = _grid_table_of(section.name)
+            tables[f"{section.name}/table"] = _drawn_from(grid_rows, section.name)
+            tables[f"{section.name}/paired"] = _drawn_from(paired_grid_rows, section.name)
     return tables
 
 
-def _grid_table_of(name: str) -> Callable[[Callable[[str], Report]], str]:
-    return lambda read: grid_rows(read(name))
+def _drawn_from(
+    rows: Callable[[Report], str], name: str
+) -> Callable[[Callable[[str], Report]], str]:
+    return lambda read: rows(read(name))
 
 
 _BLOCK = re.compile(

@@ -179,3 +179,20 @@ def test_a_report_without_cell_keys_is_keyed_by_its_command_args(tmp_path, capsy
     path.write_text(json.dumps(report))
     assert main(_compare_args(tmp_path, "old.json", "--resume")) == 0
     assert "taken over" not in capsys.readouterr().out
+
+
+def test_grid_pairs_pair_each_method_with_ig_at_its_batch_size_where_rows_were_kept() -> None:
+    from phalanx.bench.bench_inversion import grid_pairs
+
+    def cell(psnrs: dict[int, float]) -> dict[str, object]:
+        return {"per_image": [{"index": i, "psnr": p} for i, p in psnrs.items()]}
+
+    report = {
+        "grid/ig/b=4": cell({0: 10.0, 1: 12.0, 2: 11.0}),
+        "grid/gan/b=4": cell({2: 13.0, 0: 11.0, 1: 11.0}),  # +1, -1, +2 on the same victims
+        "grid/dlg/b=4": {"median_psnr": 5.0},  # no rows kept: no pair
+        "grid/gan/b=16": cell({0: 1.0}),  # no IG cell at 16: no pair
+    }
+    pairs = grid_pairs(report)
+    assert list(pairs) == ["paired/gan/b=4"]
+    assert (pairs["paired/gan/b=4"].median, pairs["paired/gan/b=4"].wins) == (1.0, 2)
