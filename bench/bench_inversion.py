@@ -27,10 +27,10 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from phalanx.adversary.inversion.names import (
     DEFAULT_LABEL_METHOD,
@@ -111,17 +111,25 @@ GRID_LABELS = {
 }
 
 
+def report_cells(
+    report: Mapping[str, object], kind: str
+) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """``(name, size, cell)`` of every ``KIND/NAME/X=SIZE`` entry of a bench report, in the
+    report's order: ``grid/METHOD/b=B``, ``chart/METHOD/k=K``, ``paired/METHOD/b=B``,
+    ``labels/STATE/b=B``."""
+    for key, cell in report.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == kind and isinstance(cell, dict):
+            yield parts[1], int(parts[2].partition("=")[2]), cell
+
+
 def grid_chart(report: Mapping[str, object], path: Path, title: str) -> Path | None:
     """Median PSNR against batch size, one line per method, from the ``grid/METHOD/b=B``
     entries of a bench report; the bars are each cell's distribution-free median interval."""
     cells: dict[str, list[tuple[int, float, float, float]]] = {}
-    for key, value in report.items():
-        parts = key.split("/")
-        if len(parts) != 3 or parts[0] != "grid" or not isinstance(value, dict):
-            continue
+    for method, batch, value in report_cells(report, "grid"):
         low, high = value["psnr_interval"]
-        batch = int(parts[2].removeprefix("b="))
-        cells.setdefault(parts[1], []).append((batch, value["median_psnr"], low, high))
+        cells.setdefault(method, []).append((batch, value["median_psnr"], low, high))
     if not cells:
         return None
     import matplotlib
@@ -315,16 +323,14 @@ def cell_seconds(report: Mapping[str, object]) -> float:
 def grid_pairs(report: Mapping[str, object]) -> dict[str, PairedDifference]:
     """``paired/METHOD/b=B``: each grid cell minus IG's at the same batch size on the same
     victims (`paired_rows`), for every pair of cells that kept their per-image rows."""
+    baselines = {
+        batch: cell for method, batch, cell in report_cells(report, "grid") if method == "ig"
+    }
     pairs: dict[str, PairedDifference] = {}
-    for name, cell in report.items():
-        parts = name.split("/")
-        if len(parts) != 3 or parts[0] != "grid" or parts[1] == "ig":
-            continue
-        baseline = report.get(f"grid/ig/{parts[2]}")
-        if not isinstance(cell, dict) or not isinstance(baseline, dict):
-            continue
-        if "per_image" in cell and "per_image" in baseline:
-            pairs[f"paired/{parts[1]}/{parts[2]}"] = paired_rows(
+    for method, batch, cell in report_cells(report, "grid"):
+        baseline = baselines.get(batch, {})
+        if method != "ig" and "per_image" in cell and "per_image" in baseline:
+            pairs[f"paired/{method}/b={batch}"] = paired_rows(
                 cell["per_image"], baseline["per_image"]
             )
     return pairs

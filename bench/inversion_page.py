@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phalanx.adversary.inversion.names import DEFAULT_TORCH_THREADS
-from phalanx.bench.bench_inversion import GRID_LABELS, _positive, cell_seconds
+from phalanx.bench.bench_inversion import GRID_LABELS, _positive, cell_seconds, report_cells
 
 Report = Mapping[str, object]
 
@@ -155,45 +155,41 @@ def table_rows(report: Report) -> str:
     return "\n".join(rows)
 
 
+def _table(head: list[str], rows: list[str], what: str) -> str:
+    if not rows:
+        raise KeyError(f"the report has no {what} cells: run its section first")
+    return "\n".join([*head, *rows])
+
+
 def grid_rows(report: Report) -> str:
     """Every ``grid/METHOD/b=B`` cell, in the report's order."""
-    rows = [
+    head = [
         "| method | batch | images | median PSNR [interval] | median SSIM | label accuracy "
         "| s / image |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, cell in report.items():
-        parts = name.split("/")
-        if len(parts) != 3 or parts[0] != "grid" or not isinstance(cell, dict):
-            continue
-        rows.append(
-            f"| {GRID_LABELS.get(parts[1], parts[1])} | {parts[2].removeprefix('b=')} | "
-            f"{cell['images']} | {_psnr(cell)} | {cell['median_ssim']:.3f} | "
-            f"{cell['label_accuracy']:.3f} | {cell['seconds_per_image']:.2f} |"
-        )
-    if len(rows) == 2:
-        raise KeyError("the report has no grid cells: run its section first")
-    return "\n".join(rows)
+    rows = [
+        f"| {GRID_LABELS.get(method, method)} | {batch} | {cell['images']} | {_psnr(cell)} | "
+        f"{cell['median_ssim']:.3f} | {cell['label_accuracy']:.3f} | "
+        f"{cell['seconds_per_image']:.2f} |"
+        for method, batch, cell in report_cells(report, "grid")
+    ]
+    return _table(head, rows, "grid")
 
 
 def paired_grid_rows(report: Report) -> str:
     """Every ``paired/METHOD/b=B`` entry: a grid cell minus IG's on the same victims."""
-    rows = [
+    head = [
         "| method | batch | images | median difference to IG [interval] | images better than IG |",
         "|---|---|---|---|---|",
     ]
-    for name, cell in report.items():
-        parts = name.split("/")
-        if len(parts) != 3 or parts[0] != "paired" or not isinstance(cell, dict):
-            continue
-        rows.append(
-            f"| {GRID_LABELS.get(parts[1], parts[1])} | {parts[2].removeprefix('b=')} | "
-            f"{cell['images']} | {cell['median']:+.2f} dB [{cell['low']:+.2f}, "
-            f"{cell['high']:+.2f}] | {cell['wins']} of {cell['images']} |"
-        )
-    if len(rows) == 2:
-        raise KeyError("the report has no paired cells: run its section first")
-    return "\n".join(rows)
+    rows = [
+        f"| {GRID_LABELS.get(method, method)} | {batch} | {cell['images']} | "
+        f"{cell['median']:+.2f} dB [{cell['low']:+.2f}, {cell['high']:+.2f}] | "
+        f"{cell['wins']} of {cell['images']} |"
+        for method, batch, cell in report_cells(report, "paired")
+    ]
+    return _table(head, rows, "paired")
 
 
 def label_rows(report: Report) -> str:
@@ -201,19 +197,17 @@ def label_rows(report: Report) -> str:
     from phalanx.adversary.inversion.names import DEFAULT_LABEL_METHOD, LABEL_METHODS
 
     heads = [f"`{m}`" + (" (default)" if m == DEFAULT_LABEL_METHOD else "") for m in LABEL_METHODS]
-    rows = [
+    head = [
         "| model | batch | images | " + " | ".join(heads) + " |",
         "|---|---|---|" + "---|" * len(LABEL_METHODS),
     ]
-    for name, cell in report.items():
-        parts = name.split("/")
-        if len(parts) != 3 or parts[0] != "labels" or not isinstance(cell, dict):
-            continue
-        scores = " | ".join(f"{cell[m]:.3f}" for m in LABEL_METHODS)
-        rows.append(f"| {parts[1]} | {parts[2].removeprefix('b=')} | {cell['images']} | {scores} |")
-    if len(rows) == 2:
-        raise KeyError("the report has no label cells: run its section first")
-    return "\n".join(rows)
+    rows = [
+        f"| {state} | {batch} | {cell['images']} | "
+        + " | ".join(f"{cell[m]:.3f}" for m in LABEL_METHODS)
+        + " |"
+        for state, batch, cell in report_cells(report, "labels")
+    ]
+    return _table(head, rows, "label")
 
 
 def compare_rows(reports: Sequence[Report]) -> str:
@@ -260,10 +254,8 @@ def compare_rows(reports: Sequence[Report]) -> str:
 def chart_rows(report: Report) -> str:
     """Median PSNR with its interval of every ``chart/METHOD/k=K`` cell, a row per method."""
     cells: dict[str, dict[int, dict]] = {}  # type: ignore[type-arg]
-    for name, cell in report.items():
-        parts = name.split("/")
-        if len(parts) == 3 and parts[0] == "chart" and isinstance(cell, dict):
-            cells.setdefault(parts[1], {})[int(parts[2].removeprefix("k="))] = cell
+    for method, k, cell in report_cells(report, "chart"):
+        cells.setdefault(method, {})[k] = cell
     if not cells:
         raise KeyError("the report has no chart cells: run its section first")
     ks = sorted({k for row in cells.values() for k in row})
