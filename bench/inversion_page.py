@@ -11,7 +11,8 @@ replaces every generated block of ``DOCS/inversion.md``::
 
 with the section's command line and the table drawn from its report. The prose around the
 blocks is left as it is. Figures (``NAME.png``, ``psnr_vs_k.png`` and the reconstructions) are
-drawn by the runs themselves.
+drawn by the runs themselves. The last section, `QUALITY`, is the priors' sample quality: four
+``phalanx attack prior-quality`` calls recording into ``DOCS/inversion/prior-quality.json``.
 """
 
 from __future__ import annotations
@@ -44,24 +45,51 @@ class PageSection:
         return f"{self.name}.json"
 
     def command_line(self, width: int = 96) -> str:
-        """The call as the page shows it, wrapped at `width` with ``\\`` continuations between
-        options (an option stays on the line of its values)."""
-        words = [*self.argv, "--report", self.report]
-        groups: list[str] = ["phalanx bench inversion"]
-        for word in words:
-            if word.startswith("--"):
-                groups.append(word)
-            else:
-                groups[-1] += f" {word}"
-        lines: list[str] = []
-        line = ""
-        for group in groups:
-            if line and len(line) + 1 + len(group) > width - 2:
-                lines.append(line + " \\")
-                line = "    " + group
-            else:
-                line = f"{line} {group}" if line else group
-        return "\n".join([*lines, line])
+        """The call as the page shows it, wrapped at `width` (`wrapped_command`)."""
+        return wrapped_command(
+            "phalanx bench inversion", [*self.argv, "--report", self.report], width
+        )
+
+
+def wrapped_command(program: str, words: Sequence[str], width: int) -> str:
+    """``program words...`` wrapped at `width` with ``\\`` continuations between options (an
+    option stays on the line of its values)."""
+    groups: list[str] = [program]
+    for word in words:
+        if word.startswith("--"):
+            groups.append(word)
+        else:
+            groups[-1] += f" {word}"
+    lines: list[str] = []
+    line = ""
+    for group in groups:
+        if line and len(line) + 1 + len(group) > width - 2:
+            lines.append(line + " \\")
+            line = "    " + group
+        else:
+            line = f"{line} {group}" if line else group
+    return "\n".join([*lines, line])
+
+
+@dataclass(frozen=True)
+class QualitySection:
+    """The page's ``phalanx attack prior-quality`` calls, each recording its prior's row (and
+    the real floor and noise ceiling at its sample count) into the report ``NAME.json``."""
+
+    name: str
+    runs: tuple[tuple[str, ...], ...]
+
+    @property
+    def report(self) -> str:
+        return f"{self.name}.json"
+
+    def command_line(self, width: int = 96) -> str:
+        """The calls as the page shows them, each wrapped at `width` (`wrapped_command`)."""
+        report = ["--report", f"docs/inversion/{self.report}"]
+        return "\n".join(
+            wrapped_command("phalanx attack prior-quality", [*run, *report], width)
+            for run in self.runs
+        )
 
 
 PAGE: tuple[PageSection, ...] = (
@@ -124,7 +152,30 @@ PAGE: tuple[PageSection, ...] = (
         ),
     ),
 )
-SECTIONS = {section.name: section for section in PAGE}
+QUALITY = QualitySection(
+    "prior-quality",
+    (
+        ("--kind", "gan", "--dataset", "mnist5k", "--samples", "1000", "--seed", "0"),
+        (
+            "--kind",
+            "diffusion",
+            "--dataset",
+            "mnist5k",
+            "--samples",
+            "500",
+            "--seed",
+            "0",
+            "--diffusion-steps",
+            "100",
+        ),
+        ("--kind", "diffusion", "--dataset", "mnist5k", "--samples", "500", "--seed", "0"),
+        ("--kind", "gan", "--dataset", "mnist5k", "--samples", "500", "--seed", "0"),
+    ),
+)
+SECTIONS: dict[str, PageSection | QualitySection] = {
+    **{section.name: section for section in PAGE},
+    QUALITY.name: QUALITY,
+}
 
 
 def _cell(report: Report, name: str) -> dict:  # type: ignore[type-arg]
@@ -273,6 +324,51 @@ def chart_rows(report: Report) -> str:
     return "\n".join(rows)
 
 
+def _quality_label(entry: Mapping[str, object]) -> str:
+    if entry["kind"] == "gan":
+        return "GAN prior"
+    return f"diffusion prior ({int(entry['diffusion_steps']):,} steps)"  # type: ignore[call-overload]
+
+
+def _quality_row(label: str, row: Mapping[str, object]) -> str:
+    shares: list[float] = row["class_shares"]  # type: ignore[assignment]
+    return (
+        f"| {label} | {row['images']} | {row['fid']:.2f} | {row['inception_score']:.2f} | "
+        f"{row['confidence']:.3f} | {row['classes_covered']} ({max(shares):.0%}) |"
+    )
+
+
+def quality_rows(report: Report) -> str:
+    """Every ``quality/...`` entry's prior row, grouped by sample count and seed in the
+    report's order, each group closed by the real floor and noise ceiling rows of its first
+    entry (they depend on the count and the seed, not on the prior)."""
+    groups: dict[tuple[int, int], list[Mapping[str, object]]] = {}
+    for name, entry in report.items():
+        if name.startswith("quality/") and isinstance(entry, dict):
+            groups.setdefault((int(entry["samples"]), int(entry["seed"])), []).append(entry)
+    head = [
+        "| set | n | FID | IS | confidence | classes (largest share) |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows: list[str] = []
+    for entries in groups.values():
+        rows += [_quality_row(_quality_label(e), e["prior"]) for e in entries]  # type: ignore[arg-type]
+        rows.append(_quality_row("real floor", entries[0]["real_floor"]))  # type: ignore[arg-type]
+        rows.append(_quality_row("noise ceiling", entries[0]["noise_ceiling"]))  # type: ignore[arg-type]
+    return _table(head, rows, "prior-quality")
+
+
+def report_seconds(report: Report) -> float:
+    """What the runs recorded in `report` cost when they ran: the attack cells' seconds, or a
+    prior-quality entry's whole run."""
+    quality = sum(
+        float(entry["seconds"])
+        for name, entry in report.items()
+        if name.startswith("quality/") and isinstance(entry, dict) and "seconds" in entry
+    )
+    return quality + cell_seconds(report)
+
+
 def _tables() -> dict[str, Callable[[Callable[[str], Report]], str]]:
     """Generated table blocks by name, each drawn from the reports it reads."""
     tables: dict[str, Callable[[Callable[[str], Report]], str]] = {
@@ -281,6 +377,7 @@ def _tables() -> dict[str, Callable[[Callable[[str], Report]], str]]:
         "labels-lenet-zhu/table": lambda read: label_rows(read("labels-lenet-zhu")),
         "compare/table": lambda read: compare_rows([read("compare"), read("compare-gan")]),
         "chart/table": lambda read: chart_rows(read("chart")),
+        f"{QUALITY.name}/table": lambda read: quality_rows(read(QUALITY.name)),
     }
     for section in PAGE:
         if section.name.startswith("grid-"):
@@ -339,6 +436,7 @@ def blocks_of(page: str) -> list[str]:
 def run_page(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from phalanx.adversary.inversion.cli import main as attack_main
     from phalanx.bench.bench_inversion import main as bench_main
 
     console = Console()
@@ -351,20 +449,29 @@ def run_page(args: argparse.Namespace) -> int:
     if unknown:
         console.print(f"[red]unknown section {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
         return 2
-    chosen = [s for s in PAGE if not args.only or s.name in args.only]
+    chosen = [s for s in SECTIONS.values() if not args.only or s.name in args.only]
+    common = ["--torch-threads", str(args.torch_threads)]
+    if args.prior_cache:
+        common += ["--prior-cache", args.prior_cache]
+    if not args.fresh:
+        common.append("--resume")
     for number, section in enumerate([] if args.render_only else chosen, start=1):
         console.rule(f"section {number} of {len(chosen)}: {section.name}")
-        argv = ["inversion", *section.argv, "--docs", str(docs), "--report", section.report]
-        argv += ["--jobs", str(args.jobs), "--torch-threads", str(args.torch_threads)]
-        if args.prior_cache:
-            argv += ["--prior-cache", args.prior_cache]
-        if not args.fresh:
-            argv.append("--resume")
         started = time.perf_counter()
-        code = bench_main(argv)
-        if code != 0:
-            console.print(f"[red]section {section.name} failed with exit code {code}[/red]")
-            return code
+        if isinstance(section, PageSection):
+            argv = ["inversion", *section.argv, "--docs", str(docs), "--report", section.report]
+            calls = [(bench_main, [*argv, "--jobs", str(args.jobs), *common])]
+        else:
+            report = ["--report", str(docs / "inversion" / section.report)]
+            calls = [
+                (attack_main, ["attack", "prior-quality", *run, *report, *common])
+                for run in section.runs
+            ]
+        for main, argv in calls:
+            code = main(argv)
+            if code != 0:
+                console.print(f"[red]section {section.name} failed with exit code {code}[/red]")
+                return code
         console.print(f"section {section.name}: {time.perf_counter() - started:.0f} s")
     page = page_path.read_text()
     try:
@@ -377,9 +484,9 @@ def run_page(args: argparse.Namespace) -> int:
         f"{page_path}: {len(blocks_of(rendered))} generated blocks "
         f"({'changed' if rendered != page else 'unchanged'})"
     )
-    recorded = [docs / "inversion" / s.report for s in PAGE]
-    seconds = sum(cell_seconds(json.loads(r.read_text())) for r in recorded if r.exists())
-    console.print(f"the page's attack runs cost {seconds / 3600:.1f} CPU-hours when they ran")
+    recorded = [docs / "inversion" / s.report for s in SECTIONS.values()]
+    seconds = sum(report_seconds(json.loads(r.read_text())) for r in recorded if r.exists())
+    console.print(f"the page's runs cost {seconds / 3600:.1f} CPU-hours when they ran")
     return 0
 
 

@@ -245,14 +245,37 @@ def _prior_quality(args: argparse.Namespace) -> int:
         return _fail(f"--samples must be >= 2 (FID needs a covariance), got {args.samples}")
     if args.diffusion_steps is not None and args.kind != "diffusion":
         return _fail("--diffusion-steps applies to --kind diffusion only")
+    if args.resume and args.report is None:
+        return _fail("--resume needs --report (the report whose entries it takes over)")
+    import time
+
     from rich.console import Console
 
     from phalanx.adversary.inversion.experiment import load_prior_for
-    from phalanx.adversary.inversion.quality import prior_quality
+    from phalanx.adversary.inversion.quality import (
+        prior_quality,
+        quality_settings,
+        read_quality_report,
+        record_quality,
+        recorded_quality,
+    )
     from phalanx.learning.data import load_dataset
 
     console = Console(stderr=args.json)
+    settings = quality_settings(
+        args.kind, args.dataset, args.samples, args.seed, args.diffusion_steps
+    )
+    started = time.perf_counter()
     try:
+        if args.report is not None:
+            read_quality_report(args.report)  # a bad report is refused before any sampling
+        if args.resume:
+            entry = recorded_quality(args.report, settings)
+            if entry is not None:
+                console.print(f"taken over from {args.report}: recorded with the same settings")
+                if args.json:
+                    print(json.dumps(entry, indent=2))
+                return EXIT_OK
         dataset = load_dataset(args.dataset, data_dir=args.data_dir)
         with _progress(console) as bar:
             task = bar.add_task(f"loading {args.kind} prior", total=None)
@@ -275,7 +298,10 @@ def _prior_quality(args: argparse.Namespace) -> int:
                 diffusion_steps=args.diffusion_steps,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
-    except ValueError as error:
+        if args.report is not None:
+            key = record_quality(args.report, quality, settings, time.perf_counter() - started)
+            console.print(f"recorded as {key} in {args.report}")
+    except (ValueError, OSError) as error:
         return _fail(str(error))
     if args.json:
         print(json.dumps(quality.to_dict(), indent=2))
@@ -411,6 +437,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     quality.add_argument("--prior-cache", default=None, help=_PRIOR_CACHE)
     quality.add_argument(
         "--json", action="store_true", help="print a JSON summary instead of a table"
+    )
+    quality.add_argument(
+        "--report",
+        default=None,
+        metavar="FILE",
+        help="also record the result in this JSON report (one entry per prior, sample count "
+        "and steps; the other entries are kept)",
+    )
+    quality.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --report: take the result over from the report if it holds one recorded "
+        "with the same settings, instead of sampling again",
     )
     _add_threads(quality)
     quality.set_defaults(func=_pinned(_prior_quality))

@@ -14,11 +14,13 @@ whole training split with `experiment.victim_model`'s training (`feature_classif
 
 `prior_quality` scores N samples of a prior against the held-out test images, with two
 reference rows scored the same way: N real images of the auxiliary split (the floor a perfect
-generator would reach) and N uniform-noise images (the ceiling).
+generator would reach) and N uniform-noise images (the ceiling). `record_quality` keeps results in
+a JSON report (``attack prior-quality --report``), from which the results page draws its table.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -329,3 +331,65 @@ def prior_quality(
         real_floor=score_images("real (floor)", model, data.train_x[floor_index], reference, k),
         noise_ceiling=score_images("noise (ceiling)", model, noise, reference, k),
     )
+
+
+def quality_key(quality: PriorQuality) -> str:
+    """The entry of a quality report that holds `quality`: ``quality/KIND/n=N``, and for a
+    diffusion prior ``/steps=S`` (the reverse-process steps it was sampled with)."""
+    key = f"quality/{quality.kind}/n={quality.samples}"
+    return key if quality.kind == "gan" else f"{key}/steps={quality.diffusion_steps}"
+
+
+def quality_settings(
+    kind: str, dataset: str, samples: int, seed: int, diffusion_steps: int | None
+) -> dict[str, object]:
+    """The settings that decide a `prior_quality` result, as a report entry records them."""
+    return {
+        "kind": kind,
+        "dataset": dataset,
+        "samples": samples,
+        "seed": seed,
+        "diffusion_steps": diffusion_steps,
+    }
+
+
+def read_quality_report(path: str | Path) -> dict[str, object]:
+    """The entries of the quality report at `path` (none if it does not exist yet).
+
+    Raises `ValueError` for a file that is not a JSON object."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not a JSON report: {error}") from error
+    if not isinstance(report, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return report
+
+
+def recorded_quality(path: str | Path, settings: dict[str, object]) -> dict[str, object] | None:
+    """The entry of the report at `path` recorded with exactly `settings`, or None."""
+    for entry in read_quality_report(path).values():
+        if isinstance(entry, dict) and entry.get("settings") == settings:
+            return entry
+    return None
+
+
+def record_quality(
+    path: str | Path, quality: PriorQuality, settings: dict[str, object], seconds: float
+) -> str:
+    """Write `quality` into the report at `path` under `quality_key` (replacing an entry of the
+    same key, keeping the others in order), with the `settings` it was asked for and the
+    `seconds` the whole run took. The file is replaced atomically, so a killed run leaves the
+    previous report whole. Returns the key."""
+    path = Path(path)
+    report = read_quality_report(path)
+    key = quality_key(quality)
+    report[key] = {**quality.to_dict(), "settings": settings, "seconds": round(seconds, 3)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.replace(path)
+    return key

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from phalanx.adversary.inversion.cli import register as register_attack
 from phalanx.bench.bench_inversion import register_bench
-from phalanx.bench.inversion_page import PAGE, SECTIONS, blocks_of, render_page
+from phalanx.bench.inversion_page import PAGE, QUALITY, SECTIONS, blocks_of, render_page
 from phalanx.node.cli import main as phalanx_main
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
@@ -49,8 +50,8 @@ def test_the_committed_page_is_what_its_reports_draw() -> None:
 def test_every_section_is_on_the_page_with_its_command_and_a_table() -> None:
     blocks = blocks_of((DOCS / "inversion.md").read_text())
     assert len(blocks) == len(set(blocks))
-    for section in PAGE:
-        assert f"{section.name}/command" in blocks
+    for name in SECTIONS:
+        assert f"{name}/command" in blocks
     tables = {name.split("/")[0] for name in blocks if name.endswith("/table")}
     # the compare block draws compare-gan too
     assert tables | {"compare-gan"} == set(SECTIONS)
@@ -64,6 +65,30 @@ def test_the_command_line_on_the_page_parses_to_the_sections_arguments(section) 
     parser = _bench_parser()
     expected = parser.parse_args(["inversion", *section.argv, "--report", section.report])
     assert parser.parse_args(shown[2:]) == expected
+
+
+def test_the_prior_quality_command_lines_parse_to_the_sections_calls() -> None:
+    parser = argparse.ArgumentParser()
+    register_attack(parser.add_subparsers(dest="command", required=True))
+    shown = QUALITY.command_line().replace(" \\\n    ", " ").splitlines()
+    assert len(shown) == len(QUALITY.runs)
+    assert all(len(line) <= 96 for line in QUALITY.command_line().splitlines())
+    report = ["--report", f"docs/inversion/{QUALITY.report}"]
+    for line, run in zip(shown, QUALITY.runs, strict=True):
+        words = line.split()
+        assert words[:3] == ["phalanx", "attack", "prior-quality"]
+        expected = parser.parse_args(["attack", "prior-quality", *run, *report])
+        assert vars(parser.parse_args(words[1:])) == vars(expected)
+
+
+def test_the_prior_quality_section_takes_its_recorded_runs_over(tmp_path, capsys) -> None:
+    docs = _docs_copy(tmp_path)
+    argv = ["bench", "inversion-page", "--docs", str(docs), "--only", QUALITY.name]
+    assert phalanx_main(argv) == 0
+    assert capsys.readouterr().out.count("taken over from") == len(QUALITY.runs)
+    committed = (DOCS / "inversion" / QUALITY.report).read_text()
+    assert (docs / "inversion" / QUALITY.report).read_text() == committed
+    assert (docs / "inversion.md").read_text() == (DOCS / "inversion.md").read_text()
 
 
 def test_an_unknown_block_and_a_missing_report_are_refused(tmp_path) -> None:

@@ -167,3 +167,51 @@ def test_cli_prints_the_table(phalanx) -> None:
     assert result.returncode == 0, result.stderr
     for text in ("gan prior on digits: 16 samples", "FID", "real (floor)", "noise (ceiling)"):
         assert text in result.stdout
+
+
+def test_cli_records_its_result_and_resume_takes_it_over(phalanx, tmp_path) -> None:
+    report = tmp_path / "inversion" / "quality.json"
+    args = ["attack", "prior-quality", "--kind", "gan", "--dataset", "digits", "--samples", "16"]
+    args += ["--report", str(report)]
+    first = phalanx(*args, "--seed", "1", "--json", timeout=300)
+    assert first.returncode == 0, first.stderr
+    recorded = json.loads(report.read_text())
+    assert list(recorded) == ["quality/gan/n=16"]
+    entry = recorded["quality/gan/n=16"]
+    assert entry["settings"] == {
+        "kind": "gan",
+        "dataset": "digits",
+        "samples": 16,
+        "seed": 1,
+        "diffusion_steps": None,
+    }
+    assert {k: v for k, v in entry.items() if k not in ("settings", "seconds")} == json.loads(
+        first.stdout
+    )
+    assert entry["seconds"] >= entry["sampling_seconds"] > 0
+
+    again = phalanx(*args, "--seed", "1", "--resume", timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "taken over from" in again.stdout
+    assert json.loads(report.read_text()) == recorded
+
+    other_seed = phalanx(*args, "--seed", "2", "--resume", timeout=300)
+    assert other_seed.returncode == 0, other_seed.stderr
+    replaced = json.loads(report.read_text())["quality/gan/n=16"]
+    assert replaced["settings"]["seed"] == 2
+    assert replaced["prior"]["fid"] != entry["prior"]["fid"]
+    assert not list(report.parent.glob("*.partial"))
+
+
+def test_cli_refuses_a_bad_report_before_sampling(phalanx, tmp_path) -> None:
+    args = ["attack", "prior-quality", "--kind", "gan", "--dataset", "digits", "--samples", "4"]
+    alone = phalanx(*args, "--resume", timeout=120)
+    assert alone.returncode == 2
+    assert "--resume needs --report" in alone.stderr
+    report = tmp_path / "quality.json"
+    report.write_text("{not json")
+    broken = phalanx(*args, "--report", str(report), timeout=120)
+    assert broken.returncode == 2
+    assert "is not a JSON report" in broken.stderr
+    assert "sampling" not in broken.stdout
+    assert report.read_text() == "{not json"
