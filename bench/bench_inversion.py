@@ -12,12 +12,17 @@
    accuracy and seconds per image.
 5. ``--label-table``: label accuracy of every rule in `LABEL_METHODS` alone (no image attack)
    on ``--label-model``, untrained and trained, at every batch size in ``--label-batches``.
+6. ``--forward-ts``: ``--forward-methods`` (default iDLG, IG and diffusion) against the node's
+   forward-noising defense at each level T (``forward:T``, `targets.parse_defense`: the
+   attacker knows the schedule), batch 1 on ``--model``, ``--forward-images`` images a point;
+   the chart ``psnr_vs_forward_t.png`` and each method's paired difference to IG at each T.
 
 Runs under `pinned_torch` (``--torch-threads``, default 1, deterministic kernels): the same
 arguments give the same reconstructions on any machine and load; only the timings move. Every
-attack run of 1-4 is a cell (`bench_cells`): ``--jobs N`` runs the cells in N worker processes,
-the report is saved after each, and ``--resume`` takes over the cells it already holds with the
-same settings. ``phalanx bench inversion-page`` runs all the calls of ``docs/inversion.md``.
+attack run of 1-4 and 6 is a cell (`bench_cells`): ``--jobs N`` runs the cells in N worker
+processes, the report is saved after each, and ``--resume`` takes over the cells it already
+holds with the same settings. ``phalanx bench inversion-page`` runs all the calls of
+``docs/inversion.md``.
 """
 
 from __future__ import annotations
@@ -78,7 +83,26 @@ def _parse_ks(text: str) -> list[int]:
     return ks
 
 
-def _chart(curves: dict[str, list[float]], ks: list[int], path: Path, title: str) -> None:
+def _parse_levels(text: str) -> list[int]:
+    try:
+        levels = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--forward-ts must be comma-separated integers, got {text!r}"
+        ) from None
+    if not levels or min(levels) < 0 or max(levels) > 1000:
+        raise argparse.ArgumentTypeError(f"--forward-ts values must be in 0..1000, got {text!r}")
+    return levels
+
+
+def _chart(
+    curves: dict[str, list[float]],
+    ks: list[int],
+    path: Path,
+    title: str,
+    xlabel: str = "clients in the cluster sum (k)",
+    log_x: bool = True,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,10 +111,11 @@ def _chart(curves: dict[str, list[float]], ks: list[int], path: Path, title: str
     figure, axis = plt.subplots(figsize=(5.5, 3.6))
     for method, values in curves.items():
         axis.plot(ks, values, marker="o", label=method)
-    axis.set_xscale("log", base=2)
+    if log_x:
+        axis.set_xscale("log", base=2)
     axis.set_xticks(ks)
     axis.set_xticklabels([str(k) for k in ks])
-    axis.set_xlabel("clients in the cluster sum (k)")
+    axis.set_xlabel(xlabel)
     axis.set_ylabel("median PSNR (dB)")
     axis.set_title(title, fontsize=9)
     axis.grid(True, alpha=0.3)
@@ -301,6 +326,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         )
         if grid_png is not None:
             console.print(f"grid chart: {grid_png}")
+    if args.forward_ts:
+        _forward_results(args, report, docs, console)
     if args.label_table:
         _label_table(args, dataset, report, console)
     report["total_seconds"] = time.perf_counter() - started
@@ -308,6 +335,41 @@ def _run_bench(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(report, indent=2))
     console.print(f"total {report['total_seconds']:.0f} s; numbers in {out}")
     return 0
+
+
+def _forward_results(
+    args: argparse.Namespace, report: dict[str, object], docs: Path, console: Console
+) -> None:
+    """The ``--forward-ts`` chart, and each method minus IG on the same victims at each T."""
+    curves = {
+        method: [_entry(report, f"forward/{method}/t={t}")["median_psnr"] for t in args.forward_ts]
+        for method in args.forward_methods
+    }
+    chart = docs / "inversion" / "psnr_vs_forward_t.png"
+    _chart(
+        curves,
+        args.forward_ts,
+        chart,
+        f"{args.dataset} / {args.model}, batch 1, untrained: attack on forward:T, "
+        f"{args.forward_images} images a point",
+        xlabel="forward-noising level T (cosine schedule of 1,000 steps)",
+        log_x=False,
+    )
+    console.print(f"chart: {chart}")
+    if "ig" not in args.forward_methods:
+        return
+    for t in args.forward_ts:
+        baseline = _entry(report, f"forward/ig/t={t}")["per_image"]
+        for method in args.forward_methods:
+            if method == "ig":
+                continue
+            paired = paired_rows(_entry(report, f"forward/{method}/t={t}")["per_image"], baseline)
+            report[f"forward-minus-ig/{method}/t={t}"] = asdict(paired)
+            console.print(
+                f"forward:{t}: {method} - ig, paired over {paired.images} images: median "
+                f"{paired.median:+.2f} dB [{paired.low:+.2f}, {paired.high:+.2f}], above IG on "
+                f"{paired.wins}"
+            )
 
 
 def cell_seconds(report: Mapping[str, object]) -> float:
@@ -343,13 +405,14 @@ def _entry(report: Mapping[str, object], name: str) -> dict:  # type: ignore[typ
 
 
 # Cells whose report entry keeps every image's row (the paired differences need them).
-_PER_IMAGE_PREFIXES = ("compare/", "grid/")
+_PER_IMAGE_PREFIXES = ("compare/", "grid/", "forward/")
 
 
 def bench_cells(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     """Every attack run of one ``bench inversion`` call, by report entry, in report order:
-    ``table/METHOD``, ``chart/METHOD/k=K``, ``compare/METHOD`` and ``grid/METHOD/b=B``, each as
-    the `ExperimentSpec` fields it runs (``out_dir`` is where the reconstructions are drawn)."""
+    ``table/METHOD``, ``chart/METHOD/k=K``, ``compare/METHOD``, ``grid/METHOD/b=B`` and
+    ``forward/METHOD/t=T``, each as the `ExperimentSpec` fields it runs (``out_dir`` is where
+    the reconstructions are drawn; ``defense`` is `targets.parse_defense`'s text)."""
     docs = str(Path(args.docs) / "inversion")
     cells: dict[str, dict[str, object]] = {}
     for method in () if args.skip_table else ("dlg", "idlg"):
@@ -395,6 +458,16 @@ def bench_cells(args: argparse.Namespace) -> dict[str, dict[str, object]]:
                 "seed": args.seed,
                 "labels": args.labels,
             }
+    for method in args.forward_methods if args.forward_ts else ():
+        for level in args.forward_ts:
+            cells[f"forward/{method}/t={level}"] = {
+                "method": method,
+                "model": args.model,
+                "batch": 1,
+                "images": args.forward_images,
+                "defense": f"forward:{level}",
+                "seed": args.seed,
+            }
     return cells
 
 
@@ -427,10 +500,13 @@ def _run_cell(
     per_image: bool,
 ) -> dict[str, object]:
     from phalanx.adversary.inversion.experiment import ExperimentSpec, run_experiment
+    from phalanx.adversary.inversion.targets import parse_defense
 
     fields = dict(spec_fields)
     if fields.get("out_dir") is not None:
         fields["out_dir"] = Path(str(fields["out_dir"]))
+    if fields.get("defense") is not None:
+        fields["defense"] = parse_defense(str(fields["defense"]), seed=int(fields["seed"]))  # type: ignore[call-overload]
     result = run_experiment(ExperimentSpec(**fields), dataset, prior)  # type: ignore[arg-type]
     brief = _brief(result)
     if per_image:
@@ -805,6 +881,27 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=32,
         help="images a --label-table cell, rounded up to whole batches (default %(default)s)",
+    )
+    parser.add_argument(
+        "--forward-ts",
+        type=_parse_levels,
+        default=[],
+        metavar="T,T,...",
+        help="also attack the forward-noising defense at these levels T (0-1000; the attacker "
+        "knows the schedule), batch 1 on --model (default: none)",
+    )
+    parser.add_argument(
+        "--forward-methods",
+        nargs="+",
+        choices=METHODS,
+        default=["idlg", "ig", "diffusion"],
+        help="attacks of --forward-ts (default idlg ig diffusion)",
+    )
+    parser.add_argument(
+        "--forward-images",
+        type=_positive,
+        default=4,
+        help="images a --forward-ts point (default %(default)s)",
     )
     parser.add_argument(
         "--jobs",

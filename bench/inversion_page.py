@@ -151,6 +151,10 @@ PAGE: tuple[PageSection, ...] = (
             "32",
         ),
     ),
+    PageSection(
+        "forward",
+        ("--skip-table", "--methods", "--forward-ts", "300,500,700", "--forward-images", "32"),
+    ),
 )
 QUALITY = QualitySection(
     "prior-quality",
@@ -302,26 +306,46 @@ def compare_rows(reports: Sequence[Report]) -> str:
     return "\n".join(rows)
 
 
-def chart_rows(report: Report) -> str:
-    """Median PSNR with its interval of every ``chart/METHOD/k=K`` cell, a row per method."""
+def curve_rows(report: Report, kind: str = "chart", axis: str = "k") -> str:
+    """Median PSNR with its interval of every ``KIND/METHOD/X=N`` cell, a row per method and a
+    column ``AXIS=N`` per point (``chart/METHOD/k=K``, ``forward/METHOD/t=T``)."""
     cells: dict[str, dict[int, dict]] = {}  # type: ignore[type-arg]
-    for method, k, cell in report_cells(report, "chart"):
-        cells.setdefault(method, {})[k] = cell
+    for method, point, cell in report_cells(report, kind):
+        cells.setdefault(method, {})[point] = cell
     if not cells:
-        raise KeyError("the report has no chart cells: run its section first")
-    ks = sorted({k for row in cells.values() for k in row})
+        raise KeyError(f"the report has no {kind} cells: run its section first")
+    points = sorted({point for row in cells.values() for point in row})
     images = min(int(c["images"]) for row in cells.values() for c in row.values())
     rows = [
-        f"| method ({images} images a point) | " + " | ".join(f"k={k}" for k in ks) + " |",
-        "|---|" + "---|" * len(ks),
+        f"| method ({images} images a point) | "
+        + " | ".join(f"{axis}={point}" for point in points)
+        + " |",
+        "|---|" + "---|" * len(points),
     ]
     for method, row in cells.items():
         rows.append(
             f"| {GRID_LABELS.get(method, method)} | "
-            + " | ".join(_psnr(row[k]) if k in row else "" for k in ks)
+            + " | ".join(_psnr(row[point]) if point in row else "" for point in points)
             + " |"
         )
     return "\n".join(rows)
+
+
+def forward_rows(report: Report) -> str:
+    """The ``forward/METHOD/t=T`` cells by level, then every ``forward-minus-ig/METHOD/t=T``
+    entry: a method minus IG on the same victims at level T."""
+    head = [
+        "",
+        "| against IG, same images | T | median difference [interval] | images better than IG |",
+        "|---|---|---|---|",
+    ]
+    paired = [
+        f"| {GRID_LABELS.get(method, method)} | {level} | {cell['median']:+.2f} dB "
+        f"[{cell['low']:+.2f}, {cell['high']:+.2f}] | {cell['wins']} of {cell['images']} |"
+        for method, level, cell in report_cells(report, "forward-minus-ig")
+    ]
+    levels = curve_rows(report, "forward", "T")
+    return "\n".join([levels, *head, *paired]) if paired else levels
 
 
 def _quality_label(entry: Mapping[str, object]) -> str:
@@ -376,7 +400,8 @@ def _tables() -> dict[str, Callable[[Callable[[str], Report]], str]]:
         "labels/table": lambda read: label_rows(read("labels")),
         "labels-lenet-zhu/table": lambda read: label_rows(read("labels-lenet-zhu")),
         "compare/table": lambda read: compare_rows([read("compare"), read("compare-gan")]),
-        "chart/table": lambda read: chart_rows(read("chart")),
+        "chart/table": lambda read: curve_rows(read("chart")),
+        "forward/table": lambda read: forward_rows(read("forward")),
         f"{QUALITY.name}/table": lambda read: quality_rows(read(QUALITY.name)),
     }
     for section in PAGE:

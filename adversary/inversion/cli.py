@@ -345,7 +345,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     invert.add_argument(
         "--defense",
         default=None,
-        help="defense on the observed update: none | gaussian:SIGMA | prune:RATIO (default none)",
+        help="defense on the observed update: none | gaussian:SIGMA | prune:RATIO | forward:T "
+        "(forward noising at level T; the attacker knows the schedule) (default none)",
     )
     invert.add_argument(
         "--trained", action="store_true", help="attack a trained global model (default untrained)"

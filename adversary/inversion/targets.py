@@ -8,8 +8,12 @@
   the clear (`ObservedClusterSum.used_secure_sum` says which).
 
 Built-in defenses applied to the observed update: ``gaussian:SIGMA`` (add N(0, SIGMA^2) noise,
-the DP-style defense of Zhu et al. 2019, Sec. 5) and ``prune:RATIO`` (zero the RATIO smallest
-magnitudes of each tensor, gradient sparsification of Zhu et al. 2019, Sec. 5).
+the DP-style defense of Zhu et al. 2019, Sec. 5), ``prune:RATIO`` (zero the RATIO smallest
+magnitudes of each tensor, gradient sparsification of Zhu et al. 2019, Sec. 5) and
+``forward:T`` (the node's forward noising, `defense.forward_noise.ForwardNoising`, at level T
+of the cosine schedule over 1,000 steps with ``s`` = the update's RMS, applied to the whole
+flattened update as a node releases it; the attacker knows the schedule and inverts the
+unbiased estimate ``y / sqrt(abar_T)``, `denoise_forward` without Wiener shrinkage).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from torch import nn
 from phalanx.adversary.inversion.knowledge import Defense, TargetKind
 from phalanx.learning.train import TrainConfig, train_local
 
-DEFENSES = ("none", "gaussian:SIGMA", "prune:RATIO")
+DEFENSES = ("none", "gaussian:SIGMA", "prune:RATIO", "forward:T")
 
 
 @dataclass(frozen=True)
@@ -165,7 +169,8 @@ def observe(
 
 
 def parse_defense(text: str | None, seed: int = 0) -> Defense | None:
-    """Build a built-in defense from ``none``, ``gaussian:SIGMA`` or ``prune:RATIO``."""
+    """Build a built-in defense from ``none``, ``gaussian:SIGMA``, ``prune:RATIO`` or
+    ``forward:T``; `seed` drives its noise."""
     if text is None or text == "none":
         return None
     name, _, argument = text.partition(":")
@@ -202,4 +207,29 @@ def parse_defense(text: str | None, seed: int = 0) -> Defense | None:
             return pruned
 
         return prune
+    if name == "forward":
+        return _forward_defense(text, value, seed)
     raise ValueError(f"unknown defense {text!r}; known: {', '.join(DEFENSES)}")
+
+
+def _forward_defense(text: str, level: float, seed: int) -> Defense:
+    """``forward:T``: release ``y = sqrt(abar_T) u + sqrt(1 - abar_T) RMS(u) eps`` (Ho et al.
+    2020, Eq. 4, on the flattened update) and hand the attacker ``y / sqrt(abar_T)``."""
+    from phalanx.defense.forward_noise import ForwardNoising, NoiseLevelSchedule, denoise_forward
+
+    if level != int(level) or level < 0:
+        raise ValueError(f"defense {text!r}: the level T must be a whole number >= 0")
+    noising = ForwardNoising(NoiseLevelSchedule("constant", t_max=int(level), t_min=int(level)))
+    alpha_bar = noising.alpha_bar(0)
+    generator = torch.Generator().manual_seed(seed)
+
+    def forward(update: list[torch.Tensor]) -> list[torch.Tensor]:
+        flat = torch.cat([t.reshape(-1).to(torch.float64) for t in update])
+        released = noising(flat, generator=generator)
+        estimate = denoise_forward(released, alpha_bar, wiener=False)
+        return [
+            part.reshape(t.shape).to(t.dtype)
+            for part, t in zip(estimate.split([t.numel() for t in update]), update, strict=True)
+        ]
+
+    return forward

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -133,6 +135,29 @@ def test_defenses_change_the_update() -> None:
     assert not torch.equal(noisy[0], update[0])
     with pytest.raises(ValueError, match="unknown defense 'blur:1'"):
         parse_defense("blur:1")
+
+
+def test_the_forward_defense_releases_the_nodes_noising_and_the_attacker_rescales() -> None:
+    from phalanx.defense.forward_noise import alpha_bar_schedule
+
+    generator = torch.Generator().manual_seed(0)
+    update = [torch.randn(300, 100, generator=generator), torch.randn(100, generator=generator)]
+    flat = torch.cat([t.reshape(-1) for t in update])
+    assert parse_defense("forward:0")(update)[0].equal(update[0])  # type: ignore[misc]
+    for level in (300, 700):
+        seen = parse_defense(f"forward:{level}", seed=3)(update)  # type: ignore[misc]
+        assert [t.shape for t in seen] == [t.shape for t in update]
+        error = torch.cat([t.reshape(-1) for t in seen]) - flat
+        abar = float(alpha_bar_schedule("cosine", 1000)[level])
+        # y / sqrt(abar) = u + sqrt((1 - abar) / abar) RMS(u) eps: unbiased, that noise level
+        expected = math.sqrt((1 - abar) / abar) * float(flat.pow(2).mean().sqrt())
+        assert float(error.std()) == pytest.approx(expected, rel=0.02)
+        assert abs(float(error.mean())) < 0.02 * expected
+        again = parse_defense(f"forward:{level}", seed=3)(update)  # type: ignore[misc]
+        assert all(a.equal(b) for a, b in zip(seen, again, strict=True))
+    for bad in ("forward:1001", "forward:2.5", "forward:x"):
+        with pytest.raises(ValueError):
+            parse_defense(bad)
 
 
 def test_update_with_wrong_shapes_is_rejected() -> None:

@@ -196,3 +196,31 @@ def test_grid_pairs_pair_each_method_with_ig_at_its_batch_size_where_rows_were_k
     pairs = grid_pairs(report)
     assert list(pairs) == ["paired/gan/b=4"]
     assert (pairs["paired/gan/b=4"].median, pairs["paired/gan/b=4"].wins) == (1.0, 2)
+
+
+def test_forward_cells_attack_the_noised_update_and_pair_with_ig(tmp_path, capsys) -> None:
+    args = ["inversion", "--dataset", "digits", "--images", "2", "--methods"]
+    args += ["--forward-ts", "0,600", "--forward-methods", "idlg", "ig", "--forward-images", "2"]
+    args += ["--docs", str(tmp_path), "--report", "f.json"]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "inversion" / "f.json").read_text())
+    cells = [f"forward/{m}/t={t}" for m in ("idlg", "ig") for t in (0, 600)]
+    assert [k for k in report if k.startswith("forward/")] == cells
+    # forward:0 releases the update itself: the same victims and bytes as the table's iDLG
+    undefended = report["forward/idlg/t=0"]
+    assert undefended["reconstruction_sha256"] == report["table/idlg"]["reconstruction_sha256"]
+    assert undefended["key"]["defense"] == "forward:0"
+    assert report["forward/idlg/t=600"]["median_psnr"] < undefended["median_psnr"] - 20
+    assert len(report["forward/ig/t=600"]["per_image"]) == 2
+    assert report["forward-minus-ig/idlg/t=600"]["images"] == 2
+    assert (tmp_path / "inversion" / "psnr_vs_forward_t.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    assert capsys.readouterr().out.count("taken over from the earlier report") == 6
+
+
+def test_forward_levels_out_of_range_are_refused(capsys) -> None:
+    for bad in ("1001", "-1", "a"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["inversion", "--forward-ts", bad])
+        assert "--forward-ts" in capsys.readouterr().err
