@@ -45,6 +45,7 @@ from phalanx.adversary.inversion.names import (
     METHODS,
     PRIOR_OF,
 )
+from phalanx.bench.arguments import int_list
 
 if TYPE_CHECKING:
     import torch
@@ -71,38 +72,26 @@ def _positive(text: str) -> int:
     return value
 
 
-def _parse_ks(text: str) -> list[int]:
-    try:
-        ks = [int(v) for v in text.split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--ks must be comma-separated integers, got {text!r}"
-        ) from None
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError(f"--ks values must be >= 1, got {text!r}")
-    return ks
-
-
-def _parse_levels(text: str) -> list[int]:
-    try:
-        levels = [int(v) for v in text.split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--forward-ts must be comma-separated integers, got {text!r}"
-        ) from None
-    if not levels or min(levels) < 0 or max(levels) > 1000:
-        raise argparse.ArgumentTypeError(f"--forward-ts values must be in 0..1000, got {text!r}")
-    return levels
+_parse_ks = int_list(1)
+_parse_levels = int_list(0, 1000)
 
 
 def _chart(
-    curves: dict[str, list[float]],
+    report: Mapping[str, object],
+    cell: str,
+    methods: list[str],
     ks: list[int],
     path: Path,
     title: str,
     xlabel: str = "clients in the cluster sum (k)",
     log_x: bool = True,
 ) -> None:
+    """Median PSNR against `ks`, a line per method, from the report entries named by the
+    template `cell` (``{method}`` and ``{point}`` filled in)."""
+    curves = {
+        method: [_entry(report, cell.format(method=method, point=k))["median_psnr"] for k in ks]
+        for method in methods
+    }
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,13 +272,11 @@ def _run_bench(args: argparse.Namespace) -> int:
         console.print(table)
 
     if args.methods:
-        curves = {
-            method: [_entry(report, f"chart/{method}/k={k}")["median_psnr"] for k in args.ks]
-            for method in args.methods
-        }
         chart = docs / "inversion" / "psnr_vs_k.png"
         _chart(
-            curves,
+            report,
+            "chart/{method}/k={point}",
+            args.methods,
             args.ks,
             chart,
             f"{args.dataset} / {args.model}, batch 1, untrained: attack on cluster-sum:K, "
@@ -298,17 +285,9 @@ def _run_bench(args: argparse.Namespace) -> int:
         console.print(f"chart: {chart}")
 
     if args.compare and "ig" in args.compare_methods:
-        baseline = _entry(report, "compare/ig")["per_image"]
-        for method in args.compare_methods:
-            if method == "ig":
-                continue
-            paired = paired_rows(_entry(report, f"compare/{method}")["per_image"], baseline)
-            report[f"compare/{method}-minus-ig"] = asdict(paired)
-            console.print(
-                f"{method} - ig, paired over {paired.images} images: median "
-                f"{paired.median:+.2f} dB [{paired.low:+.2f}, {paired.high:+.2f}], "
-                f"{paired.coverage:.0%} coverage, above IG on {paired.wins}"
-            )
+        _pair_with_ig(
+            report, args.compare_methods, "compare/{method}", "compare/{method}-minus-ig", console
+        )
 
     if args.grid:
         _grid_table(args, cells, report, console)
@@ -341,13 +320,11 @@ def _forward_results(
     args: argparse.Namespace, report: dict[str, object], docs: Path, console: Console
 ) -> None:
     """The ``--forward-ts`` chart, and each method minus IG on the same victims at each T."""
-    curves = {
-        method: [_entry(report, f"forward/{method}/t={t}")["median_psnr"] for t in args.forward_ts]
-        for method in args.forward_methods
-    }
     chart = docs / "inversion" / "psnr_vs_forward_t.png"
     _chart(
-        curves,
+        report,
+        "forward/{method}/t={point}",
+        args.forward_methods,
         args.forward_ts,
         chart,
         f"{args.dataset} / {args.model}, batch 1, untrained: attack on forward:T, "
@@ -359,17 +336,37 @@ def _forward_results(
     if "ig" not in args.forward_methods:
         return
     for t in args.forward_ts:
-        baseline = _entry(report, f"forward/ig/t={t}")["per_image"]
-        for method in args.forward_methods:
-            if method == "ig":
-                continue
-            paired = paired_rows(_entry(report, f"forward/{method}/t={t}")["per_image"], baseline)
-            report[f"forward-minus-ig/{method}/t={t}"] = asdict(paired)
-            console.print(
-                f"forward:{t}: {method} - ig, paired over {paired.images} images: median "
-                f"{paired.median:+.2f} dB [{paired.low:+.2f}, {paired.high:+.2f}], above IG on "
-                f"{paired.wins}"
-            )
+        _pair_with_ig(
+            report,
+            args.forward_methods,
+            f"forward/{{method}}/t={t}",
+            f"forward-minus-ig/{{method}}/t={t}",
+            console,
+            f"forward:{t}: ",
+        )
+
+
+def _pair_with_ig(
+    report: dict[str, object],
+    methods: list[str],
+    cell: str,
+    entry: str,
+    console: Console,
+    prefix: str = "",
+) -> None:
+    """For every method but IG, its cell (the template `cell` with ``{method}`` filled in) minus
+    IG's on the same victims (`paired_rows`), recorded under the template `entry` and printed."""
+    baseline = _entry(report, cell.format(method="ig"))["per_image"]
+    for method in methods:
+        if method == "ig":
+            continue
+        paired = paired_rows(_entry(report, cell.format(method=method))["per_image"], baseline)
+        report[entry.format(method=method)] = asdict(paired)
+        console.print(
+            f"{prefix}{method} - ig, paired over {paired.images} images: median "
+            f"{paired.median:+.2f} dB [{paired.low:+.2f}, {paired.high:+.2f}], "
+            f"{paired.coverage:.0%} coverage, above IG on {paired.wins}"
+        )
 
 
 def cell_seconds(report: Mapping[str, object]) -> float:

@@ -59,6 +59,7 @@ import tomli_w
 from rich.console import Console
 from rich.table import Table
 
+from phalanx.bench.arguments import int_list
 from phalanx.learning.data import Dataset, load_dataset
 
 if TYPE_CHECKING:
@@ -1086,16 +1087,7 @@ def _float_list(text: str) -> list[float]:
         ) from None
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"values must be >= 1, got {text!r}")
-    return values
+_int_list = int_list(1)
 
 
 def _method_list(text: str) -> list[str]:

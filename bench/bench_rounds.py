@@ -28,6 +28,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from phalanx.bench.arguments import int_list
+
 REPO = Path(__file__).resolve().parent.parent
 SECURE_MODES = ("none", "shamir", "secagg")
 AGGREGATE_TOLERANCE = 1e-5
@@ -461,8 +463,7 @@ def _cmd_scale(args: argparse.Namespace) -> int:
     return 0 if result["rounds_completed"] == args.rounds else 1
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",")]
+_int_list = int_list(1)
 
 
 def register_bench(subparsers: argparse._SubParsersAction) -> None:
