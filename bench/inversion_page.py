@@ -349,9 +349,15 @@ def forward_rows(report: Report) -> str:
 
 
 def _quality_label(entry: Mapping[str, object]) -> str:
-    if entry["kind"] == "gan":
-        return "GAN prior"
-    return f"diffusion prior ({int(entry['diffusion_steps']):,} steps)"  # type: ignore[call-overload]
+    """``GAN prior`` or ``diffusion prior (S steps)``, with ``trained P steps`` for a prior
+    trained other than by default."""
+    settings: Mapping[str, object] = entry.get("settings") or {}  # type: ignore[assignment]
+    gan = entry["kind"] == "gan"
+    details = [] if gan else [f"{int(entry['diffusion_steps']):,} steps"]  # type: ignore[call-overload]
+    if settings.get("prior_steps"):
+        details.append(f"trained {int(settings['prior_steps']):,} steps")  # type: ignore[call-overload]
+    name = "GAN prior" if gan else "diffusion prior"
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 def _quality_row(label: str, row: Mapping[str, object]) -> str:

@@ -247,6 +247,8 @@ def _prior_quality(args: argparse.Namespace) -> int:
         return _fail("--diffusion-steps applies to --kind diffusion only")
     if args.resume and args.report is None:
         return _fail("--resume needs --report (the report whose entries it takes over)")
+    if args.prior_steps is not None and args.prior_steps < 1:
+        return _fail(f"--prior-steps must be >= 1, got {args.prior_steps}")
     import time
 
     from rich.console import Console
@@ -263,7 +265,7 @@ def _prior_quality(args: argparse.Namespace) -> int:
 
     console = Console(stderr=args.json)
     settings = quality_settings(
-        args.kind, args.dataset, args.samples, args.seed, args.diffusion_steps
+        args.kind, args.dataset, args.samples, args.seed, args.diffusion_steps, args.prior_steps
     )
     started = time.perf_counter()
     try:
@@ -282,7 +284,7 @@ def _prior_quality(args: argparse.Namespace) -> int:
             prior, path, cached = load_prior_for(
                 args.kind,
                 dataset,
-                None,
+                args.prior_steps,
                 args.prior_cache,
                 lambda done, total: bar.update(task, completed=done, total=total),
             )
@@ -434,6 +436,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="strided reverse-process steps of a diffusion prior (default: its whole schedule)",
+    )
+    quality.add_argument(
+        "--prior-steps",
+        type=int,
+        default=None,
+        help=f"training steps of the prior scored (default {_PRIOR_STEPS}); trained and cached "
+        "if not in the cache",
     )
     quality.add_argument("--prior-cache", default=None, help=_PRIOR_CACHE)
     quality.add_argument(

@@ -341,16 +341,25 @@ def quality_key(quality: PriorQuality) -> str:
 
 
 def quality_settings(
-    kind: str, dataset: str, samples: int, seed: int, diffusion_steps: int | None
+    kind: str,
+    dataset: str,
+    samples: int,
+    seed: int,
+    diffusion_steps: int | None,
+    prior_steps: int | None = None,
 ) -> dict[str, object]:
-    """The settings that decide a `prior_quality` result, as a report entry records them."""
-    return {
+    """The settings that decide a `prior_quality` result, as a report entry records them
+    (``prior_steps``, the prior's training steps, only when not the default)."""
+    settings: dict[str, object] = {
         "kind": kind,
         "dataset": dataset,
         "samples": samples,
         "seed": seed,
         "diffusion_steps": diffusion_steps,
     }
+    if prior_steps is not None:
+        settings["prior_steps"] = prior_steps
+    return settings
 
 
 def read_quality_report(path: str | Path) -> dict[str, object]:
@@ -380,13 +389,16 @@ def recorded_quality(path: str | Path, settings: dict[str, object]) -> dict[str,
 def record_quality(
     path: str | Path, quality: PriorQuality, settings: dict[str, object], seconds: float
 ) -> str:
-    """Write `quality` into the report at `path` under `quality_key` (replacing an entry of the
+    """Write `quality` into the report at `path` under `quality_key`, with
+    ``/prior-steps=P`` for a prior trained other than by default (replacing an entry of the
     same key, keeping the others in order), with the `settings` it was asked for and the
     `seconds` the whole run took. The file is replaced atomically, so a killed run leaves the
     previous report whole. Returns the key."""
     path = Path(path)
     report = read_quality_report(path)
     key = quality_key(quality)
+    if settings.get("prior_steps") is not None:
+        key += f"/prior-steps={settings['prior_steps']}"
     report[key] = {**quality.to_dict(), "settings": settings, "seconds": round(seconds, 3)}
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")

@@ -138,6 +138,7 @@ def test_prior_quality_rejects_bad_input(digits: Dataset) -> None:
         (["--kind", "vae"], "unknown prior kind 'vae'"),
         (["--kind", "gan", "--samples", "1"], "--samples must be >= 2"),
         (["--kind", "gan", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--kind", "gan", "--prior-steps", "0"], "--prior-steps must be >= 1"),
     ],
 )
 def test_cli_bad_input_exits_2(phalanx, extra: list[str], message: str) -> None:
@@ -215,3 +216,20 @@ def test_cli_refuses_a_bad_report_before_sampling(phalanx, tmp_path) -> None:
     assert "is not a JSON report" in broken.stderr
     assert "sampling" not in broken.stdout
     assert report.read_text() == "{not json"
+
+
+def test_a_prior_trained_other_than_by_default_gets_its_own_entry(
+    digits: Dataset, tmp_path
+) -> None:
+    from phalanx.adversary.inversion.quality import quality_settings, record_quality
+
+    quality = prior_quality("gan", digits, 8, seed=0, prior=_untrained_gan(digits))
+    default = quality_settings("gan", "digits", 8, 0, None)
+    assert "prior_steps" not in default  # reports recorded before the option still match
+    longer = quality_settings("gan", "digits", 8, 0, None, prior_steps=3000)
+    report = tmp_path / "q.json"
+    assert record_quality(report, quality, default, 1.0) == "quality/gan/n=8"
+    assert record_quality(report, quality, longer, 1.0) == "quality/gan/n=8/prior-steps=3000"
+    recorded = json.loads(report.read_text())
+    assert list(recorded) == ["quality/gan/n=8", "quality/gan/n=8/prior-steps=3000"]
+    assert recorded["quality/gan/n=8/prior-steps=3000"]["settings"]["prior_steps"] == 3000
