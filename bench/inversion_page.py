@@ -174,6 +174,20 @@ QUALITY = QualitySection(
         ),
         ("--kind", "diffusion", "--dataset", "mnist5k", "--samples", "500", "--seed", "0"),
         ("--kind", "gan", "--dataset", "mnist5k", "--samples", "500", "--seed", "0"),
+        (
+            "--kind",
+            "diffusion",
+            "--dataset",
+            "mnist5k",
+            "--samples",
+            "500",
+            "--seed",
+            "0",
+            "--diffusion-steps",
+            "100",
+            "--prior-steps",
+            "10000",
+        ),
     ),
 )
 SECTIONS: dict[str, PageSection | QualitySection] = {
