@@ -156,38 +156,31 @@ PAGE: tuple[PageSection, ...] = (
         ("--skip-table", "--methods", "--forward-ts", "300,500,700", "--forward-images", "32"),
     ),
 )
+
+
+def _quality_run(kind: str, samples: int, *extra: str) -> tuple[str, ...]:
+    """One ``attack prior-quality`` call of the page: mnist5k, seed 0, then `extra`."""
+    return (
+        "--kind",
+        kind,
+        "--dataset",
+        "mnist5k",
+        "--samples",
+        str(samples),
+        "--seed",
+        "0",
+        *extra,
+    )
+
+
 QUALITY = QualitySection(
     "prior-quality",
     (
-        ("--kind", "gan", "--dataset", "mnist5k", "--samples", "1000", "--seed", "0"),
-        (
-            "--kind",
-            "diffusion",
-            "--dataset",
-            "mnist5k",
-            "--samples",
-            "500",
-            "--seed",
-            "0",
-            "--diffusion-steps",
-            "100",
-        ),
-        ("--kind", "diffusion", "--dataset", "mnist5k", "--samples", "500", "--seed", "0"),
-        ("--kind", "gan", "--dataset", "mnist5k", "--samples", "500", "--seed", "0"),
-        (
-            "--kind",
-            "diffusion",
-            "--dataset",
-            "mnist5k",
-            "--samples",
-            "500",
-            "--seed",
-            "0",
-            "--diffusion-steps",
-            "100",
-            "--prior-steps",
-            "10000",
-        ),
+        _quality_run("gan", 1000),
+        _quality_run("diffusion", 500, "--diffusion-steps", "100"),
+        _quality_run("diffusion", 500),
+        _quality_run("gan", 500),
+        _quality_run("diffusion", 500, "--diffusion-steps", "100", "--prior-steps", "10000"),
     ),
 )
 SECTIONS: dict[str, PageSection | QualitySection] = {

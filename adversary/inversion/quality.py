@@ -333,11 +333,14 @@ def prior_quality(
     )
 
 
-def quality_key(quality: PriorQuality) -> str:
-    """The entry of a quality report that holds `quality`: ``quality/KIND/n=N``, and for a
-    diffusion prior ``/steps=S`` (the reverse-process steps it was sampled with)."""
+def quality_key(quality: PriorQuality, prior_steps: int | None = None) -> str:
+    """The entry of a quality report that holds `quality`: ``quality/KIND/n=N``, for a
+    diffusion prior ``/steps=S`` (the reverse-process steps it was sampled with), and for a
+    prior trained other than by default ``/prior-steps=P``."""
     key = f"quality/{quality.kind}/n={quality.samples}"
-    return key if quality.kind == "gan" else f"{key}/steps={quality.diffusion_steps}"
+    if quality.kind != "gan":
+        key += f"/steps={quality.diffusion_steps}"
+    return key if prior_steps is None else f"{key}/prior-steps={prior_steps}"
 
 
 def quality_settings(
@@ -389,16 +392,13 @@ def recorded_quality(path: str | Path, settings: dict[str, object]) -> dict[str,
 def record_quality(
     path: str | Path, quality: PriorQuality, settings: dict[str, object], seconds: float
 ) -> str:
-    """Write `quality` into the report at `path` under `quality_key`, with
-    ``/prior-steps=P`` for a prior trained other than by default (replacing an entry of the
+    """Write `quality` into the report at `path` under `quality_key` (replacing an entry of the
     same key, keeping the others in order), with the `settings` it was asked for and the
     `seconds` the whole run took. The file is replaced atomically, so a killed run leaves the
     previous report whole. Returns the key."""
     path = Path(path)
     report = read_quality_report(path)
-    key = quality_key(quality)
-    if settings.get("prior_steps") is not None:
-        key += f"/prior-steps={settings['prior_steps']}"
+    key = quality_key(quality, settings.get("prior_steps"))  # type: ignore[arg-type]
     report[key] = {**quality.to_dict(), "settings": settings, "seconds": round(seconds, 3)}
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")

@@ -224,12 +224,8 @@ def _forward_defense(text: str, level: float, seed: int) -> Defense:
     generator = torch.Generator().manual_seed(seed)
 
     def forward(update: list[torch.Tensor]) -> list[torch.Tensor]:
-        flat = torch.cat([t.reshape(-1).to(torch.float64) for t in update])
-        released = noising(flat, generator=generator)
+        released = noising(torch.from_numpy(flatten(update)), generator=generator)
         estimate = denoise_forward(released, alpha_bar, wiener=False)
-        return [
-            part.reshape(t.shape).to(t.dtype)
-            for part, t in zip(estimate.split([t.numel() for t in update]), update, strict=True)
-        ]
+        return unflatten(estimate.numpy(), update)
 
     return forward
