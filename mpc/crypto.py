@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -69,11 +69,17 @@ class Csprng:
         return Csprng(self.random_bytes(SEED_BYTES) + label.encode())
 
 
-def prg_field_vector(seed: bytes, length: int) -> FieldVector:
-    """Expand a 32-byte seed into ``length`` uniform field elements with AES-256-CTR."""
+def prg_keystream(seed: bytes) -> CipherContext:
+    """The mask PRG's keystream for a 32-byte seed: AES-256-CTR from a zero counter block, read
+    by encrypting zero bytes (``update`` or ``update_into``)."""
     if len(seed) != SEED_BYTES:
         raise ValueError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    return Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+
+
+def prg_field_vector(seed: bytes, length: int) -> FieldVector:
+    """Expand a 32-byte seed into ``length`` uniform field elements with AES-256-CTR."""
+    encryptor = prg_keystream(seed)
     return uniform_from_bytes(lambda count: encryptor.update(bytes(count)), length)
 
 

@@ -131,10 +131,15 @@ def encode(
 
 
 def decode(field_values: FieldVector, config: FixedPointConfig) -> npt.NDArray[np.float64]:
-    """Map field elements back to reals: centre-lift to (-(p-1)/2, (p-1)/2], divide by 2^f."""
-    signed = field_values.astype(np.int64)
-    signed[signed > HALF_FIELD] -= PRIME
-    return signed.astype(np.float64) / config.scale
+    """Map field elements back to reals: centre-lift to (-(p-1)/2, (p-1)/2], divide by 2^f.
+
+    Field elements are below 2^31, so they read as non-negative int32 and the lift v - p of
+    the upper half fits int32 as well; the division converts to float64 as it goes.
+    """
+    values = np.asarray(field_values, dtype=np.uint32).view(np.int32)
+    signed = values - np.int32(PRIME)
+    np.copyto(signed, values, where=values <= HALF_FIELD)
+    return np.divide(signed, config.scale, dtype=np.float64)
 
 
 def decode_sum(

@@ -22,10 +22,12 @@ lying responders are tolerated; a reconstructed key is also checked against its 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from phalanx.mpc import field as gf
 from phalanx.mpc.crypto import (
@@ -33,7 +35,7 @@ from phalanx.mpc.crypto import (
     Csprng,
     KeyPair,
     agree,
-    prg_field_vector,
+    prg_keystream,
 )
 from phalanx.mpc.field import PRIME, FieldVector
 from phalanx.mpc.messages import (
@@ -76,26 +78,89 @@ def pairwise_seed(
     return agree(masking.private, peer_public, "mask", session.round, session.cluster, low, high)
 
 
+_P32 = np.uint32(PRIME)
+
+MASK_BLOCK = 1 << 15
+"""Coordinates per block of :func:`seal_masks`: the block's uint64 accumulator and one keystream
+block (384 KiB together) stay in the CPU cache while every term is added."""
+
+
+class Keystream(Protocol):
+    """What :func:`seal_masks` reads a PRG through (a :func:`prg_keystream` encryptor)."""
+
+    def update(self, data: bytes) -> bytes: ...
+
+    def update_into(self, data: bytes | memoryview, buf: bytearray) -> int: ...
+
+
+def seal_masks(
+    bases: Sequence[FieldVector],
+    plus: Sequence[Keystream],
+    minus: Sequence[Keystream],
+    length: int,
+) -> FieldVector:
+    """(sum bases + sum PRG(plus) - sum PRG(minus)) mod p, each PRG read from its keystream.
+
+    Every PRG yields exactly the words of :func:`mpc.crypto.prg_field_vector`. The vector is
+    built in blocks of `MASK_BLOCK` coordinates: a block's terms are summed in uint64 from
+    len(minus) * p (so it never goes negative) and reduced once. A 31-bit keystream word equal
+    to p (probability 2^-31) counts as p = 0 in its block; after the last block its redraw is
+    read from the same stream position as in `prg_field_vector` and added with its sign.
+    """
+    streams = [(1, stream) for stream in plus] + [(-1, stream) for stream in minus]
+    offset = len(minus) * PRIME
+    bound = (len(bases) + len(streams)) * PRIME
+    result = np.empty(length, dtype=np.uint32)
+    block = max(1, min(MASK_BLOCK, length))
+    zeros = memoryview(bytes(4 * block))
+    raw = bytearray(4 * block + 15)  # update_into wants room for one more cipher block
+    words = np.frombuffer(raw, dtype="<u4", count=block)
+    accumulator = np.empty(block, dtype=np.uint64)
+    redraw_at: list[list[npt.NDArray[np.intp]]] = [[] for _ in streams]
+    for start in range(0, length, block):
+        stop = min(length, start + block)
+        count = stop - start
+        total, chunk = accumulator[:count], words[:count]
+        total.fill(offset)
+        for base in bases:
+            total += base[start:stop]
+        for (sign, stream), positions in zip(streams, redraw_at, strict=True):
+            stream.update_into(zeros[: 4 * count], raw)
+            np.bitwise_and(chunk, _P32, out=chunk)
+            if int(chunk.max()) == PRIME:
+                positions.append(start + np.flatnonzero(chunk == _P32))
+            if sign > 0:
+                total += chunk
+            else:
+                total -= chunk
+        result[start:stop] = gf.reduce_u64(total, bound)
+    for (sign, stream), positions in zip(streams, redraw_at, strict=True):
+        if positions:
+            at = np.concatenate(positions)
+            redrawn = gf.uniform_from_bytes(_zero_reader(stream), at.size)
+            fixed = result[at].astype(np.int64) + sign * redrawn.astype(np.int64)
+            result[at] = np.mod(fixed, PRIME).astype(np.uint32)
+    return result
+
+
+def _zero_reader(stream: Keystream) -> Callable[[int], bytes]:
+    """The next ``count`` bytes of ``stream``'s keystream."""
+    return lambda count: stream.update(bytes(count))
+
+
 def _seal_masks(
     bases: Sequence[FieldVector],
     plus_seeds: Sequence[bytes],
     minus_seeds: Sequence[bytes],
     length: int,
 ) -> FieldVector:
-    """(sum bases + sum PRG(plus) - sum PRG(minus)) mod p, accumulated once in uint64.
-
-    Adding len(minus) * p up front keeps the running value non-negative, so only one final
-    reduction is needed.
-    """
-    accumulator = np.full(length, len(minus_seeds) * PRIME, dtype=np.uint64)
-    for base in bases:
-        accumulator += base
-    for seed in plus_seeds:
-        accumulator += prg_field_vector(seed, length)
-    for seed in minus_seeds:
-        accumulator -= prg_field_vector(seed, length)
-    bound = (len(bases) + len(plus_seeds) + len(minus_seeds)) * PRIME
-    return gf.reduce_u64(accumulator, bound)
+    """(sum bases + sum PRG(plus) - sum PRG(minus)) mod p for PRG seeds (:func:`seal_masks`)."""
+    return seal_masks(
+        bases,
+        [prg_keystream(seed) for seed in plus_seeds],
+        [prg_keystream(seed) for seed in minus_seeds],
+        length,
+    )
 
 
 class SecAggMember:

@@ -93,3 +93,15 @@ def test_encoding_is_deterministic_for_a_seed() -> None:
     first = encode(update, config, np.random.default_rng(7))
     second = encode(update, config, np.random.default_rng(7))
     assert np.array_equal(first, second)
+
+
+def test_decode_centre_lifts_at_the_half_field_boundary() -> None:
+    from phalanx.mpc.encoding import HALF_FIELD
+    from phalanx.mpc.field import PRIME
+
+    config = FixedPointConfig()
+    codes = np.array([0, 1, HALF_FIELD, HALF_FIELD + 1, PRIME - 1], dtype=np.uint32)
+    expected = np.array([0, 1, HALF_FIELD, -HALF_FIELD, -1], dtype=np.float64) / config.scale
+    decoded = decode(codes, config)
+    assert decoded.dtype == np.float64
+    assert np.array_equal(decoded, expected)
