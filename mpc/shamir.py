@@ -126,26 +126,38 @@ def share_packed(
     return _extend_by_differences(known, 1 - packing, num_shares)
 
 
+SHARE_BLOCK = 1 << 15
+"""Coordinates per block of :func:`_extend_by_differences`: a block's difference table (one
+row per degree) stays in the CPU cache while every point is computed."""
+
+
 def _extend_by_differences(
     known: Sequence[FieldVector], first_point: int, last_point: int, emit_from: int = 1
 ) -> list[FieldVector]:
     """f(emit_from), ..., f(last_point) for deg f < len(known), given f at the consecutive
     points first_point, first_point + 1, ...: Newton's forward-difference table at
     ``first_point`` (state[k] = Delta^k f), advanced by Delta^k f(x+1) = Delta^k f(x) +
-    Delta^(k+1) f(x), i.e. deg f modular additions per point."""
-    state = [known[0].copy()]
-    row = list(known)
-    for _ in range(1, len(known)):
-        row = [gf.sub(row[i + 1], row[i]) for i in range(len(row) - 1)]
-        state.append(row[0].copy())
-    values: list[FieldVector] = []
-    for point in range(first_point, last_point + 1):
-        if point >= emit_from:
-            values.append(state[0].copy())
-        if point < last_point:
-            for k in range(len(state) - 1):
-                gf.add_into(state[k], state[k + 1])
-    return values
+    Delta^(k+1) f(x), i.e. deg f modular additions per point, in blocks of `SHARE_BLOCK`
+    coordinates."""
+    length = known[0].size
+    emitted = max(0, last_point - max(first_point, emit_from) + 1)
+    values = np.empty((emitted, length), dtype=np.uint32)
+    for start in range(0, length, SHARE_BLOCK):
+        stop = min(length, start + SHARE_BLOCK)
+        row = [vector[start:stop] for vector in known]
+        state = [row[0].copy()]
+        for _ in range(1, len(known)):
+            row = [gf.sub(row[i + 1], row[i]) for i in range(len(row) - 1)]
+            state.append(row[0])
+        index = 0
+        for point in range(first_point, last_point + 1):
+            if point >= emit_from:
+                values[index, start:stop] = state[0]
+                index += 1
+            if point < last_point:
+                for k in range(len(state) - 1):
+                    gf.add_into(state[k], state[k + 1])
+    return list(values)
 
 
 def unpack(blocks: FieldVector, dimension: int) -> FieldVector:

@@ -15,6 +15,7 @@ from phalanx.mpc.crypto import Csprng
 from phalanx.mpc.encoding import FixedPointConfig, encode
 from phalanx.mpc.session import ClusterSession
 from phalanx.mpc.shamir import (
+    SHARE_BLOCK,
     interpolate_at,
     packed_length,
     reconstruct_robust,
@@ -30,11 +31,12 @@ def test_packed_shares_lie_on_one_low_degree_polynomial_through_the_secrets(
     data: st.DataObject,
 ) -> None:
     """Each coordinate's shares interpolate (from t + l - 1 of them) to the secrets at 0, -1, ...,
-    and every further share lies on the same polynomial."""
+    and every further share lies on the same polynomial, in every block of coordinates."""
     holders = data.draw(st.integers(2, 10))
     packing = data.draw(st.integers(1, holders))
     threshold = data.draw(st.integers(1, holders - packing + 1))
-    length = data.draw(st.integers(1, 9))
+    # a long secret spans several of the blocks the shares are computed in
+    length = data.draw(st.one_of(st.integers(1, 9), st.just(3 * SHARE_BLOCK + 5)))
     rng = Csprng(data.draw(st.integers(0, 2**31)))
     secret = rng.field_elements(length)
     shares = share_packed(secret, threshold, holders, packing, rng)
