@@ -61,17 +61,8 @@ async def serve_nodes(configs: Sequence[NodeConfig], linger_s: float = 1.0) -> i
     except DatasetError as error:
         log.error("data: %s", error)
         return EXIT_DATA
-    started: list[Node] = []
-    try:
-        for node in nodes:
-            await node.start()
-            started.append(node)
-    except OSError as error:
-        log.error("bind: %s", error)
-        for node in started:
-            await node.stop(0)
-        return EXIT_BIND
-
+    # Before any node starts: a node's "start" record tells supervisors it may be signalled, so
+    # a SIGTERM right after it must already stop gracefully.
     loop = asyncio.get_running_loop()
     stop_signal: asyncio.Future[int] = loop.create_future()
     for signum, code in ((signal.SIGTERM, EXIT_OK), (signal.SIGINT, EXIT_INTERRUPTED)):
@@ -82,6 +73,17 @@ async def serve_nodes(configs: Sequence[NodeConfig], linger_s: float = 1.0) -> i
                 stop_signal.set_result(code)
 
         loop.add_signal_handler(signum, request_stop)
+
+    started: list[Node] = []
+    try:
+        for node in nodes:
+            await node.start()
+            started.append(node)
+    except OSError as error:
+        log.error("bind: %s", error)
+        for node in started:
+            await node.stop(0)
+        return EXIT_BIND
 
     rounds: asyncio.Future[list[None]] = asyncio.gather(*(node.run() for node in nodes))
     waiting: list[asyncio.Future[Any]] = [rounds, stop_signal]
