@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -69,6 +71,19 @@ class Csprng:
         return Csprng(self.random_bytes(SEED_BYTES) + label.encode())
 
 
+class Keystream(Protocol):
+    """A PRG keystream read by encrypting zero bytes (a :func:`prg_keystream` encryptor)."""
+
+    def update(self, data: bytes) -> bytes: ...
+
+    def update_into(self, data: bytes | memoryview, buf: bytearray) -> int: ...
+
+
+def keystream_reader(stream: Keystream) -> Callable[[int], bytes]:
+    """The next ``count`` bytes of ``stream``'s keystream."""
+    return lambda count: stream.update(bytes(count))
+
+
 def prg_keystream(seed: bytes) -> CipherContext:
     """The mask PRG's keystream for a 32-byte seed: AES-256-CTR from a zero counter block, read
     by encrypting zero bytes (``update`` or ``update_into``)."""
@@ -79,8 +94,7 @@ def prg_keystream(seed: bytes) -> CipherContext:
 
 def prg_field_vector(seed: bytes, length: int) -> FieldVector:
     """Expand a 32-byte seed into ``length`` uniform field elements with AES-256-CTR."""
-    encryptor = prg_keystream(seed)
-    return uniform_from_bytes(lambda count: encryptor.update(bytes(count)), length)
+    return uniform_from_bytes(keystream_reader(prg_keystream(seed)), length)
 
 
 @dataclass(frozen=True)

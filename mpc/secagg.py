@@ -22,9 +22,8 @@ lying responders are tolerated; a reconstructed key is also checked against its 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +33,9 @@ from phalanx.mpc.crypto import (
     SEED_BYTES,
     Csprng,
     KeyPair,
+    Keystream,
     agree,
+    keystream_reader,
     prg_keystream,
 )
 from phalanx.mpc.field import PRIME, FieldVector
@@ -85,14 +86,6 @@ MASK_BLOCK = 1 << 15
 block (384 KiB together) stay in the CPU cache while every term is added."""
 
 
-class Keystream(Protocol):
-    """What :func:`seal_masks` reads a PRG through (a :func:`prg_keystream` encryptor)."""
-
-    def update(self, data: bytes) -> bytes: ...
-
-    def update_into(self, data: bytes | memoryview, buf: bytearray) -> int: ...
-
-
 def seal_masks(
     bases: Sequence[FieldVector],
     plus: Sequence[Keystream],
@@ -137,15 +130,10 @@ def seal_masks(
     for (sign, stream), positions in zip(streams, redraw_at, strict=True):
         if positions:
             at = np.concatenate(positions)
-            redrawn = gf.uniform_from_bytes(_zero_reader(stream), at.size)
+            redrawn = gf.uniform_from_bytes(keystream_reader(stream), at.size)
             fixed = result[at].astype(np.int64) + sign * redrawn.astype(np.int64)
             result[at] = np.mod(fixed, PRIME).astype(np.uint32)
     return result
-
-
-def _zero_reader(stream: Keystream) -> Callable[[int], bytes]:
-    """The next ``count`` bytes of ``stream``'s keystream."""
-    return lambda count: stream.update(bytes(count))
 
 
 def _seal_masks(

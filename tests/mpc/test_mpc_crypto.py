@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytest
 from scipy import stats
@@ -15,6 +13,7 @@ from phalanx.mpc.crypto import (
     ShareContext,
     decrypt_share,
     encrypt_share,
+    keystream_reader,
     prg_field_vector,
     share_key,
 )
@@ -99,10 +98,6 @@ class _ScriptedKeystream:
         return len(out)
 
 
-def _zero_reader(stream: _ScriptedKeystream) -> Callable[[int], bytes]:
-    return lambda count: stream.update(bytes(count))
-
-
 @pytest.mark.parametrize("length", [1, 7, 40_000, 70_001])
 def test_blocked_mask_sum_equals_the_prg_vectors_also_where_words_are_redrawn(
     length: int,
@@ -124,7 +119,8 @@ def test_blocked_mask_sum_equals_the_prg_vectors_also_where_words_are_redrawn(
         scripts.append(words.astype("<u4").tobytes())
     bases = [rng.integers(0, PRIME, size=length, dtype=np.uint32) for _ in range(2)]
     plus_ref, minus_ref = (
-        uniform_from_bytes(_zero_reader(_ScriptedKeystream(script)), length) for script in scripts
+        uniform_from_bytes(keystream_reader(_ScriptedKeystream(script)), length)
+        for script in scripts
     )
     expected = (
         bases[0].astype(np.int64) + bases[1] + plus_ref.astype(np.int64) - minus_ref
